@@ -1,0 +1,43 @@
+# quantd — the two commands for a fresh machine are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+PY := .venv/bin/python
+TICKS ?= ../shared/data/ticks
+
+.PHONY: setup run test test-rust test-python bench bench-stream default-model lint clean
+
+## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
+setup:
+	./scripts/setup.sh
+
+## run: set up, then serve the committed default model on 127.0.0.1:50051 (metrics :9100)
+run: setup
+	./target/release/quantd serve --models models
+
+## test: set up, then every test (Rust unit + integration, Python grpcio interop)
+test: setup test-rust test-python
+
+test-rust:
+	$(CARGO) test --locked --all-targets
+
+test-python:
+	$(PY) -m pytest -q tests/python
+
+## bench: criterion benches of the hot paths, then the 10k ticks/s stream bench
+bench: setup
+	$(CARGO) bench --locked --bench hot_path
+	./scripts/stream-bench.sh
+
+bench-stream: setup
+	./scripts/stream-bench.sh
+
+## default-model: rebuild models/quantd-mlp/1 from the shared tick data
+default-model: setup
+	$(PY) training/make_default_model.py --quantd target/release/quantd --data $(TICKS) --out models
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,293 @@
+//! The server configuration: one struct, read from TOML, overridden by environment variables and
+//! flags (in that order of precedence, lowest first), and validated as a whole.
+//!
+//! Built once in `main` (or a test) on the control path and passed into [`crate::server::start`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineConfig, IdleStrategy};
+use crate::policy::PolicyParams;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address (SignalService, health, reflection).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; may be a different interface than `listen`.
+    pub metrics_listen: SocketAddr,
+    /// Model repository: `<models_dir>/<name>/<version>/{model.onnx,manifest.toml}`.
+    pub models_dir: PathBuf,
+    /// `name` or `name@version`; unset: the only model name present, highest version.
+    pub model: Option<String>,
+    /// libonnxruntime to load; unset: `.cache/onnxruntime/` from `make setup`.
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    pub log_json: bool,
+    /// Threads for gRPC I/O (tokio workers). The engine has its own thread besides.
+    pub io_threads: usize,
+    /// How often the telemetry thread publishes metrics, ms.
+    pub metrics_interval_ms: u64,
+    /// After SIGTERM/ctrl-c, how long open streams may take to finish, ms.
+    pub shutdown_grace_ms: u64,
+    pub engine: EngineSection,
+    pub stream: StreamSection,
+    /// Overrides the model manifest's `[policy]` when set.
+    pub policy: Option<PolicyParams>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Engine queue capacity, ticks. A full queue answers `queue_full`.
+    pub queue_capacity: usize,
+    /// Most ticks scored in one model call.
+    pub max_batch: usize,
+    /// Distinct symbols the server tracks; more are rejected `too_many_symbols`.
+    pub max_symbols: usize,
+    /// Core to pin the engine thread to (none: not pinned).
+    pub core: Option<usize>,
+    pub idle: IdleStrategy,
+    pub idle_spin_us: u64,
+    pub idle_yield_us: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSection {
+    /// Most ticks of one stream in flight (read but not yet answered). When reached, the server
+    /// stops reading that stream and HTTP/2 flow control pushes back on the client.
+    pub window: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".parse().expect("literal address"),
+            metrics_listen: "127.0.0.1:9100".parse().expect("literal address"),
+            models_dir: PathBuf::from("models"),
+            model: None,
+            ort_dylib_path: None,
+            log_json: false,
+            io_threads: 1,
+            metrics_interval_ms: 1000,
+            shutdown_grace_ms: 5000,
+            engine: EngineSection::default(),
+            stream: StreamSection::default(),
+            policy: None,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 16_384,
+            max_batch: 64,
+            max_symbols: 10_000,
+            core: None,
+            idle: IdleStrategy::SpinPark,
+            idle_spin_us: 50,
+            idle_yield_us: 2_000,
+        }
+    }
+}
+
+impl Default for StreamSection {
+    fn default() -> Self {
+        Self { window: 1024 }
+    }
+}
+
+/// Values from the environment or the command line; each set one replaces the file's.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub models_dir: Option<PathBuf>,
+    pub model: Option<String>,
+    pub ort_dylib_path: Option<PathBuf>,
+    pub log_json: Option<bool>,
+    pub engine_core: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads `path` (if any), applies `overrides`, validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut c = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_owned(),
+                    msg: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        c.apply(overrides);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.metrics_listen {
+            self.metrics_listen = v;
+        }
+        if let Some(v) = o.models_dir {
+            self.models_dir = v;
+        }
+        if o.model.is_some() {
+            self.model = o.model;
+        }
+        if o.ort_dylib_path.is_some() {
+            self.ort_dylib_path = o.ort_dylib_path;
+        }
+        if let Some(v) = o.log_json {
+            self.log_json = v;
+        }
+        if o.engine_core.is_some() {
+            self.engine.core = o.engine_core;
+        }
+    }
+
+    /// Every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if self.listen == self.metrics_listen && self.listen.port() != 0 {
+            p.push(format!(
+                "listen and metrics_listen are both {}",
+                self.listen
+            ));
+        }
+        if !self.models_dir.is_dir() {
+            p.push(format!(
+                "models_dir {} is not a directory",
+                self.models_dir.display()
+            ));
+        }
+        if let Some(path) = self.ort_dylib_path.as_ref().filter(|p| !p.is_file()) {
+            p.push(format!("ort_dylib_path {} does not exist", path.display()));
+        }
+        if self.io_threads == 0 || self.io_threads > 256 {
+            p.push(format!("io_threads {} must be in 1..=256", self.io_threads));
+        }
+        if self.metrics_interval_ms == 0 {
+            p.push("metrics_interval_ms must be > 0".into());
+        }
+        let e = &self.engine;
+        if e.queue_capacity == 0 {
+            p.push("engine.queue_capacity must be > 0".into());
+        }
+        if e.max_batch == 0 || e.max_batch > 1024 {
+            p.push(format!(
+                "engine.max_batch {} must be in 1..=1024",
+                e.max_batch
+            ));
+        }
+        if e.max_symbols == 0 {
+            p.push("engine.max_symbols must be > 0".into());
+        }
+        if self.stream.window == 0 {
+            p.push("stream.window must be > 0".into());
+        }
+        if self.stream.window > e.queue_capacity {
+            p.push(format!(
+                "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
+                self.stream.window, e.queue_capacity
+            ));
+        }
+        if let Some(Err(e)) = self.policy.as_ref().map(PolicyParams::validate) {
+            p.push(format!("policy: {e}"));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            queue_capacity: self.engine.queue_capacity,
+            max_batch: self.engine.max_batch,
+            max_symbols: self.engine.max_symbols,
+            core: self.engine.core,
+            idle: self.engine.idle,
+            idle_spin: Duration::from_micros(self.engine.idle_spin_us),
+            idle_yield: Duration::from_micros(self.engine.idle_yield_us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut c = Config {
+            models_dir: "/nonexistent".into(),
+            ..Config::default()
+        };
+        c.engine.max_batch = 0;
+        c.stream.window = 0;
+        c.metrics_listen = c.listen;
+        let err = c.validate().unwrap_err().to_string();
+        for needle in ["models_dir", "max_batch", "stream.window", "metrics_listen"] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_then_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("q.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "models_dir = {:?}\n[engine]\nmax_batch = 8\nidle = \"busy-spin\"\n",
+                d.path()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&p),
+            Overrides {
+                listen: Some("127.0.0.1:1".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.engine.max_batch, 8);
+        assert_eq!(c.engine.idle, IdleStrategy::BusySpin);
+        assert_eq!(c.listen.port(), 1);
+
+        std::fs::write(&p, "nonsense_key = 1\n").unwrap();
+        let err = Config::load(Some(&p), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nonsense_key"), "{err}");
+    }
+}

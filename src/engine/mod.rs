@@ -1,0 +1,132 @@
+//! The engine: one thread that owns per-symbol state and the model session, fed by a bounded
+//! lock-free queue, answering each tick on its stream's own bounded reply queue.
+//!
+//! - [`EngineHandle`] (cloned into every gRPC stream) pushes [`WorkItem`]s; a full queue hands
+//!   the item back so the caller answers `queue_full` — never silent growth.
+//! - [`worker`] is the loop on the `quantd-engine` thread (pinned when configured).
+//! - [`idle`] decides what the thread does when the queue is empty.
+//! - [`reply`] is the per-stream reply queue the engine writes and the stream task drains.
+
+pub mod idle;
+pub mod reply;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::sync::Unparker;
+
+pub use idle::IdleStrategy;
+pub use reply::{Reply, ReplyQueue};
+pub use worker::{EngineConfig, spawn};
+
+use crate::tick::{Reject, Tick};
+
+/// One tick on its way to the engine.
+pub struct WorkItem {
+    pub tick: Tick,
+    /// Where the engine posts the answer.
+    pub reply_to: Arc<ReplyQueue>,
+    /// Monotonic time the edge decoded the tick (latency stages are measured from here).
+    pub recv: Instant,
+    /// CLOCK_REALTIME nanoseconds of the same moment, echoed as `server_recv_ns`.
+    pub recv_ns: u64,
+}
+
+struct Shared {
+    queue: ArrayQueue<WorkItem>,
+    /// False once shutdown began: new ticks are refused, queued ones still processed.
+    accepting: AtomicBool,
+    /// True while the engine thread is parked (or about to park).
+    sleeping: AtomicBool,
+    /// While true the engine takes nothing off its queue (diagnostics and tests: it makes a
+    /// stalled engine, a full queue and back-pressure reproducible).
+    paused: AtomicBool,
+    unparker: Unparker,
+}
+
+/// The producer side of the engine queue; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// Queues a tick. Fails with the item and why when the queue is full or the engine is
+    /// shutting down; the caller must answer that tick itself.
+    #[inline]
+    #[allow(clippy::result_large_err)] // handing the item back by value is the point
+    pub fn submit(&self, item: WorkItem) -> Result<(), (WorkItem, Reject)> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err((item, Reject::ShuttingDown));
+        }
+        self.shared
+            .queue
+            .push(item)
+            .map_err(|item| (item, Reject::QueueFull))?;
+        if self.shared.sleeping.load(Ordering::SeqCst) {
+            self.shared.unparker.unpark();
+        }
+        Ok(())
+    }
+
+    /// Ticks waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.shared.queue.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.queue.capacity()
+    }
+
+    /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost).
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+        self.shared.unparker.unpark();
+    }
+}
+
+/// The running engine thread.
+pub struct Engine {
+    handle: EngineHandle,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Refuses new ticks (`shutting_down`) from now on; queued ones are still processed (a
+    /// paused engine is resumed, so the queue drains).
+    pub fn stop_accepting(&self) {
+        self.handle.shared.accepting.store(false, Ordering::Release);
+        self.handle.set_paused(false);
+    }
+
+    /// Stops taking new ticks, lets the thread drain the queue (answering every queued tick),
+    /// and waits for it to exit.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.handle.shared.accepting.store(false, Ordering::Release);
+        self.handle.shared.paused.store(false, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.handle.shared.unparker.unpark();
+        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
+            tracing::error!("engine thread panicked");
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

@@ -1,0 +1,95 @@
+//! A stream's reply queue: the engine thread pushes, the stream's task pops.
+//!
+//! Bounded by the stream's in-flight window, which the stream enforces before submitting, so a
+//! push from the engine never fails. Waking uses `atomic-waker`: no lock, no allocation.
+
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_queue::ArrayQueue;
+
+use crate::tick::{Reject, Symbol};
+
+/// The engine's answer to one tick, before it becomes a `proto::Signal` on the edge.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub symbol: Symbol,
+    pub seq: u64,
+    pub exchange_ts_ns: i64,
+    pub score: f64,
+    pub target_position: f64,
+    pub warming_up: bool,
+    pub reject: Option<Reject>,
+    /// `name@version` of the model that scored it (shared, not copied).
+    pub model: Option<Arc<str>>,
+    pub recv: Instant,
+    pub recv_ns: u64,
+    /// When the engine posted the reply (start of the egress stage).
+    pub posted: Instant,
+}
+
+impl Reply {
+    /// A refusal decided before or instead of the engine's work.
+    pub fn rejected(
+        symbol: Symbol,
+        seq: u64,
+        exchange_ts_ns: i64,
+        reject: Reject,
+        recv: Instant,
+        recv_ns: u64,
+    ) -> Self {
+        Self {
+            symbol,
+            seq,
+            exchange_ts_ns,
+            score: 0.0,
+            target_position: 0.0,
+            warming_up: false,
+            reject: Some(reject),
+            model: None,
+            recv,
+            recv_ns,
+            posted: Instant::now(),
+        }
+    }
+}
+
+pub struct ReplyQueue {
+    queue: ArrayQueue<Reply>,
+    waker: AtomicWaker,
+}
+
+impl ReplyQueue {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: ArrayQueue::new(capacity.max(1)),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Engine side. Returns the reply back if the queue is full (a broken window invariant).
+    #[inline]
+    #[allow(clippy::result_large_err)] // handing the reply back by value is the point
+    pub fn post(&self, reply: Reply) -> Result<(), Reply> {
+        let r = self.queue.push(reply);
+        self.waker.wake();
+        r
+    }
+
+    /// Stream side: the next reply, registering `waker` first so a post racing with an empty
+    /// pop is never missed.
+    #[inline]
+    pub fn poll_pop(&self, waker: &Waker) -> Option<Reply> {
+        if let Some(r) = self.queue.pop() {
+            return Some(r);
+        }
+        self.waker.register(waker);
+        self.queue.pop()
+    }
+
+    pub fn pop(&self) -> Option<Reply> {
+        self.queue.pop()
+    }
+}

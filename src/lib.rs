@@ -1,0 +1,39 @@
+//! quantd: market ticks in over gRPC, one position signal out per tick, scored by an INT8 ONNX
+//! model on a dedicated engine thread.
+//!
+//! # Threads and data flow
+//!
+//! ```text
+//!  gateway ──gRPC──▶ tokio workers (server::tick_stream)          control path
+//!                     │ decode, stateless checks, stamp recv        ─────────────
+//!                     │ bounded ArrayQueue (engine::EngineHandle)   main: config, model
+//!                     ▼                                             load + verify
+//!                  quantd-engine thread (engine::worker)            (model::manifest)
+//!                     │ per-symbol features (features), one         quantd-telemetry:
+//!                     │ batched ONNX Runtime call (model::Scorer),  merges histograms,
+//!                     │ policy (policy)                             publishes Prometheus
+//!                     ▼ per-stream bounded reply queue + waker      (telemetry::exporter)
+//!                  tokio worker: Signal, stamp send ──gRPC──▶ gateway
+//! ```
+//!
+//! The engine thread owns the per-symbol state and the session; nothing else touches them. It
+//! takes no locks and makes no heap allocation after warm-up. Everything slow (loading models,
+//! metrics export) runs elsewhere. Bad input never takes a stream down: each refused tick gets a
+//! signal with `reject_reason` and is counted by reason.
+
+pub mod config;
+pub mod engine;
+pub mod features;
+pub mod model;
+pub mod policy;
+pub mod server;
+pub mod symbols;
+pub mod telemetry;
+pub mod tick;
+pub mod tickfile;
+
+/// Generated gRPC types and services of `proto/quantd/v1/quantd.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("quantd.v1");
+}

@@ -1,0 +1,95 @@
+//! The ONNX Runtime session the engine thread calls, with its input and output tensors
+//! allocated once per batch size and reused.
+//!
+//! Built on the control path ([`Scorer::new`]), then moved to and owned by the engine thread
+//! (`ort::session::Session` is `Send`; `Session::run` needs `&mut self`, so one session per
+//! engine thread). [`Scorer::score`] makes no Rust heap allocation: it calls the C API's `Run`
+//! directly with pre-allocated output values, because the safe wrapper collects its outputs
+//! into fresh containers on every call.
+
+use std::ffi::CString;
+use std::ptr;
+
+use ort::AsPointer;
+use ort::session::Session;
+use ort::value::Tensor;
+
+/// A session plus, for every batch size `n` in `1..=max_batch`, an input tensor `[n, width]`
+/// and an output tensor `[n, out_width]` (`[n, window, width]` inputs come with windowed models).
+pub struct Scorer {
+    session: Session,
+    input_name: CString,
+    output_name: CString,
+    inputs: Vec<Tensor<f32>>,
+    outputs: Vec<Tensor<f32>>,
+    width: usize,
+    out_width: usize,
+}
+
+impl Scorer {
+    /// Pre-allocates tensors for batches of 1..=`max_batch` rows of `width` floats.
+    pub fn new(
+        session: Session,
+        input: &str,
+        output: &str,
+        width: usize,
+        out_width: usize,
+        max_batch: usize,
+    ) -> ort::Result<Self> {
+        let mut inputs = Vec::with_capacity(max_batch);
+        let mut outputs = Vec::with_capacity(max_batch);
+        for n in 1..=max_batch {
+            inputs.push(Tensor::<f32>::new(session.allocator(), [n, width])?);
+            outputs.push(Tensor::<f32>::new(session.allocator(), [n, out_width])?);
+        }
+        let cstr = |s: &str| CString::new(s).map_err(|e| ort::Error::new(e.to_string()));
+        Ok(Self {
+            input_name: cstr(input)?,
+            output_name: cstr(output)?,
+            session,
+            inputs,
+            outputs,
+            width,
+            out_width,
+        })
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.inputs.len()
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Runs the model on `rows` (row-major, `n * width` floats) and returns `n * out_width`
+    /// scores. `n` must be in `1..=max_batch`.
+    pub fn score(&mut self, rows: &[f32]) -> ort::Result<&[f32]> {
+        let n = rows.len() / self.width;
+        debug_assert!(n >= 1 && n <= self.inputs.len() && rows.len() == n * self.width);
+        let input = &mut self.inputs[n - 1];
+        input.extract_tensor_mut().1.copy_from_slice(rows);
+        let output = &mut self.outputs[n - 1];
+        let input_names = [self.input_name.as_ptr()];
+        let output_names = [self.output_name.as_ptr()];
+        let input_values = [input.ptr()];
+        let mut output_values = [output.ptr_mut()];
+        // SAFETY: the session, names and values outlive the call; the output value is a
+        // pre-allocated tensor of exactly the shape the model produces for `n` rows (checked at
+        // load by `verify_io`), which ONNX Runtime fills in place.
+        unsafe {
+            let status = (ort::api().Run)(
+                self.session.ptr().cast_mut(),
+                ptr::null(),
+                input_names.as_ptr(),
+                input_values.as_ptr(),
+                1,
+                output_names.as_ptr(),
+                1,
+                output_values.as_mut_ptr(),
+            );
+            ort::Error::result_from_status(status)?;
+        }
+        Ok(&output.extract_tensor().1[..n * self.out_width])
+    }
+}

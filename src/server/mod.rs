@@ -1,0 +1,227 @@
+//! The gRPC edge and the server's life cycle: start-up on the control path (load the model,
+//! start the engine and telemetry threads, bind the ports), serving on tokio, and graceful
+//! shutdown (stop accepting, drain the engine, answer every tick already read).
+
+pub mod signal_service;
+pub mod status;
+pub mod tick_stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineHandle, worker::ActiveModel};
+use crate::model::manifest::{LoadedModel, ModelError, resolve};
+use crate::model::runtime::{self, RuntimeError};
+use crate::proto::signal_service_server::SignalServiceServer;
+use crate::telemetry::Telemetry;
+use crate::telemetry::exporter::{Exporter, serve_metrics};
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch (what `server_recv_ns`/`server_send_ns`
+/// carry).
+#[inline]
+pub fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// The encoded file descriptor set of `quantd.v1`, for server reflection.
+pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quantd_descriptor");
+
+/// A running server. Dropping it without [`Server::shutdown`] aborts serving.
+pub struct Server {
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    model: String,
+    telemetry: Arc<Telemetry>,
+    engine: Option<Engine>,
+    exporter: Option<Exporter>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    metrics_stop: Option<oneshot::Sender<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Server {
+    /// Loads ONNX Runtime and the configured model, starts the engine and telemetry threads,
+    /// binds both ports (port 0 picks a free one) and starts serving.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let lib = runtime::init(config.ort_dylib_path.as_deref())?;
+        tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+        let dir = resolve(&config.models_dir, config.model.as_deref())?;
+        let loaded = LoadedModel::load(&dir, config.engine.max_batch)?;
+        let label = loaded.manifest.label();
+        tracing::info!(model = %label, dir = %dir.display(), quantization = %loaded.manifest.quantization.method, "model verified and loaded");
+
+        let telemetry = Telemetry::new();
+        telemetry.set_model(&loaded.manifest.name, &loaded.manifest.version);
+        let active = ActiveModel {
+            policy: config.policy.unwrap_or(loaded.manifest.policy),
+            label: Arc::from(label.as_str()),
+            scorer: loaded.scorer,
+        };
+        let engine = crate::engine::spawn(&config.engine_config(), active, telemetry.clone())
+            .map_err(StartError::Thread)?;
+        let handle = engine.handle();
+        let depth_handle = handle.clone();
+        let exporter = Exporter::start(
+            telemetry.clone(),
+            Box::new(move || depth_handle.depth()),
+            Duration::from_millis(config.metrics_interval_ms),
+        )
+        .map_err(StartError::Thread)?;
+
+        let metrics_listener = bind(config.metrics_listen).await?;
+        let metrics_addr = metrics_listener.local_addr().map_err(StartError::Thread)?;
+        let (metrics_stop, metrics_rx) = oneshot::channel::<()>();
+        tokio::spawn(serve_metrics(metrics_listener, exporter.handle(), async {
+            let _ = metrics_rx.await;
+        }));
+
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(StartError::Thread)?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let grpc = tokio::spawn(
+            serve_grpc(
+                listener,
+                handle,
+                telemetry.clone(),
+                config.stream.window,
+                stop_rx,
+            )
+            .await?,
+        );
+        tracing::info!(%addr, %metrics_addr, "serving");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            model: label,
+            telemetry,
+            engine: Some(engine),
+            exporter: Some(exporter),
+            stop_tx: Some(stop_tx),
+            grpc: Some(grpc),
+            metrics_stop: Some(metrics_stop),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// `name@version` of the serving model.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The engine's queue handle (depth, pause/resume for diagnostics and tests).
+    pub fn engine(&self) -> Option<EngineHandle> {
+        self.engine.as_ref().map(Engine::handle)
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Graceful shutdown: refuse new connections and new ticks (answered `shutting_down`), give
+    /// open streams up to `grace` to finish, drain the engine, publish metrics one last time.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(engine) = &self.engine {
+            engine.stop_accepting();
+        }
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut grpc) = self.grpc.take()
+            && tokio::time::timeout(grace, &mut grpc).await.is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "open streams did not finish within the grace period; closing them"
+            );
+            grpc.abort();
+        }
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .ok();
+        }
+        if let Some(tx) = self.metrics_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(exporter) = self.exporter.take() {
+            tokio::task::spawn_blocking(move || exporter.shutdown())
+                .await
+                .ok();
+        }
+        tracing::info!("shut down");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(grpc) = self.grpc.take() {
+            grpc.abort();
+        }
+    }
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    engine: EngineHandle,
+    telemetry: Arc<Telemetry>,
+    window: usize,
+    stop: oneshot::Receiver<()>,
+) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // The model is loaded and verified before the port opens, so the service starts SERVING.
+    health_reporter
+        .set_serving::<SignalServiceServer<signal_service::Signals>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, window));
+    Ok(tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(signals)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop.await;
+        }))
+}

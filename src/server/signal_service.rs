@@ -1,0 +1,109 @@
+//! `quantd.v1.SignalService`: the streaming and unary handlers. Plain code; the only place a
+//! library error becomes a `tonic::Status` is [`super::status`].
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tonic::{Request, Response, Status, Streaming};
+
+use super::realtime_ns;
+use super::status::EdgeError;
+use super::tick_stream::{TickStream, finish};
+use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
+use crate::proto;
+use crate::proto::signal_service_server::SignalService;
+use crate::telemetry::{Recorder, Series, Telemetry};
+use crate::tick::{Symbol, Tick};
+
+pub struct Signals {
+    engine: EngineHandle,
+    telemetry: Arc<Telemetry>,
+    window: usize,
+    /// Unary calls share one recorder (a short lock on the unary path only; streams own theirs).
+    unary_recorder: Mutex<Recorder>,
+}
+
+impl Signals {
+    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, window: usize) -> Self {
+        let unary_recorder =
+            Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
+        Self {
+            engine,
+            telemetry,
+            window,
+            unary_recorder,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SignalService for Signals {
+    type StreamTicksStream = TickStream;
+
+    async fn stream_ticks(
+        &self,
+        request: Request<Streaming<proto::Tick>>,
+    ) -> Result<Response<TickStream>, Status> {
+        Ok(Response::new(TickStream::new(
+            request.into_inner(),
+            self.engine.clone(),
+            self.telemetry.clone(),
+            self.window,
+        )))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<proto::Tick>,
+    ) -> Result<Response<proto::Signal>, Status> {
+        let t = request.into_inner();
+        let recv = Instant::now();
+        let recv_ns = realtime_ns();
+        let reply = match Tick::from_proto(&t) {
+            Err(reject) => Reply::rejected(
+                Symbol::EMPTY,
+                t.seq,
+                t.exchange_ts_ns,
+                reject,
+                recv,
+                recv_ns,
+            ),
+            Ok(tick) => {
+                let queue = ReplyQueue::new(1);
+                match self.engine.submit(WorkItem {
+                    tick,
+                    reply_to: queue.clone(),
+                    recv,
+                    recv_ns,
+                }) {
+                    Err((_, reject)) => {
+                        Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns)
+                    }
+                    Ok(()) => wait_reply(&queue).await?,
+                }
+            }
+        };
+        let mut recorder = self
+            .unary_recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(Response::new(finish(
+            reply,
+            Some(t.symbol),
+            &mut recorder,
+            &self.telemetry,
+        )))
+    }
+}
+
+async fn wait_reply(queue: &Arc<ReplyQueue>) -> Result<Reply, EdgeError> {
+    // The engine answers every queued tick, also while shutting down (it drains its queue).
+    let reply = poll_fn(|cx| match queue.poll_pop(cx.waker()) {
+        Some(r) => std::task::Poll::Ready(Some(r)),
+        None if Arc::strong_count(queue) == 1 => std::task::Poll::Ready(queue.pop()),
+        None => std::task::Poll::Pending,
+    })
+    .await;
+    reply.ok_or(EdgeError::EngineStopped)
+}

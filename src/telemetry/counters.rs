@@ -1,0 +1,65 @@
+//! Outcome and reject counters: plain relaxed atomics, written where a tick's fate is sealed
+//! (the gRPC edge, when its signal is handed to the transport or its stream is gone), read by the
+//! exporter. No locks, no allocation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::tick::Reject;
+
+/// What happened to a tick. Every tick ends in exactly one outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Scored by the model; the signal carries a position.
+    Scored,
+    /// Accepted and folded into the features, but the symbol is still warming up (position 0).
+    WarmingUp,
+    /// Refused; see the reject counters for why.
+    Rejected,
+    /// Its stream went away before the signal could be sent.
+    Dropped,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Scored,
+        Outcome::WarmingUp,
+        Outcome::Rejected,
+        Outcome::Dropped,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Scored => "scored",
+            Outcome::WarmingUp => "warming_up",
+            Outcome::Rejected => "rejected",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    rejects: [AtomicU64; Reject::ALL.len()],
+}
+
+impl Counters {
+    pub fn outcome(&self, o: Outcome, n: u64) {
+        self.outcomes[o as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a rejected tick under its reason (and under the `rejected` outcome).
+    pub fn reject(&self, r: Reject) {
+        self.rejects[r.index()].fetch_add(1, Ordering::Relaxed);
+        self.outcome(Outcome::Rejected, 1);
+    }
+
+    pub fn outcome_total(&self, o: Outcome) -> u64 {
+        self.outcomes[o as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn reject_total(&self, r: Reject) -> u64 {
+        self.rejects[r.index()].load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,259 @@
+//! The telemetry thread: every interval it collects the writers' histograms and the counters
+//! and publishes them into a Prometheus recorder owned by this server; and the HTTP endpoint
+//! (`GET /metrics`) that renders it.
+//!
+//! Runs on its own named thread (`quantd-telemetry`), never on the engine thread. The recorder
+//! is local to the server (no global `metrics` recorder), so several servers can live in one
+//! process, as the integration tests do.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::latency::{HistogramSet, Series};
+use super::{Outcome, Telemetry};
+use crate::tick::Reject;
+
+pub const TICK_TO_SIGNAL: &str = "quantd_tick_to_signal_seconds";
+pub const STAGE: &str = "quantd_stage_seconds";
+pub const BATCH_SIZE: &str = "quantd_inference_batch_size";
+pub const TICKS: &str = "quantd_ticks_total";
+pub const REJECTS: &str = "quantd_rejects_total";
+pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
+pub const MODEL_INFO: &str = "quantd_model_info";
+
+/// Latency buckets, seconds: every microsecond up to 30 µs, then progressively coarser to 1 s.
+pub fn latency_buckets() -> Vec<f64> {
+    let mut us: Vec<f64> = (1..=30).map(f64::from).collect();
+    us.extend([
+        35., 40., 45., 50., 60., 70., 80., 90., 100., 125., 150., 200., 250., 300., 400., 500.,
+        750.,
+    ]);
+    us.extend([
+        1e3, 1.5e3, 2e3, 3e3, 5e3, 7.5e3, 1e4, 2e4, 5e4, 1e5, 2.5e5, 5e5, 1e6,
+    ]);
+    us.into_iter().map(|u| u * 1e-6).collect()
+}
+
+const BATCH_BUCKETS: [f64; 17] = [
+    1., 2., 3., 4., 6., 8., 12., 16., 24., 32., 48., 64., 96., 128., 256., 512., 1024.,
+];
+
+fn build_recorder() -> PrometheusRecorder {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(TICK_TO_SIGNAL.into()), &latency_buckets())
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STAGE.into()), &latency_buckets()))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS))
+        .expect("bucket lists are non-empty constants");
+    builder.build_recorder()
+}
+
+fn describe() {
+    metrics::describe_histogram!(
+        TICK_TO_SIGNAL,
+        metrics::Unit::Seconds,
+        "Server-internal latency: tick decoded -> signal handed to the transport"
+    );
+    metrics::describe_histogram!(
+        STAGE,
+        metrics::Unit::Seconds,
+        "Latency of each pipeline stage (queue_wait, features, inference per batch, policy, egress, total)"
+    );
+    metrics::describe_histogram!(
+        BATCH_SIZE,
+        metrics::Unit::Count,
+        "Ticks scored per model call"
+    );
+    metrics::describe_counter!(
+        TICKS,
+        "Ticks by final outcome (scored, warming_up, rejected, dropped)"
+    );
+    metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Ticks waiting in the engine queue");
+    metrics::describe_gauge!(
+        MODEL_INFO,
+        "The active model (value 1), labelled with name and version"
+    );
+}
+
+fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
+    for v in h.iter_recorded() {
+        f(
+            h.median_equivalent(v.value_iterated_to()) as f64,
+            v.count_at_value() as usize,
+        );
+    }
+}
+
+fn publish(
+    t: &Telemetry,
+    delta: &HistogramSet,
+    queue_depth: usize,
+    last_model: &mut Option<(String, String)>,
+) {
+    for s in Series::ALL {
+        let Some(h) = delta.get(s) else { continue };
+        match s {
+            Series::BatchSize => {
+                publish_histogram(h, |v, n| metrics::histogram!(BATCH_SIZE).record_many(v, n))
+            }
+            _ => {
+                let stage = metrics::histogram!(STAGE, "stage" => s.stage());
+                publish_histogram(h, |v, n| stage.record_many(v * 1e-9, n));
+                if s == Series::Total {
+                    publish_histogram(h, |v, n| {
+                        metrics::histogram!(TICK_TO_SIGNAL).record_many(v * 1e-9, n)
+                    });
+                }
+            }
+        }
+    }
+    for o in Outcome::ALL {
+        metrics::counter!(TICKS, "outcome" => o.label()).absolute(t.counters.outcome_total(o));
+    }
+    for r in Reject::ALL {
+        metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
+    }
+    metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
+    let model = t.model();
+    if model != *last_model {
+        if let Some((name, version)) = last_model.take() {
+            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version).set(0.0);
+        }
+        if let Some((name, version)) = model.clone() {
+            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version).set(1.0);
+        }
+        *last_model = model;
+    }
+}
+
+/// The running telemetry thread.
+pub struct Exporter {
+    handle: PrometheusHandle,
+    totals: Arc<Mutex<HistogramSet>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Starts the telemetry thread, publishing every `interval`.
+    pub fn start(
+        telemetry: Arc<Telemetry>,
+        queue_depth: Box<dyn Fn() -> usize + Send>,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        let recorder = build_recorder();
+        let handle = recorder.handle();
+        let totals = Arc::new(Mutex::new(telemetry.latency.new_set()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s, tot) = (telemetry, stop.clone(), totals.clone());
+        let upkeep = handle.clone();
+        let thread = std::thread::Builder::new()
+            .name("quantd-telemetry".into())
+            .spawn(move || {
+                let mut delta = t.latency.new_set();
+                let mut last_model = None;
+                metrics::with_local_recorder(&recorder, describe);
+                loop {
+                    let stopping = s.load(Ordering::Acquire);
+                    t.latency.collect(&mut delta);
+                    metrics::with_local_recorder(&recorder, || {
+                        publish(&t, &delta, queue_depth(), &mut last_model)
+                    });
+                    tot.lock().unwrap_or_else(|e| e.into_inner()).add(&delta);
+                    delta.reset();
+                    upkeep.run_upkeep();
+                    if stopping {
+                        break;
+                    }
+                    std::thread::park_timeout(interval);
+                }
+            })?;
+        Ok(Self {
+            handle,
+            totals,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn handle(&self) -> PrometheusHandle {
+        self.handle.clone()
+    }
+
+    /// Everything collected since start, merged (for in-process reports and tests).
+    pub fn totals(&self) -> Arc<Mutex<HistogramSet>> {
+        self.totals.clone()
+    }
+
+    /// Publishes one last time and stops the thread.
+    pub fn shutdown(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |_req| {
+                let body = handle.render();
+                async move {
+                    Ok::<_, Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("static response parts are valid"),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

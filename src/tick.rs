@@ -1,0 +1,371 @@
+//! The validated, fixed-size tick the engine consumes, and the stateless checks that turn a
+//! decoded `proto::Tick` into one.
+//!
+//! Runs on the gRPC edge (tokio worker threads) and in the tick-file reader. The stateful checks
+//! (timestamp order, symbol cap) need per-symbol state and therefore run on the engine thread.
+
+use std::fmt;
+
+use crate::proto;
+
+/// Longest symbol accepted, in bytes. Symbols travel inline (no heap) through the engine queue.
+pub const MAX_SYMBOL_LEN: usize = 32;
+
+/// A symbol stored inline so that ticks cross the engine queue without a heap pointer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Symbol {
+    len: u8,
+    bytes: [u8; MAX_SYMBOL_LEN],
+}
+
+impl Symbol {
+    /// The empty symbol, used only to answer ticks whose symbol was refused.
+    pub const EMPTY: Symbol = Symbol {
+        len: 0,
+        bytes: [0; MAX_SYMBOL_LEN],
+    };
+
+    /// Builds a symbol from 1..=32 bytes of UTF-8.
+    pub fn new(s: &str) -> Result<Self, Reject> {
+        if s.is_empty() {
+            return Err(Reject::EmptySymbol);
+        }
+        if s.len() > MAX_SYMBOL_LEN {
+            return Err(Reject::SymbolTooLong);
+        }
+        let mut bytes = [0u8; MAX_SYMBOL_LEN];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Self {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from a `&str`, so the prefix is valid UTF-8.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Quote,
+    Trade,
+}
+
+/// Which side crossed the spread on a trade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggressor {
+    Unknown,
+    Buy,
+    Sell,
+}
+
+impl Aggressor {
+    /// +1 for buyer-initiated, -1 for seller-initiated, 0 when unknown.
+    pub fn sign(self) -> f64 {
+        match self {
+            Aggressor::Buy => 1.0,
+            Aggressor::Sell => -1.0,
+            Aggressor::Unknown => 0.0,
+        }
+    }
+}
+
+/// One market event after the stateless checks. Quote fields are zero on trades and vice versa.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tick {
+    pub symbol: Symbol,
+    pub seq: u64,
+    pub exchange_ts_ns: i64,
+    pub kind: Kind,
+    pub bid_px: f64,
+    pub bid_qty: f64,
+    pub ask_px: f64,
+    pub ask_qty: f64,
+    pub trade_px: f64,
+    pub trade_qty: f64,
+    pub aggressor: Aggressor,
+}
+
+/// Why a tick was refused. Each reason has a stable snake_case code used as the Prometheus
+/// label and as the prefix of `Signal.reject_reason`. Allocation-free: the engine builds these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reject {
+    NonFinite,
+    NonPositive,
+    CrossedBook,
+    EmptySymbol,
+    SymbolTooLong,
+    InvalidEnum,
+    StaleTimestamp,
+    TooManySymbols,
+    QueueFull,
+    ShuttingDown,
+    ModelError,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 11] = [
+        Reject::NonFinite,
+        Reject::NonPositive,
+        Reject::CrossedBook,
+        Reject::EmptySymbol,
+        Reject::SymbolTooLong,
+        Reject::InvalidEnum,
+        Reject::StaleTimestamp,
+        Reject::TooManySymbols,
+        Reject::QueueFull,
+        Reject::ShuttingDown,
+        Reject::ModelError,
+    ];
+
+    /// Stable machine-readable code (metrics label, prefix of the reject reason).
+    pub fn code(self) -> &'static str {
+        match self {
+            Reject::NonFinite => "non_finite",
+            Reject::NonPositive => "non_positive",
+            Reject::CrossedBook => "crossed_book",
+            Reject::EmptySymbol => "empty_symbol",
+            Reject::SymbolTooLong => "symbol_too_long",
+            Reject::InvalidEnum => "invalid_enum",
+            Reject::StaleTimestamp => "stale_timestamp",
+            Reject::TooManySymbols => "too_many_symbols",
+            Reject::QueueFull => "queue_full",
+            Reject::ShuttingDown => "shutting_down",
+            Reject::ModelError => "model_error",
+        }
+    }
+
+    /// Human-readable explanation, sent after the code.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Reject::NonFinite => "a price or size is NaN or infinite",
+            Reject::NonPositive => "a price or size is zero or negative",
+            Reject::CrossedBook => "bid_px is above ask_px",
+            Reject::EmptySymbol => "symbol is empty",
+            Reject::SymbolTooLong => "symbol is longer than 32 bytes",
+            Reject::InvalidEnum => "kind or aggressor is not a known enum value",
+            Reject::StaleTimestamp => {
+                "exchange_ts_ns is older than this symbol's last accepted tick"
+            }
+            Reject::TooManySymbols => "the server's distinct-symbol cap is reached",
+            Reject::QueueFull => "the engine queue is full; the tick was not processed",
+            Reject::ShuttingDown => "the server is shutting down",
+            Reject::ModelError => "the model failed on this batch",
+        }
+    }
+
+    /// Position in [`Reject::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.detail())
+    }
+}
+
+impl std::error::Error for Reject {}
+
+fn positive_finite(values: &[f64]) -> Result<(), Reject> {
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(Reject::NonFinite);
+    }
+    if values.iter().any(|v| *v <= 0.0) {
+        return Err(Reject::NonPositive);
+    }
+    Ok(())
+}
+
+impl Tick {
+    /// A quote tick, checked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quote(
+        symbol: &str,
+        seq: u64,
+        exchange_ts_ns: i64,
+        bid_px: f64,
+        bid_qty: f64,
+        ask_px: f64,
+        ask_qty: f64,
+    ) -> Result<Self, Reject> {
+        let symbol = Symbol::new(symbol)?;
+        positive_finite(&[bid_px, bid_qty, ask_px, ask_qty])?;
+        if bid_px > ask_px {
+            return Err(Reject::CrossedBook);
+        }
+        Ok(Self {
+            symbol,
+            seq,
+            exchange_ts_ns,
+            kind: Kind::Quote,
+            bid_px,
+            bid_qty,
+            ask_px,
+            ask_qty,
+            trade_px: 0.0,
+            trade_qty: 0.0,
+            aggressor: Aggressor::Unknown,
+        })
+    }
+
+    /// A trade tick, checked.
+    pub fn trade(
+        symbol: &str,
+        seq: u64,
+        exchange_ts_ns: i64,
+        trade_px: f64,
+        trade_qty: f64,
+        aggressor: Aggressor,
+    ) -> Result<Self, Reject> {
+        let symbol = Symbol::new(symbol)?;
+        positive_finite(&[trade_px, trade_qty])?;
+        Ok(Self {
+            symbol,
+            seq,
+            exchange_ts_ns,
+            kind: Kind::Trade,
+            bid_px: 0.0,
+            bid_qty: 0.0,
+            ask_px: 0.0,
+            ask_qty: 0.0,
+            trade_px,
+            trade_qty,
+            aggressor,
+        })
+    }
+
+    /// The stateless checks on a decoded wire tick. Only the fields of the tick's kind are
+    /// checked; the others are ignored (and zeroed).
+    pub fn from_proto(t: &proto::Tick) -> Result<Self, Reject> {
+        let kind = proto::TickKind::try_from(t.kind).map_err(|_| Reject::InvalidEnum)?;
+        let aggressor =
+            match proto::Aggressor::try_from(t.aggressor).map_err(|_| Reject::InvalidEnum)? {
+                proto::Aggressor::Unknown => Aggressor::Unknown,
+                proto::Aggressor::Buy => Aggressor::Buy,
+                proto::Aggressor::Sell => Aggressor::Sell,
+            };
+        match kind {
+            proto::TickKind::Quote => Self::quote(
+                &t.symbol,
+                t.seq,
+                t.exchange_ts_ns,
+                t.bid_px,
+                t.bid_qty,
+                t.ask_px,
+                t.ask_qty,
+            ),
+            proto::TickKind::Trade => Self::trade(
+                &t.symbol,
+                t.seq,
+                t.exchange_ts_ns,
+                t.trade_px,
+                t.trade_qty,
+                aggressor,
+            ),
+        }
+    }
+
+    /// The wire form of this tick (used by clients, replay and tests).
+    pub fn to_proto(&self) -> proto::Tick {
+        proto::Tick {
+            symbol: self.symbol.as_str().to_owned(),
+            seq: self.seq,
+            exchange_ts_ns: self.exchange_ts_ns,
+            kind: match self.kind {
+                Kind::Quote => proto::TickKind::Quote as i32,
+                Kind::Trade => proto::TickKind::Trade as i32,
+            },
+            bid_px: self.bid_px,
+            bid_qty: self.bid_qty,
+            ask_px: self.ask_px,
+            ask_qty: self.ask_qty,
+            trade_px: self.trade_px,
+            trade_qty: self.trade_qty,
+            aggressor: match self.aggressor {
+                Aggressor::Unknown => proto::Aggressor::Unknown as i32,
+                Aggressor::Buy => proto::Aggressor::Buy as i32,
+                Aggressor::Sell => proto::Aggressor::Sell as i32,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(bid: f64, ask: f64) -> proto::Tick {
+        proto::Tick {
+            symbol: "BTCUSDT".into(),
+            seq: 1,
+            exchange_ts_ns: 1,
+            kind: proto::TickKind::Quote as i32,
+            bid_px: bid,
+            bid_qty: 1.0,
+            ask_px: ask,
+            ask_qty: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_quote_and_round_trips() {
+        let t = Tick::from_proto(&q(100.0, 100.5)).unwrap();
+        assert_eq!(t.symbol.as_str(), "BTCUSDT");
+        assert_eq!(Tick::from_proto(&t.to_proto()).unwrap(), t);
+    }
+
+    #[test]
+    fn rejects_each_bad_field_with_its_reason() {
+        assert_eq!(Tick::from_proto(&q(f64::NAN, 1.0)), Err(Reject::NonFinite));
+        assert_eq!(
+            Tick::from_proto(&q(1.0, f64::INFINITY)),
+            Err(Reject::NonFinite)
+        );
+        assert_eq!(Tick::from_proto(&q(0.0, 1.0)), Err(Reject::NonPositive));
+        assert_eq!(Tick::from_proto(&q(-1.0, 1.0)), Err(Reject::NonPositive));
+        assert_eq!(Tick::from_proto(&q(2.0, 1.0)), Err(Reject::CrossedBook));
+        let mut t = q(1.0, 2.0);
+        t.symbol = String::new();
+        assert_eq!(Tick::from_proto(&t), Err(Reject::EmptySymbol));
+        t.symbol = "X".repeat(33);
+        assert_eq!(Tick::from_proto(&t), Err(Reject::SymbolTooLong));
+        t.symbol = "X".repeat(32);
+        assert!(Tick::from_proto(&t).is_ok());
+        t.kind = 7;
+        assert_eq!(Tick::from_proto(&t), Err(Reject::InvalidEnum));
+        let mut tr = q(1.0, 2.0);
+        tr.kind = proto::TickKind::Trade as i32;
+        tr.trade_px = 10.0;
+        tr.trade_qty = 0.0;
+        assert_eq!(Tick::from_proto(&tr), Err(Reject::NonPositive));
+    }
+
+    #[test]
+    fn reject_codes_are_unique() {
+        let mut codes: Vec<_> = Reject::ALL.iter().map(|r| r.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reject::ALL.len());
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Shared helpers for the integration tests: a real server on port 0 with the real default
+//! model, real recorded ticks from `../shared/data/ticks`, and a Prometheus scrape.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quantd::config::Config;
+use quantd::proto::signal_service_client::SignalServiceClient;
+use quantd::proto::{Signal, Tick};
+use quantd::server::Server;
+use tonic::transport::Channel;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/data/ticks/<name>` next to the repository.
+pub fn shared_ticks(name: &str) -> PathBuf {
+    let p = repo().join("../shared/data/ticks").join(name);
+    assert!(
+        p.is_file(),
+        "recorded tick file {} missing: tests need ../shared beside the repo",
+        p.display()
+    );
+    p
+}
+
+/// A config for tests: ephemeral ports, the repo's models, fast metrics.
+pub fn test_config() -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        models_dir: repo().join("models"),
+        metrics_interval_ms: 50,
+        ..Config::default()
+    };
+    c.validate().expect("test config is valid");
+    c.engine.idle = quantd::engine::IdleStrategy::SpinPark;
+    c
+}
+
+pub async fn start(config: &Config) -> Server {
+    Server::start(config).await.expect("server starts")
+}
+
+pub async fn client(server: &Server) -> SignalServiceClient<Channel> {
+    SignalServiceClient::connect(format!("http://{}", server.addr()))
+        .await
+        .expect("connect")
+}
+
+/// The first `n` ticks (merged by time) of the given recorded files, as wire ticks.
+pub fn recorded(files: &[&str], n: usize) -> Vec<Tick> {
+    let paths: Vec<_> = files.iter().map(|f| shared_ticks(f)).collect();
+    quantd::tickfile::TickReader::open(&paths)
+        .unwrap()
+        .take(n)
+        .map(|t| t.unwrap().to_proto())
+        .collect()
+}
+
+/// Streams `ticks` on one call and collects every signal.
+pub async fn stream_all(
+    client: &mut SignalServiceClient<Channel>,
+    ticks: Vec<Tick>,
+) -> Vec<Signal> {
+    let mut out = Vec::with_capacity(ticks.len());
+    let mut replies = client
+        .stream_ticks(tokio_stream::iter(ticks))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    while let Some(s) = replies.message().await.expect("stream stays healthy") {
+        out.push(s);
+    }
+    out
+}
+
+pub async fn scrape(server: &Server) -> String {
+    reqwest::get(format!("http://{}/metrics", server.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample line starting with `prefix` (name plus labels).
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes until `prefix` reaches `at_least` (the exporter publishes every 50 ms in tests).
+pub async fn wait_for_metric(server: &Server, prefix: &str, at_least: f64) -> String {
+    for _ in 0..100 {
+        let m = scrape(server).await;
+        if sample(&m, prefix).is_some_and(|v| v >= at_least) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "metric {prefix} never reached {at_least}:\n{}",
+        scrape(server).await
+    )
+}

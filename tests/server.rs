@@ -1,0 +1,329 @@
+//! The spine end to end: a real server on port 0, the real INT8 default model, real recorded
+//! Binance ticks streamed over gRPC.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use quantd::proto::{Signal, Tick, TickKind};
+
+const BTC_QUOTES: &str = "binance_usdm_btcusdt_20240808_quotes.csv.gz";
+const BTC_TRADES: &str = "binance_usdm_btcusdt_20240808_trades.csv.gz";
+
+fn check_signals(ticks: &[Tick], signals: &[Signal], model: &str) {
+    assert_eq!(signals.len(), ticks.len(), "one signal per tick");
+    for (t, s) in ticks.iter().zip(signals) {
+        assert_eq!(s.seq, t.seq, "in order, seq echoed");
+        assert_eq!(s.symbol, t.symbol);
+        assert_eq!(s.exchange_ts_ns, t.exchange_ts_ns);
+        assert!(
+            s.reject_reason.is_empty(),
+            "recorded tick {} rejected: {}",
+            t.seq,
+            s.reject_reason
+        );
+        assert!(s.score.is_finite());
+        assert!((-1.0..=1.0).contains(&s.target_position));
+        assert_eq!(s.model, model);
+        assert!(s.server_recv_ns > 0 && s.server_send_ns >= s.server_recv_ns);
+        if s.warming_up {
+            assert_eq!(s.target_position, 0.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_recorded_ticks_and_exports_latency() {
+    let server = start(&test_config()).await;
+    assert_eq!(server.model(), "quantd-mlp@1");
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES, BTC_TRADES], 20_000);
+    assert!(
+        ticks.iter().any(|t| t.kind == TickKind::Trade as i32)
+            && ticks.iter().any(|t| t.kind == TickKind::Quote as i32)
+    );
+    let signals = stream_all(&mut c, ticks.clone()).await;
+    check_signals(&ticks, &signals, "quantd-mlp@1");
+    // The manifest's warm-up is 100 ticks: exactly the first 99 signals of the symbol are warming up.
+    assert_eq!(signals.iter().filter(|s| s.warming_up).count(), 99);
+    assert!(
+        signals.iter().any(|s| s.target_position != 0.0),
+        "the policy takes positions on real data"
+    );
+
+    let m = wait_for_metric(&server, "quantd_tick_to_signal_seconds_count", 20_000.0).await;
+    for needle in [
+        "quantd_tick_to_signal_seconds_bucket{le=\"0.000001\"}",
+        "quantd_stage_seconds_count{stage=\"queue_wait\"}",
+        "quantd_stage_seconds_count{stage=\"features\"}",
+        "quantd_stage_seconds_count{stage=\"inference\"}",
+        "quantd_stage_seconds_count{stage=\"policy\"}",
+        "quantd_stage_seconds_count{stage=\"egress\"}",
+        "quantd_stage_seconds_count{stage=\"total\"}",
+        "quantd_inference_batch_size_count",
+        "quantd_engine_queue_depth",
+        "quantd_model_info{name=\"quantd-mlp\",version=\"1\"} 1",
+    ] {
+        let v = sample(&m, needle);
+        assert!(v.is_some(), "{needle} missing:\n{m}");
+        if needle.contains("_count") {
+            assert!(v.unwrap() > 0.0, "{needle} is zero");
+        }
+    }
+    assert_eq!(
+        sample(&m, "quantd_ticks_total{outcome=\"scored\"}"),
+        Some(20_000.0 - 99.0)
+    );
+    assert_eq!(
+        sample(&m, "quantd_ticks_total{outcome=\"warming_up\"}"),
+        Some(99.0)
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_and_health_and_reflection() {
+    let server = start(&test_config()).await;
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 150);
+    let mut last = None;
+    for t in &ticks {
+        last = Some(c.predict(t.clone()).await.unwrap().into_inner());
+    }
+    let last = last.unwrap();
+    assert!(!last.warming_up && last.reject_reason.is_empty() && last.score.is_finite());
+    assert_eq!(last.seq, ticks.last().unwrap().seq);
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "quantd.v1.SignalService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"quantd.v1.SignalService".to_string()),
+        "{names:?}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+fn quote(symbol: &str, seq: u64, ts: i64, bid: f64, ask: f64) -> Tick {
+    Tick {
+        symbol: symbol.into(),
+        seq,
+        exchange_ts_ns: ts,
+        kind: TickKind::Quote as i32,
+        bid_px: bid,
+        bid_qty: 1.0,
+        ask_px: ask,
+        ask_qty: 2.0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_is_rejected_with_a_reason_and_the_stream_stays_up() {
+    let mut config = test_config();
+    config.engine.max_symbols = 2;
+    let server = start(&config).await;
+    let mut c = client(&server).await;
+    let long = "S".repeat(33);
+    let mut trade_nan = quote("A", 0, 0, 1.0, 1.0);
+    trade_nan.kind = TickKind::Trade as i32;
+    trade_nan.trade_px = f64::NAN;
+    trade_nan.trade_qty = 1.0;
+    let mut neg_qty = quote("A", 0, 0, 100.0, 100.1);
+    neg_qty.ask_qty = -1.0;
+    let mut bad_enum = quote("A", 0, 0, 100.0, 100.1);
+    bad_enum.kind = 9;
+    let cases: Vec<(Tick, &str)> = vec![
+        (quote("A", 0, 1_000, 100.0, 100.1), ""),
+        (quote("A", 0, 2_000, f64::NAN, 100.1), "non_finite"),
+        (quote("A", 0, 2_000, 100.0, f64::INFINITY), "non_finite"),
+        (trade_nan, "non_finite"),
+        (quote("A", 0, 2_000, 0.0, 100.1), "non_positive"),
+        (neg_qty, "non_positive"),
+        (quote("A", 0, 2_000, 100.2, 100.1), "crossed_book"),
+        (quote("", 0, 2_000, 100.0, 100.1), "empty_symbol"),
+        (quote(&long, 0, 2_000, 100.0, 100.1), "symbol_too_long"),
+        (bad_enum, "invalid_enum"),
+        (quote("A", 0, 999, 100.0, 100.1), "stale_timestamp"),
+        (quote("B", 0, 5, 10.0, 10.1), ""),
+        (quote("C", 0, 5, 10.0, 10.1), "too_many_symbols"),
+        (quote("A", 0, 3_000, 100.0, 100.1), ""),
+    ];
+    let ticks: Vec<Tick> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| Tick {
+            seq: i as u64 + 1,
+            ..t.clone()
+        })
+        .collect();
+    let signals = stream_all(&mut c, ticks.clone()).await;
+    assert_eq!(signals.len(), cases.len());
+    for ((s, (t, want)), sent) in signals.iter().zip(&cases).zip(&ticks) {
+        assert_eq!(s.seq, sent.seq);
+        assert_eq!(s.symbol, t.symbol, "the symbol is echoed as sent");
+        if want.is_empty() {
+            assert!(
+                s.reject_reason.is_empty(),
+                "seq {}: {}",
+                s.seq,
+                s.reject_reason
+            );
+        } else {
+            assert!(
+                s.reject_reason.starts_with(&format!("{want}: ")),
+                "seq {}: want {want}, got {:?}",
+                s.seq,
+                s.reject_reason
+            );
+            assert_eq!(s.target_position, 0.0);
+        }
+    }
+    // The same stream keeps serving after a run of bad input.
+    let more = stream_all(&mut c, vec![quote("A", 99, 4_000, 100.0, 100.1)]).await;
+    assert!(more[0].reject_reason.is_empty());
+
+    let m = wait_for_metric(
+        &server,
+        "quantd_rejects_total{reason=\"too_many_symbols\"}",
+        1.0,
+    )
+    .await;
+    for (reason, n) in [
+        ("non_finite", 3.0),
+        ("non_positive", 2.0),
+        ("crossed_book", 1.0),
+        ("empty_symbol", 1.0),
+        ("symbol_too_long", 1.0),
+        ("invalid_enum", 1.0),
+        ("stale_timestamp", 1.0),
+    ] {
+        assert_eq!(
+            sample(&m, &format!("quantd_rejects_total{{reason=\"{reason}\"}}")),
+            Some(n),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        sample(&m, "quantd_ticks_total{outcome=\"rejected\"}"),
+        Some(11.0)
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_engine_queue_is_an_explicit_counted_outcome() {
+    let mut config = test_config();
+    config.engine.queue_capacity = 4;
+    config.stream.window = 4;
+    let server = start(&config).await;
+    let engine = server.engine().unwrap();
+    engine.set_paused(true);
+    let mut a = client(&server).await;
+    let mut b = client(&server).await;
+    let ticks = |sym: &str| {
+        (1..=4)
+            .map(|i| quote(sym, i, i as i64, 10.0, 10.1))
+            .collect::<Vec<_>>()
+    };
+    // Stream A fills the paused engine's queue; then stream B's ticks find it full.
+    let fut_a = tokio::spawn(async move { stream_all(&mut a, ticks("A")).await });
+    for _ in 0..200 {
+        if engine.depth() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.depth(), 4);
+    let got_b = stream_all(&mut b, ticks("B")).await;
+    assert!(
+        got_b
+            .iter()
+            .all(|s| s.reject_reason.starts_with("queue_full: ")),
+        "{got_b:?}"
+    );
+    engine.set_paused(false);
+    let got_a = fut_a.await.unwrap();
+    assert!(got_a.iter().all(|s| s.reject_reason.is_empty()));
+    let m = wait_for_metric(&server, "quantd_rejects_total{reason=\"queue_full\"}", 4.0).await;
+    assert_eq!(
+        sample(&m, "quantd_rejects_total{reason=\"queue_full\"}"),
+        Some(4.0)
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_tick_already_read() {
+    let server = start(&test_config()).await;
+    let engine = server.engine().unwrap();
+    engine.set_paused(true);
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 500);
+    let n = ticks.len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Tick>(n);
+    for t in ticks {
+        tx.send(t).await.unwrap();
+    }
+    let mut replies = c
+        .stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..200 {
+        if engine.depth() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tx); // the client half-closes; the server still owes every signal
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
+    let mut got = 0;
+    while let Some(s) = replies.message().await.unwrap() {
+        assert!(
+            s.reject_reason.is_empty() || s.reject_reason.starts_with("shutting_down"),
+            "{}",
+            s.reject_reason
+        );
+        got += 1;
+    }
+    assert_eq!(got, n, "every tick read before shutdown is answered");
+    shutdown.await.unwrap();
+}

@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Builds quantd's default model until the QAT pipeline replaces it.
+
+Honest and small: features come from `quantd features` (the engine's own code), labels are the
+forward mid log-return over a time horizon, the split is by time, a 14-32-32-1 MLP is fitted in
+numpy, exported to ONNX, and quantized with onnxruntime's `quantize_static` (QDQ, per-channel
+INT8 weights, MinMax calibration on the training period). The manifest's golden rows are the
+INT8 model's outputs in ONNX Runtime, which the server re-checks at every load.
+
+Usage: make_default_model.py --quantd target/release/quantd --data ../shared/data/ticks --out models
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+NAME = "quantd-mlp"
+VERSION = "1"
+FILES = [
+    "binance_usdm_btcusdt_20240808_quotes.csv.gz",
+    "binance_usdm_btcusdt_20240808_trades.csv.gz",
+    "binance_usdm_ethusdt_20240808_quotes.csv.gz",
+    "binance_usdm_ethusdt_20240808_trades.csv.gz",
+]
+HORIZON_NS = 1_000_000_000  # label: forward mid log-return over 1 s, in bps
+WARMUP_TICKS = 100
+HIDDEN = 32
+SEED = 7
+
+
+def features(quantd: str, data: Path, tmp: Path) -> tuple[np.ndarray, list[str]]:
+    out = tmp / "features.npy"
+    subprocess.run([quantd, "features", "--ticks", *[str(data / f) for f in FILES], "--out", str(out)], check=True)
+    rows = np.load(out)
+    names = list(rows.dtype.names[4:])
+    return rows, names
+
+
+def labels(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward log-return in bps over HORIZON_NS per symbol, and a mask of usable rows."""
+    y = np.full(len(rows), np.nan)
+    usable = np.zeros(len(rows), dtype=bool)
+    for sym in np.unique(rows["symbol"]):
+        idx = np.flatnonzero(rows["symbol"] == sym)
+        ts = rows["exchange_ts_ns"][idx]
+        mid = rows["mid"][idx]
+        j = np.searchsorted(ts, ts + HORIZON_NS, side="left")
+        ok = j < len(idx)
+        y[idx[ok]] = np.log(mid[j[ok]] / mid[ok]) * 1e4
+        warm = np.arange(len(idx)) >= WARMUP_TICKS
+        usable[idx[ok & warm]] = True
+    return y, usable
+
+
+def split_by_time(rows: np.ndarray, usable: np.ndarray) -> dict[str, np.ndarray]:
+    """60/20/20 by exchange time, per symbol; never shuffled across time."""
+    parts = {"train": [], "val": [], "test": []}
+    for sym in np.unique(rows["symbol"]):
+        idx = np.flatnonzero((rows["symbol"] == sym) & usable)
+        a, b = int(len(idx) * 0.6), int(len(idx) * 0.8)
+        parts["train"].append(idx[:a])
+        parts["val"].append(idx[a:b])
+        parts["test"].append(idx[b:])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, epochs: int = 40):
+    rng = np.random.default_rng(SEED)
+    sizes = [x.shape[1], HIDDEN, HIDDEN, 1]
+    params = []
+    for i in range(3):
+        w = rng.normal(0, np.sqrt(2.0 / sizes[i]), (sizes[i], sizes[i + 1])).astype(np.float64)
+        params += [w, np.zeros(sizes[i + 1])]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    lr, b1, b2, step = 1e-3, 0.9, 0.999, 0
+
+    def forward(xb):
+        h1 = np.maximum(xb @ params[0] + params[1], 0)
+        h2 = np.maximum(h1 @ params[2] + params[3], 0)
+        return h1, h2, (h2 @ params[4] + params[5])[:, 0]
+
+    best = (np.inf, [p.copy() for p in params])
+    for epoch in range(epochs):
+        order = rng.permutation(len(x))
+        for s in range(0, len(x), 256):
+            bi = order[s:s + 256]
+            xb, yb = x[bi], y[bi]
+            h1, h2, out = forward(xb)
+            g = (2.0 / len(bi)) * (out - yb)[:, None]
+            grads = [None] * 6
+            grads[4], grads[5] = h2.T @ g, g.sum(0)
+            g2 = (g @ params[4].T) * (h2 > 0)
+            grads[2], grads[3] = h1.T @ g2, g2.sum(0)
+            g1 = (g2 @ params[2].T) * (h1 > 0)
+            grads[0], grads[1] = xb.T @ g1, g1.sum(0)
+            step += 1
+            for i, gr in enumerate(grads):
+                gr = gr + (1e-4 * params[i] if i % 2 == 0 else 0)
+                m[i] = b1 * m[i] + (1 - b1) * gr
+                v[i] = b2 * v[i] + (1 - b2) * gr * gr
+                params[i] -= lr * (m[i] / (1 - b1**step)) / (np.sqrt(v[i] / (1 - b2**step)) + 1e-8)
+        val = float(np.mean((forward(xv)[2] - yv) ** 2))
+        if val < best[0]:
+            best = (val, [p.copy() for p in params])
+    return best[1], best[0]
+
+
+def onnx_mlp(params, mean: np.ndarray, scale: np.ndarray) -> onnx.ModelProto:
+    """features [N,14] -> (x - mean) * scale -> Gemm/Relu x2 -> Gemm -> score [N,1]."""
+    inits = [
+        numpy_helper.from_array(mean.astype(np.float32), "feature_mean"),
+        numpy_helper.from_array(scale.astype(np.float32), "feature_scale"),
+    ]
+    for i in range(3):
+        inits.append(numpy_helper.from_array(params[2 * i].T.astype(np.float32).copy(), f"w{i}"))  # Gemm transB=1
+        inits.append(numpy_helper.from_array(params[2 * i + 1].astype(np.float32), f"b{i}"))
+    nodes = [
+        helper.make_node("Sub", ["features", "feature_mean"], ["centered"]),
+        helper.make_node("Mul", ["centered", "feature_scale"], ["x0"]),
+        helper.make_node("Gemm", ["x0", "w0", "b0"], ["g0"], transB=1),
+        helper.make_node("Relu", ["g0"], ["h0"]),
+        helper.make_node("Gemm", ["h0", "w1", "b1"], ["g1"], transB=1),
+        helper.make_node("Relu", ["g1"], ["h1"]),
+        helper.make_node("Gemm", ["h1", "w2", "b2"], ["score"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quantd_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(mean)])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="quantd-training")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, x: np.ndarray, batch: int = 256):
+        self.batches = iter([{"features": x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return s.run(["score"], {"features": x.astype(np.float32)})[0][:, 0]
+
+
+def ic(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def toml_list(values) -> str:
+    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quantd", required=True)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path, help="models directory")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, names = features(args.quantd, args.data, Path(tmp))
+    x_all = np.stack([rows[n] for n in names], axis=1).astype(np.float32)
+    y_all, usable = labels(rows)
+    split = split_by_time(rows, usable)
+    tr, va, te = split["train"], split["val"], split["test"]
+    y_clip = 5 * np.std(y_all[tr])
+    mean = x_all[tr].mean(0)
+    std = x_all[tr].std(0)
+    scale = 1.0 / np.where(std > 1e-9, std, 1.0)
+
+    def norm(idx):
+        return np.clip((x_all[idx] - mean) * scale, -10, 10)
+
+    params, val_mse = fit_mlp(norm(tr), np.clip(y_all[tr], -y_clip, y_clip), norm(va), y_all[va])
+    out_dir = args.out / NAME / VERSION
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        onnx.save(onnx_mlp(params, mean, scale), fp32)
+        int8 = out_dir / "model.onnx"
+        quantize_static(
+            str(fp32), str(int8), Reader(x_all[tr]),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+        s_fp32_te = run(fp32, x_all[te])
+        s_fp32_va = run(fp32, x_all[va])
+        fp32_size = fp32.stat().st_size
+    s_int8_te = run(int8, x_all[te])
+    s_int8_va = run(int8, x_all[va])
+
+    # Policy from the validation period's score distribution.
+    a = np.abs(s_int8_va)
+    entry, full = float(np.quantile(a, 0.8)), float(np.quantile(a, 0.98))
+    metrics = {
+        "test_ic_fp32": ic(s_fp32_te, y_all[te]),
+        "test_ic_int8": ic(s_int8_te, y_all[te]),
+        "test_sign_agreement_int8_vs_fp32": float(np.mean(np.sign(s_int8_te) == np.sign(s_fp32_te))),
+        "val_mse_fp32": val_mse,
+        "fp32_bytes": fp32_size,
+        "int8_bytes": int8.stat().st_size,
+        "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
+    }
+    golden_idx = te[np.linspace(0, len(te) - 1, 8).astype(int)]
+    golden_out = run(int8, x_all[golden_idx])
+    sha = hashlib.sha256(int8.read_bytes()).hexdigest()
+    schema = subprocess.run([args.quantd, "schema", "--toml"], check=True, capture_output=True, text=True).stdout
+
+    lines = [
+        f'name = "{NAME}"',
+        f'version = "{VERSION}"',
+        'description = "14-32-32-1 MLP on quantd features; INT8 QDQ by post-training static quantization (default until QAT lands)"',
+        'model_file = "model.onnx"',
+        f'sha256 = "{sha}"',
+        "golden_tolerance = 0.001",
+        "",
+        schema.strip(),
+        "",
+        "[io]",
+        'input = "features"',
+        f"input_shape = [-1, {len(names)}]",
+        'output = "score"',
+        "output_shape = [-1, 1]",
+        'output_meaning = "predicted forward mid log-return over the next 1 s, in bps"',
+        "",
+        "[quantization]",
+        'method = "ptq_static_qdq"',
+        'weights = "int8, per-channel, symmetric"',
+        'activations = "uint8, per-tensor, asymmetric"',
+        'calibration = "minmax over the training period"',
+        "",
+        "[policy]",
+        f"warmup_ticks = {WARMUP_TICKS}",
+        f"entry_bps = {entry!r}",
+        f"exit_bps = {entry / 2!r}",
+        f"full_position_bps = {full!r}",
+        "",
+        "[training]",
+        'script = "training/make_default_model.py"',
+        f"data = {json.dumps(FILES)}",
+        f'label = "forward mid log-return over {HORIZON_NS / 1e9:g} s, bps"',
+        'split = "per symbol by exchange time: first 60% train, next 20% validation, last 20% test"',
+    ]
+    lines += [f"{k} = {v!r}" for k, v in metrics.items()]
+    for i, row in zip(golden_idx, golden_out):
+        lines += ["", "[[golden]]", f"features = {toml_list(x_all[i])}", f"output = {toml_list([row])}"]
+    (out_dir / "manifest.toml").write_text("\n".join(lines) + "\n")
+    print(json.dumps({"model": f"{NAME}@{VERSION}", **metrics, "entry_bps": entry, "full_position_bps": full}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
