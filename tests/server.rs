@@ -327,3 +327,11 @@ async fn shutdown_answers_every_tick_already_read() {
     assert_eq!(got, n, "every tick read before shutdown is answered");
     shutdown.await.unwrap();
 }
+
+#[test]
+fn the_example_config_parses_and_validates() {
+    // `models_dir = "models"` is relative: cargo runs tests in the repository root.
+    let c =
+        quantd::config::Config::load(Some(&repo().join("deploy/quantd.toml")), Default::default());
+    assert!(c.is_ok(), "{:?}", c.err());
+}

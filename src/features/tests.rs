@@ -112,7 +112,11 @@ fn trades_do_not_move_the_mid_once_a_book_exists() {
     close(f[0], 0.0, "trade leaves mid alone");
     assert_eq!(s.mid(), 100.1);
     close(f[9], 1.0, "flow");
-    close(f[12], 15.096444681204078, "dt_trade: no trade before this one");
+    close(
+        f[12],
+        15.096444681204078,
+        "dt_trade: no trade before this one",
+    );
     close(f[11], (501f64).ln(), "dt_tick 500 ms");
 }
 
