@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use quantd::config::Config;
 use quantd::engine::worker::ActiveModel;
 use quantd::engine::{EngineConfig, IdleStrategy, ReplyQueue, WorkItem};
 use quantd::features::{NUM_FEATURES, SymbolFeatures};
@@ -84,13 +85,8 @@ fn bench_engine(c: &mut Criterion) {
     let m = model(64);
     let telemetry = Telemetry::new();
     let cfg = EngineConfig {
-        queue_capacity: 1024,
-        max_batch: 64,
-        max_symbols: 16,
-        core: None,
         idle: IdleStrategy::BusySpin,
-        idle_spin: Duration::ZERO,
-        idle_yield: Duration::ZERO,
+        ..Config::default().engine_config()
     };
     let active = ActiveModel {
         policy: m.manifest.policy,

@@ -1,0 +1,116 @@
+//! The engine makes no heap allocation per tick after warm-up: real recorded ticks go through
+//! the real engine thread and the real default model while a counting global allocator watches
+//! the whole process. (ONNX Runtime's own C++ allocations do not pass through Rust's allocator;
+//! this checks quantd's code: queue, features, scorer call, policy, replies, latency hand-over.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use quantd::config::Config;
+use quantd::engine::worker::ActiveModel;
+use quantd::engine::{EngineConfig, IdleStrategy, ReplyQueue, WorkItem};
+use quantd::model::LoadedModel;
+use quantd::telemetry::Telemetry;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn engine_hot_path_does_not_allocate_after_warm_up() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let d = repo.join("../shared/data/ticks");
+    let ticks = quantd::tickfile::read_all(&[
+        d.join("binance_usdm_ethusdt_20240808_quotes.csv.gz"),
+        d.join("binance_usdm_ethusdt_20240808_trades.csv.gz"),
+    ])
+    .unwrap();
+    quantd::model::runtime::init(None).unwrap();
+    let m = LoadedModel::load(&repo.join("models/quantd-mlp/1"), 64).unwrap();
+    let telemetry = Telemetry::new();
+    let cfg = EngineConfig {
+        idle: IdleStrategy::SpinYield,
+        ..Config::default().engine_config()
+    };
+    let active = ActiveModel {
+        policy: m.manifest.policy,
+        label: Arc::from(m.manifest.label()),
+        scorer: m.scorer,
+    };
+    let engine = quantd::engine::spawn(&cfg, active, telemetry.clone()).unwrap();
+    let handle = engine.handle();
+    let replies = ReplyQueue::new(4096);
+    let mut totals = telemetry.latency.new_set();
+
+    // Sends ticks[range] in bursts (to exercise batching), waits for every reply.
+    let mut run = |range: std::ops::Range<usize>| {
+        let mut outstanding = 0usize;
+        let mut scored = 0usize;
+        for (i, t) in ticks[range].iter().enumerate() {
+            let item = WorkItem {
+                tick: *t,
+                reply_to: replies.clone(),
+                recv: Instant::now(),
+                recv_ns: 0,
+            };
+            assert!(handle.submit(item).is_ok());
+            outstanding += 1;
+            if i % 50 == 49 {
+                while outstanding > 0 {
+                    if let Some(r) = replies.pop() {
+                        assert!(r.reject.is_none());
+                        scored += !r.warming_up as usize;
+                        outstanding -= 1;
+                    }
+                }
+                telemetry.latency.collect(&mut totals); // the hand-over runs during the window too
+            }
+        }
+        while outstanding > 0 {
+            if replies.pop().is_some() {
+                outstanding -= 1;
+            }
+        }
+        scored
+    };
+
+    run(0..5_000); // warm-up: symbols, ORT arenas, every batch size seen so far
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let scored = run(5_000..25_000);
+    let after = ALLOCS.load(Ordering::SeqCst);
+    assert!(scored > 19_000, "the window really scored ticks ({scored})");
+    assert_eq!(
+        after - before,
+        0,
+        "{} heap allocations while the engine processed 20000 ticks",
+        after - before
+    );
+    telemetry.latency.collect(&mut totals);
+    assert!(
+        totals
+            .get(quantd::telemetry::Series::Inference)
+            .unwrap()
+            .len()
+            > 0
+    );
+    engine.shutdown();
+}
