@@ -9,7 +9,8 @@ SECS=${2:-20}
 TICKS=${TICKS:-../shared/data/ticks}
 cargo build --release --quiet --bins --example stream_bench
 log=$(mktemp)
-./target/release/quantd serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-json true 2>"$log" &
+# shellcheck disable=SC2086 # QUANTD_ARGS: extra serve flags, word-split on purpose
+./target/release/quantd serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-json true ${QUANTD_ARGS:-} 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do
