@@ -26,10 +26,8 @@ fn repo() -> PathBuf {
 
 fn ticks() -> Vec<Tick> {
     let d = repo().join("../shared/data/ticks");
-    let files = [
-        d.join("binance_usdm_btcusdt_20240808_quotes.csv.gz"),
-        d.join("binance_usdm_btcusdt_20240808_trades.csv.gz"),
-    ];
+    let files =
+        [d.join("binance_usdm_btcusdt_20240808_quotes.csv.gz"), d.join("binance_usdm_btcusdt_20240808_trades.csv.gz")];
     quantd::tickfile::read_all(&files).expect("recorded ticks")
 }
 
@@ -58,24 +56,11 @@ fn bench_features(c: &mut Criterion) {
 
 fn bench_ort(c: &mut Criterion) {
     let mut m = model(64);
-    let rows: Vec<f32> = m
-        .manifest
-        .golden
-        .iter()
-        .cycle()
-        .take(64)
-        .flat_map(|g| g.features.iter().copied())
-        .collect();
+    let rows: Vec<f32> = m.manifest.golden.iter().cycle().take(64).flat_map(|g| g.features.iter().copied()).collect();
     let mut g = c.benchmark_group("ort/score");
     for n in [1usize, 64] {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
-            b.iter(|| {
-                black_box(
-                    m.scorer
-                        .score(black_box(&rows[..n * NUM_FEATURES]))
-                        .unwrap()[0],
-                )
-            })
+            b.iter(|| black_box(m.scorer.score(black_box(&rows[..n * NUM_FEATURES])).unwrap()[0]))
         });
     }
     g.finish();
@@ -84,15 +69,8 @@ fn bench_ort(c: &mut Criterion) {
 fn bench_engine(c: &mut Criterion) {
     let m = model(64);
     let telemetry = Telemetry::new();
-    let cfg = EngineConfig {
-        idle: IdleStrategy::BusySpin,
-        ..Config::default().engine_config()
-    };
-    let active = ActiveModel {
-        policy: m.manifest.policy,
-        label: Arc::from(m.manifest.label()),
-        scorer: m.scorer,
-    };
+    let cfg = EngineConfig { idle: IdleStrategy::BusySpin, ..Config::default().engine_config() };
+    let active = ActiveModel { policy: m.manifest.policy, label: Arc::from(m.manifest.label()), scorer: m.scorer };
     let engine = quantd::engine::spawn(&cfg, active, telemetry).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(1);
@@ -106,12 +84,7 @@ fn bench_engine(c: &mut Criterion) {
                 // keep timestamps increasing across passes over the file
                 tick.exchange_ts_ns += (i / ticks.len()) as i64 * 1_000_000_000_000;
                 i += 1;
-                let item = WorkItem {
-                    tick,
-                    reply_to: replies.clone(),
-                    recv: Instant::now(),
-                    recv_ns: 0,
-                };
+                let item = WorkItem { tick, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0 };
                 if handle.submit(item).is_err() {
                     panic!("engine queue refused a tick");
                 }

@@ -41,51 +41,26 @@ struct Args {
 /// Quantile from cumulative Prometheus buckets (upper bound of the bucket that holds it), µs.
 fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map(|(le, _)| le * 1e6)
+    buckets.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| le * 1e6)
 }
 
 /// Per-stage p50/p99 (bucket upper bounds) from the server's `quantd_stage_seconds` histogram.
 async fn print_stages(metrics: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(metrics).await?;
-    conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes())
-        .await?;
+    conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes()).await?;
     let mut text = String::new();
     conn.read_to_string(&mut text).await?;
     let mut stages: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("quantd_stage_seconds_bucket{"))
-    {
-        let stage = line
-            .split("stage=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("?");
-        let le = line
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("+Inf");
-        let count: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        stages
-            .entry(stage.to_owned())
-            .or_default()
-            .push((le.parse().unwrap_or(f64::INFINITY), count));
+    for line in text.lines().filter(|l| l.starts_with("quantd_stage_seconds_bucket{")) {
+        let stage = line.split("stage=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+        let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("+Inf");
+        let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        stages.entry(stage.to_owned()).or_default().push((le.parse().unwrap_or(f64::INFINITY), count));
     }
     println!("server stages since start (Prometheus bucket upper bounds, µs):");
     for (stage, b) in stages {
-        let (p50, p99) = (
-            bucket_quantile(&b, 0.5).unwrap_or(f64::NAN),
-            bucket_quantile(&b, 0.99).unwrap_or(f64::NAN),
-        );
+        let (p50, p99) = (bucket_quantile(&b, 0.5).unwrap_or(f64::NAN), bucket_quantile(&b, 0.99).unwrap_or(f64::NAN));
         println!("  {stage:<12} p50 <= {p50:>7.0}   p99 <= {p99:>7.0}");
     }
     Ok(())
@@ -127,9 +102,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
 
-    let mut client = SignalServiceClient::connect(format!("http://{}", args.target))
-        .await
-        .context("connect")?;
+    let mut client = SignalServiceClient::connect(format!("http://{}", args.target)).await.context("connect")?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = Instant::now() + Duration::from_millis(200);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineConfig, IdleStrategy};
 use crate::policy::PolicyParams;
+use crate::registry::RegistryConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +36,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     pub engine: EngineSection,
     pub stream: StreamSection,
+    pub registry: RegistrySection,
     /// Overrides the model manifest's `[policy]` when set.
     pub policy: Option<PolicyParams>,
 }
@@ -63,6 +65,41 @@ pub struct StreamSection {
     pub window: usize,
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Watch the models directory for new versions (besides the periodic rescan).
+    pub watch: bool,
+    /// Periodic rescan of the models directory, ms (the fallback when watching misses events).
+    pub rescan_ms: u64,
+    /// New versions go to shadow first instead of straight to active.
+    pub shadow_new_versions: bool,
+    /// Promote a shadow model after this many compared ticks if agreement is high enough
+    /// (0: only by admin call).
+    pub shadow_promote_after_ticks: u64,
+    /// Fraction of ticks whose side must agree for automatic promotion.
+    pub shadow_min_agreement: f64,
+    /// How long a newly activated model is watched for automatic rollback, ms.
+    pub probation_ms: u64,
+    /// Roll back automatically when more than this fraction of the new model's scores are
+    /// non-finite or its calls fail during probation.
+    pub rollback_max_error_rate: f64,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            rescan_ms: 2_000,
+            shadow_new_versions: false,
+            shadow_promote_after_ticks: 10_000,
+            shadow_min_agreement: 0.9,
+            probation_ms: 10_000,
+            rollback_max_error_rate: 0.0,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -77,6 +114,7 @@ impl Default for Config {
             shutdown_grace_ms: 5000,
             engine: EngineSection::default(),
             stream: StreamSection::default(),
+            registry: RegistrySection::default(),
             policy: None,
         }
     }
@@ -117,10 +155,7 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {msg}")]
     Parse { path: PathBuf, msg: String },
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -132,14 +167,9 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut c = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_owned(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.to_owned(),
-                    msg: e.to_string(),
-                })?
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.to_owned(), msg: e.to_string() })?
             }
             None => Config::default(),
         };
@@ -176,16 +206,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
         if self.listen == self.metrics_listen && self.listen.port() != 0 {
-            p.push(format!(
-                "listen and metrics_listen are both {}",
-                self.listen
-            ));
+            p.push(format!("listen and metrics_listen are both {}", self.listen));
         }
         if !self.models_dir.is_dir() {
-            p.push(format!(
-                "models_dir {} is not a directory",
-                self.models_dir.display()
-            ));
+            p.push(format!("models_dir {} is not a directory", self.models_dir.display()));
         }
         if let Some(path) = self.ort_dylib_path.as_ref().filter(|p| !p.is_file()) {
             p.push(format!("ort_dylib_path {} does not exist", path.display()));
@@ -201,10 +225,7 @@ impl Config {
             p.push("engine.queue_capacity must be > 0".into());
         }
         if e.max_batch == 0 || e.max_batch > 1024 {
-            p.push(format!(
-                "engine.max_batch {} must be in 1..=1024",
-                e.max_batch
-            ));
+            p.push(format!("engine.max_batch {} must be in 1..=1024", e.max_batch));
         }
         if e.max_symbols == 0 {
             p.push("engine.max_symbols must be > 0".into());
@@ -218,13 +239,47 @@ impl Config {
                 self.stream.window, e.queue_capacity
             ));
         }
+        let r = &self.registry;
+        if r.rescan_ms == 0 {
+            p.push("registry.rescan_ms must be > 0".into());
+        }
+        if !(0.0..=1.0).contains(&r.shadow_min_agreement) {
+            p.push(format!("registry.shadow_min_agreement {} must be in [0, 1]", r.shadow_min_agreement));
+        }
+        if !(0.0..=1.0).contains(&r.rollback_max_error_rate) {
+            p.push(format!("registry.rollback_max_error_rate {} must be in [0, 1]", r.rollback_max_error_rate));
+        }
+        if let Some(m) = &self.model
+            && (m.is_empty() || m.starts_with('@') || m.ends_with('@'))
+        {
+            p.push(format!("model {m:?} must be \"name\" or \"name@version\""));
+        }
         if let Some(Err(e)) = self.policy.as_ref().map(PolicyParams::validate) {
             p.push(format!("policy: {e}"));
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(p))
+        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
+    }
+
+    pub fn registry_config(&self) -> RegistryConfig {
+        let (name, pinned) = match self.model.as_deref().map(|m| m.split_once('@')) {
+            Some(Some((n, v))) => (Some(n.to_owned()), Some(v.to_owned())),
+            Some(None) => (self.model.clone(), None),
+            None => (None, None),
+        };
+        let r = &self.registry;
+        RegistryConfig {
+            models_dir: self.models_dir.clone(),
+            name,
+            pinned,
+            max_batch: self.engine.max_batch,
+            policy_override: self.policy,
+            watch: r.watch,
+            rescan: Duration::from_millis(r.rescan_ms),
+            shadow_new_versions: r.shadow_new_versions,
+            shadow_promote_after: r.shadow_promote_after_ticks,
+            shadow_min_agreement: r.shadow_min_agreement,
+            probation: Duration::from_millis(r.probation_ms),
+            rollback_max_error_rate: r.rollback_max_error_rate,
         }
     }
 
@@ -247,10 +302,7 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let mut c = Config {
-            models_dir: "/nonexistent".into(),
-            ..Config::default()
-        };
+        let mut c = Config { models_dir: "/nonexistent".into(), ..Config::default() };
         c.engine.max_batch = 0;
         c.stream.window = 0;
         c.metrics_listen = c.listen;
@@ -264,30 +316,17 @@ mod tests {
     fn toml_then_overrides() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("q.toml");
-        std::fs::write(
-            &p,
-            format!(
-                "models_dir = {:?}\n[engine]\nmax_batch = 8\nidle = \"busy-spin\"\n",
-                d.path()
-            ),
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&p),
-            Overrides {
-                listen: Some("127.0.0.1:1".parse().unwrap()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        std::fs::write(&p, format!("models_dir = {:?}\n[engine]\nmax_batch = 8\nidle = \"busy-spin\"\n", d.path()))
+            .unwrap();
+        let c =
+            Config::load(Some(&p), Overrides { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() })
+                .unwrap();
         assert_eq!(c.engine.max_batch, 8);
         assert_eq!(c.engine.idle, IdleStrategy::BusySpin);
         assert_eq!(c.listen.port(), 1);
 
         std::fs::write(&p, "nonsense_key = 1\n").unwrap();
-        let err = Config::load(Some(&p), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&p), Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("nonsense_key"), "{err}");
     }
 }

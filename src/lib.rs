@@ -26,6 +26,7 @@ pub mod engine;
 pub mod features;
 pub mod model;
 pub mod policy;
+pub mod registry;
 pub mod server;
 pub mod symbols;
 pub mod telemetry;

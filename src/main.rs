@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use quantd::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(
-    name = "quantd",
-    version,
-    about = "Low-latency trading inference: ticks in over gRPC, signals out"
-)]
+#[command(name = "quantd", version, about = "Low-latency trading inference: ticks in over gRPC, signals out")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,25 +65,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve {
-            config,
-            listen,
-            metrics_listen,
-            models_dir,
-            model,
-            engine_core,
-            ort_dylib_path,
-            log_json,
-        } => {
-            let overrides = Overrides {
-                listen,
-                metrics_listen,
-                models_dir,
-                model,
-                ort_dylib_path,
-                log_json,
-                engine_core,
-            };
+        Command::Serve { config, listen, metrics_listen, models_dir, model, engine_core, ort_dylib_path, log_json } => {
+            let overrides =
+                Overrides { listen, metrics_listen, models_dir, model, ort_dylib_path, log_json, engine_core };
             let config = Config::load(config.as_deref(), overrides)?;
             quantd::telemetry::logging::init(config.log_json);
             serve(config)
@@ -104,30 +84,16 @@ fn main() -> anyhow::Result<()> {
                     quantd::features::SCHEMA_VERSION,
                     quantd::features::schema_hash()
                 );
-                println!(
-                    "names = {:?}",
-                    quantd::features::names().collect::<Vec<_>>()
-                );
+                println!("names = {:?}", quantd::features::names().collect::<Vec<_>>());
             } else {
-                println!(
-                    "{}# sha256 {}",
-                    quantd::features::schema_text(),
-                    quantd::features::schema_hash()
-                );
+                println!("{}# sha256 {}", quantd::features::schema_text(), quantd::features::schema_hash());
             }
             Ok(())
         }
-        Command::VerifyModel {
-            dir,
-            ort_dylib_path,
-        } => {
+        Command::VerifyModel { dir, ort_dylib_path } => {
             quantd::model::runtime::init(ort_dylib_path.as_deref())?;
             let m = quantd::model::LoadedModel::load(&dir, 64)?;
-            println!(
-                "ok: {} ({} golden rows reproduced)",
-                m.manifest.label(),
-                m.manifest.golden.len()
-            );
+            println!("ok: {} ({} golden rows reproduced)", m.manifest.label(), m.manifest.golden.len());
             Ok(())
         }
     }
@@ -144,9 +110,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let server = quantd::server::Server::start(&config).await?;
         shutdown_signal().await;
         tracing::info!("shutdown requested: draining");
-        server
-            .shutdown(Duration::from_millis(config.shutdown_grace_ms))
-            .await;
+        server.shutdown(Duration::from_millis(config.shutdown_grace_ms)).await;
         Ok(())
     })
 }
@@ -155,8 +119,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

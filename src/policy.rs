@@ -27,9 +27,7 @@ pub struct PolicyParams {
 impl PolicyParams {
     pub fn validate(&self) -> Result<(), String> {
         let mut p = Vec::new();
-        let finite = [self.entry_bps, self.exit_bps, self.full_position_bps]
-            .iter()
-            .all(|v| v.is_finite());
+        let finite = [self.entry_bps, self.exit_bps, self.full_position_bps].iter().all(|v| v.is_finite());
         if !finite {
             p.push("thresholds must be finite".to_owned());
         }
@@ -37,22 +35,12 @@ impl PolicyParams {
             p.push(format!("exit_bps {} must be >= 0", self.exit_bps));
         }
         if self.exit_bps > self.entry_bps {
-            p.push(format!(
-                "exit_bps {} must be <= entry_bps {}",
-                self.exit_bps, self.entry_bps
-            ));
+            p.push(format!("exit_bps {} must be <= entry_bps {}", self.exit_bps, self.entry_bps));
         }
         if self.full_position_bps <= 0.0 {
-            p.push(format!(
-                "full_position_bps {} must be > 0",
-                self.full_position_bps
-            ));
+            p.push(format!("full_position_bps {} must be > 0", self.full_position_bps));
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p.join("; "))
-        }
+        if p.is_empty() { Ok(()) } else { Err(p.join("; ")) }
     }
 }
 
@@ -68,11 +56,7 @@ impl Position {
         let agrees = side != 0.0 && score.signum() == side;
         let hold = agrees && score.abs() >= p.exit_bps;
         let open = score.abs() >= p.entry_bps;
-        self.0 = if score.is_finite() && (hold || open) {
-            size
-        } else {
-            0.0
-        };
+        self.0 = if score.is_finite() && (hold || open) { size } else { 0.0 };
         self.0
     }
 }
@@ -81,52 +65,27 @@ impl Position {
 mod tests {
     use super::*;
 
-    const P: PolicyParams = PolicyParams {
-        warmup_ticks: 0,
-        entry_bps: 1.0,
-        exit_bps: 0.5,
-        full_position_bps: 4.0,
-    };
+    const P: PolicyParams = PolicyParams { warmup_ticks: 0, entry_bps: 1.0, exit_bps: 0.5, full_position_bps: 4.0 };
 
     #[test]
     fn dead_band_hysteresis_and_flip() {
         let mut pos = Position::default();
         assert_eq!(pos.update(0.9, &P), 0.0, "inside the dead band: stay flat");
         assert_eq!(pos.update(2.0, &P), 0.5, "clears entry: open at 2/4");
-        assert_eq!(
-            pos.update(0.6, &P),
-            0.15,
-            "between exit and entry: hold, resized"
-        );
+        assert_eq!(pos.update(0.6, &P), 0.15, "between exit and entry: hold, resized");
         assert_eq!(pos.update(0.4, &P), 0.0, "below exit: flat");
         assert_eq!(pos.update(0.6, &P), 0.0, "flat again needs entry");
         assert_eq!(pos.update(8.0, &P), 1.0, "capped at 1");
-        assert_eq!(
-            pos.update(-0.8, &P),
-            0.0,
-            "opposite side below entry: close, not flip"
-        );
-        assert_eq!(
-            pos.update(-1.0, &P),
-            -0.25,
-            "opposite side at entry: open short"
-        );
+        assert_eq!(pos.update(-0.8, &P), 0.0, "opposite side below entry: close, not flip");
+        assert_eq!(pos.update(-1.0, &P), -0.25, "opposite side at entry: open short");
         assert_eq!(pos.update(f64::NAN, &P), 0.0, "non-finite score: flat");
     }
 
     #[test]
     fn validation_lists_every_problem() {
-        let bad = PolicyParams {
-            warmup_ticks: 0,
-            entry_bps: 1.0,
-            exit_bps: 2.0,
-            full_position_bps: 0.0,
-        };
+        let bad = PolicyParams { warmup_ticks: 0, entry_bps: 1.0, exit_bps: 2.0, full_position_bps: 0.0 };
         let e = bad.validate().unwrap_err();
-        assert!(
-            e.contains("exit_bps") && e.contains("full_position_bps"),
-            "{e}"
-        );
+        assert!(e.contains("exit_bps") && e.contains("full_position_bps"), "{e}");
         assert!(P.validate().is_ok());
     }
 }

@@ -19,11 +19,7 @@ impl<S> SymbolTable<S> {
     /// (use `cap` on the engine so no symbol ever allocates).
     pub fn new(cap: usize, reserve: usize) -> Self {
         let reserve = reserve.min(cap);
-        Self {
-            index: HashMap::with_capacity(reserve),
-            states: Vec::with_capacity(reserve),
-            cap,
-        }
+        Self { index: HashMap::with_capacity(reserve), states: Vec::with_capacity(reserve), cap }
     }
 
     /// The slot of `symbol`, created with `init` on first sight. Fails with
@@ -41,11 +37,7 @@ impl<S> SymbolTable<S> {
     }
 
     /// The state for `symbol`, created with `init` on first sight (see [`SymbolTable::slot`]).
-    pub fn get_or_insert_with(
-        &mut self,
-        symbol: Symbol,
-        init: impl FnOnce() -> S,
-    ) -> Result<&mut S, Reject> {
+    pub fn get_or_insert_with(&mut self, symbol: Symbol, init: impl FnOnce() -> S) -> Result<&mut S, Reject> {
         let i = self.slot(symbol, init)?;
         Ok(&mut self.states[i])
     }
@@ -76,19 +68,10 @@ mod tests {
     #[test]
     fn caps_distinct_symbols_but_keeps_serving_known_ones() {
         let mut t: SymbolTable<u32> = SymbolTable::new(2, 2);
-        *t.get_or_insert_with(Symbol::new("A").unwrap(), || 0)
-            .unwrap() += 1;
-        *t.get_or_insert_with(Symbol::new("B").unwrap(), || 0)
-            .unwrap() += 1;
-        assert_eq!(
-            t.get_or_insert_with(Symbol::new("C").unwrap(), || 0),
-            Err(Reject::TooManySymbols)
-        );
-        assert_eq!(
-            *t.get_or_insert_with(Symbol::new("A").unwrap(), || 0)
-                .unwrap(),
-            1
-        );
+        *t.get_or_insert_with(Symbol::new("A").unwrap(), || 0).unwrap() += 1;
+        *t.get_or_insert_with(Symbol::new("B").unwrap(), || 0).unwrap() += 1;
+        assert_eq!(t.get_or_insert_with(Symbol::new("C").unwrap(), || 0), Err(Reject::TooManySymbols));
+        assert_eq!(*t.get_or_insert_with(Symbol::new("A").unwrap(), || 0).unwrap(), 1);
         assert_eq!(t.len(), 2);
     }
 }

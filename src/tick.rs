@@ -20,10 +20,7 @@ pub struct Symbol {
 
 impl Symbol {
     /// The empty symbol, used only to answer ticks whose symbol was refused.
-    pub const EMPTY: Symbol = Symbol {
-        len: 0,
-        bytes: [0; MAX_SYMBOL_LEN],
-    };
+    pub const EMPTY: Symbol = Symbol { len: 0, bytes: [0; MAX_SYMBOL_LEN] };
 
     /// Builds a symbol from 1..=32 bytes of UTF-8.
     pub fn new(s: &str) -> Result<Self, Reject> {
@@ -35,10 +32,7 @@ impl Symbol {
         }
         let mut bytes = [0u8; MAX_SYMBOL_LEN];
         bytes[..s.len()].copy_from_slice(s.as_bytes());
-        Ok(Self {
-            len: s.len() as u8,
-            bytes,
-        })
+        Ok(Self { len: s.len() as u8, bytes })
     }
 
     pub fn as_str(&self) -> &str {
@@ -159,9 +153,7 @@ impl Reject {
             Reject::EmptySymbol => "symbol is empty",
             Reject::SymbolTooLong => "symbol is longer than 32 bytes",
             Reject::InvalidEnum => "kind or aggressor is not a known enum value",
-            Reject::StaleTimestamp => {
-                "exchange_ts_ns is older than this symbol's last accepted tick"
-            }
+            Reject::StaleTimestamp => "exchange_ts_ns is older than this symbol's last accepted tick",
             Reject::TooManySymbols => "the server's distinct-symbol cap is reached",
             Reject::QueueFull => "the engine queue is full; the tick was not processed",
             Reject::ShuttingDown => "the server is shutting down",
@@ -255,30 +247,18 @@ impl Tick {
     /// checked; the others are ignored (and zeroed).
     pub fn from_proto(t: &proto::Tick) -> Result<Self, Reject> {
         let kind = proto::TickKind::try_from(t.kind).map_err(|_| Reject::InvalidEnum)?;
-        let aggressor =
-            match proto::Aggressor::try_from(t.aggressor).map_err(|_| Reject::InvalidEnum)? {
-                proto::Aggressor::Unknown => Aggressor::Unknown,
-                proto::Aggressor::Buy => Aggressor::Buy,
-                proto::Aggressor::Sell => Aggressor::Sell,
-            };
+        let aggressor = match proto::Aggressor::try_from(t.aggressor).map_err(|_| Reject::InvalidEnum)? {
+            proto::Aggressor::Unknown => Aggressor::Unknown,
+            proto::Aggressor::Buy => Aggressor::Buy,
+            proto::Aggressor::Sell => Aggressor::Sell,
+        };
         match kind {
-            proto::TickKind::Quote => Self::quote(
-                &t.symbol,
-                t.seq,
-                t.exchange_ts_ns,
-                t.bid_px,
-                t.bid_qty,
-                t.ask_px,
-                t.ask_qty,
-            ),
-            proto::TickKind::Trade => Self::trade(
-                &t.symbol,
-                t.seq,
-                t.exchange_ts_ns,
-                t.trade_px,
-                t.trade_qty,
-                aggressor,
-            ),
+            proto::TickKind::Quote => {
+                Self::quote(&t.symbol, t.seq, t.exchange_ts_ns, t.bid_px, t.bid_qty, t.ask_px, t.ask_qty)
+            }
+            proto::TickKind::Trade => {
+                Self::trade(&t.symbol, t.seq, t.exchange_ts_ns, t.trade_px, t.trade_qty, aggressor)
+            }
         }
     }
 
@@ -335,10 +315,7 @@ mod tests {
     #[test]
     fn rejects_each_bad_field_with_its_reason() {
         assert_eq!(Tick::from_proto(&q(f64::NAN, 1.0)), Err(Reject::NonFinite));
-        assert_eq!(
-            Tick::from_proto(&q(1.0, f64::INFINITY)),
-            Err(Reject::NonFinite)
-        );
+        assert_eq!(Tick::from_proto(&q(1.0, f64::INFINITY)), Err(Reject::NonFinite));
         assert_eq!(Tick::from_proto(&q(0.0, 1.0)), Err(Reject::NonPositive));
         assert_eq!(Tick::from_proto(&q(-1.0, 1.0)), Err(Reject::NonPositive));
         assert_eq!(Tick::from_proto(&q(2.0, 1.0)), Err(Reject::CrossedBook));

@@ -30,41 +30,24 @@ pub const CANONICAL_HEADER: &str =
     "seq,exchange_ts_ns,symbol,kind,bid_px,bid_qty,ask_px,ask_qty,trade_px,trade_qty,aggressor";
 const BINANCE_QUOTES_HEADER: &str =
     "local_ts_ns,exch_event_ts_ms,exch_tx_ts_ms,symbol,update_id,bid_px,bid_qty,ask_px,ask_qty";
-const BINANCE_TRADES_HEADER: &str =
-    "local_ts_ns,exch_event_ts_ms,trade_ts_ms,symbol,trade_id,price,qty,buyer_is_maker";
+const BINANCE_TRADES_HEADER: &str = "local_ts_ns,exch_event_ts_ms,trade_ts_ms,symbol,trade_id,price,qty,buyer_is_maker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickFileError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(
         "{path}: unknown tick file format; header is {header:?}; expected quantd's canonical header {CANONICAL_HEADER:?} or a Binance quote/trade capture"
     )]
     UnknownFormat { path: PathBuf, header: String },
     #[error("{path}:{line}: {msg}")]
-    Parse {
-        path: PathBuf,
-        line: u64,
-        msg: String,
-    },
+    Parse { path: PathBuf, line: u64, msg: String },
     #[error("{path}:{line}: tick refused: {reject}")]
-    Invalid {
-        path: PathBuf,
-        line: u64,
-        reject: Reject,
-    },
+    Invalid { path: PathBuf, line: u64, reject: Reject },
     #[error(
         "{path}:{line}: timestamp {ts} is older than the previous row's {prev}; tick files must be sorted by exchange time"
     )]
-    Unsorted {
-        path: PathBuf,
-        line: u64,
-        ts: i64,
-        prev: i64,
-    },
+    Unsorted { path: PathBuf, line: u64, ts: i64, prev: i64 },
     #[error("no tick files given")]
     NoFiles,
 }
@@ -87,32 +70,18 @@ struct FileReader {
 }
 
 fn open(path: &Path) -> Result<Box<dyn Read>, TickFileError> {
-    let io = |source| TickFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| TickFileError::Io { path: path.to_owned(), source };
     let mut r = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
     let gz = r.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz {
-        Box::new(MultiGzDecoder::new(r))
-    } else {
-        Box::new(r)
-    })
+    Ok(if gz { Box::new(MultiGzDecoder::new(r)) } else { Box::new(r) })
 }
 
 impl FileReader {
     fn new(path: &Path) -> Result<Self, TickFileError> {
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(false)
-            .from_reader(open(path)?);
+        let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(open(path)?);
         let header = csv
             .headers()
-            .map_err(|e| TickFileError::Parse {
-                path: path.to_owned(),
-                line: 1,
-                msg: e.to_string(),
-            })?
+            .map_err(|e| TickFileError::Parse { path: path.to_owned(), line: 1, msg: e.to_string() })?
             .iter()
             .collect::<Vec<_>>()
             .join(",");
@@ -121,40 +90,19 @@ impl FileReader {
             BINANCE_QUOTES_HEADER => Format::BinanceQuotes,
             BINANCE_TRADES_HEADER => Format::BinanceTrades,
             _ => {
-                return Err(TickFileError::UnknownFormat {
-                    path: path.to_owned(),
-                    header,
-                });
+                return Err(TickFileError::UnknownFormat { path: path.to_owned(), header });
             }
         };
-        Ok(Self {
-            path: path.to_owned(),
-            format,
-            rows: csv.into_records(),
-            line: 1,
-            last_ts: i64::MIN,
-            peeked: None,
-        })
+        Ok(Self { path: path.to_owned(), format, rows: csv.into_records(), line: 1, last_ts: i64::MIN, peeked: None })
     }
 
     fn parse_err(&self, msg: impl Into<String>) -> TickFileError {
-        TickFileError::Parse {
-            path: self.path.clone(),
-            line: self.line,
-            msg: msg.into(),
-        }
+        TickFileError::Parse { path: self.path.clone(), line: self.line, msg: msg.into() }
     }
 
-    fn field<T: std::str::FromStr>(
-        &self,
-        rec: &csv::StringRecord,
-        i: usize,
-        name: &str,
-    ) -> Result<T, TickFileError> {
+    fn field<T: std::str::FromStr>(&self, rec: &csv::StringRecord, i: usize, name: &str) -> Result<T, TickFileError> {
         let raw = rec.get(i).unwrap_or("");
-        raw.trim()
-            .parse()
-            .map_err(|_| self.parse_err(format!("column {name}: cannot parse {raw:?}")))
+        raw.trim().parse().map_err(|_| self.parse_err(format!("column {name}: cannot parse {raw:?}")))
     }
 
     /// The next tick and whether it carries its own seq (canonical files do).
@@ -171,11 +119,7 @@ impl FileReader {
     }
 
     fn parse(&mut self, rec: &csv::StringRecord) -> Result<(Tick, bool), TickFileError> {
-        let invalid = |reject| TickFileError::Invalid {
-            path: self.path.clone(),
-            line: self.line,
-            reject,
-        };
+        let invalid = |reject| TickFileError::Invalid { path: self.path.clone(), line: self.line, reject };
         let (tick, own_seq) = match self.format {
             Format::Canonical => {
                 let seq: u64 = self.field(rec, 0, "seq")?;
@@ -197,9 +141,9 @@ impl FileReader {
                             "sell" => Aggressor::Sell,
                             "" | "unknown" => Aggressor::Unknown,
                             other => {
-                                return Err(self.parse_err(format!(
-                                    "column aggressor: {other:?} is not buy|sell|unknown"
-                                )));
+                                return Err(
+                                    self.parse_err(format!("column aggressor: {other:?} is not buy|sell|unknown"))
+                                );
                             }
                         };
                         Tick::trade(
@@ -212,9 +156,7 @@ impl FileReader {
                         )
                     }
                     other => {
-                        return Err(
-                            self.parse_err(format!("column kind: {other:?} is not quote|trade"))
-                        );
+                        return Err(self.parse_err(format!("column kind: {other:?} is not quote|trade")));
                     }
                 };
                 (tick.map_err(invalid)?, true)
@@ -222,9 +164,7 @@ impl FileReader {
             Format::BinanceQuotes => {
                 let ts = match rec.get(2).unwrap_or("").trim() {
                     "" => self.field::<i64>(rec, 0, "local_ts_ns")?,
-                    _ => self
-                        .field::<i64>(rec, 2, "exch_tx_ts_ms")?
-                        .saturating_mul(1_000_000),
+                    _ => self.field::<i64>(rec, 2, "exch_tx_ts_ms")?.saturating_mul(1_000_000),
                 };
                 let tick = Tick::quote(
                     rec.get(3).unwrap_or(""),
@@ -238,16 +178,12 @@ impl FileReader {
                 (tick.map_err(invalid)?, false)
             }
             Format::BinanceTrades => {
-                let ts = self
-                    .field::<i64>(rec, 2, "trade_ts_ms")?
-                    .saturating_mul(1_000_000);
+                let ts = self.field::<i64>(rec, 2, "trade_ts_ms")?.saturating_mul(1_000_000);
                 let aggressor = match rec.get(7).unwrap_or("").trim() {
                     "true" => Aggressor::Sell,
                     "false" => Aggressor::Buy,
                     other => {
-                        return Err(self.parse_err(format!(
-                            "column buyer_is_maker: {other:?} is not true|false"
-                        )));
+                        return Err(self.parse_err(format!("column buyer_is_maker: {other:?} is not true|false")));
                     }
                 };
                 let tick = Tick::trade(
@@ -294,15 +230,8 @@ impl TickReader {
         if paths.is_empty() {
             return Err(TickFileError::NoFiles);
         }
-        let files = paths
-            .iter()
-            .map(|p| FileReader::new(p.as_ref()))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            files,
-            emitted: 0,
-            failed: false,
-        })
+        let files = paths.iter().map(|p| FileReader::new(p.as_ref())).collect::<Result<_, _>>()?;
+        Ok(Self { files, emitted: 0, failed: false })
     }
 
     fn next_inner(&mut self) -> Result<Option<Tick>, TickFileError> {
@@ -356,15 +285,7 @@ pub fn write_canonical<W: std::io::Write>(out: W, ticks: &[Tick]) -> std::io::Re
         writeln!(
             w,
             "{},{},{},{kind},{},{},{},{},{},{},{agg}",
-            t.seq,
-            t.exchange_ts_ns,
-            t.symbol,
-            t.bid_px,
-            t.bid_qty,
-            t.ask_px,
-            t.ask_qty,
-            t.trade_px,
-            t.trade_qty
+            t.seq, t.exchange_ts_ns, t.symbol, t.bid_px, t.bid_qty, t.ask_px, t.ask_qty, t.trade_px, t.trade_qty
         )?;
     }
     w.flush()
@@ -386,26 +307,26 @@ mod tests {
     fn reads_binance_quotes_and_trades_merged_by_time_and_gzip() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("q.csv.gz");
-        let mut gz =
-            flate2::write::GzEncoder::new(File::create(&q).unwrap(), flate2::Compression::fast());
-        writeln!(gz, "{BINANCE_QUOTES_HEADER}\n1,2,1000,BTCUSDT,7,100.0,1.5,100.1,2.5\n1,2,1002,BTCUSDT,8,100.0,1,100.2,2").unwrap();
+        let mut gz = flate2::write::GzEncoder::new(File::create(&q).unwrap(), flate2::Compression::fast());
+        writeln!(
+            gz,
+            "{BINANCE_QUOTES_HEADER}\n1,2,1000,BTCUSDT,7,100.0,1.5,100.1,2.5\n1,2,1002,BTCUSDT,8,100.0,1,100.2,2"
+        )
+        .unwrap();
         gz.finish().unwrap();
         let t = dir.path().join("t.csv");
-        std::fs::write(&t, format!("{BINANCE_TRADES_HEADER}\n1,2,1001,BTCUSDT,9,100.1,0.3,true\n1,2,1002,BTCUSDT,10,100.1,0.1,false\n")).unwrap();
+        std::fs::write(
+            &t,
+            format!(
+                "{BINANCE_TRADES_HEADER}\n1,2,1001,BTCUSDT,9,100.1,0.3,true\n1,2,1002,BTCUSDT,10,100.1,0.1,false\n"
+            ),
+        )
+        .unwrap();
         let ticks = read_all(&[&q, &t]).unwrap();
-        let ts: Vec<_> = ticks
-            .iter()
-            .map(|t| (t.exchange_ts_ns / 1_000_000, t.kind))
-            .collect();
+        let ts: Vec<_> = ticks.iter().map(|t| (t.exchange_ts_ns / 1_000_000, t.kind)).collect();
         use crate::tick::Kind::*;
-        assert_eq!(
-            ts,
-            vec![(1000, Quote), (1001, Trade), (1002, Quote), (1002, Trade)]
-        );
-        assert_eq!(
-            ticks.iter().map(|t| t.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
+        assert_eq!(ts, vec![(1000, Quote), (1001, Trade), (1002, Quote), (1002, Trade)]);
+        assert_eq!(ticks.iter().map(|t| t.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(ticks[1].aggressor, Aggressor::Sell);
         assert_eq!(ticks[3].aggressor, Aggressor::Buy);
         assert_eq!(ticks[0].bid_qty, 1.5);
@@ -427,45 +348,26 @@ mod tests {
     fn bad_rows_name_file_and_line() {
         let (_d, p) = file(
             "bad.csv",
-            &format!(
-                "{BINANCE_QUOTES_HEADER}\n1,2,1000,X,7,100.0,1,100.1,2\n1,2,1001,X,8,abc,1,100.1,2\n"
-            ),
+            &format!("{BINANCE_QUOTES_HEADER}\n1,2,1000,X,7,100.0,1,100.1,2\n1,2,1001,X,8,abc,1,100.1,2\n"),
         );
         let err = read_all(&[&p]).unwrap_err().to_string();
-        assert!(
-            err.ends_with("bad.csv:3: column bid_px: cannot parse \"abc\""),
-            "{err}"
-        );
+        assert!(err.ends_with("bad.csv:3: column bid_px: cannot parse \"abc\""), "{err}");
 
-        let (_d, p) = file(
-            "crossed.csv",
-            &format!("{BINANCE_QUOTES_HEADER}\n1,2,1000,X,7,101.0,1,100.1,2\n"),
-        );
+        let (_d, p) = file("crossed.csv", &format!("{BINANCE_QUOTES_HEADER}\n1,2,1000,X,7,101.0,1,100.1,2\n"));
         let err = read_all(&[&p]).unwrap_err().to_string();
-        assert!(
-            err.contains("crossed.csv:2: tick refused: crossed_book"),
-            "{err}"
-        );
+        assert!(err.contains("crossed.csv:2: tick refused: crossed_book"), "{err}");
 
-        let (_d, p) = file(
-            "unsorted.csv",
-            &format!("{BINANCE_TRADES_HEADER}\n1,2,1000,X,1,1,1,true\n1,2,999,X,2,1,1,true\n"),
-        );
+        let (_d, p) =
+            file("unsorted.csv", &format!("{BINANCE_TRADES_HEADER}\n1,2,1000,X,1,1,1,true\n1,2,999,X,2,1,1,true\n"));
         let err = read_all(&[&p]).unwrap_err().to_string();
         assert!(err.contains("unsorted.csv:3: timestamp"), "{err}");
 
-        let (_d, p) = file(
-            "short.csv",
-            &format!("{BINANCE_TRADES_HEADER}\n1,2,1000,X,1,1\n"),
-        );
+        let (_d, p) = file("short.csv", &format!("{BINANCE_TRADES_HEADER}\n1,2,1000,X,1,1\n"));
         let err = read_all(&[&p]).unwrap_err().to_string();
         assert!(err.contains("short.csv:2"), "{err}");
 
         let (_d, p) = file("other.csv", "a,b,c\n1,2,3\n");
-        assert!(matches!(
-            read_all(&[&p]),
-            Err(TickFileError::UnknownFormat { .. })
-        ));
+        assert!(matches!(read_all(&[&p]), Err(TickFileError::UnknownFormat { .. })));
         assert!(matches!(read_all::<&str>(&[]), Err(TickFileError::NoFiles)));
     }
 }

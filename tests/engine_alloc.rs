@@ -47,15 +47,8 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     quantd::model::runtime::init(None).unwrap();
     let m = LoadedModel::load(&repo.join("models/quantd-mlp/1"), 64).unwrap();
     let telemetry = Telemetry::new();
-    let cfg = EngineConfig {
-        idle: IdleStrategy::SpinYield,
-        ..Config::default().engine_config()
-    };
-    let active = ActiveModel {
-        policy: m.manifest.policy,
-        label: Arc::from(m.manifest.label()),
-        scorer: m.scorer,
-    };
+    let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
+    let active = ActiveModel { policy: m.manifest.policy, label: Arc::from(m.manifest.label()), scorer: m.scorer };
     let engine = quantd::engine::spawn(&cfg, active, telemetry.clone()).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(4096);
@@ -66,12 +59,7 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
         let mut outstanding = 0usize;
         let mut scored = 0usize;
         for (i, t) in ticks[range].iter().enumerate() {
-            let item = WorkItem {
-                tick: *t,
-                reply_to: replies.clone(),
-                recv: Instant::now(),
-                recv_ns: 0,
-            };
+            let item = WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0 };
             assert!(handle.submit(item).is_ok());
             outstanding += 1;
             if i % 50 == 49 {
@@ -98,19 +86,8 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     let scored = run(5_000..25_000);
     let after = ALLOCS.load(Ordering::SeqCst);
     assert!(scored > 19_000, "the window really scored ticks ({scored})");
-    assert_eq!(
-        after - before,
-        0,
-        "{} heap allocations while the engine processed 20000 ticks",
-        after - before
-    );
+    assert_eq!(after - before, 0, "{} heap allocations while the engine processed 20000 ticks", after - before);
     telemetry.latency.collect(&mut totals);
-    assert!(
-        totals
-            .get(quantd::telemetry::Series::Inference)
-            .unwrap()
-            .len()
-            > 0
-    );
+    assert!(totals.get(quantd::telemetry::Series::Inference).unwrap().len() > 0);
     engine.shutdown();
 }

@@ -17,12 +17,7 @@ fn check_signals(ticks: &[Tick], signals: &[Signal], model: &str) {
         assert_eq!(s.seq, t.seq, "in order, seq echoed");
         assert_eq!(s.symbol, t.symbol);
         assert_eq!(s.exchange_ts_ns, t.exchange_ts_ns);
-        assert!(
-            s.reject_reason.is_empty(),
-            "recorded tick {} rejected: {}",
-            t.seq,
-            s.reject_reason
-        );
+        assert!(s.reject_reason.is_empty(), "recorded tick {} rejected: {}", t.seq, s.reject_reason);
         assert!(s.score.is_finite());
         assert!((-1.0..=1.0).contains(&s.target_position));
         assert_eq!(s.model, model);
@@ -47,10 +42,7 @@ async fn streams_recorded_ticks_and_exports_latency() {
     check_signals(&ticks, &signals, "quantd-mlp@1");
     // The manifest's warm-up is 100 ticks: exactly the first 99 signals of the symbol are warming up.
     assert_eq!(signals.iter().filter(|s| s.warming_up).count(), 99);
-    assert!(
-        signals.iter().any(|s| s.target_position != 0.0),
-        "the policy takes positions on real data"
-    );
+    assert!(signals.iter().any(|s| s.target_position != 0.0), "the policy takes positions on real data");
 
     let m = wait_for_metric(&server, "quantd_tick_to_signal_seconds_count", 20_000.0).await;
     for needle in [
@@ -63,7 +55,7 @@ async fn streams_recorded_ticks_and_exports_latency() {
         "quantd_stage_seconds_count{stage=\"total\"}",
         "quantd_inference_batch_size_count",
         "quantd_engine_queue_depth",
-        "quantd_model_info{name=\"quantd-mlp\",version=\"1\"} 1",
+        "quantd_model_info{name=\"quantd-mlp\",version=\"1\",state=\"active\"} 1",
     ] {
         let v = sample(&m, needle);
         assert!(v.is_some(), "{needle} missing:\n{m}");
@@ -71,14 +63,8 @@ async fn streams_recorded_ticks_and_exports_latency() {
             assert!(v.unwrap() > 0.0, "{needle} is zero");
         }
     }
-    assert_eq!(
-        sample(&m, "quantd_ticks_total{outcome=\"scored\"}"),
-        Some(20_000.0 - 99.0)
-    );
-    assert_eq!(
-        sample(&m, "quantd_ticks_total{outcome=\"warming_up\"}"),
-        Some(99.0)
-    );
+    assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"scored\"}"), Some(20_000.0 - 99.0));
+    assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"warming_up\"}"), Some(99.0));
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -95,24 +81,16 @@ async fn predict_and_health_and_reflection() {
     assert!(!last.warming_up && last.reject_reason.is_empty() && last.score.is_finite());
     assert_eq!(last.seq, ticks.last().unwrap().seq);
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.addr())).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "quantd.v1.SignalService".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "quantd.v1.SignalService".into() })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -123,21 +101,13 @@ async fn predict_and_health_and_reflection() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut resp = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        resp.message().await.unwrap().unwrap().message_response
+    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response
     else {
         panic!("expected a service list")
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"quantd.v1.SignalService".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"quantd.v1.SignalService".to_string()), "{names:?}");
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -186,26 +156,15 @@ async fn every_bad_input_is_rejected_with_a_reason_and_the_stream_stays_up() {
         (quote("C", 0, 5, 10.0, 10.1), "too_many_symbols"),
         (quote("A", 0, 3_000, 100.0, 100.1), ""),
     ];
-    let ticks: Vec<Tick> = cases
-        .iter()
-        .enumerate()
-        .map(|(i, (t, _))| Tick {
-            seq: i as u64 + 1,
-            ..t.clone()
-        })
-        .collect();
+    let ticks: Vec<Tick> =
+        cases.iter().enumerate().map(|(i, (t, _))| Tick { seq: i as u64 + 1, ..t.clone() }).collect();
     let signals = stream_all(&mut c, ticks.clone()).await;
     assert_eq!(signals.len(), cases.len());
     for ((s, (t, want)), sent) in signals.iter().zip(&cases).zip(&ticks) {
         assert_eq!(s.seq, sent.seq);
         assert_eq!(s.symbol, t.symbol, "the symbol is echoed as sent");
         if want.is_empty() {
-            assert!(
-                s.reject_reason.is_empty(),
-                "seq {}: {}",
-                s.seq,
-                s.reject_reason
-            );
+            assert!(s.reject_reason.is_empty(), "seq {}: {}", s.seq, s.reject_reason);
         } else {
             assert!(
                 s.reject_reason.starts_with(&format!("{want}: ")),
@@ -220,12 +179,7 @@ async fn every_bad_input_is_rejected_with_a_reason_and_the_stream_stays_up() {
     let more = stream_all(&mut c, vec![quote("A", 99, 4_000, 100.0, 100.1)]).await;
     assert!(more[0].reject_reason.is_empty());
 
-    let m = wait_for_metric(
-        &server,
-        "quantd_rejects_total{reason=\"too_many_symbols\"}",
-        1.0,
-    )
-    .await;
+    let m = wait_for_metric(&server, "quantd_rejects_total{reason=\"too_many_symbols\"}", 1.0).await;
     for (reason, n) in [
         ("non_finite", 3.0),
         ("non_positive", 2.0),
@@ -235,16 +189,9 @@ async fn every_bad_input_is_rejected_with_a_reason_and_the_stream_stays_up() {
         ("invalid_enum", 1.0),
         ("stale_timestamp", 1.0),
     ] {
-        assert_eq!(
-            sample(&m, &format!("quantd_rejects_total{{reason=\"{reason}\"}}")),
-            Some(n),
-            "{reason}"
-        );
+        assert_eq!(sample(&m, &format!("quantd_rejects_total{{reason=\"{reason}\"}}")), Some(n), "{reason}");
     }
-    assert_eq!(
-        sample(&m, "quantd_ticks_total{outcome=\"rejected\"}"),
-        Some(11.0)
-    );
+    assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"rejected\"}"), Some(11.0));
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -258,11 +205,7 @@ async fn a_full_engine_queue_is_an_explicit_counted_outcome() {
     engine.set_paused(true);
     let mut a = client(&server).await;
     let mut b = client(&server).await;
-    let ticks = |sym: &str| {
-        (1..=4)
-            .map(|i| quote(sym, i, i as i64, 10.0, 10.1))
-            .collect::<Vec<_>>()
-    };
+    let ticks = |sym: &str| (1..=4).map(|i| quote(sym, i, i as i64, 10.0, 10.1)).collect::<Vec<_>>();
     // Stream A fills the paused engine's queue; then stream B's ticks find it full.
     let fut_a = tokio::spawn(async move { stream_all(&mut a, ticks("A")).await });
     for _ in 0..200 {
@@ -273,20 +216,12 @@ async fn a_full_engine_queue_is_an_explicit_counted_outcome() {
     }
     assert_eq!(engine.depth(), 4);
     let got_b = stream_all(&mut b, ticks("B")).await;
-    assert!(
-        got_b
-            .iter()
-            .all(|s| s.reject_reason.starts_with("queue_full: ")),
-        "{got_b:?}"
-    );
+    assert!(got_b.iter().all(|s| s.reject_reason.starts_with("queue_full: ")), "{got_b:?}");
     engine.set_paused(false);
     let got_a = fut_a.await.unwrap();
     assert!(got_a.iter().all(|s| s.reject_reason.is_empty()));
     let m = wait_for_metric(&server, "quantd_rejects_total{reason=\"queue_full\"}", 4.0).await;
-    assert_eq!(
-        sample(&m, "quantd_rejects_total{reason=\"queue_full\"}"),
-        Some(4.0)
-    );
+    assert_eq!(sample(&m, "quantd_rejects_total{reason=\"queue_full\"}"), Some(4.0));
     server.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -302,11 +237,7 @@ async fn shutdown_answers_every_tick_already_read() {
     for t in ticks {
         tx.send(t).await.unwrap();
     }
-    let mut replies = c
-        .stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = c.stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     for _ in 0..200 {
         if engine.depth() > 0 {
             break;
@@ -317,11 +248,7 @@ async fn shutdown_answers_every_tick_already_read() {
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     let mut got = 0;
     while let Some(s) = replies.message().await.unwrap() {
-        assert!(
-            s.reject_reason.is_empty() || s.reject_reason.starts_with("shutting_down"),
-            "{}",
-            s.reject_reason
-        );
+        assert!(s.reject_reason.is_empty() || s.reject_reason.starts_with("shutting_down"), "{}", s.reject_reason);
         got += 1;
     }
     assert_eq!(got, n, "every tick read before shutdown is answered");
@@ -331,7 +258,6 @@ async fn shutdown_answers_every_tick_already_read() {
 #[test]
 fn the_example_config_parses_and_validates() {
     // `models_dir = "models"` is relative: cargo runs tests in the repository root.
-    let c =
-        quantd::config::Config::load(Some(&repo().join("deploy/quantd.toml")), Default::default());
+    let c = quantd::config::Config::load(Some(&repo().join("deploy/quantd.toml")), Default::default());
     assert!(c.is_ok(), "{:?}", c.err());
 }

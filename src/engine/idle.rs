@@ -30,12 +30,7 @@ pub struct Idler {
 
 impl Idler {
     pub fn new(strategy: IdleStrategy, spin: Duration, yield_for: Duration) -> Self {
-        Self {
-            strategy,
-            spin,
-            yield_for,
-            idle_since: None,
-        }
+        Self { strategy, spin, yield_for, idle_since: None }
     }
 
     /// Work arrived.

@@ -6,6 +6,10 @@
 //! - [`worker`] is the loop on the `quantd-engine` thread (pinned when configured).
 //! - [`idle`] decides what the thread does when the queue is empty.
 //! - [`reply`] is the per-stream reply queue the engine writes and the stream task drains.
+//! - [`Control`] messages (from the registry's control thread) swap the active model or set a
+//!   shadow model between two batches; replaced models come back through
+//!   [`EngineHandle::take_retired`] so they are dropped (or kept for rollback) off the engine
+//!   thread.
 
 pub mod idle;
 pub mod reply;
@@ -21,7 +25,7 @@ use crossbeam_utils::sync::Unparker;
 
 pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
-pub use worker::{EngineConfig, spawn};
+pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, ShadowStats, spawn};
 
 use crate::tick::{Reject, Tick};
 
@@ -36,10 +40,22 @@ pub struct WorkItem {
     pub recv_ns: u64,
 }
 
+/// A message from the control path, applied by the engine between two batches.
+pub enum Control {
+    /// Make this the active model; the replaced one comes back through `take_retired`.
+    Swap(Box<ActiveModel>),
+    /// Run this model beside the active one without emitting its signals (`None`: stop).
+    Shadow(Option<Box<ActiveModel>>),
+}
+
 struct Shared {
     queue: ArrayQueue<WorkItem>,
+    control: ArrayQueue<Control>,
+    retired: ArrayQueue<Box<ActiveModel>>,
     /// False once shutdown began: new ticks are refused, queued ones still processed.
     accepting: AtomicBool,
+    shadow_stats: ShadowStats,
+    recent: std::sync::Mutex<RecentRows>,
     /// True while the engine thread is parked (or about to park).
     sleeping: AtomicBool,
     /// While true the engine takes nothing off its queue (diagnostics and tests: it makes a
@@ -63,10 +79,7 @@ impl EngineHandle {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err((item, Reject::ShuttingDown));
         }
-        self.shared
-            .queue
-            .push(item)
-            .map_err(|item| (item, Reject::QueueFull))?;
+        self.shared.queue.push(item).map_err(|item| (item, Reject::QueueFull))?;
         if self.shared.sleeping.load(Ordering::SeqCst) {
             self.shared.unparker.unpark();
         }
@@ -80,6 +93,29 @@ impl EngineHandle {
 
     pub fn capacity(&self) -> usize {
         self.shared.queue.capacity()
+    }
+
+    /// Sends a control message (control path only). Hands it back if the control queue is full.
+    #[allow(clippy::result_large_err)]
+    pub fn control(&self, c: Control) -> Result<(), Control> {
+        self.shared.control.push(c)?;
+        self.shared.unparker.unpark();
+        Ok(())
+    }
+
+    /// Agreement of the current shadow model with the active one.
+    pub fn shadow_stats(&self) -> &ShadowStats {
+        &self.shared.shadow_stats
+    }
+
+    /// Copies the engine's most recent feature rows (for warming up a new model on real input).
+    pub fn recent_rows(&self) -> Vec<f32> {
+        self.shared.recent.lock().map(|r| r.rows().to_vec()).unwrap_or_default()
+    }
+
+    /// A model the engine has stopped using, to drop or keep on the control path.
+    pub fn take_retired(&self) -> Option<Box<ActiveModel>> {
+        self.shared.retired.pop()
     }
 
     /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost).

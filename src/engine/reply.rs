@@ -63,10 +63,7 @@ pub struct ReplyQueue {
 
 impl ReplyQueue {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self {
-            queue: ArrayQueue::new(capacity.max(1)),
-            waker: AtomicWaker::new(),
-        })
+        Arc::new(Self { queue: ArrayQueue::new(capacity.max(1)), waker: AtomicWaker::new() })
     }
 
     /// Engine side. Returns the reply back if the queue is full (a broken window invariant).

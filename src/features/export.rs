@@ -20,21 +20,13 @@ pub struct FeatureEngine {
 
 impl FeatureEngine {
     pub fn new(max_symbols: usize, reserve: usize) -> Self {
-        Self {
-            table: SymbolTable::new(max_symbols, reserve),
-        }
+        Self { table: SymbolTable::new(max_symbols, reserve) }
     }
 
     /// Checks the tick against its symbol's state (timestamp order, symbol cap), folds it in and
     /// writes the features. Returns the state after the update.
-    pub fn update(
-        &mut self,
-        tick: &Tick,
-        out: &mut [f32; NUM_FEATURES],
-    ) -> Result<&SymbolFeatures, Reject> {
-        let state = self
-            .table
-            .get_or_insert_with(tick.symbol, SymbolFeatures::new)?;
+    pub fn update(&mut self, tick: &Tick, out: &mut [f32; NUM_FEATURES]) -> Result<&SymbolFeatures, Reject> {
+        let state = self.table.get_or_insert_with(tick.symbol, SymbolFeatures::new)?;
         if tick.exchange_ts_ns < state.last_ts_ns() {
             return Err(Reject::StaleTimestamp);
         }
@@ -52,18 +44,11 @@ pub enum ExportError {
     #[error(transparent)]
     Ticks(#[from] TickFileError),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("output {0}: unsupported extension; use .csv or .npy")]
     Extension(String),
     #[error("tick seq {seq} ({symbol}): {reject}")]
-    Rejected {
-        seq: u64,
-        symbol: String,
-        reject: Reject,
-    },
+    Rejected { seq: u64, symbol: String, reject: Reject },
 }
 
 /// One output row.
@@ -94,11 +79,7 @@ impl CsvRows {
 
 impl RowWriter for CsvRows {
     fn row(&mut self, r: &Row<'_>) -> std::io::Result<()> {
-        write!(
-            self.0,
-            "{},{},{},{}",
-            r.tick.seq, r.tick.symbol, r.tick.exchange_ts_ns, r.mid
-        )?;
+        write!(self.0, "{},{},{},{}", r.tick.seq, r.tick.symbol, r.tick.exchange_ts_ns, r.mid)?;
         for v in r.features {
             write!(self.0, ",{v}")?;
         }
@@ -116,9 +97,7 @@ struct NpyRows(BufWriter<File>);
 const NPY_HEADER_LEN: usize = 1024;
 
 fn npy_header(rows: u64) -> Vec<u8> {
-    let mut descr = String::from(
-        "[('seq', '<u8'), ('symbol', 'S32'), ('exchange_ts_ns', '<i8'), ('mid', '<f8')",
-    );
+    let mut descr = String::from("[('seq', '<u8'), ('symbol', 'S32'), ('exchange_ts_ns', '<i8'), ('mid', '<f8')");
     for n in names() {
         descr.push_str(&format!(", ('{n}', '<f4')"));
     }
@@ -160,10 +139,7 @@ impl RowWriter for NpyRows {
 /// Returns the number of rows. A tick the engine would reject is an error naming it.
 pub fn write_features<P: AsRef<Path>>(inputs: &[P], out: &Path) -> Result<u64, ExportError> {
     let shown = out.display().to_string();
-    let io = |source| ExportError::Io {
-        path: shown.clone(),
-        source,
-    };
+    let io = |source| ExportError::Io { path: shown.clone(), source };
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext != "csv" && ext != "npy" {
         return Err(ExportError::Extension(shown));
@@ -185,19 +161,12 @@ pub fn write_features<P: AsRef<Path>>(inputs: &[P], out: &Path) -> Result<u64, E
         let mut rows = 0u64;
         for tick in reader {
             let tick = tick?;
-            let state = engine
-                .update(&tick, &mut f)
-                .map_err(|reject| ExportError::Rejected {
-                    seq: tick.seq,
-                    symbol: tick.symbol.to_string(),
-                    reject,
-                })?;
-            w.row(&Row {
-                tick: &tick,
-                mid: state.mid(),
-                features: &f,
-            })
-            .map_err(io)?;
+            let state = engine.update(&tick, &mut f).map_err(|reject| ExportError::Rejected {
+                seq: tick.seq,
+                symbol: tick.symbol.to_string(),
+                reject,
+            })?;
+            w.row(&Row { tick: &tick, mid: state.mid(), features: &f }).map_err(io)?;
             rows += 1;
         }
         w.finish(rows).map_err(io)?;
@@ -233,27 +202,10 @@ mod tests {
     fn feature_engine_rejects_stale_ticks_per_symbol() {
         let mut e = FeatureEngine::new(10, 10);
         let mut f = [0f32; NUM_FEATURES];
-        e.update(
-            &Tick::quote("A", 1, 100, 1.0, 1.0, 1.1, 1.0).unwrap(),
-            &mut f,
-        )
-        .unwrap();
-        e.update(
-            &Tick::quote("B", 2, 50, 1.0, 1.0, 1.1, 1.0).unwrap(),
-            &mut f,
-        )
-        .unwrap();
-        let stale = e.update(
-            &Tick::quote("A", 3, 99, 1.0, 1.0, 1.1, 1.0).unwrap(),
-            &mut f,
-        );
+        e.update(&Tick::quote("A", 1, 100, 1.0, 1.0, 1.1, 1.0).unwrap(), &mut f).unwrap();
+        e.update(&Tick::quote("B", 2, 50, 1.0, 1.0, 1.1, 1.0).unwrap(), &mut f).unwrap();
+        let stale = e.update(&Tick::quote("A", 3, 99, 1.0, 1.0, 1.1, 1.0).unwrap(), &mut f);
         assert_eq!(stale.err(), Some(Reject::StaleTimestamp));
-        assert!(
-            e.update(
-                &Tick::quote("A", 4, 100, 1.0, 1.0, 1.1, 1.0).unwrap(),
-                &mut f
-            )
-            .is_ok()
-        );
+        assert!(e.update(&Tick::quote("A", 4, 100, 1.0, 1.0, 1.1, 1.0).unwrap(), &mut f).is_ok());
     }
 }

@@ -23,11 +23,7 @@ pub struct FeatureSpec {
 }
 
 const fn spec(name: &'static str, params: &'static str, description: &'static str) -> FeatureSpec {
-    FeatureSpec {
-        name,
-        params,
-        description,
-    }
+    FeatureSpec { name, params, description }
 }
 
 /// Version tag mixed into the schema hash; bump when the arithmetic of a feature changes.
@@ -35,72 +31,20 @@ pub const SCHEMA_VERSION: &str = "quantd-features/v1";
 
 /// The ordered feature vector the engine feeds the model.
 pub const SCHEMA: [FeatureSpec; NUM_FEATURES] = [
-    spec(
-        "ret_bps",
-        "",
-        "mid log-return since the symbol's previous tick, bps",
-    ),
-    spec(
-        "ret_decay_100ms",
-        "tau_s=0.1",
-        "time-decayed sum of mid log-returns, bps",
-    ),
-    spec(
-        "ret_decay_1s",
-        "tau_s=1",
-        "time-decayed sum of mid log-returns, bps",
-    ),
-    spec(
-        "ret_decay_10s",
-        "tau_s=10",
-        "time-decayed sum of mid log-returns, bps",
-    ),
-    spec(
-        "vol_1s",
-        "tau_s=1",
-        "sqrt of the time-decayed sum of squared returns, bps",
-    ),
-    spec(
-        "vol_30s",
-        "tau_s=30",
-        "sqrt of the time-decayed sum of squared returns, bps",
-    ),
+    spec("ret_bps", "", "mid log-return since the symbol's previous tick, bps"),
+    spec("ret_decay_100ms", "tau_s=0.1", "time-decayed sum of mid log-returns, bps"),
+    spec("ret_decay_1s", "tau_s=1", "time-decayed sum of mid log-returns, bps"),
+    spec("ret_decay_10s", "tau_s=10", "time-decayed sum of mid log-returns, bps"),
+    spec("vol_1s", "tau_s=1", "sqrt of the time-decayed sum of squared returns, bps"),
+    spec("vol_30s", "tau_s=30", "sqrt of the time-decayed sum of squared returns, bps"),
     spec("spread_bps", "", "(ask - bid) / mid, bps; 0 without a book"),
-    spec(
-        "imbalance",
-        "",
-        "(bid_qty - ask_qty) / (bid_qty + ask_qty), in [-1, 1]",
-    ),
-    spec(
-        "microprice_bps",
-        "",
-        "size-weighted microprice minus mid, bps",
-    ),
-    spec(
-        "trade_flow_1s",
-        "tau_s=1",
-        "decayed signed aggressor volume / decayed volume, in [-1, 1]",
-    ),
-    spec(
-        "trade_intensity_1s",
-        "tau_s=1",
-        "ln(1 + decayed trade count per second)",
-    ),
-    spec(
-        "log_dt_tick_ms",
-        "cap_ms=3600000",
-        "ln(1 + ms since the symbol's previous tick)",
-    ),
-    spec(
-        "log_dt_trade_ms",
-        "cap_ms=3600000",
-        "ln(1 + ms since the symbol's last trade); cap if none",
-    ),
-    spec(
-        "mid_zscore_30s",
-        "tau_s=30,clamp=10",
-        "(mid - EWMA mean) / EWMA std, in bps terms, clamped",
-    ),
+    spec("imbalance", "", "(bid_qty - ask_qty) / (bid_qty + ask_qty), in [-1, 1]"),
+    spec("microprice_bps", "", "size-weighted microprice minus mid, bps"),
+    spec("trade_flow_1s", "tau_s=1", "decayed signed aggressor volume / decayed volume, in [-1, 1]"),
+    spec("trade_intensity_1s", "tau_s=1", "ln(1 + decayed trade count per second)"),
+    spec("log_dt_tick_ms", "cap_ms=3600000", "ln(1 + ms since the symbol's previous tick)"),
+    spec("log_dt_trade_ms", "cap_ms=3600000", "ln(1 + ms since the symbol's last trade); cap if none"),
+    spec("mid_zscore_30s", "tau_s=30,clamp=10", "(mid - EWMA mean) / EWMA std, in bps terms, clamped"),
 ];
 
 pub const NUM_FEATURES: usize = 14;
@@ -213,11 +157,7 @@ impl SymbolFeatures {
     /// `tick.exchange_ts_ns >= self.last_ts_ns()`.
     pub fn update(&mut self, tick: &Tick, out: &mut [f32; NUM_FEATURES]) {
         let first = self.ticks == 0;
-        let dt_ns = if first {
-            0
-        } else {
-            (tick.exchange_ts_ns - self.last_ts_ns).max(0)
-        };
+        let dt_ns = if first { 0 } else { (tick.exchange_ts_ns - self.last_ts_ns).max(0) };
         let dt_s = dt_ns as f64 * 1e-9;
         let d_100ms = (-dt_s / TAU_100MS).exp();
         let d_1s = (-dt_s / TAU_1S).exp();
@@ -240,11 +180,7 @@ impl SymbolFeatures {
                 }
             }
         }
-        let ret_bps = if first || prev_mid <= 0.0 {
-            0.0
-        } else {
-            (self.mid / prev_mid).ln() * 1e4
-        };
+        let ret_bps = if first || prev_mid <= 0.0 { 0.0 } else { (self.mid / prev_mid).ln() * 1e4 };
 
         self.ret_100ms = self.ret_100ms * d_100ms + ret_bps;
         self.ret_1s = self.ret_1s * d_1s + ret_bps;
@@ -278,11 +214,7 @@ impl SymbolFeatures {
             self.z_var = (1.0 - alpha) * (self.z_var + alpha * dev_bps * dev_bps);
         }
         let z_dev_bps = (self.mid - self.z_mean) / self.z_mean * 1e4;
-        let z = if self.z_var > Z_VAR_FLOOR {
-            (z_dev_bps / self.z_var.sqrt()).clamp(-Z_CLAMP, Z_CLAMP)
-        } else {
-            0.0
-        };
+        let z = if self.z_var > Z_VAR_FLOOR { (z_dev_bps / self.z_var.sqrt()).clamp(-Z_CLAMP, Z_CLAMP) } else { 0.0 };
 
         let (spread_bps, imbalance, micro_bps) = if self.has_quote {
             let depth = self.bid_qty + self.ask_qty;
@@ -295,17 +227,9 @@ impl SymbolFeatures {
         } else {
             (0.0, 0.0, 0.0)
         };
-        let flow = if self.flow_total > 0.0 {
-            self.flow_signed / self.flow_total
-        } else {
-            0.0
-        };
+        let flow = if self.flow_total > 0.0 { self.flow_signed / self.flow_total } else { 0.0 };
         let intensity = (1.0 + self.trade_count / TAU_1S).ln();
-        let dt_tick_ms = if first {
-            DT_CAP_MS
-        } else {
-            (dt_ns as f64 * 1e-6).min(DT_CAP_MS)
-        };
+        let dt_tick_ms = if first { DT_CAP_MS } else { (dt_ns as f64 * 1e-6).min(DT_CAP_MS) };
 
         *out = [
             ret_bps as f32,

@@ -14,29 +14,19 @@ fn quote_only_feed_matches_hand_computed_values() {
     let mut s = SymbolFeatures::new();
     let mut f = [0f32; NUM_FEATURES];
     // bid 100 x 3, ask 100.2 x 1: mid 100.1
-    s.update(
-        &Tick::quote("X", 1, 0, 100.0, 3.0, 100.2, 1.0).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::quote("X", 1, 0, 100.0, 3.0, 100.2, 1.0).unwrap(), &mut f);
     close(f[0], 0.0, "ret");
     close(f[6], 0.2 / 100.1 * 1e4, "spread"); // 19.98002
     close(f[7], 0.5, "imbalance"); // (3-1)/(3+1)
     close(f[8], (100.15 - 100.1) / 100.1 * 1e4, "microprice"); // micro = (100*1+100.2*3)/4
     close(f[9], 0.0, "flow");
     close(f[10], 0.0, "intensity");
-    close(
-        f[11],
-        15.096444681204078,
-        "dt_tick (cap on first tick) = ln(1+3.6e6)",
-    );
+    close(f[11], 15.096444681204078, "dt_tick (cap on first tick) = ln(1+3.6e6)");
     close(f[12], 15.096444681204078, "dt_trade (no trade yet) = cap");
     close(f[13], 0.0, "z");
 
     // one second later: bid 100.2 x 1, ask 100.4 x 1: mid 100.3
-    s.update(
-        &Tick::quote("X", 2, SEC, 100.2, 1.0, 100.4, 1.0).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::quote("X", 2, SEC, 100.2, 1.0, 100.4, 1.0).unwrap(), &mut f);
     let r = 19.960086467148784; // ln(100.3/100.1) * 1e4
     close(f[0], r, "ret");
     close(f[1], r, "ret_decay_100ms (previous sum was 0)");
@@ -55,10 +45,7 @@ fn quote_only_feed_matches_hand_computed_values() {
     assert_eq!(s.ticks(), 2);
 
     // a third quote in the same nanosecond: no decay, sums simply add
-    s.update(
-        &Tick::quote("X", 3, SEC, 100.1, 1.0, 100.3, 1.0).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::quote("X", 3, SEC, 100.1, 1.0, 100.3, 1.0).unwrap(), &mut f);
     let r3 = (100.2f64 / 100.3).ln() * 1e4;
     close(f[0], r3, "ret");
     close(f[2], r + r3, "ret_decay_1s with dt = 0");
@@ -70,17 +57,11 @@ fn quote_only_feed_matches_hand_computed_values() {
 fn trade_only_feed_uses_trade_price_as_mid() {
     let mut s = SymbolFeatures::new();
     let mut f = [0f32; NUM_FEATURES];
-    s.update(
-        &Tick::trade("X", 1, 0, 100.0, 2.0, Aggressor::Buy).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::trade("X", 1, 0, 100.0, 2.0, Aggressor::Buy).unwrap(), &mut f);
     close(f[9], 1.0, "flow: all buying");
     close(f[10], 2f64.ln(), "intensity ln(1 + 1)");
     close(f[12], 15.096444681204078, "no previous trade: cap");
-    s.update(
-        &Tick::trade("X", 2, SEC, 101.0, 1.0, Aggressor::Sell).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::trade("X", 2, SEC, 101.0, 1.0, Aggressor::Sell).unwrap(), &mut f);
     close(f[0], 99.50330853168091, "ret ln(1.01) bps");
     close(f[6], 0.0, "no book: spread 0");
     close(f[7], 0.0, "no book: imbalance 0");
@@ -90,33 +71,19 @@ fn trade_only_feed_uses_trade_price_as_mid() {
     // count = e^-1 + 1, intensity = ln(1 + count)
     close(f[10], 0.8619948040582511, "intensity");
     close(f[11], 6.90875477931522, "ln(1 + 1000 ms)");
-    close(
-        f[12],
-        6.90875477931522,
-        "ln(1 + 1000 ms) since the previous trade",
-    );
+    close(f[12], 6.90875477931522, "ln(1 + 1000 ms) since the previous trade");
 }
 
 #[test]
 fn trades_do_not_move_the_mid_once_a_book_exists() {
     let mut s = SymbolFeatures::new();
     let mut f = [0f32; NUM_FEATURES];
-    s.update(
-        &Tick::quote("X", 1, 0, 100.0, 1.0, 100.2, 1.0).unwrap(),
-        &mut f,
-    );
-    s.update(
-        &Tick::trade("X", 2, SEC / 2, 100.2, 5.0, Aggressor::Buy).unwrap(),
-        &mut f,
-    );
+    s.update(&Tick::quote("X", 1, 0, 100.0, 1.0, 100.2, 1.0).unwrap(), &mut f);
+    s.update(&Tick::trade("X", 2, SEC / 2, 100.2, 5.0, Aggressor::Buy).unwrap(), &mut f);
     close(f[0], 0.0, "trade leaves mid alone");
     assert_eq!(s.mid(), 100.1);
     close(f[9], 1.0, "flow");
-    close(
-        f[12],
-        15.096444681204078,
-        "dt_trade: no trade before this one",
-    );
+    close(f[12], 15.096444681204078, "dt_trade: no trade before this one");
     close(f[11], (501f64).ln(), "dt_tick 500 ms");
 }
 

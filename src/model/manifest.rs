@@ -7,6 +7,7 @@
 //! reproduce.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -88,17 +89,11 @@ pub struct GoldenRow {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid manifest: {msg}")]
     Manifest { path: PathBuf, msg: String },
     #[error("model {model} refused:\n  - {}", problems.join("\n  - "))]
-    Refused {
-        model: String,
-        problems: Vec<String>,
-    },
+    Refused { model: String, problems: Vec<String> },
     #[error("model {model}: ONNX Runtime: {msg}")]
     Runtime { model: String, msg: String },
     #[error("no model found under {0}: expected <name>/<version>/manifest.toml")]
@@ -111,16 +106,36 @@ pub enum ModelError {
     Ambiguous { dir: PathBuf, names: String },
 }
 
+impl ModelError {
+    /// A short stable code for metrics (`quantd_model_failures_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModelError::Io { .. } => "io",
+            ModelError::Manifest { .. } => "manifest",
+            ModelError::Runtime { .. } => "runtime",
+            ModelError::NoneFound(_) | ModelError::NotFound(_) | ModelError::Ambiguous { .. } => "not_found",
+            ModelError::Refused { problems, .. } => {
+                let all = problems.join(" ");
+                if all.contains("sha256") {
+                    "sha256"
+                } else if all.contains("schema") || all.contains("feature names") {
+                    "schema"
+                } else if all.contains("golden") {
+                    "golden"
+                } else if all.contains("emits") {
+                    "non_finite"
+                } else {
+                    "io_mismatch"
+                }
+            }
+        }
+    }
+}
+
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ModelError::Manifest {
-            path: path.to_owned(),
-            msg: e.to_string(),
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ModelError::Manifest { path: path.to_owned(), msg: e.to_string() })
     }
 
     /// `name@version`, the label every signal carries.
@@ -141,34 +156,21 @@ impl Manifest {
         }
         let names: Vec<_> = features::names().collect();
         if self.features.names != names {
-            p.push(format!(
-                "feature names {:?} differ from this server's {:?}",
-                self.features.names, names
-            ));
+            p.push(format!("feature names {:?} differ from this server's {:?}", self.features.names, names));
         }
         let width = features::NUM_FEATURES as i64;
         if self.io.input_shape != [-1, width] {
-            p.push(format!(
-                "manifest input_shape {:?} is not [-1, {width}]",
-                self.io.input_shape
-            ));
+            p.push(format!("manifest input_shape {:?} is not [-1, {width}]", self.io.input_shape));
         }
         if self.io.output_shape != [-1, 1] {
-            p.push(format!(
-                "manifest output_shape {:?} is not [-1, 1]",
-                self.io.output_shape
-            ));
+            p.push(format!("manifest output_shape {:?} is not [-1, 1]", self.io.output_shape));
         }
         if self.golden.is_empty() {
             p.push("manifest has no golden rows".into());
         }
         for (i, g) in self.golden.iter().enumerate() {
             if g.features.len() != features::NUM_FEATURES || g.output.len() != 1 {
-                p.push(format!(
-                    "golden row {i} has {} features and {} outputs",
-                    g.features.len(),
-                    g.output.len()
-                ));
+                p.push(format!("golden row {i} has {} features and {} outputs", g.features.len(), g.output.len()));
             }
         }
         if let Err(e) = self.policy.validate() {
@@ -179,10 +181,7 @@ impl Manifest {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
@@ -191,15 +190,15 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     pub dir: PathBuf,
     pub scorer: Scorer,
+    /// Reading and checking the manifest, the file's sha256, shapes and golden rows.
+    pub verify_time: Duration,
+    /// Building the ONNX Runtime session (graph optimisation included).
+    pub load_time: Duration,
 }
 
 fn shape_ok(actual: &[i64], expected: &[i64]) -> bool {
     // ONNX uses -1 (or a symbolic dim, also reported as -1) for the dynamic batch.
-    actual.len() == expected.len()
-        && actual
-            .iter()
-            .zip(expected)
-            .all(|(a, e)| a == e || (*e == -1 && *a <= 0))
+    actual.len() == expected.len() && actual.iter().zip(expected).all(|(a, e)| a == e || (*e == -1 && *a <= 0))
 }
 
 fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
@@ -208,16 +207,9 @@ fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
         ValueType::Tensor { ty, shape, .. } => format!("{ty:?} {:?}", &shape[..]),
         other => format!("{other:?}"),
     };
-    let check = |kind: &str,
-                 outlets: &[ort::value::Outlet],
-                 name: &str,
-                 shape: &[i64],
-                 p: &mut Vec<String>| {
+    let check = |kind: &str, outlets: &[ort::value::Outlet], name: &str, shape: &[i64], p: &mut Vec<String>| {
         if outlets.len() != 1 {
-            p.push(format!(
-                "model has {} {kind}s; quantd feeds exactly one",
-                outlets.len()
-            ));
+            p.push(format!("model has {} {kind}s; quantd feeds exactly one", outlets.len()));
         }
         match outlets.iter().find(|o| o.name() == name) {
             None => p.push(format!(
@@ -225,32 +217,13 @@ fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
                 outlets.iter().map(|o| o.name()).collect::<Vec<_>>()
             )),
             Some(o) => match o.dtype() {
-                ValueType::Tensor {
-                    ty: TensorElementType::Float32,
-                    shape: s,
-                    ..
-                } if shape_ok(s, shape) => {}
-                t => p.push(format!(
-                    "model {kind} {name:?} is {}, manifest says Float32 {shape:?}",
-                    describe(t)
-                )),
+                ValueType::Tensor { ty: TensorElementType::Float32, shape: s, .. } if shape_ok(s, shape) => {}
+                t => p.push(format!("model {kind} {name:?} is {}, manifest says Float32 {shape:?}", describe(t))),
             },
         }
     };
-    check(
-        "input",
-        session.inputs(),
-        &m.io.input,
-        &m.io.input_shape,
-        &mut p,
-    );
-    check(
-        "output",
-        session.outputs(),
-        &m.io.output,
-        &m.io.output_shape,
-        &mut p,
-    );
+    check("input", session.inputs(), &m.io.input, &m.io.input_shape, &mut p);
+    check("output", session.outputs(), &m.io.output, &m.io.output_shape, &mut p);
     p
 }
 
@@ -258,6 +231,7 @@ impl LoadedModel {
     /// Reads `dir/manifest.toml`, verifies everything, builds the session with tensors for
     /// batches up to `max_batch`, and runs the golden rows. Every problem found is reported.
     pub fn load(dir: &Path, max_batch: usize) -> Result<Self, ModelError> {
+        let started = Instant::now();
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = Manifest::read(&manifest_path)?;
         let label = manifest.label();
@@ -265,57 +239,36 @@ impl LoadedModel {
         let model_path = dir.join(&manifest.model_file);
         let actual = sha256_file(&model_path)?;
         if actual != manifest.sha256 {
-            problems.push(format!(
-                "sha256 of {} is {actual}, manifest says {}",
-                manifest.model_file, manifest.sha256
-            ));
+            problems.push(format!("sha256 of {} is {actual}, manifest says {}", manifest.model_file, manifest.sha256));
         }
         if !problems.is_empty() {
-            return Err(ModelError::Refused {
-                model: label,
-                problems,
-            });
+            return Err(ModelError::Refused { model: label, problems });
         }
-        let runtime = |msg: String| ModelError::Runtime {
-            model: label.clone(),
-            msg,
-        };
-        let env = super::runtime::environment()
-            .ok_or_else(|| runtime("ONNX Runtime is not initialised".into()))?;
+        let runtime = |msg: String| ModelError::Runtime { model: label.clone(), msg };
+        let env = super::runtime::environment().ok_or_else(|| runtime("ONNX Runtime is not initialised".into()))?;
+        let load_started = Instant::now();
         let builder = (|| -> Result<_, String> {
             let b = Session::builder(env).map_err(|e| e.to_string())?;
             let b = b.with_intra_threads(1).map_err(|e| e.to_string())?;
             let b = b.with_inter_threads(1).map_err(|e| e.to_string())?;
-            let b = b
-                .with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(|e| e.to_string())?;
+            let b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| e.to_string())?;
             b.with_intra_op_spinning(false).map_err(|e| e.to_string())
         })();
         let session = builder
             .map_err(runtime)?
             .commit_from_file(&model_path)
             .map_err(|e| runtime(format!("cannot load {}: {e}", model_path.display())))?;
+        let load_time = load_started.elapsed();
         let problems = check_io(&session, &manifest);
         if !problems.is_empty() {
-            return Err(ModelError::Refused {
-                model: label,
-                problems,
-            });
+            return Err(ModelError::Refused { model: label, problems });
         }
-        let mut scorer = Scorer::new(
-            session,
-            &manifest.io.input,
-            &manifest.io.output,
-            features::NUM_FEATURES,
-            1,
-            max_batch.max(1),
-        )
-        .map_err(|e| runtime(e.to_string()))?;
+        let mut scorer =
+            Scorer::new(session, &manifest.io.input, &manifest.io.output, features::NUM_FEATURES, 1, max_batch.max(1))
+                .map_err(|e| runtime(e.to_string()))?;
         let mut problems = Vec::new();
         for (i, g) in manifest.golden.iter().enumerate() {
-            let got = scorer
-                .score(&g.features)
-                .map_err(|e| runtime(e.to_string()))?[0];
+            let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
             let want = g.output[0];
             if !(got.is_finite() && (got - want).abs() <= manifest.golden_tolerance) {
                 problems.push(format!(
@@ -325,117 +278,9 @@ impl LoadedModel {
             }
         }
         if !problems.is_empty() {
-            return Err(ModelError::Refused {
-                model: label,
-                problems,
-            });
+            return Err(ModelError::Refused { model: label, problems });
         }
-        Ok(Self {
-            manifest,
-            dir: dir.to_owned(),
-            scorer,
-        })
-    }
-}
-
-/// The directory of the model to serve: `models/<name>/<version>/`. `selector` is `name` or
-/// `name@version`; without it, the only model name present. Without a version, the highest one
-/// (numeric where versions are numbers). Only complete versions (with a manifest) count.
-pub fn resolve(models_dir: &Path, selector: Option<&str>) -> Result<PathBuf, ModelError> {
-    let io = |source| ModelError::Io {
-        path: models_dir.to_owned(),
-        source,
-    };
-    let subdirs = |d: &Path| -> Result<Vec<String>, ModelError> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(d).map_err(io)? {
-            let e = e.map_err(io)?;
-            if e.file_type().map_err(io)?.is_dir() {
-                v.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-        v.sort();
-        Ok(v)
-    };
-    let (name, version) = match selector {
-        Some(s) => match s.split_once('@') {
-            Some((n, v)) => (Some(n.to_owned()), Some(v.to_owned())),
-            None => (Some(s.to_owned()), None),
-        },
-        None => (None, None),
-    };
-    let complete = |n: &str| -> Result<Vec<String>, ModelError> {
-        let d = models_dir.join(n);
-        Ok(subdirs(&d)?
-            .into_iter()
-            .filter(|v| d.join(v).join(MANIFEST_FILE).is_file())
-            .collect())
-    };
-    let name = match name {
-        Some(n) => n,
-        None => {
-            let names: Vec<String> = subdirs(models_dir)?
-                .into_iter()
-                .filter(|n| complete(n).is_ok_and(|v| !v.is_empty()))
-                .collect();
-            match names.len() {
-                0 => return Err(ModelError::NoneFound(models_dir.to_owned())),
-                1 => names.into_iter().next().unwrap_or_default(),
-                _ => {
-                    return Err(ModelError::Ambiguous {
-                        dir: models_dir.to_owned(),
-                        names: names.join(", "),
-                    });
-                }
-            }
-        }
-    };
-    let versions = complete(&name).map_err(|_| ModelError::NotFound(name.clone()))?;
-    let version = match version {
-        Some(v) if versions.contains(&v) => v,
-        Some(v) => return Err(ModelError::NotFound(format!("{name}@{v}"))),
-        None => versions
-            .into_iter()
-            .max_by(|a, b| match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => a.cmp(b),
-            })
-            .ok_or_else(|| ModelError::NotFound(name.clone()))?,
-    };
-    Ok(models_dir.join(name).join(version))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolve_picks_the_highest_complete_version() {
-        let d = tempfile::tempdir().unwrap();
-        for v in ["2", "10", "11"] {
-            std::fs::create_dir_all(d.path().join("m").join(v)).unwrap();
-        }
-        std::fs::write(d.path().join("m/2/manifest.toml"), "").unwrap();
-        std::fs::write(d.path().join("m/10/manifest.toml"), "").unwrap();
-        // 11 has no manifest yet: half-copied, ignored
-        assert_eq!(resolve(d.path(), None).unwrap(), d.path().join("m/10"));
-        assert_eq!(
-            resolve(d.path(), Some("m@2")).unwrap(),
-            d.path().join("m/2")
-        );
-        assert!(matches!(
-            resolve(d.path(), Some("m@11")),
-            Err(ModelError::NotFound(_))
-        ));
-        assert!(matches!(
-            resolve(d.path(), Some("x")),
-            Err(ModelError::NotFound(_))
-        ));
-        std::fs::create_dir_all(d.path().join("n/1")).unwrap();
-        std::fs::write(d.path().join("n/1/manifest.toml"), "").unwrap();
-        assert!(matches!(
-            resolve(d.path(), None),
-            Err(ModelError::Ambiguous { .. })
-        ));
+        let verify_time = started.elapsed().saturating_sub(load_time);
+        Ok(Self { manifest, dir: dir.to_owned(), scorer, verify_time, load_time })
     }
 }

@@ -43,16 +43,9 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 /// Finds the library: the explicit path must exist; otherwise the first existing candidate.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     let all = candidates(explicit);
-    all.iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| RuntimeError::NotFound {
-            looked: all
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    all.iter().find(|p| p.is_file()).cloned().ok_or_else(|| RuntimeError::NotFound {
+        looked: all.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// Loads ONNX Runtime and creates the environment (first call only; later calls return the
@@ -71,10 +64,7 @@ pub fn init(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     });
     match result {
         Ok((p, _)) => Ok(p.clone()),
-        Err(msg) => Err(RuntimeError::Load {
-            path,
-            msg: msg.clone(),
-        }),
+        Err(msg) => Err(RuntimeError::Load { path, msg: msg.clone() }),
     }
 }
 
@@ -89,9 +79,7 @@ mod tests {
 
     #[test]
     fn a_missing_library_says_how_to_get_it() {
-        let err = locate(Some(Path::new("/nonexistent/libonnxruntime.so")))
-            .unwrap_err()
-            .to_string();
+        let err = locate(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err().to_string();
         assert!(err.contains("make setup"), "{err}");
         assert!(err.contains("ORT_DYLIB_PATH"), "{err}");
     }

@@ -43,15 +43,7 @@ impl Scorer {
             outputs.push(Tensor::<f32>::new(session.allocator(), [n, out_width])?);
         }
         let cstr = |s: &str| CString::new(s).map_err(|e| ort::Error::new(e.to_string()));
-        Ok(Self {
-            input_name: cstr(input)?,
-            output_name: cstr(output)?,
-            session,
-            inputs,
-            outputs,
-            width,
-            out_width,
-        })
+        Ok(Self { input_name: cstr(input)?, output_name: cstr(output)?, session, inputs, outputs, width, out_width })
     }
 
     pub fn max_batch(&self) -> usize {

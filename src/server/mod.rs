@@ -1,7 +1,9 @@
-//! The gRPC edge and the server's life cycle: start-up on the control path (load the model,
-//! start the engine and telemetry threads, bind the ports), serving on tokio, and graceful
-//! shutdown (stop accepting, drain the engine, answer every tick already read).
+//! The gRPC edge and the server's life cycle: start-up on the control path (load the model
+//! through the registry, start the engine, registry and telemetry threads, bind the ports),
+//! serving on tokio, and graceful shutdown (stop accepting, drain the engine, answer every tick
+//! already read).
 
+pub mod admin_service;
 pub mod signal_service;
 pub mod status;
 pub mod tick_stream;
@@ -16,10 +18,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineHandle, worker::ActiveModel};
-use crate::model::manifest::{LoadedModel, ModelError, resolve};
+use crate::engine::{Engine, EngineHandle};
+use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
+use crate::proto::model_admin_server::ModelAdminServer;
 use crate::proto::signal_service_server::SignalServiceServer;
+use crate::registry::{Registry, RegistryHandle, RegistryThread};
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::{Exporter, serve_metrics};
 
@@ -27,9 +31,7 @@ use crate::telemetry::exporter::{Exporter, serve_metrics};
 /// carry).
 #[inline]
 pub fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +41,7 @@ pub enum StartError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("gRPC reflection: {0}")]
@@ -59,6 +58,8 @@ pub struct Server {
     model: String,
     telemetry: Arc<Telemetry>,
     engine: Option<Engine>,
+    registry: RegistryHandle,
+    registry_thread: Option<RegistryThread>,
     exporter: Option<Exporter>,
     stop_tx: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -66,9 +67,7 @@ pub struct Server {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 impl Server {
@@ -77,21 +76,14 @@ impl Server {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
-        let dir = resolve(&config.models_dir, config.model.as_deref())?;
-        let loaded = LoadedModel::load(&dir, config.engine.max_batch)?;
-        let label = loaded.manifest.label();
-        tracing::info!(model = %label, dir = %dir.display(), quantization = %loaded.manifest.quantization.method, "model verified and loaded");
-
         let telemetry = Telemetry::new();
-        telemetry.set_model(&loaded.manifest.name, &loaded.manifest.version);
-        let active = ActiveModel {
-            policy: config.policy.unwrap_or(loaded.manifest.policy),
-            label: Arc::from(label.as_str()),
-            scorer: loaded.scorer,
-        };
-        let engine = crate::engine::spawn(&config.engine_config(), active, telemetry.clone())
-            .map_err(StartError::Thread)?;
+        let (registry, active) = Registry::start(config.registry_config(), telemetry.clone())?;
+        let label = active.label.to_string();
+        tracing::info!(model = %label, "model verified, loaded and warm");
+        let engine =
+            crate::engine::spawn(&config.engine_config(), active, telemetry.clone()).map_err(StartError::Thread)?;
         let handle = engine.handle();
+        let (registry, registry_thread) = registry.spawn(handle.clone()).map_err(StartError::Thread)?;
         let depth_handle = handle.clone();
         let exporter = Exporter::start(
             telemetry.clone(),
@@ -110,16 +102,9 @@ impl Server {
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let grpc = tokio::spawn(
-            serve_grpc(
-                listener,
-                handle,
-                telemetry.clone(),
-                config.stream.window,
-                stop_rx,
-            )
-            .await?,
-        );
+        let grpc =
+            serve_grpc(listener, handle, registry.clone(), telemetry.clone(), config.stream.window, stop_rx).await?;
+        let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, %metrics_addr, "serving");
         Ok(Self {
             addr,
@@ -127,6 +112,8 @@ impl Server {
             model: label,
             telemetry,
             engine: Some(engine),
+            registry,
+            registry_thread: Some(registry_thread),
             exporter: Some(exporter),
             stop_tx: Some(stop_tx),
             grpc: Some(grpc),
@@ -142,9 +129,14 @@ impl Server {
         self.metrics_addr
     }
 
-    /// `name@version` of the serving model.
+    /// `name@version` of the model the server started with.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The model registry (what the admin API calls; also for in-process callers).
+    pub fn registry(&self) -> &RegistryHandle {
+        &self.registry
     }
 
     /// The engine's queue handle (depth, pause/resume for diagnostics and tests).
@@ -168,24 +160,20 @@ impl Server {
         if let Some(mut grpc) = self.grpc.take()
             && tokio::time::timeout(grace, &mut grpc).await.is_err()
         {
-            tracing::warn!(
-                ?grace,
-                "open streams did not finish within the grace period; closing them"
-            );
+            tracing::warn!(?grace, "open streams did not finish within the grace period; closing them");
             grpc.abort();
         }
+        if let Some(registry) = self.registry_thread.take() {
+            tokio::task::spawn_blocking(move || registry.shutdown()).await.ok();
+        }
         if let Some(engine) = self.engine.take() {
-            tokio::task::spawn_blocking(move || engine.shutdown())
-                .await
-                .ok();
+            tokio::task::spawn_blocking(move || engine.shutdown()).await.ok();
         }
         if let Some(tx) = self.metrics_stop.take() {
             let _ = tx.send(());
         }
         if let Some(exporter) = self.exporter.take() {
-            tokio::task::spawn_blocking(move || exporter.shutdown())
-                .await
-                .ok();
+            tokio::task::spawn_blocking(move || exporter.shutdown()).await.ok();
         }
         tracing::info!("shut down");
     }
@@ -202,23 +190,25 @@ impl Drop for Server {
 async fn serve_grpc(
     listener: TcpListener,
     engine: EngineHandle,
+    registry: RegistryHandle,
     telemetry: Arc<Telemetry>,
     window: usize,
     stop: oneshot::Receiver<()>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // The model is loaded and verified before the port opens, so the service starts SERVING.
-    health_reporter
-        .set_serving::<SignalServiceServer<signal_service::Signals>>()
-        .await;
+    // The first model is loaded, verified and warm before the port opens, so the service starts
+    // SERVING; a later failed reload leaves the running model (and this status) in place.
+    health_reporter.set_serving::<SignalServiceServer<signal_service::Signals>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, window));
+    let admin = ModelAdminServer::new(admin_service::Admin::new(registry));
     Ok(tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(admin)
         .add_service(reflection)
         .add_service(signals)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

@@ -26,14 +26,8 @@ pub struct Signals {
 
 impl Signals {
     pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, window: usize) -> Self {
-        let unary_recorder =
-            Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
-        Self {
-            engine,
-            telemetry,
-            window,
-            unary_recorder,
-        }
+        let unary_recorder = Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
+        Self { engine, telemetry, window, unary_recorder }
     }
 }
 
@@ -41,10 +35,7 @@ impl Signals {
 impl SignalService for Signals {
     type StreamTicksStream = TickStream;
 
-    async fn stream_ticks(
-        &self,
-        request: Request<Streaming<proto::Tick>>,
-    ) -> Result<Response<TickStream>, Status> {
+    async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
         Ok(Response::new(TickStream::new(
             request.into_inner(),
             self.engine.clone(),
@@ -53,47 +44,22 @@ impl SignalService for Signals {
         )))
     }
 
-    async fn predict(
-        &self,
-        request: Request<proto::Tick>,
-    ) -> Result<Response<proto::Signal>, Status> {
+    async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {
         let t = request.into_inner();
         let recv = Instant::now();
         let recv_ns = realtime_ns();
         let reply = match Tick::from_proto(&t) {
-            Err(reject) => Reply::rejected(
-                Symbol::EMPTY,
-                t.seq,
-                t.exchange_ts_ns,
-                reject,
-                recv,
-                recv_ns,
-            ),
+            Err(reject) => Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
             Ok(tick) => {
                 let queue = ReplyQueue::new(1);
-                match self.engine.submit(WorkItem {
-                    tick,
-                    reply_to: queue.clone(),
-                    recv,
-                    recv_ns,
-                }) {
-                    Err((_, reject)) => {
-                        Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns)
-                    }
+                match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns }) {
+                    Err((_, reject)) => Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
                     Ok(()) => wait_reply(&queue).await?,
                 }
             }
         };
-        let mut recorder = self
-            .unary_recorder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Ok(Response::new(finish(
-            reply,
-            Some(t.symbol),
-            &mut recorder,
-            &self.telemetry,
-        )))
+        let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Response::new(finish(reply, Some(t.symbol), &mut recorder, &self.telemetry)))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The gRPC edge's errors and their mapping to `tonic::Status`, in one place.
+//! The gRPC edge's errors, and the mapping of every library error that reaches the edge to a
+//! `tonic::Status`, in one place.
 //!
 //! Bad ticks are not errors here: they are answered in-band with `Signal.reject_reason`, and
 //! the stream stays up. Only failures of the call itself become a status.
@@ -15,6 +16,20 @@ impl From<EdgeError> for Status {
     fn from(e: EdgeError) -> Self {
         match e {
             EdgeError::EngineStopped => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for Status {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::model::ModelError;
+        use crate::registry::RegistryError as R;
+        let msg = e.to_string();
+        match e {
+            R::NotFound(_) | R::Model(ModelError::NotFound(_) | ModelError::NoneFound(_)) => Status::not_found(msg),
+            R::WrongName(..) => Status::invalid_argument(msg),
+            R::Model(_) | R::NoPrevious | R::AlreadyActive(_) => Status::failed_precondition(msg),
+            R::Busy | R::Stopped => Status::unavailable(msg),
         }
     }
 }

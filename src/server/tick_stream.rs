@@ -64,58 +64,27 @@ impl TickStream {
         let recv = Instant::now();
         let recv_ns = realtime_ns();
         let entry = match Tick::from_proto(&t) {
-            Ok(tick) => match self.engine.submit(WorkItem {
-                tick,
-                reply_to: self.replies.clone(),
-                recv,
-                recv_ns,
-            }) {
+            Ok(tick) => match self.engine.submit(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns }) {
                 Ok(()) => Pending::Engine,
                 Err((item, reject)) => Pending::Local(
-                    Reply::rejected(
-                        item.tick.symbol,
-                        t.seq,
-                        t.exchange_ts_ns,
-                        reject,
-                        recv,
-                        recv_ns,
-                    ),
+                    Reply::rejected(item.tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
                     t.symbol,
                 ),
             },
-            Err(reject) => Pending::Local(
-                Reply::rejected(
-                    Symbol::EMPTY,
-                    t.seq,
-                    t.exchange_ts_ns,
-                    reject,
-                    recv,
-                    recv_ns,
-                ),
-                t.symbol,
-            ),
+            Err(reject) => {
+                Pending::Local(Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns), t.symbol)
+            }
         };
         self.pending.push_back(entry);
     }
 }
 
 /// Turns a reply into the wire signal, recording egress/total latency and the tick's outcome.
-pub fn finish(
-    reply: Reply,
-    symbol: Option<String>,
-    recorder: &mut Recorder,
-    telemetry: &Telemetry,
-) -> proto::Signal {
+pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, telemetry: &Telemetry) -> proto::Signal {
     let now = Instant::now();
     let send_ns = realtime_ns();
-    recorder.record(
-        Series::Egress,
-        now.saturating_duration_since(reply.posted).as_nanos() as u64,
-    );
-    recorder.record(
-        Series::Total,
-        now.saturating_duration_since(reply.recv).as_nanos() as u64,
-    );
+    recorder.record(Series::Egress, now.saturating_duration_since(reply.posted).as_nanos() as u64);
+    recorder.record(Series::Total, now.saturating_duration_since(reply.recv).as_nanos() as u64);
     recorder.publish_if_requested();
     let counters = &telemetry.counters;
     match reply.reject {
@@ -166,12 +135,7 @@ impl Stream for TickStream {
                 }
             },
         };
-        Poll::Ready(Some(Ok(finish(
-            reply,
-            symbol,
-            &mut this.recorder,
-            &this.telemetry,
-        ))))
+        Poll::Ready(Some(Ok(finish(reply, symbol, &mut this.recorder, &this.telemetry))))
     }
 }
 
@@ -179,13 +143,8 @@ impl Drop for TickStream {
     fn drop(&mut self) {
         // The client went away: whatever was read but not answered is counted as dropped.
         if !self.pending.is_empty() {
-            self.telemetry
-                .counters
-                .outcome(Outcome::Dropped, self.pending.len() as u64);
-            tracing::debug!(
-                dropped = self.pending.len(),
-                "stream closed with ticks in flight"
-            );
+            self.telemetry.counters.outcome(Outcome::Dropped, self.pending.len() as u64);
+            tracing::debug!(dropped = self.pending.len(), "stream closed with ticks in flight");
         }
     }
 }

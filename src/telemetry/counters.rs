@@ -21,12 +21,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Scored,
-        Outcome::WarmingUp,
-        Outcome::Rejected,
-        Outcome::Dropped,
-    ];
+    pub const ALL: [Outcome; 4] = [Outcome::Scored, Outcome::WarmingUp, Outcome::Rejected, Outcome::Dropped];
 
     pub fn label(self) -> &'static str {
         match self {

@@ -13,9 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::latency::{HistogramSet, Series};
 use super::{Outcome, Telemetry};
@@ -28,23 +26,22 @@ pub const TICKS: &str = "quantd_ticks_total";
 pub const REJECTS: &str = "quantd_rejects_total";
 pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
 pub const MODEL_INFO: &str = "quantd_model_info";
+pub const MODEL_SWAPS: &str = "quantd_model_swaps_total";
+pub const MODEL_ROLLBACKS: &str = "quantd_model_rollbacks_total";
+pub const MODEL_FAILURES: &str = "quantd_model_failures_total";
+pub const MODEL_LOAD: &str = "quantd_model_load_seconds";
+pub const SHADOW_AGREEMENT: &str = "quantd_shadow_agreement_ratio";
+pub const SHADOW_COMPARED: &str = "quantd_shadow_compared_ticks";
 
 /// Latency buckets, seconds: every microsecond up to 30 µs, then progressively coarser to 1 s.
 pub fn latency_buckets() -> Vec<f64> {
     let mut us: Vec<f64> = (1..=30).map(f64::from).collect();
-    us.extend([
-        35., 40., 45., 50., 60., 70., 80., 90., 100., 125., 150., 200., 250., 300., 400., 500.,
-        750.,
-    ]);
-    us.extend([
-        1e3, 1.5e3, 2e3, 3e3, 5e3, 7.5e3, 1e4, 2e4, 5e4, 1e5, 2.5e5, 5e5, 1e6,
-    ]);
+    us.extend([35., 40., 45., 50., 60., 70., 80., 90., 100., 125., 150., 200., 250., 300., 400., 500., 750.]);
+    us.extend([1e3, 1.5e3, 2e3, 3e3, 5e3, 7.5e3, 1e4, 2e4, 5e4, 1e5, 2.5e5, 5e5, 1e6]);
     us.into_iter().map(|u| u * 1e-6).collect()
 }
 
-const BATCH_BUCKETS: [f64; 17] = [
-    1., 2., 3., 4., 6., 8., 12., 16., 24., 32., 48., 64., 96., 128., 256., 512., 1024.,
-];
+const BATCH_BUCKETS: [f64; 17] = [1., 2., 3., 4., 6., 8., 12., 16., 24., 32., 48., 64., 96., 128., 256., 512., 1024.];
 
 fn build_recorder() -> PrometheusRecorder {
     let builder = PrometheusBuilder::new()
@@ -66,51 +63,70 @@ fn describe() {
         metrics::Unit::Seconds,
         "Latency of each pipeline stage (queue_wait, features, inference per batch, policy, egress, total)"
     );
-    metrics::describe_histogram!(
-        BATCH_SIZE,
-        metrics::Unit::Count,
-        "Ticks scored per model call"
-    );
-    metrics::describe_counter!(
-        TICKS,
-        "Ticks by final outcome (scored, warming_up, rejected, dropped)"
-    );
+    metrics::describe_histogram!(BATCH_SIZE, metrics::Unit::Count, "Ticks scored per model call");
+    metrics::describe_counter!(TICKS, "Ticks by final outcome (scored, warming_up, rejected, dropped)");
     metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
     metrics::describe_gauge!(QUEUE_DEPTH, "Ticks waiting in the engine queue");
     metrics::describe_gauge!(
         MODEL_INFO,
-        "The active model (value 1), labelled with name and version"
+        "Every known model version (value 1), labelled with name, version and state (active, previous, shadow, loaded, failed, ...)"
     );
+    metrics::describe_counter!(MODEL_SWAPS, "Model activations (hot swaps)");
+    metrics::describe_counter!(MODEL_ROLLBACKS, "Rollbacks to the previous model (automatic or by admin call)");
+    metrics::describe_counter!(MODEL_FAILURES, "Refused model loads by reason");
+    metrics::describe_gauge!(MODEL_LOAD, "Seconds the last model load spent per phase (verify, load, warm)");
+    metrics::describe_gauge!(
+        SHADOW_AGREEMENT,
+        "Fraction of ticks where the shadow model's side agrees with the active model's"
+    );
+    metrics::describe_gauge!(SHADOW_COMPARED, "Ticks compared by the current shadow model");
 }
 
 fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
     for v in h.iter_recorded() {
-        f(
-            h.median_equivalent(v.value_iterated_to()) as f64,
-            v.count_at_value() as usize,
-        );
+        f(h.median_equivalent(v.value_iterated_to()) as f64, v.count_at_value() as usize);
     }
 }
 
-fn publish(
-    t: &Telemetry,
-    delta: &HistogramSet,
-    queue_depth: usize,
-    last_model: &mut Option<(String, String)>,
-) {
+type Versions = Vec<(String, String, &'static str)>;
+
+fn publish_models(t: &Telemetry, last: &mut Versions) {
+    let view = t.models();
+    if view.versions != *last {
+        for (name, version, state) in last.drain(..) {
+            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version, "state" => state).set(0.0);
+        }
+        for (name, version, state) in &view.versions {
+            metrics::gauge!(MODEL_INFO, "name" => name.clone(), "version" => version.clone(), "state" => *state)
+                .set(1.0);
+        }
+        *last = view.versions.clone();
+    }
+    metrics::counter!(MODEL_SWAPS).absolute(view.swaps);
+    metrics::counter!(MODEL_ROLLBACKS).absolute(view.rollbacks);
+    for (reason, n) in &view.failures {
+        metrics::counter!(MODEL_FAILURES, "reason" => *reason).absolute(*n);
+    }
+    if let Some([verify, load, warm]) = view.last_load {
+        metrics::gauge!(MODEL_LOAD, "phase" => "verify").set(verify);
+        metrics::gauge!(MODEL_LOAD, "phase" => "load").set(load);
+        metrics::gauge!(MODEL_LOAD, "phase" => "warm").set(warm);
+    }
+    let (compared, agreement) = view.shadow_agreement.unwrap_or((0, 0.0));
+    metrics::gauge!(SHADOW_COMPARED).set(compared as f64);
+    metrics::gauge!(SHADOW_AGREEMENT).set(agreement);
+}
+
+fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Versions) {
     for s in Series::ALL {
         let Some(h) = delta.get(s) else { continue };
         match s {
-            Series::BatchSize => {
-                publish_histogram(h, |v, n| metrics::histogram!(BATCH_SIZE).record_many(v, n))
-            }
+            Series::BatchSize => publish_histogram(h, |v, n| metrics::histogram!(BATCH_SIZE).record_many(v, n)),
             _ => {
                 let stage = metrics::histogram!(STAGE, "stage" => s.stage());
                 publish_histogram(h, |v, n| stage.record_many(v * 1e-9, n));
                 if s == Series::Total {
-                    publish_histogram(h, |v, n| {
-                        metrics::histogram!(TICK_TO_SIGNAL).record_many(v * 1e-9, n)
-                    });
+                    publish_histogram(h, |v, n| metrics::histogram!(TICK_TO_SIGNAL).record_many(v * 1e-9, n));
                 }
             }
         }
@@ -122,16 +138,7 @@ fn publish(
         metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
     }
     metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
-    let model = t.model();
-    if model != *last_model {
-        if let Some((name, version)) = last_model.take() {
-            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version).set(0.0);
-        }
-        if let Some((name, version)) = model.clone() {
-            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version).set(1.0);
-        }
-        *last_model = model;
-    }
+    publish_models(t, last_models);
 }
 
 /// The running telemetry thread.
@@ -155,33 +162,24 @@ impl Exporter {
         let stop = Arc::new(AtomicBool::new(false));
         let (t, s, tot) = (telemetry, stop.clone(), totals.clone());
         let upkeep = handle.clone();
-        let thread = std::thread::Builder::new()
-            .name("quantd-telemetry".into())
-            .spawn(move || {
-                let mut delta = t.latency.new_set();
-                let mut last_model = None;
-                metrics::with_local_recorder(&recorder, describe);
-                loop {
-                    let stopping = s.load(Ordering::Acquire);
-                    t.latency.collect(&mut delta);
-                    metrics::with_local_recorder(&recorder, || {
-                        publish(&t, &delta, queue_depth(), &mut last_model)
-                    });
-                    tot.lock().unwrap_or_else(|e| e.into_inner()).add(&delta);
-                    delta.reset();
-                    upkeep.run_upkeep();
-                    if stopping {
-                        break;
-                    }
-                    std::thread::park_timeout(interval);
+        let thread = std::thread::Builder::new().name("quantd-telemetry".into()).spawn(move || {
+            let mut delta = t.latency.new_set();
+            let mut last_models = Vec::new();
+            metrics::with_local_recorder(&recorder, describe);
+            loop {
+                let stopping = s.load(Ordering::Acquire);
+                t.latency.collect(&mut delta);
+                metrics::with_local_recorder(&recorder, || publish(&t, &delta, queue_depth(), &mut last_models));
+                tot.lock().unwrap_or_else(|e| e.into_inner()).add(&delta);
+                delta.reset();
+                upkeep.run_upkeep();
+                if stopping {
+                    break;
                 }
-            })?;
-        Ok(Self {
-            handle,
-            totals,
-            stop,
-            thread: Some(thread),
-        })
+                std::thread::park_timeout(interval);
+            }
+        })?;
+        Ok(Self { handle, totals, stop, thread: Some(thread) })
     }
 
     /// Renders the Prometheus text exposition.
@@ -251,9 +249,7 @@ pub async fn serve_metrics(
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

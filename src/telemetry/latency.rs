@@ -69,9 +69,9 @@ impl HistogramSet {
     /// about 30 KiB each.
     fn new(series: &[Series]) -> Self {
         Self(std::array::from_fn(|i| {
-            series.contains(&Series::ALL[i]).then(|| {
-                Histogram::new_with_bounds(1, 100_000_000_000, 2).expect("static bounds are valid")
-            })
+            series
+                .contains(&Series::ALL[i])
+                .then(|| Histogram::new_with_bounds(1, 100_000_000_000, 2).expect("static bounds are valid"))
         }))
     }
 
@@ -152,9 +152,7 @@ pub struct LatencyHub {
 
 impl Default for LatencyHub {
     fn default() -> Self {
-        Self {
-            slots: Mutex::new(Vec::new()),
-        }
+        Self { slots: Mutex::new(Vec::new()) }
     }
 }
 
@@ -168,14 +166,8 @@ impl LatencyHub {
             spare: ArrayQueue::new(1),
         });
         let _ = slot.spare.push(Box::new(HistogramSet::new(series)));
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot.clone());
-        Recorder {
-            current: Box::new(HistogramSet::new(series)),
-            slot,
-        }
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot.clone());
+        Recorder { current: Box::new(HistogramSet::new(series)), slot }
     }
 
     /// Adds everything handed over since the last call to `into`, asks every live writer for its
@@ -223,10 +215,7 @@ mod tests {
         drop(r);
         hub.collect(&mut total);
         assert_eq!(total.get(Series::Total).unwrap().len(), 3);
-        assert!(
-            hub.slots.lock().unwrap().is_empty(),
-            "dropped writer forgotten"
-        );
+        assert!(hub.slots.lock().unwrap().is_empty(), "dropped writer forgotten");
     }
 
     #[test]

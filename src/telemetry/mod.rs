@@ -14,13 +14,30 @@ pub use latency::{LatencyHub, Recorder, Series};
 
 use std::sync::{Arc, Mutex};
 
+/// What the registry last published about its models.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelsView {
+    /// `(name, version, state)` of every known version.
+    pub versions: Vec<(String, String, &'static str)>,
+    /// `(name, version)` of the active model.
+    pub active: Option<(String, String)>,
+    pub swaps: u64,
+    pub rollbacks: u64,
+    /// Refused loads by reason.
+    pub failures: Vec<(&'static str, u64)>,
+    /// Seconds spent verifying, loading and warming the last model loaded.
+    pub last_load: Option<[f64; 3]>,
+    /// (ticks compared, agreement) while a shadow runs.
+    pub shadow_agreement: Option<(u64, f64)>,
+}
+
 /// Telemetry shared by the engine, the gRPC edge and the exporter of one server.
 #[derive(Default)]
 pub struct Telemetry {
     pub counters: Counters,
     pub latency: LatencyHub,
-    /// `(name, version)` of the active model, for `quantd_model_info` (control path only).
-    model: Mutex<Option<(String, String)>>,
+    /// The registry's view of the models, for the exporter (control path only).
+    models: Mutex<ModelsView>,
 }
 
 impl Telemetry {
@@ -28,12 +45,11 @@ impl Telemetry {
         Arc::new(Self::default())
     }
 
-    pub fn set_model(&self, name: &str, version: &str) {
-        *self.model.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((name.to_owned(), version.to_owned()));
+    pub fn set_models(&self, view: ModelsView) {
+        *self.models.lock().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
-    pub fn model(&self) -> Option<(String, String)> {
-        self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn models(&self) -> ModelsView {
+        self.models.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

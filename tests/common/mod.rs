@@ -18,11 +18,7 @@ pub fn repo() -> PathBuf {
 /// `../shared/data/ticks/<name>` next to the repository.
 pub fn shared_ticks(name: &str) -> PathBuf {
     let p = repo().join("../shared/data/ticks").join(name);
-    assert!(
-        p.is_file(),
-        "recorded tick file {} missing: tests need ../shared beside the repo",
-        p.display()
-    );
+    assert!(p.is_file(), "recorded tick file {} missing: tests need ../shared beside the repo", p.display());
     p
 }
 
@@ -45,32 +41,19 @@ pub async fn start(config: &Config) -> Server {
 }
 
 pub async fn client(server: &Server) -> SignalServiceClient<Channel> {
-    SignalServiceClient::connect(format!("http://{}", server.addr()))
-        .await
-        .expect("connect")
+    SignalServiceClient::connect(format!("http://{}", server.addr())).await.expect("connect")
 }
 
 /// The first `n` ticks (merged by time) of the given recorded files, as wire ticks.
 pub fn recorded(files: &[&str], n: usize) -> Vec<Tick> {
     let paths: Vec<_> = files.iter().map(|f| shared_ticks(f)).collect();
-    quantd::tickfile::TickReader::open(&paths)
-        .unwrap()
-        .take(n)
-        .map(|t| t.unwrap().to_proto())
-        .collect()
+    quantd::tickfile::TickReader::open(&paths).unwrap().take(n).map(|t| t.unwrap().to_proto()).collect()
 }
 
 /// Streams `ticks` on one call and collects every signal.
-pub async fn stream_all(
-    client: &mut SignalServiceClient<Channel>,
-    ticks: Vec<Tick>,
-) -> Vec<Signal> {
+pub async fn stream_all(client: &mut SignalServiceClient<Channel>, ticks: Vec<Tick>) -> Vec<Signal> {
     let mut out = Vec::with_capacity(ticks.len());
-    let mut replies = client
-        .stream_ticks(tokio_stream::iter(ticks))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let mut replies = client.stream_ticks(tokio_stream::iter(ticks)).await.expect("stream opens").into_inner();
     while let Some(s) = replies.message().await.expect("stream stays healthy") {
         out.push(s);
     }
@@ -78,21 +61,12 @@ pub async fn stream_all(
 }
 
 pub async fn scrape(server: &Server) -> String {
-    reqwest::get(format!("http://{}/metrics", server.metrics_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    reqwest::get(format!("http://{}/metrics", server.metrics_addr())).await.unwrap().text().await.unwrap()
 }
 
 /// The value of the first sample line starting with `prefix` (name plus labels).
 pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
 /// Scrapes until `prefix` reaches `at_least` (the exporter publishes every 50 ms in tests).
@@ -104,8 +78,5 @@ pub async fn wait_for_metric(server: &Server, prefix: &str, at_least: f64) -> St
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!(
-        "metric {prefix} never reached {at_least}:\n{}",
-        scrape(server).await
-    )
+    panic!("metric {prefix} never reached {at_least}:\n{}", scrape(server).await)
 }

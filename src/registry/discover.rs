@@ -1,0 +1,92 @@
+//! Finding model versions on disk: `<models_dir>/<name>/<version>/manifest.toml`.
+//!
+//! Runs on the registry's control thread. A version counts only once its manifest exists
+//! (writers copy `model.onnx` first and the manifest last, or rename a finished directory in);
+//! the sha256 check at load catches a model file still being written. Each version carries a
+//! signature (sizes and modification times) so a failed version is retried only when its files
+//! change.
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::model::manifest::MANIFEST_FILE;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub name: String,
+    pub version: String,
+    pub dir: PathBuf,
+    /// Changes whenever the manifest or model file is rewritten.
+    pub signature: Vec<(u64, Option<SystemTime>)>,
+}
+
+/// Version order: numeric where both are numbers, else lexicographic.
+pub fn version_cmp(a: &str, b: &str) -> Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+fn subdirs(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+fn signature(dir: &Path) -> Vec<(u64, Option<SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().collect();
+    files.sort_by_key(|e| e.file_name());
+    files
+        .iter()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| (m.len(), m.modified().ok()))
+        .collect()
+}
+
+/// Every complete version under `models_dir`, sorted by name then version.
+pub fn scan(models_dir: &Path) -> Vec<Found> {
+    let mut out = Vec::new();
+    for name in subdirs(models_dir) {
+        let mut versions: Vec<String> = subdirs(&models_dir.join(&name))
+            .into_iter()
+            .filter(|v| models_dir.join(&name).join(v).join(MANIFEST_FILE).is_file())
+            .collect();
+        versions.sort_by(|a, b| version_cmp(a, b));
+        for version in versions {
+            let dir = models_dir.join(&name).join(&version);
+            out.push(Found { signature: signature(&dir), name: name.clone(), version, dir });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_complete_versions_in_version_order() {
+        let d = tempfile::tempdir().unwrap();
+        for v in ["2", "10", "11"] {
+            std::fs::create_dir_all(d.path().join("m").join(v)).unwrap();
+        }
+        std::fs::write(d.path().join("m/2/manifest.toml"), "").unwrap();
+        std::fs::write(d.path().join("m/10/manifest.toml"), "").unwrap();
+        // 11 has no manifest yet: half-copied, not listed
+        let found: Vec<_> = scan(d.path()).into_iter().map(|f| format!("{}@{}", f.name, f.version)).collect();
+        assert_eq!(found, ["m@2", "m@10"]);
+        let before = scan(d.path())[1].signature.clone();
+        std::fs::write(d.path().join("m/10/manifest.toml"), "changed").unwrap();
+        assert_ne!(scan(d.path())[1].signature, before, "a rewritten file changes the signature");
+    }
+}
