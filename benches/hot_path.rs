@@ -8,7 +8,6 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -70,7 +69,7 @@ fn bench_engine(c: &mut Criterion) {
     let m = model(64);
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::BusySpin, ..Config::default().engine_config() };
-    let active = ActiveModel { policy: m.manifest.policy, label: Arc::from(m.manifest.label()), scorer: m.scorer };
+    let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
     let engine = quantd::engine::spawn(&cfg, active, telemetry).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(1);

@@ -5,7 +5,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -48,7 +47,7 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     let m = LoadedModel::load(&repo.join("models/quantd-mlp/1"), 64).unwrap();
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
-    let active = ActiveModel { policy: m.manifest.policy, label: Arc::from(m.manifest.label()), scorer: m.scorer };
+    let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
     let engine = quantd::engine::spawn(&cfg, active, telemetry.clone()).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(4096);
@@ -88,6 +87,6 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     assert!(scored > 19_000, "the window really scored ticks ({scored})");
     assert_eq!(after - before, 0, "{} heap allocations while the engine processed 20000 ticks", after - before);
     telemetry.latency.collect(&mut totals);
-    assert!(totals.get(quantd::telemetry::Series::Inference).unwrap().len() > 0);
+    assert!(!totals.get(quantd::telemetry::Series::Inference).unwrap().is_empty());
     engine.shutdown();
 }

@@ -236,6 +236,12 @@ impl LoadedModel {
         let manifest = Manifest::read(&manifest_path)?;
         let label = manifest.label();
         let mut problems = manifest.check_static();
+        // models/<name>/<version>/: the directory must say what the manifest says.
+        let dir_version = dir.file_name().and_then(|v| v.to_str()).unwrap_or_default();
+        let dir_name = dir.parent().and_then(|n| n.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+        if (dir_name, dir_version) != (manifest.name.as_str(), manifest.version.as_str()) {
+            problems.push(format!("manifest says {label} but the directory is {dir_name}/{dir_version}"));
+        }
         let model_path = dir.join(&manifest.model_file);
         let actual = sha256_file(&model_path)?;
         if actual != manifest.sha256 {

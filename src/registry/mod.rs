@@ -577,10 +577,10 @@ impl Registry {
         while let Some(model) = engine.take_retired() {
             match self.retire.pop_front() {
                 Some(Retire::KeepAsPrevious(key)) => {
-                    if let Some((old, _dropped)) = self.previous.replace((key, model)) {
-                        if let Some(e) = self.entries.get_mut(&old) {
-                            e.set(State::Retired, "");
-                        }
+                    if let Some((old, _dropped)) = self.previous.replace((key, model))
+                        && let Some(e) = self.entries.get_mut(&old)
+                    {
+                        e.set(State::Retired, "");
                     }
                 }
                 Some(Retire::Drop(key, state)) => {
