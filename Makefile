@@ -23,10 +23,11 @@ test-rust:
 test-python:
 	$(PY) -m pytest -q tests/python
 
-## bench: criterion benches of the hot paths, then the 10k ticks/s stream bench
+## bench: criterion benches of the hot paths, the 10k ticks/s stream bench, the 50k ticks/s hot-swap bench
 bench: setup
 	$(CARGO) bench --locked --bench hot_path
 	./scripts/stream-bench.sh
+	./scripts/swap-bench.sh
 
 bench-stream: setup
 	./scripts/stream-bench.sh

@@ -36,6 +36,13 @@ struct Args {
     /// The server's Prometheus endpoint (host:port): print its per-stage percentiles too.
     #[arg(long)]
     metrics: Option<String>,
+    /// Hot-swap the model every this many seconds (ModelAdmin.ActivateModel, alternating
+    /// between `--swap-versions`), and report latency around the swaps against the rest.
+    #[arg(long)]
+    swap_every: Option<f64>,
+    /// `name@v1,name@v2`: the versions to alternate between.
+    #[arg(long, default_value = "quantd-mlp@2,quantd-mlp@1")]
+    swap_versions: String,
 }
 
 /// Quantile from cumulative Prometheus buckets (upper bound of the bucket that holds it), µs.
@@ -127,11 +134,40 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    // Swaps run from their own task over the admin API; their times are kept for the report.
+    let swap_times = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    if let Some(every) = args.swap_every {
+        let versions: Vec<(String, String)> = args
+            .swap_versions
+            .split(',')
+            .filter_map(|v| v.split_once('@').map(|(n, v)| (n.to_owned(), v.to_owned())))
+            .collect();
+        let mut admin = quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{}", args.target)).await?;
+        let times = swap_times.clone();
+        let end = start + Duration::from_secs(args.warmup + args.duration);
+        tokio::spawn(async move {
+            let mut i = 0;
+            let mut next = start + Duration::from_secs(args.warmup) + Duration::from_secs_f64(every / 2.0);
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                let (name, version) = versions[i % versions.len()].clone();
+                let at = Instant::now();
+                match admin.activate_model(quantd::proto::ModelRef { name, version }).await {
+                    Ok(_) => times.lock().unwrap().push(at),
+                    Err(e) => eprintln!("swap failed: {e}"),
+                }
+                i += 1;
+                next += Duration::from_secs_f64(every);
+            }
+        });
+    }
     let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
     let mut replies = client.stream_ticks(outbound).await?.into_inner();
     let mut server = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut e2e = server.clone();
     let mut seen = 0usize;
+    // (due time, server latency) of every measured tick, for the around-swap split.
+    let mut per_tick: Vec<(Instant, u64)> = Vec::with_capacity(total);
     let mut late_or_missing = VecDeque::new();
     while let Some(s) = replies.message().await? {
         let now = Instant::now();
@@ -144,7 +180,9 @@ async fn main() -> anyhow::Result<()> {
         if seen >= warm {
             let due = start + interval * seen as u32;
             e2e.saturating_record(now.saturating_duration_since(due).as_nanos() as u64);
-            server.saturating_record(s.server_send_ns.saturating_sub(s.server_recv_ns));
+            let lat = s.server_send_ns.saturating_sub(s.server_recv_ns);
+            server.saturating_record(lat);
+            per_tick.push((due, lat));
         }
         seen += 1;
         if seen == total {
@@ -161,6 +199,24 @@ async fn main() -> anyhow::Result<()> {
     );
     report("server tick->signal", &server);
     report("end-to-end (open loop)", &e2e);
+    let swaps = swap_times.lock().unwrap().clone();
+    if !swaps.is_empty() {
+        // Ticks due within 1 s after a swap (or 0.2 s before it) vs all the others.
+        let mut near = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let mut steady = near.clone();
+        for (due, lat) in &per_tick {
+            let close = swaps.iter().any(|t| *due + Duration::from_millis(200) >= *t && *due <= *t + Duration::from_secs(1));
+            if close { near.saturating_record(*lat) } else { steady.saturating_record(*lat) }
+        }
+        println!("{} swaps; tick->signal within [-0.2 s, +1 s] of a swap vs the rest:", swaps.len());
+        report("  around swaps", &near);
+        report("  steady", &steady);
+        println!(
+            "  p99 ratio {:.2}, p99.9 ratio {:.2} (around / steady)",
+            pct(&near, 0.99) / pct(&steady, 0.99),
+            pct(&near, 0.999) / pct(&steady, 0.999)
+        );
+    }
     if let Some(m) = &args.metrics {
         tokio::time::sleep(Duration::from_millis(1500)).await; // one export interval
         print_stages(m).await?;
