@@ -142,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
             .split(',')
             .filter_map(|v| v.split_once('@').map(|(n, v)| (n.to_owned(), v.to_owned())))
             .collect();
-        let mut admin = quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{}", args.target)).await?;
+        let mut admin =
+            quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{}", args.target)).await?;
         let times = swap_times.clone();
         let end = start + Duration::from_secs(args.warmup + args.duration);
         tokio::spawn(async move {
@@ -205,7 +206,8 @@ async fn main() -> anyhow::Result<()> {
         let mut near = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
         let mut steady = near.clone();
         for (due, lat) in &per_tick {
-            let close = swaps.iter().any(|t| *due + Duration::from_millis(200) >= *t && *due <= *t + Duration::from_secs(1));
+            let close =
+                swaps.iter().any(|t| *due + Duration::from_millis(200) >= *t && *due <= *t + Duration::from_secs(1));
             if close { near.saturating_record(*lat) } else { steady.saturating_record(*lat) }
         }
         println!("{} swaps; tick->signal within [-0.2 s, +1 s] of a swap vs the rest:", swaps.len());

@@ -57,12 +57,41 @@ pub struct EngineSection {
     pub idle_yield_us: u64,
 }
 
+/// What a stream does when it has `window` ticks in flight to the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backpressure {
+    /// Stop reading the stream: HTTP/2 flow control pushes back on the client.
+    Block,
+    /// Keep reading; answer each tick beyond the window at once with `overloaded`.
+    Reject,
+    /// Like `block`, and the engine scores only the newest tick of a symbol per pass; the
+    /// superseded ones update the features and are answered `conflated`.
+    Conflate,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamSection {
-    /// Most ticks of one stream in flight (read but not yet answered). When reached, the server
-    /// stops reading that stream and HTTP/2 flow control pushes back on the client.
+    /// Most ticks of one stream in flight to the engine.
     pub window: usize,
+    pub backpressure: Backpressure,
+    /// Most signals answered but not yet taken by the client. In `block`/`conflate` mode the
+    /// stream stops reading at this limit (flow control pushes back); in `reject` mode, which
+    /// never pushes back, a client this far behind is cut off with RESOURCE_EXHAUSTED.
+    pub outbound_limit: usize,
+    /// Signal time-to-live, ms: a tick that waited longer for the engine is answered `expired`
+    /// (0: off).
+    pub ttl_ms: u64,
+    /// Most concurrent `StreamTicks` calls on the server; more are refused RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Most distinct symbols on one stream; more are rejected `too_many_symbols`.
+    pub max_symbols_per_stream: usize,
+    /// Largest accepted gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// HTTP/2 keep-alive ping interval and timeout, ms (0: off): dead peers are dropped.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -136,7 +165,17 @@ impl Default for EngineSection {
 
 impl Default for StreamSection {
     fn default() -> Self {
-        Self { window: 1024 }
+        Self {
+            window: 1024,
+            backpressure: Backpressure::Block,
+            outbound_limit: 4096,
+            ttl_ms: 250,
+            max_streams: 1024,
+            max_symbols_per_stream: 10_000,
+            max_message_bytes: 64 * 1024,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 20_000,
+        }
     }
 }
 
@@ -233,6 +272,18 @@ impl Config {
         if self.stream.window == 0 {
             p.push("stream.window must be > 0".into());
         }
+        if self.stream.outbound_limit < self.stream.window {
+            p.push(format!(
+                "stream.outbound_limit {} must be >= stream.window {}",
+                self.stream.outbound_limit, self.stream.window
+            ));
+        }
+        if self.stream.max_streams == 0 || self.stream.max_symbols_per_stream == 0 {
+            p.push("stream.max_streams and stream.max_symbols_per_stream must be > 0".into());
+        }
+        if self.stream.max_message_bytes < 256 {
+            p.push(format!("stream.max_message_bytes {} is too small for one tick", self.stream.max_message_bytes));
+        }
         if self.stream.window > e.queue_capacity {
             p.push(format!(
                 "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
@@ -292,6 +343,7 @@ impl Config {
             idle: self.engine.idle,
             idle_spin: Duration::from_micros(self.engine.idle_spin_us),
             idle_yield: Duration::from_micros(self.engine.idle_yield_us),
+            ttl: (self.stream.ttl_ms > 0).then(|| Duration::from_millis(self.stream.ttl_ms)),
         }
     }
 }

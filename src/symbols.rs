@@ -47,6 +47,12 @@ impl<S> SymbolTable<S> {
         &mut self.states[slot]
     }
 
+    /// Forgets every symbol (capacity is kept).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.states.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.states.len()
     }

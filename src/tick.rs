@@ -110,10 +110,13 @@ pub enum Reject {
     QueueFull,
     ShuttingDown,
     ModelError,
+    Expired,
+    Overloaded,
+    EngineError,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 11] = [
+    pub const ALL: [Reject; 14] = [
         Reject::NonFinite,
         Reject::NonPositive,
         Reject::CrossedBook,
@@ -125,6 +128,9 @@ impl Reject {
         Reject::QueueFull,
         Reject::ShuttingDown,
         Reject::ModelError,
+        Reject::Expired,
+        Reject::Overloaded,
+        Reject::EngineError,
     ];
 
     /// Stable machine-readable code (metrics label, prefix of the reject reason).
@@ -141,6 +147,9 @@ impl Reject {
             Reject::QueueFull => "queue_full",
             Reject::ShuttingDown => "shutting_down",
             Reject::ModelError => "model_error",
+            Reject::Expired => "expired",
+            Reject::Overloaded => "overloaded",
+            Reject::EngineError => "engine_error",
         }
     }
 
@@ -157,7 +166,12 @@ impl Reject {
             Reject::TooManySymbols => "the server's distinct-symbol cap is reached",
             Reject::QueueFull => "the engine queue is full; the tick was not processed",
             Reject::ShuttingDown => "the server is shutting down",
-            Reject::ModelError => "the model failed on this batch",
+            Reject::ModelError => "the model failed on this batch or produced a non-finite score",
+            Reject::Expired => {
+                "the tick waited longer than the signal time-to-live; features were updated, no position is sent"
+            }
+            Reject::Overloaded => "this stream has the most ticks in flight it may have (back-pressure mode reject)",
+            Reject::EngineError => "the engine failed on this batch and restarted; the symbol's features were reset",
         }
     }
 

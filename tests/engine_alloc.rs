@@ -58,7 +58,8 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
         let mut outstanding = 0usize;
         let mut scored = 0usize;
         for (i, t) in ticks[range].iter().enumerate() {
-            let item = WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0 };
+            let item =
+                WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0, conflate: false };
             assert!(handle.submit(item).is_ok());
             outstanding += 1;
             if i % 50 == 49 {

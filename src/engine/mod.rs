@@ -38,6 +38,9 @@ pub struct WorkItem {
     pub recv: Instant,
     /// CLOCK_REALTIME nanoseconds of the same moment, echoed as `server_recv_ns`.
     pub recv_ns: u64,
+    /// Conflate: if a newer tick of the same symbol is in the same engine pass, only that one
+    /// is scored (stream back-pressure mode `conflate`).
+    pub conflate: bool,
 }
 
 /// A message from the control path, applied by the engine between two batches.
@@ -61,6 +64,10 @@ struct Shared {
     /// While true the engine takes nothing off its queue (diagnostics and tests: it makes a
     /// stalled engine, a full queue and back-pressure reproducible).
     paused: AtomicBool,
+    /// Fault injection: the next batch panics (tests of the engine's recovery).
+    inject_panic: AtomicBool,
+    /// Batches that panicked and were recovered from.
+    restarts: std::sync::atomic::AtomicU64,
     unparker: Unparker,
 }
 
@@ -116,6 +123,16 @@ impl EngineHandle {
     /// A model the engine has stopped using, to drop or keep on the control path.
     pub fn take_retired(&self) -> Option<Box<ActiveModel>> {
         self.shared.retired.pop()
+    }
+
+    /// Fault injection: makes the engine's next batch panic, to exercise its recovery.
+    pub fn inject_panic(&self) {
+        self.shared.inject_panic.store(true, Ordering::Release);
+    }
+
+    /// How many batches panicked and were recovered from.
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
     }
 
     /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost).

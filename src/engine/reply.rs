@@ -21,6 +21,8 @@ pub struct Reply {
     pub score: f64,
     pub target_position: f64,
     pub warming_up: bool,
+    /// Superseded by a newer tick of the same symbol (conflation): features only.
+    pub conflated: bool,
     pub reject: Option<Reject>,
     /// `name@version` of the model that scored it (shared, not copied).
     pub model: Option<Arc<str>>,
@@ -47,6 +49,7 @@ impl Reply {
             score: 0.0,
             target_position: 0.0,
             warming_up: false,
+            conflated: false,
             reject: Some(reject),
             model: None,
             recv,

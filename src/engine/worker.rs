@@ -32,6 +32,9 @@ pub struct EngineConfig {
     pub idle: IdleStrategy,
     pub idle_spin: Duration,
     pub idle_yield: Duration,
+    /// Signal time-to-live: a tick that waited longer before the engine took it is answered
+    /// `expired` (its features are still updated).
+    pub ttl: Option<Duration>,
 }
 
 /// Everything the engine needs to score: the session and how to read its output.
@@ -112,14 +115,28 @@ fn side(x: f32) -> i8 {
 struct SymbolState {
     features: SymbolFeatures,
     position: Position,
+    /// The engine pass in which this symbol's newest tick was chosen for scoring (conflation).
+    scored_in_pass: u64,
 }
 
-/// Per-tick scratch, reused every batch.
+impl SymbolState {
+    fn new() -> Self {
+        Self { features: SymbolFeatures::new(), position: Position::default(), scored_in_pass: 0 }
+    }
+}
+
+/// What happens to each tick of a batch (scratch, reused every batch).
 #[derive(Clone, Copy)]
 enum Step {
     Rejected(Reject),
-    /// Accepted; its feature row is `row` in the batch; `warm` once past warm-up.
-    Accepted {
+    /// Features updated, but it waited past the time-to-live: answered `expired`.
+    Expired,
+    /// Features updated; a newer tick of the same symbol in this pass is scored instead.
+    Conflated {
+        slot: usize,
+    },
+    /// Scored as model input row `row`; `warm` once past warm-up.
+    Scored {
         slot: usize,
         row: usize,
         warm: bool,
@@ -133,11 +150,17 @@ struct Worker {
     recorder: Recorder,
     model: Box<ActiveModel>,
     shadow: Option<Box<ActiveModel>>,
-    batches: u64,
     symbols: SymbolTable<SymbolState>,
     batch: Vec<WorkItem>,
     steps: Vec<Step>,
+    /// Feature rows by batch position.
+    feats: Vec<f32>,
+    /// The rows to score, compacted.
     rows: Vec<f32>,
+    /// Ticks of the current batch already answered (for recovery after a panic).
+    posted: usize,
+    pass: u64,
+    ttl: Option<Duration>,
     scores: Vec<f32>,
     max_batch: usize,
 }
@@ -156,6 +179,8 @@ pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Tele
         accepting: AtomicBool::new(true),
         sleeping: AtomicBool::new(false),
         paused: AtomicBool::new(false),
+        inject_panic: AtomicBool::new(false),
+        restarts: AtomicU64::new(0),
         unparker: parker.unparker().clone(),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -172,7 +197,10 @@ pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Tele
         telemetry,
         model,
         shadow: None,
-        batches: 0,
+        feats: vec![0.0; max_batch * NUM_FEATURES],
+        posted: 0,
+        pass: 0,
+        ttl: config.ttl,
         symbols: SymbolTable::new(config.max_symbols, config.max_symbols),
         batch: Vec::with_capacity(max_batch),
         steps: Vec::with_capacity(max_batch),
@@ -229,7 +257,9 @@ impl Worker {
                 continue;
             }
             idler.reset();
-            self.process_batch();
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process_batch())).is_err() {
+                self.recover();
+            }
             self.recorder.publish_if_requested();
         }
         tracing::info!("engine drained and stopped");
@@ -260,37 +290,64 @@ impl Worker {
     }
 
     fn process_batch(&mut self) {
+        self.posted = 0;
+        if self.shared.inject_panic.swap(false, Ordering::AcqRel) {
+            panic!("injected engine panic (fault-injection hook)");
+        }
         let dequeued = Instant::now();
         let warmup = self.model.policy.warmup_ticks;
-        let mut n_rows = 0;
+        self.pass += 1;
         self.steps.clear();
-        for item in &self.batch {
-            self.recorder.record(Series::QueueWait, dequeued.saturating_duration_since(item.recv).as_nanos() as u64);
+        // 1. Stateful checks and feature updates, tick by tick, in arrival order. Every accepted
+        //    tick updates its symbol's features, also when it will not be scored.
+        for (i, item) in self.batch.iter().enumerate() {
+            let waited = dequeued.saturating_duration_since(item.recv);
+            self.recorder.record(Series::QueueWait, waited.as_nanos() as u64);
             let t = Instant::now();
-            let step = match self.symbols.slot(item.tick.symbol, || SymbolState {
-                features: SymbolFeatures::new(),
-                position: Position::default(),
-            }) {
+            let step = match self.symbols.slot(item.tick.symbol, SymbolState::new) {
                 Err(r) => Step::Rejected(r),
                 Ok(slot) => {
                     let state = self.symbols.at(slot);
                     if item.tick.exchange_ts_ns < state.features.last_ts_ns() {
                         Step::Rejected(Reject::StaleTimestamp)
                     } else {
-                        let row: &mut [f32; NUM_FEATURES] = (&mut self.rows
-                            [n_rows * NUM_FEATURES..(n_rows + 1) * NUM_FEATURES])
+                        let row: &mut [f32; NUM_FEATURES] = (&mut self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES])
                             .try_into()
                             .expect("row slice has NUM_FEATURES elements");
                         state.features.update(&item.tick, row);
-                        n_rows += 1;
-                        Step::Accepted { slot, row: n_rows - 1, warm: state.features.ticks() >= warmup }
+                        if self.ttl.is_some_and(|ttl| waited > ttl) {
+                            Step::Expired
+                        } else {
+                            Step::Scored { slot, row: 0, warm: state.features.ticks() >= warmup }
+                        }
                     }
                 }
             };
             self.recorder.record(Series::Features, t.elapsed().as_nanos() as u64);
             self.steps.push(step);
         }
-
+        // 2. Conflation: on streams that ask for it, only a symbol's newest tick in this pass is
+        //    scored. Walk backwards, marking each symbol the first time it is seen.
+        for i in (0..self.batch.len()).rev() {
+            if let Step::Scored { slot, .. } = self.steps[i] {
+                let state = self.symbols.at(slot);
+                if self.batch[i].conflate && state.scored_in_pass == self.pass {
+                    self.steps[i] = Step::Conflated { slot };
+                } else if self.batch[i].conflate {
+                    state.scored_in_pass = self.pass;
+                }
+            }
+        }
+        // 3. One model call for every tick still to be scored.
+        let mut n_rows = 0;
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            if let Step::Scored { row, .. } = step {
+                self.rows[n_rows * NUM_FEATURES..(n_rows + 1) * NUM_FEATURES]
+                    .copy_from_slice(&self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]);
+                *row = n_rows;
+                n_rows += 1;
+            }
+        }
         let mut model_failed = false;
         if n_rows > 0 {
             let t = Instant::now();
@@ -309,17 +366,17 @@ impl Worker {
             if let Some(shadow) = self.shadow.as_mut() {
                 compare_shadow(shadow, rows, &self.scores[..n_rows], &self.shared.shadow_stats);
             }
-            self.batches += 1;
-            if self.batches % 64 == 1
+            if self.pass % 64 == 1
                 && let Ok(mut recent) = self.shared.recent.try_lock()
             {
                 recent.rows[..rows.len()].copy_from_slice(rows);
                 recent.n = n_rows;
             }
         }
-
-        for (item, step) in self.batch.drain(..).zip(self.steps.iter()) {
+        // 4. Policy and replies, in arrival order.
+        for i in 0..self.batch.len() {
             let t = Instant::now();
+            let item = &self.batch[i];
             let mut reply = Reply {
                 symbol: item.tick.symbol,
                 seq: item.tick.seq,
@@ -327,24 +384,26 @@ impl Worker {
                 score: 0.0,
                 target_position: 0.0,
                 warming_up: false,
+                conflated: false,
                 reject: None,
                 model: Some(self.model.label.clone()),
                 recv: item.recv,
                 recv_ns: item.recv_ns,
                 posted: t,
             };
-            match *step {
+            match self.steps[i] {
                 Step::Rejected(r) => reply.reject = Some(r),
-                Step::Accepted { .. } if model_failed => reply.reject = Some(Reject::ModelError),
-                Step::Accepted { row, .. } if !self.scores[row].is_finite() => {
+                Step::Expired => reply.reject = Some(Reject::Expired),
+                Step::Conflated { slot } => {
+                    reply.conflated = true;
+                    reply.target_position = self.symbols.at(slot).position.0;
+                }
+                Step::Scored { .. } if model_failed => reply.reject = Some(Reject::ModelError),
+                Step::Scored { row, .. } if !self.scores[row].is_finite() => {
                     self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
                     reply.reject = Some(Reject::ModelError);
                 }
-                Step::Accepted { row, .. } if !self.scores[row].is_finite() => {
-                    self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
-                    reply.reject = Some(Reject::ModelError);
-                }
-                Step::Accepted { slot, row, warm } => {
+                Step::Scored { slot, row, warm } => {
                     let score = f64::from(self.scores[row]);
                     reply.score = score;
                     if warm {
@@ -356,12 +415,44 @@ impl Worker {
             }
             self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
             reply.posted = Instant::now();
-            if item.reply_to.post(reply).is_err() {
-                // Cannot happen while streams respect their window; counted, never silent.
-                tracing::error!("reply queue full: a stream exceeded its in-flight window");
-                self.telemetry.counters.outcome(Outcome::Dropped, 1);
-            }
+            self.post(i, reply);
+            self.posted = i + 1;
         }
+        self.batch.clear();
+    }
+
+    fn post(&self, i: usize, reply: Reply) {
+        if self.batch[i].reply_to.post(reply).is_err() {
+            // Cannot happen while streams respect their window; counted, never silent.
+            tracing::error!("reply queue full: a stream exceeded its in-flight window");
+            self.telemetry.counters.outcome(Outcome::Dropped, 1);
+        }
+    }
+
+    /// After a panic inside a batch: answer every tick of it not yet answered with
+    /// `engine_error`, reset the per-symbol state (it may be half-updated), and carry on.
+    fn recover(&mut self) {
+        let unanswered = self.batch.len().saturating_sub(self.posted);
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        for i in self.posted..self.batch.len() {
+            let item = &self.batch[i];
+            let reply = Reply::rejected(
+                item.tick.symbol,
+                item.tick.seq,
+                item.tick.exchange_ts_ns,
+                Reject::EngineError,
+                item.recv,
+                item.recv_ns,
+            );
+            self.post(i, reply);
+        }
+        self.batch.clear();
+        self.steps.clear();
+        self.symbols.clear();
+        tracing::error!(
+            unanswered,
+            "engine panicked inside a batch: its ticks were answered with engine_error, symbol state was reset, the engine goes on"
+        );
     }
 }
 

@@ -103,7 +103,7 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let grpc =
-            serve_grpc(listener, handle, registry.clone(), telemetry.clone(), config.stream.window, stop_rx).await?;
+            serve_grpc(listener, handle, registry.clone(), telemetry.clone(), config.stream.clone(), stop_rx).await?;
         let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, %metrics_addr, "serving");
         Ok(Self {
@@ -192,7 +192,7 @@ async fn serve_grpc(
     engine: EngineHandle,
     registry: RegistryHandle,
     telemetry: Arc<Telemetry>,
-    window: usize,
+    st: crate::config::StreamSection,
     stop: oneshot::Receiver<()>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -204,9 +204,19 @@ async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, window));
+    let limits = tick_stream::StreamLimits {
+        window: st.window,
+        outbound_limit: st.outbound_limit,
+        mode: st.backpressure,
+        max_symbols: st.max_symbols_per_stream,
+    };
+    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, st.max_streams))
+        .max_decoding_message_size(st.max_message_bytes);
+    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     let admin = ModelAdminServer::new(admin_service::Admin::new(registry));
     Ok(tonic::transport::Server::builder()
+        .http2_keepalive_interval(ms(st.keepalive_interval_ms))
+        .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
         .add_service(health_service)
         .add_service(admin)
         .add_service(reflection)

@@ -2,6 +2,7 @@
 //! library error becomes a `tonic::Status` is [`super::status`].
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::realtime_ns;
 use super::status::EdgeError;
-use super::tick_stream::{TickStream, finish};
+use super::tick_stream::{StreamLimits, TickStream, finish};
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
@@ -19,15 +20,17 @@ use crate::tick::{Symbol, Tick};
 pub struct Signals {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
-    window: usize,
+    limits: StreamLimits,
+    max_streams: usize,
+    open_streams: Arc<AtomicUsize>,
     /// Unary calls share one recorder (a short lock on the unary path only; streams own theirs).
     unary_recorder: Mutex<Recorder>,
 }
 
 impl Signals {
-    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, window: usize) -> Self {
+    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, limits: StreamLimits, max_streams: usize) -> Self {
         let unary_recorder = Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
-        Self { engine, telemetry, window, unary_recorder }
+        Self { engine, telemetry, limits, max_streams, open_streams: Arc::default(), unary_recorder }
     }
 }
 
@@ -36,12 +39,18 @@ impl SignalService for Signals {
     type StreamTicksStream = TickStream;
 
     async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
-        Ok(Response::new(TickStream::new(
+        if self.open_streams.fetch_add(1, Ordering::AcqRel) >= self.max_streams {
+            self.open_streams.fetch_sub(1, Ordering::AcqRel);
+            return Err(EdgeError::TooManyStreams(self.max_streams).into());
+        }
+        let stream = TickStream::new(
             request.into_inner(),
             self.engine.clone(),
             self.telemetry.clone(),
-            self.window,
-        )))
+            self.limits,
+            self.open_streams.clone(),
+        );
+        Ok(Response::new(stream))
     }
 
     async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {
@@ -52,7 +61,7 @@ impl SignalService for Signals {
             Err(reject) => Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
             Ok(tick) => {
                 let queue = ReplyQueue::new(1);
-                match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns }) {
+                match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false }) {
                     Err((_, reject)) => Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
                     Ok(()) => wait_reply(&queue).await?,
                 }

@@ -10,12 +10,15 @@ use tonic::Status;
 pub enum EdgeError {
     #[error("the engine stopped before answering this tick")]
     EngineStopped,
+    #[error("the server already has {0} open streams (stream.max_streams)")]
+    TooManyStreams(usize),
 }
 
 impl From<EdgeError> for Status {
     fn from(e: EdgeError) -> Self {
         match e {
             EdgeError::EngineStopped => Status::unavailable(e.to_string()),
+            EdgeError::TooManyStreams(_) => Status::resource_exhausted(e.to_string()),
         }
     }
 }

@@ -1,14 +1,17 @@
 //! One `StreamTicks` call: reads ticks, submits them to the engine, and yields exactly one
 //! signal per tick in arrival order.
 //!
-//! Runs as a tokio task (driven by tonic). Ticks the edge refuses itself (stateless checks, a
-//! full queue, shutdown) are answered locally but queued behind earlier in-flight ticks, so the
-//! order always holds. At most `window` ticks are in flight; beyond that the stream stops
-//! reading, and HTTP/2 flow control pushes back on the client.
+//! Runs as a tokio task (driven by tonic). Ticks the edge answers itself (stateless checks, a
+//! full queue, shutdown, back-pressure) are queued behind earlier in-flight ticks, so the order
+//! always holds. At most `window` ticks are in flight to the engine; what happens beyond that is
+//! the stream's back-pressure mode ([`Backpressure`]). Memory per stream is bounded: at most
+//! `outbound_limit` answered-but-unread signals, past which a slow consumer's stream is ended with
+//! RESOURCE_EXHAUSTED rather than buffered without bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -16,10 +19,20 @@ use futures_core::Stream;
 use tonic::{Status, Streaming};
 
 use super::realtime_ns;
+use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
 use crate::telemetry::{Outcome, Recorder, Series, Telemetry};
-use crate::tick::{Symbol, Tick};
+use crate::tick::{Reject, Symbol, Tick};
+
+/// Per-stream limits (from the config).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub window: usize,
+    pub outbound_limit: usize,
+    pub mode: Backpressure,
+    pub max_symbols: usize,
+}
 
 enum Pending {
     /// The engine will post this tick's reply to the stream's reply queue.
@@ -34,10 +47,15 @@ pub struct TickStream {
     inbound_error: Option<Status>,
     replies: Arc<ReplyQueue>,
     pending: VecDeque<Pending>,
-    window: usize,
+    /// `Pending::Engine` entries in `pending`.
+    in_flight: usize,
+    limits: StreamLimits,
+    symbols: HashSet<Symbol>,
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     recorder: Recorder,
+    /// Released on drop: the server-wide count of open streams.
+    open_streams: Arc<AtomicUsize>,
 }
 
 impl TickStream {
@@ -45,34 +63,58 @@ impl TickStream {
         inbound: Streaming<proto::Tick>,
         engine: EngineHandle,
         telemetry: Arc<Telemetry>,
-        window: usize,
+        limits: StreamLimits,
+        open_streams: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             inbound,
             inbound_done: false,
             inbound_error: None,
-            replies: ReplyQueue::new(window),
-            pending: VecDeque::with_capacity(window),
-            window,
+            replies: ReplyQueue::new(limits.window),
+            pending: VecDeque::with_capacity(limits.window),
+            in_flight: 0,
+            limits,
+            symbols: HashSet::new(),
             engine,
             recorder: telemetry.latency.recorder(&[Series::Egress, Series::Total]),
             telemetry,
+            open_streams,
+        }
+    }
+
+    /// Whether to read another tick now.
+    fn may_read(&self) -> bool {
+        if self.inbound_done || self.pending.len() >= self.limits.outbound_limit {
+            return false;
+        }
+        match self.limits.mode {
+            Backpressure::Block | Backpressure::Conflate => self.in_flight < self.limits.window,
+            Backpressure::Reject => true,
         }
     }
 
     fn accept(&mut self, t: proto::Tick) {
         let recv = Instant::now();
         let recv_ns = realtime_ns();
+        let local = |reject, symbol| Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns);
         let entry = match Tick::from_proto(&t) {
-            Ok(tick) => match self.engine.submit(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns }) {
-                Ok(()) => Pending::Engine,
-                Err((item, reject)) => Pending::Local(
-                    Reply::rejected(item.tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
-                    t.symbol,
-                ),
-            },
-            Err(reject) => {
-                Pending::Local(Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns), t.symbol)
+            Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
+            Ok(tick) if !self.symbols.contains(&tick.symbol) && self.symbols.len() >= self.limits.max_symbols => {
+                Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
+            }
+            Ok(tick) if self.in_flight >= self.limits.window => {
+                Pending::Local(local(Reject::Overloaded, tick.symbol), t.symbol)
+            }
+            Ok(tick) => {
+                self.symbols.insert(tick.symbol);
+                let conflate = self.limits.mode == Backpressure::Conflate;
+                match self.engine.submit(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate }) {
+                    Ok(()) => {
+                        self.in_flight += 1;
+                        Pending::Engine
+                    }
+                    Err((item, reject)) => Pending::Local(local(reject, item.tick.symbol), t.symbol),
+                }
             }
         };
         self.pending.push_back(entry);
@@ -89,6 +131,7 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
     let counters = &telemetry.counters;
     match reply.reject {
         Some(r) => counters.reject(r),
+        None if reply.conflated => counters.outcome(Outcome::Conflated, 1),
         None if reply.warming_up => counters.outcome(Outcome::WarmingUp, 1),
         None => counters.outcome(Outcome::Scored, 1),
     }
@@ -103,6 +146,7 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
         reject_reason: reply.reject.map(|r| r.to_string()).unwrap_or_default(),
         server_recv_ns: reply.recv_ns,
         server_send_ns: send_ns,
+        conflated: reply.conflated,
     }
 }
 
@@ -112,7 +156,7 @@ impl Stream for TickStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         // Read (and submit) everything available first, so the engine sees whole bursts.
-        while !this.inbound_done && this.pending.len() < this.window {
+        while this.may_read() {
             match Pin::new(&mut this.inbound).poll_next(cx) {
                 Poll::Ready(Some(Ok(t))) => this.accept(t),
                 Poll::Ready(Some(Err(status))) => {
@@ -123,12 +167,25 @@ impl Stream for TickStream {
                 Poll::Pending => break,
             }
         }
+        if this.limits.mode == Backpressure::Reject && this.pending.len() >= this.limits.outbound_limit {
+            // The client sends but does not read: end its stream rather than buffer without bound.
+            this.telemetry.counters.outcome(Outcome::Dropped, this.pending.len() as u64);
+            this.pending.clear();
+            this.inbound_done = true;
+            return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                "slow consumer: {} signals unread (stream.outbound_limit); stream ended",
+                this.limits.outbound_limit
+            )))));
+        }
         let (reply, symbol) = match this.pending.pop_front() {
             None if this.inbound_done => return Poll::Ready(this.inbound_error.take().map(Err)),
             None => return Poll::Pending,
             Some(Pending::Local(r, s)) => (r, Some(s)),
             Some(Pending::Engine) => match this.replies.poll_pop(cx.waker()) {
-                Some(r) => (r, None),
+                Some(r) => {
+                    this.in_flight -= 1;
+                    (r, None)
+                }
                 None => {
                     this.pending.push_front(Pending::Engine);
                     return Poll::Pending;
@@ -141,6 +198,7 @@ impl Stream for TickStream {
 
 impl Drop for TickStream {
     fn drop(&mut self) {
+        self.open_streams.fetch_sub(1, Ordering::AcqRel);
         // The client went away: whatever was read but not answered is counted as dropped.
         if !self.pending.is_empty() {
             self.telemetry.counters.outcome(Outcome::Dropped, self.pending.len() as u64);

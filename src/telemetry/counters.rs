@@ -16,18 +16,22 @@ pub enum Outcome {
     WarmingUp,
     /// Refused; see the reject counters for why.
     Rejected,
+    /// Features updated, not scored: a newer tick of its symbol was (back-pressure `conflate`).
+    Conflated,
     /// Its stream went away before the signal could be sent.
     Dropped,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [Outcome::Scored, Outcome::WarmingUp, Outcome::Rejected, Outcome::Dropped];
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Scored, Outcome::WarmingUp, Outcome::Rejected, Outcome::Conflated, Outcome::Dropped];
 
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Scored => "scored",
             Outcome::WarmingUp => "warming_up",
             Outcome::Rejected => "rejected",
+            Outcome::Conflated => "conflated",
             Outcome::Dropped => "dropped",
         }
     }
