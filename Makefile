@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup run test test-rust test-python bench bench-stream default-model lint clean
+.PHONY: setup run test test-rust test-python bench bench-stream default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -31,6 +31,10 @@ bench: setup
 
 bench-stream: setup
 	./scripts/stream-bench.sh
+
+## fuzz: the property-based fuzzers of tests/fuzz.rs with many more cases (100k cases each, about a minute after the build)
+fuzz: setup
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --locked --release --test fuzz
 
 ## default-model: rebuild models/quantd-mlp/1 from the shared tick data
 default-model: setup

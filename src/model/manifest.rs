@@ -165,6 +165,14 @@ impl Manifest {
         if self.io.output_shape != [-1, 1] {
             p.push(format!("manifest output_shape {:?} is not [-1, 1]", self.io.output_shape));
         }
+        let plain_name = !self.model_file.is_empty()
+            && Path::new(&self.model_file).file_name().is_some_and(|n| n == self.model_file.as_str());
+        if !plain_name || self.model_file.starts_with('.') {
+            p.push(format!("model_file {:?} must be a plain file name inside the version directory", self.model_file));
+        }
+        if !(self.golden_tolerance.is_finite() && self.golden_tolerance >= 0.0) {
+            p.push(format!("golden_tolerance {} must be a finite number >= 0", self.golden_tolerance));
+        }
         if self.golden.is_empty() {
             p.push("manifest has no golden rows".into());
         }
