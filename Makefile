@@ -36,6 +36,11 @@ bench-stream: setup
 fuzz: setup
 	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --locked --release --test fuzz
 
+## soak: 10 minutes of recorded + synthetic (10k symbols) ticks, reconnecting clients, a model swap every 30 s
+soak: setup
+	QUANTD_SOAK_SECS=$${QUANTD_SOAK_SECS:-600} QUANTD_SOAK_RATE=$${QUANTD_SOAK_RATE:-10000} QUANTD_SOAK_SWAP_SECS=30 \
+	  $(CARGO) test --locked --release --test soak -- --nocapture
+
 ## default-model: rebuild models/quantd-mlp/1 from the shared tick data
 default-model: setup
 	$(PY) training/make_default_model.py --quantd target/release/quantd --data $(TICKS) --out models
