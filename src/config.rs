@@ -89,6 +89,9 @@ pub struct StreamSection {
     pub max_symbols_per_stream: usize,
     /// Largest accepted gRPC message, bytes.
     pub max_message_bytes: usize,
+    /// A stream that sends no tick for this long (and is owed no signal) is closed with
+    /// DEADLINE_EXCEEDED, ms (0: never).
+    pub idle_timeout_ms: u64,
     /// HTTP/2 keep-alive ping interval and timeout, ms (0: off): dead peers are dropped.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
@@ -173,6 +176,7 @@ impl Default for StreamSection {
             max_streams: 1024,
             max_symbols_per_stream: 10_000,
             max_message_bytes: 64 * 1024,
+            idle_timeout_ms: 600_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
         }

@@ -341,3 +341,21 @@ async fn malformed_and_oversize_protobuf_on_raw_http2_are_refused_and_the_server
     assert!(ok.reject_reason.is_empty(), "the server still serves");
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_closed_with_a_clear_status() {
+    let mut cfg = test_config();
+    cfg.stream.idle_timeout_ms = 200;
+    let server = start(&cfg).await;
+    let mut c = client(&server).await;
+    let (tx, rx) = mpsc::channel::<Tick>(8);
+    let mut replies = c.stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(recorded(&[BTC_QUOTES], 1)[0].clone()).await.unwrap();
+    assert!(replies.message().await.unwrap().unwrap().reject_reason.is_empty());
+    let started = std::time::Instant::now();
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    drop(tx);
+    server.shutdown(Duration::from_secs(2)).await;
+}

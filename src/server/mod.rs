@@ -209,6 +209,7 @@ async fn serve_grpc(
         outbound_limit: st.outbound_limit,
         mode: st.backpressure,
         max_symbols: st.max_symbols_per_stream,
+        idle_timeout: (st.idle_timeout_ms > 0).then(|| Duration::from_millis(st.idle_timeout_ms)),
     };
     let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, st.max_streams))
         .max_decoding_message_size(st.max_message_bytes);

@@ -9,6 +9,7 @@
 //! RESOURCE_EXHAUSTED rather than buffered without bound.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,8 @@ pub struct StreamLimits {
     pub outbound_limit: usize,
     pub mode: Backpressure,
     pub max_symbols: usize,
+    /// End a stream that has sent nothing for this long (with nothing owed to it).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 enum Pending {
@@ -56,6 +59,8 @@ pub struct TickStream {
     recorder: Recorder,
     /// Released on drop: the server-wide count of open streams.
     open_streams: Arc<AtomicUsize>,
+    /// Fires after `idle_timeout` without a tick.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TickStream {
@@ -79,6 +84,7 @@ impl TickStream {
             recorder: telemetry.latency.recorder(&[Series::Egress, Series::Total]),
             telemetry,
             open_streams,
+            idle: limits.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
         }
     }
 
@@ -95,6 +101,9 @@ impl TickStream {
 
     fn accept(&mut self, t: proto::Tick) {
         let recv = Instant::now();
+        if let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
+            idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
+        }
         let recv_ns = realtime_ns();
         let local = |reject, symbol| Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns);
         let entry = match Tick::from_proto(&t) {
@@ -179,7 +188,19 @@ impl Stream for TickStream {
         }
         let (reply, symbol) = match this.pending.pop_front() {
             None if this.inbound_done => return Poll::Ready(this.inbound_error.take().map(Err)),
-            None => return Poll::Pending,
+            None => {
+                // Nothing owed and nothing arriving: end the stream once it has been idle too long.
+                if let Some(idle) = this.idle.as_mut()
+                    && idle.as_mut().poll(cx).is_ready()
+                {
+                    this.inbound_done = true;
+                    let d = this.limits.idle_timeout.unwrap_or_default();
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                        "no tick for {d:?} (stream.idle_timeout_ms); stream closed, reconnect to resume"
+                    )))));
+                }
+                return Poll::Pending;
+            }
             Some(Pending::Local(r, s)) => (r, Some(s)),
             Some(Pending::Engine) => match this.replies.poll_pop(cx.waker()) {
                 Some(r) => {
