@@ -81,10 +81,8 @@ proptest! {
 
     #[test]
     fn raw_protobuf_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        if let Ok(t) = proto::Tick::decode(bytes.as_slice()) {
-            if let Ok(tick) = Tick::from_proto(&t) {
-                check_invariants(&tick);
-            }
+        if let Ok(tick) = proto::Tick::decode(bytes.as_slice()).map_err(|_| ()).and_then(|t| Tick::from_proto(&t).map_err(|_| ())) {
+            check_invariants(&tick);
         }
     }
 

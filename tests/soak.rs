@@ -180,7 +180,7 @@ async fn soak() {
         let mut next = Instant::now() + Duration::from_secs(swap_every);
         while next < deadline {
             tokio::time::sleep_until(next.into()).await;
-            let v = if n % 2 == 0 { "2" } else { "1" };
+            let v = if n.is_multiple_of(2) { "2" } else { "1" };
             registry.activate("quantd-mlp", v).await.unwrap();
             n += 1;
             next += Duration::from_secs(swap_every);
