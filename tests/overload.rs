@@ -70,12 +70,7 @@ async fn reject_mode_answers_overloaded_at_once() {
     engine.set_paused(true);
     let ticks = burst();
     let task = spawn_stream(client(&server).await, ticks.clone());
-    for _ in 0..200 {
-        if engine.depth() == 64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_depth(&engine, 64).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     engine.set_paused(false);
     let signals = task.await.unwrap().unwrap();
@@ -96,12 +91,7 @@ async fn conflate_mode_scores_only_the_newest_tick_per_symbol_and_pass() {
     engine.set_paused(true);
     let ticks = burst();
     let task = spawn_stream(client(&server).await, ticks.clone());
-    for _ in 0..200 {
-        if engine.depth() == 2_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_depth(&engine, 2_000).await;
     engine.set_paused(false);
     let signals = task.await.unwrap().unwrap();
     in_order(&ticks, &signals);
@@ -204,12 +194,7 @@ async fn disconnects_and_reconnect_loops_leave_the_server_healthy() {
     // A client disconnects mid-stream with ticks queued: they are dropped and counted.
     engine.set_paused(true);
     let task = spawn_stream(client(&server).await, ticks[..500].to_vec());
-    for _ in 0..200 {
-        if engine.depth() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_depth(&engine, 1).await;
     task.abort();
     let _ = task.await;
     tokio::time::sleep(Duration::from_millis(100)).await;

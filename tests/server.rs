@@ -208,12 +208,7 @@ async fn a_full_engine_queue_is_an_explicit_counted_outcome() {
     let ticks = |sym: &str| (1..=4).map(|i| quote(sym, i, i as i64, 10.0, 10.1)).collect::<Vec<_>>();
     // Stream A fills the paused engine's queue; then stream B's ticks find it full.
     let fut_a = tokio::spawn(async move { stream_all(&mut a, ticks("A")).await });
-    for _ in 0..200 {
-        if engine.depth() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_depth(&engine, 4).await;
     assert_eq!(engine.depth(), 4);
     let got_b = stream_all(&mut b, ticks("B")).await;
     assert!(got_b.iter().all(|s| s.reject_reason.starts_with("queue_full: ")), "{got_b:?}");
@@ -238,12 +233,7 @@ async fn shutdown_answers_every_tick_already_read() {
         tx.send(t).await.unwrap();
     }
     let mut replies = c.stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    for _ in 0..200 {
-        if engine.depth() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_depth(&engine, 1).await;
     drop(tx); // the client half-closes; the server still owes every signal
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     let mut got = 0;

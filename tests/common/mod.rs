@@ -80,3 +80,14 @@ pub async fn wait_for_metric(server: &Server, prefix: &str, at_least: f64) -> St
     }
     panic!("metric {prefix} never reached {at_least}:\n{}", scrape(server).await)
 }
+
+/// Waits (up to 2 s) until the engine queue holds at least `n` ticks; returns the depth seen.
+pub async fn wait_for_depth(engine: &quantd::engine::EngineHandle, n: usize) -> usize {
+    for _ in 0..200 {
+        if engine.depth() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.depth()
+}
