@@ -274,9 +274,10 @@ async fn bad_versions_are_refused_with_reasons_while_the_running_model_answers()
     server.shutdown(Duration::from_secs(2)).await;
 }
 
-/// Writes the NaN-on-wide-spread fixture as a version whose manifest passes every load check.
-fn add_nan_model(models: &Path, version: &str) {
-    let bytes = std::fs::read(repo().join("tests/fixtures/nan_on_wide_spread.onnx")).unwrap();
+/// Writes a fixture model from `tests/fixtures` as a version whose manifest passes every load
+/// check: golden rows are the default model's feature rows with `expect` as their output.
+fn add_fixture_model(models: &Path, version: &str, file: &str, expect: fn(&[f32]) -> f32) {
+    let bytes = std::fs::read(repo().join("tests/fixtures").join(file)).unwrap();
     let sha = sha256(&bytes);
     let golden = quantd::model::Manifest::read(&default_model().join("manifest.toml")).unwrap().golden;
     add_version(
@@ -286,7 +287,7 @@ fn add_nan_model(models: &Path, version: &str) {
             let mut m = replace_line(&m, "sha256", &format!("\"{sha}\""));
             m.truncate(m.find("[[golden]]").unwrap());
             for g in golden {
-                let want = (50.0f32 - g.features[6]).sqrt();
+                let want = expect(&g.features);
                 m.push_str(&format!("[[golden]]\nfeatures = {:?}\noutput = [{want:?}]\n\n", g.features));
             }
             m
@@ -304,7 +305,7 @@ async fn a_model_that_emits_nan_live_is_rolled_back_automatically() {
     let mut c = client(&server).await;
     let ticks = recorded(&[BTC_QUOTES], 400);
     assert!(stream_all(&mut c, ticks[..200].to_vec()).await.iter().all(|s| s.model == "quantd-mlp@1"));
-    add_nan_model(models.path(), "2");
+    add_fixture_model(models.path(), "2", "nan_on_wide_spread.onnx", |f| (50.0f32 - f[6]).sqrt());
     wait_until("the NaN model active", async || active(&server).await == "quantd-mlp@2").await;
     let mut wide = ticks[200].clone();
     wide.bid_px = 100.0;
@@ -377,5 +378,26 @@ async fn a_shadow_that_agrees_is_promoted_automatically() {
     let signals = stream_all(&mut c, ticks.clone()).await;
     check_one_per_tick(&ticks, &signals);
     wait_until("automatic promotion", async || active(&server).await == "quantd-mlp@2").await;
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onnx_runtime_error_fails_one_batch_and_the_engine_goes_on() {
+    // The fixture is the only model: there is nothing to roll back to, so it keeps serving.
+    let models = tempfile::tempdir().unwrap();
+    add_fixture_model(models.path(), "1", "error_on_wide_spread.onnx", |_| 0.25);
+    let server = start(&config(models.path())).await;
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 300);
+    let before = stream_all(&mut c, ticks[..150].to_vec()).await;
+    assert!(before.iter().all(|s| s.reject_reason.is_empty() && s.score == 0.25));
+    let mut wide = ticks[150].clone();
+    wide.bid_px = 100.0;
+    wide.ask_px = 101.0; // ~100 bps: the Gather index is out of bounds, ONNX Runtime errors
+    let failed = c.predict(wide).await.unwrap().into_inner();
+    assert!(failed.reject_reason.starts_with("model_error: "), "{failed:?}");
+    let after = stream_all(&mut c, ticks[151..].to_vec()).await;
+    assert_eq!(after.len(), 149);
+    assert!(after.iter().all(|s| s.reject_reason.is_empty() && s.score == 0.25), "the next batches are fine");
     server.shutdown(Duration::from_secs(2)).await;
 }

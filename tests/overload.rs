@@ -344,3 +344,38 @@ async fn an_idle_stream_is_closed_with_a_clear_status() {
     drop(tx);
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_chooses_its_own_back_pressure_mode_per_stream() {
+    let server = start(&config(Backpressure::Block, 64)).await;
+    let engine = server.engine().unwrap();
+    engine.set_paused(true);
+    let mut c = client(&server).await;
+    let ticks = burst();
+    let mut req = tonic::Request::new(tokio_stream::iter(ticks.clone()));
+    req.metadata_mut().insert("x-quantd-backpressure", "reject".parse().unwrap());
+    let call = tokio::spawn(async move {
+        let mut replies = c.stream_ticks(req).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(s) = replies.message().await.unwrap() {
+            out.push(s);
+        }
+        out
+    });
+    wait_for_depth(&engine, 64).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.set_paused(false);
+    let signals = call.await.unwrap();
+    in_order(&ticks, &signals);
+    assert_eq!(signals.iter().filter(|s| s.reject_reason.starts_with("overloaded")).count(), 2_000 - 64);
+
+    let mut c = client(&server).await;
+    let mut bad = tonic::Request::new(tokio_stream::iter(Vec::<Tick>::new()));
+    bad.metadata_mut().insert("x-quantd-backpressure", "drop-everything".parse().unwrap());
+    let err = match c.stream_ticks(bad).await {
+        Err(e) => e,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    server.shutdown(Duration::from_secs(2)).await;
+}

@@ -11,11 +11,25 @@ use tonic::{Request, Response, Status, Streaming};
 use super::realtime_ns;
 use super::status::EdgeError;
 use super::tick_stream::{StreamLimits, TickStream, finish};
+use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
 use crate::telemetry::{Recorder, Series, Telemetry};
 use crate::tick::{Symbol, Tick};
+
+/// Request metadata a client may set on `StreamTicks` to choose its own back-pressure mode
+/// (`block`, `reject` or `conflate`) instead of the server's `stream.backpressure`.
+pub const BACKPRESSURE_HEADER: &str = "x-quantd-backpressure";
+
+fn parse_backpressure(s: &str) -> Option<Backpressure> {
+    match s {
+        "block" => Some(Backpressure::Block),
+        "reject" => Some(Backpressure::Reject),
+        "conflate" => Some(Backpressure::Conflate),
+        _ => None,
+    }
+}
 
 pub struct Signals {
     engine: EngineHandle,
@@ -43,11 +57,21 @@ impl SignalService for Signals {
             self.open_streams.fetch_sub(1, Ordering::AcqRel);
             return Err(EdgeError::TooManyStreams(self.max_streams).into());
         }
+        let mut limits = self.limits;
+        if let Some(mode) = request.metadata().get(BACKPRESSURE_HEADER) {
+            match mode.to_str().ok().and_then(parse_backpressure) {
+                Some(m) => limits.mode = m,
+                None => {
+                    self.open_streams.fetch_sub(1, Ordering::AcqRel);
+                    return Err(EdgeError::BadBackpressure(format!("{mode:?}")).into());
+                }
+            }
+        }
         let stream = TickStream::new(
             request.into_inner(),
             self.engine.clone(),
             self.telemetry.clone(),
-            self.limits,
+            limits,
             self.open_streams.clone(),
         );
         Ok(Response::new(stream))

@@ -12,6 +12,8 @@ pub enum EdgeError {
     EngineStopped,
     #[error("the server already has {0} open streams (stream.max_streams)")]
     TooManyStreams(usize),
+    #[error("x-quantd-backpressure must be block, reject or conflate, not {0}")]
+    BadBackpressure(String),
 }
 
 impl From<EdgeError> for Status {
@@ -19,6 +21,7 @@ impl From<EdgeError> for Status {
         match e {
             EdgeError::EngineStopped => Status::unavailable(e.to_string()),
             EdgeError::TooManyStreams(_) => Status::resource_exhausted(e.to_string()),
+            EdgeError::BadBackpressure(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }
