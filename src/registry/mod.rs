@@ -8,7 +8,13 @@
 //! dropped here. Admin gRPC calls reach the thread through [`RegistryHandle`] and never touch
 //! the engine's hot path.
 
+mod api;
 pub mod discover;
+mod warm;
+
+pub use api::{ActiveView, LoadMode, ModelStatus, RegistryError, RegistryHandle, State};
+use api::{Key, Request};
+pub use warm::warm_up;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -17,11 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::oneshot;
 
 use self::discover::{Found, scan, version_cmp};
 use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth};
-use crate::features::NUM_FEATURES;
 use crate::model::{LoadedModel, ModelError};
 use crate::policy::PolicyParams;
 use crate::telemetry::{ModelsView, Telemetry};
@@ -49,82 +53,6 @@ pub struct RegistryConfig {
     /// Roll back when more than this fraction of its scores are non-finite or failed.
     pub rollback_max_error_rate: f64,
 }
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Discovered,
-    Loaded,
-    Active,
-    Previous,
-    Shadow,
-    Failed,
-    RolledBack,
-    Retired,
-}
-
-impl State {
-    pub fn label(self) -> &'static str {
-        match self {
-            State::Discovered => "discovered",
-            State::Loaded => "loaded",
-            State::Active => "active",
-            State::Previous => "previous",
-            State::Shadow => "shadow",
-            State::Failed => "failed",
-            State::RolledBack => "rolled_back",
-            State::Retired => "retired",
-        }
-    }
-}
-
-/// What the admin API reports for one version.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelStatus {
-    pub name: String,
-    pub version: String,
-    pub state: State,
-    pub error: String,
-    pub verify_ms: f64,
-    pub load_ms: f64,
-    pub warm_ms: f64,
-    pub changed_unix_ms: u64,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct ActiveView {
-    pub active: Option<ModelStatus>,
-    pub previous: Option<ModelStatus>,
-    pub shadow: Option<ModelStatus>,
-    /// (compared, agreed, agreement, mean |score diff|)
-    pub shadow_stats: (u64, u64, f64, f64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoadMode {
-    LoadOnly,
-    Activate,
-    Shadow,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("model {0} is not in the models directory")]
-    NotFound(String),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("no previous model to roll back to")]
-    NoPrevious,
-    #[error("{0} is already active")]
-    AlreadyActive(String),
-    #[error("{0} is not served here: this server serves model {1}")]
-    WrongName(String, String),
-    #[error("the engine's control queue is full; try again")]
-    Busy,
-    #[error("the registry has stopped")]
-    Stopped,
-}
-
-type Key = (String, String);
 
 fn label(k: &Key) -> String {
     format!("{}@{}", k.0, k.1)
@@ -190,51 +118,6 @@ enum Retire {
     PromoteShadow(Key),
 }
 
-enum Request {
-    List(oneshot::Sender<Vec<ModelStatus>>),
-    Load { key: Key, mode: LoadMode, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Activate { key: Key, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Rollback { reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Active(oneshot::Sender<ActiveView>),
-    Stop,
-}
-
-/// Sends admin requests to the registry thread; cheap to clone.
-#[derive(Clone)]
-pub struct RegistryHandle {
-    tx: Sender<Request>,
-}
-
-impl RegistryHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, RegistryError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| RegistryError::Stopped)?;
-        rx.await.map_err(|_| RegistryError::Stopped)
-    }
-
-    pub async fn list(&self) -> Result<Vec<ModelStatus>, RegistryError> {
-        self.ask(Request::List).await
-    }
-
-    pub async fn load(&self, name: &str, version: &str, mode: LoadMode) -> Result<ModelStatus, RegistryError> {
-        let key = (name.to_owned(), version.to_owned());
-        self.ask(|reply| Request::Load { key, mode, reply }).await?
-    }
-
-    pub async fn activate(&self, name: &str, version: &str) -> Result<ModelStatus, RegistryError> {
-        let key = (name.to_owned(), version.to_owned());
-        self.ask(|reply| Request::Activate { key, reply }).await?
-    }
-
-    pub async fn rollback(&self) -> Result<ModelStatus, RegistryError> {
-        self.ask(|reply| Request::Rollback { reply }).await?
-    }
-
-    pub async fn active(&self) -> Result<ActiveView, RegistryError> {
-        self.ask(Request::Active).await
-    }
-}
-
 /// The registry thread's state.
 pub struct Registry {
     cfg: RegistryConfig,
@@ -251,45 +134,6 @@ pub struct Registry {
     rollbacks: u64,
     failures: BTreeMap<&'static str, u64>,
     last_load: Option<[f64; 3]>,
-}
-
-/// Runs a freshly loaded model at every batch size on `rows` (recent engine input, or the
-/// golden rows before there is any) so its first live call is not its slowest, and refuses it
-/// if it produces a non-finite score.
-pub fn warm_up(m: &mut LoadedModel, recent: &[f32], max_batch: usize) -> Result<Duration, ModelError> {
-    let started = Instant::now();
-    let rows: Vec<f32> = if recent.len() >= NUM_FEATURES {
-        recent.to_vec()
-    } else {
-        m.manifest.golden.iter().flat_map(|g| g.features.iter().copied()).collect()
-    };
-    let n_rows = rows.len() / NUM_FEATURES;
-    if n_rows == 0 {
-        return Ok(started.elapsed());
-    }
-    let mut batch = Vec::with_capacity(max_batch * NUM_FEATURES);
-    let mut n = 1;
-    while n <= max_batch {
-        batch.clear();
-        for i in 0..n {
-            let r = i % n_rows;
-            batch.extend_from_slice(&rows[r * NUM_FEATURES..(r + 1) * NUM_FEATURES]);
-        }
-        for _ in 0..10 {
-            let out = m
-                .scorer
-                .score(&batch)
-                .map_err(|e| ModelError::Runtime { model: m.manifest.label(), msg: e.to_string() })?;
-            if out.iter().any(|v| !v.is_finite()) {
-                return Err(ModelError::Refused {
-                    model: m.manifest.label(),
-                    problems: vec!["the model emits non-finite scores on real inputs during warm-up".into()],
-                });
-            }
-        }
-        n = if n == max_batch { max_batch + 1 } else { (n * 2).min(max_batch) };
-    }
-    Ok(started.elapsed())
 }
 
 impl Registry {
