@@ -18,7 +18,7 @@ run: setup
 test: setup test-rust test-python
 
 test-rust:
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --workspace --all-targets
 
 test-python:
 	$(PY) -m pytest -q tests/python

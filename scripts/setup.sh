@@ -46,5 +46,5 @@ ln -sfn "libonnxruntime.so.$ORT_VERSION" "$CACHE/libonnxruntime.so.1"
 ln -sfn "libonnxruntime.so.1" "$CACHE/libonnxruntime.so"
 
 # 3. Build.
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 echo "setup: ok (ONNX Runtime at $CACHE/libonnxruntime.so.1)"

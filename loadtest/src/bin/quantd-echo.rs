@@ -1,0 +1,58 @@
+//! `quantd-echo`: the floor. The same gRPC contract as quantd, answering each tick at once with
+//! a `Signal` (no features, no model, no engine thread), so `quantd / echo` shows what quantd
+//! itself adds to the round trip.
+
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_core::Stream;
+use quantd::proto::signal_service_server::{SignalService, SignalServiceServer};
+use quantd::proto::{Signal, Tick};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn echo(t: Tick) -> Signal {
+    let recv = now_ns();
+    Signal {
+        symbol: t.symbol,
+        seq: t.seq,
+        exchange_ts_ns: t.exchange_ts_ns,
+        model: "echo".into(),
+        server_recv_ns: recv,
+        server_send_ns: now_ns(),
+        ..Default::default()
+    }
+}
+
+struct Echo;
+
+#[tonic::async_trait]
+impl SignalService for Echo {
+    type StreamTicksStream = Pin<Box<dyn Stream<Item = Result<Signal, Status>> + Send>>;
+
+    async fn stream_ticks(&self, req: Request<Streaming<Tick>>) -> Result<Response<Self::StreamTicksStream>, Status> {
+        Ok(Response::new(Box::pin(req.into_inner().map(|t| t.map(echo)))))
+    }
+
+    async fn predict(&self, req: Request<Tick>) -> Result<Response<Signal>, Status> {
+        Ok(Response::new(echo(req.into_inner())))
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:50061".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("quantd-echo listening on {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .add_service(SignalServiceServer::new(Echo))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
