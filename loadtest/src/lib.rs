@@ -52,9 +52,10 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds")
 }
 
-/// The ticks one stream sends, in order (recorded ticks cycle with time shifted forward so each
-/// symbol's timestamps keep increasing; with several streams each gets its own symbol suffix so
-/// streams never share a symbol).
+/// The ticks one stream sends, in order: recorded ones cycled, or synthetic quotes. Their
+/// exchange timestamps are set by the sender to each tick's scheduled wall-clock time, so they
+/// always increase (also across runs against the same server). With several streams each gets
+/// its own symbol suffix so streams never share a symbol.
 fn source(opts: &Options, stream: usize, n: usize) -> anyhow::Result<Vec<Tick>> {
     let suffix = if opts.streams > 1 { format!(".{stream}") } else { String::new() };
     if opts.ticks.is_empty() {
@@ -66,7 +67,7 @@ fn source(opts: &Options, stream: usize, n: usize) -> anyhow::Result<Vec<Tick>> 
                 Tick {
                     symbol: format!("SYN{s:05}{suffix}"),
                     seq: i as u64,
-                    exchange_ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1_000,
+                    exchange_ts_ns: 0,
                     kind: TickKind::Quote as i32,
                     bid_px: px,
                     bid_qty: 1.0 + (i % 5) as f64,
@@ -81,11 +82,9 @@ fn source(opts: &Options, stream: usize, n: usize) -> anyhow::Result<Vec<Tick>> 
     if recorded.is_empty() {
         bail!("no ticks in {:?}", opts.ticks);
     }
-    let span = recorded.last().map_or(0, |t| t.exchange_ts_ns) - recorded[0].exchange_ts_ns + 1;
     Ok((0..n)
         .map(|i| {
             let mut t = recorded[i % recorded.len()].to_proto();
-            t.exchange_ts_ns += (i / recorded.len()) as i64 * span;
             t.seq = i as u64;
             t.symbol.push_str(&suffix);
             t
@@ -117,8 +116,10 @@ async fn run_stream(opts: Options, stream: usize, start: Instant, start_ns: u64)
     let poisson = opts.poisson;
     let sender = std::thread::Builder::new().name(format!("load-send-{stream}")).spawn(move || {
         let mut schedule = Schedule::new(per_stream_rate, poisson, seed);
-        for t in ticks {
-            let due = start + schedule.next_offset();
+        for mut t in ticks {
+            let offset = schedule.next_offset();
+            let due = start + offset;
+            t.exchange_ts_ns = (start_ns + offset.as_nanos() as u64) as i64;
             loop {
                 let now = Instant::now();
                 if now >= due {

@@ -66,6 +66,9 @@ async fn a_low_rate_run_is_clean_and_its_json_holds_every_field() {
         assert!(v["end_to_end"].get(p).is_some(), "{p} missing");
     }
     assert_eq!(back.sent, report.sent);
+    // A second run against the same server is accepted too (timestamps start at the run's time).
+    let again = run(options(&server, 1_000.0, 0.5)).await.unwrap();
+    assert!(again.errors.is_empty() && again.rejected == 0, "{:?} rejected {}", again.errors, again.rejected);
     server.shutdown(Duration::from_secs(2)).await;
 }
 
