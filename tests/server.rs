@@ -63,6 +63,10 @@ async fn streams_recorded_ticks_and_exports_latency() {
             assert!(v.unwrap() > 0.0, "{needle} is zero");
         }
     }
+    // Histograms and counters are published one after the other, and a scrape can fall between
+    // them: wait for the counters themselves before checking their exact values.
+    wait_for_metric(&server, "quantd_ticks_total{outcome=\"scored\"}", 20_000.0 - 99.0).await;
+    let m = wait_for_metric(&server, "quantd_ticks_total{outcome=\"warming_up\"}", 99.0).await;
     assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"scored\"}"), Some(20_000.0 - 99.0));
     assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"warming_up\"}"), Some(99.0));
     server.shutdown(Duration::from_secs(1)).await;

@@ -153,7 +153,7 @@ impl Registry {
                 }
             }
         };
-        let mut entries: BTreeMap<Key, Entry> =
+        let entries: BTreeMap<Key, Entry> =
             found.into_iter().map(|f| ((f.name.clone(), f.version.clone()), Entry::new(f))).collect();
         let mut candidates: Vec<Key> = entries.keys().filter(|k| k.0 == served).cloned().collect();
         candidates.sort_by(|a, b| version_cmp(&b.1, &a.1));
@@ -169,7 +169,7 @@ impl Registry {
         let mut registry = Self {
             cfg,
             served,
-            entries: BTreeMap::new(),
+            entries,
             active: candidates[0].clone(),
             previous: None,
             shadow: None,
@@ -181,7 +181,6 @@ impl Registry {
             failures: BTreeMap::new(),
             last_load: None,
         };
-        std::mem::swap(&mut registry.entries, &mut entries);
         let mut last_err = None;
         for key in candidates {
             match registry.load(&key, &[]) {

@@ -52,9 +52,11 @@ def test_python_gateway_streams_real_ticks(pb, quantd):
     assert any(s.target_position != 0 for s in signals)
 
     text = urllib.request.urlopen(f"http://{server.metrics_addr}/metrics", timeout=5).read().decode()
-    # the exporter publishes every second by default: poll briefly
+    # The exporter publishes every second by default, histograms and then counters: poll until
+    # both have caught up (a scrape can fall between the two).
     for _ in range(40):
-        if (metric(text, "quantd_tick_to_signal_seconds_count") or 0) >= N_TICKS:
+        if ((metric(text, "quantd_tick_to_signal_seconds_count") or 0) >= N_TICKS
+                and (metric(text, 'quantd_ticks_total{outcome="scored"}') or 0) >= N_TICKS - 99):
             break
         import time
         time.sleep(0.1)
