@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup run test test-rust test-python bench bench-stream default-model fuzz soak lint clean
+.PHONY: setup run test test-rust test-python bench bench-quick bench-stream bench-swap default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -23,14 +23,22 @@ test-rust:
 test-python:
 	$(PY) -m pytest -q tests/python
 
-## bench: criterion benches of the hot paths, the 10k ticks/s stream bench, the 50k ticks/s hot-swap bench
+## bench: criterion hot paths, then quantd, the echo floor and the Python peer at 1k/10k/50k ticks/s
+## (3 runs each) and at their highest sustained rate; rewrites BENCHMARKS.md's suite section (~12 min)
 bench: setup
-	$(CARGO) bench --locked --bench hot_path
-	./scripts/stream-bench.sh
-	./scripts/swap-bench.sh
+	$(PY) scripts/bench.py
 
+## bench-quick: the same suite, one short run each, no criterion (a smoke test, ~2 min)
+bench-quick: setup
+	$(PY) scripts/bench.py --quick
+
+## bench-stream: one quantd at RATE ticks/s (default 10k) with the per-stage split
 bench-stream: setup
-	./scripts/stream-bench.sh
+	./scripts/stream-bench.sh $(RATE)
+
+## bench-swap: 50k ticks/s with a model hot swap every 3 s; latency around swaps vs steady
+bench-swap: setup
+	./scripts/swap-bench.sh
 
 ## fuzz: the property-based fuzzers of tests/fuzz.rs with many more cases (100k cases each, about a minute after the build)
 fuzz: setup

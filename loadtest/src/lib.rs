@@ -1,16 +1,25 @@
 //! quantd-load: an open-loop load generator for quantd's `SignalService`.
 //!
-//! Each stream has a schedule (fixed rate or Poisson arrivals, seeded) and a sender thread that
-//! releases tick *i* at its scheduled time whether or not replies have come. Latency is measured
-//! from the scheduled time, so a stall in the server shows up in every tick that should have been
-//! sent during it — coordinated omission cannot hide it (no correction needed or applied). Every
-//! reply is checked: one per tick, in order, `seq` echoed. End-to-end latency is split with the
-//! server's `server_recv_ns`/`server_send_ns` stamps (same host, CLOCK_REALTIME).
+//! The whole run's schedule (fixed rate, Poisson arrivals, or the recorded pace of a tick file) is
+//! computed first. One pacer thread releases tick *i* at its due time whether or not replies have
+//! come, round-robin over the streams; each stream's replies are read by its own task. Latency is
+//! measured from the due time, so a stall in the server shows up in every tick that should have
+//! been sent during it — coordinated omission cannot hide it (no correction needed or applied).
+//! How late the pacer itself released ticks is measured too (`send_lag`), so the client's own
+//! share of the latency is on the report. Every reply is checked: one per tick, in order, `seq`
+//! echoed. End-to-end latency is split with the server's `server_recv_ns`/`server_send_ns` stamps
+//! (same host, CLOCK_REALTIME).
+//!
+//! Threads: the pacer (`load-pacer`), the tokio runtime of the caller (one task per stream, and
+//! the optional model-swap task), and a progress-line thread.
 
+pub mod plot;
 pub mod report;
 mod schedule;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -18,30 +27,38 @@ use hdrhistogram::Histogram;
 use quantd::proto::signal_service_client::SignalServiceClient;
 use quantd::proto::{Tick, TickKind};
 
-pub use report::{Percentiles, Report};
-use schedule::Schedule;
+pub use report::{Percentiles, Report, SwapReport};
+pub use schedule::Pace;
 
 /// What to send, how fast, for how long.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: String,
+    /// A name for this run in reports and plots (default: the target).
+    pub label: Option<String>,
     /// Recorded tick files (merged by time, replayed in a loop); empty: synthetic ticks.
     pub ticks: Vec<PathBuf>,
     /// Symbols for synthetic ticks.
     pub symbols: usize,
-    /// Total ticks per second over all streams.
-    pub rate: f64,
-    /// Poisson arrivals instead of a fixed interval.
-    pub poisson: bool,
+    pub pace: Pace,
     pub streams: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// The server's Prometheus endpoint (host:port): its own tick→signal percentiles are read
-    /// from `quantd_tick_to_signal_seconds` before and after the run.
+    /// The server's Prometheus endpoint (host:port): its own tick→signal and per-stage
+    /// percentiles are read before and after the run.
     pub metrics: Option<String>,
+    /// Hot-swap models during the run through `ModelAdmin.ActivateModel`.
+    pub swap: Option<SwapPlan>,
     /// Print a progress line every second.
     pub progress: bool,
     pub seed: u64,
+}
+
+/// Model swaps during a run: every `every`, the next of `versions` (name, version) in turn.
+#[derive(Clone, Debug)]
+pub struct SwapPlan {
+    pub every: Duration,
+    pub versions: Vec<(String, String)>,
 }
 
 fn now_ns() -> u64 {
@@ -52,22 +69,42 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds")
 }
 
-/// The ticks one stream sends, in order: recorded ones cycled, or synthetic quotes. Their
-/// exchange timestamps are set by the sender to each tick's scheduled wall-clock time, so they
-/// always increase (also across runs against the same server). With several streams each gets
-/// its own symbol suffix so streams never share a symbol.
-fn source(opts: &Options, stream: usize, n: usize) -> anyhow::Result<Vec<Tick>> {
-    let suffix = if opts.streams > 1 { format!(".{stream}") } else { String::new() };
-    if opts.ticks.is_empty() {
-        let symbols = opts.symbols.max(1);
-        return Ok((0..n)
-            .map(|i| {
-                let s = i % symbols;
-                let px = 100.0 + (s % 17) as f64 + ((i / symbols) % 40) as f64 * 0.01;
+/// Where the ticks come from. Tick *i* goes to stream `i % streams`; with several streams each
+/// gets its own symbol suffix (`.k`) so streams never share a symbol.
+enum Source {
+    Recorded(Vec<Tick>),
+    Synthetic(Vec<String>),
+}
+
+impl Source {
+    fn open(opts: &Options) -> anyhow::Result<Self> {
+        if opts.ticks.is_empty() {
+            return Ok(Source::Synthetic((0..opts.symbols.max(1)).map(|s| format!("SYN{s:05}")).collect()));
+        }
+        let recorded = quantd::tickfile::read_all(&opts.ticks)?;
+        if recorded.is_empty() {
+            bail!("no ticks in {:?}", opts.ticks);
+        }
+        Ok(Source::Recorded(recorded.iter().map(|t| t.to_proto()).collect()))
+    }
+
+    fn exchange_times(&self) -> Vec<i64> {
+        match self {
+            Source::Recorded(r) => r.iter().map(|t| t.exchange_ts_ns).collect(),
+            Source::Synthetic(_) => Vec::new(),
+        }
+    }
+
+    /// Tick `i` of the run. Its exchange timestamp is set by the pacer to the due wall-clock
+    /// time, so timestamps always increase (also across runs against the same server).
+    fn tick(&self, i: usize, streams: usize) -> Tick {
+        let mut t = match self {
+            Source::Recorded(r) => r[i % r.len()].clone(),
+            Source::Synthetic(symbols) => {
+                let s = i % symbols.len();
+                let px = 100.0 + (s % 17) as f64 + ((i / symbols.len()) % 40) as f64 * 0.01;
                 Tick {
-                    symbol: format!("SYN{s:05}{suffix}"),
-                    seq: i as u64,
-                    exchange_ts_ns: 0,
+                    symbol: symbols[s].clone(),
                     kind: TickKind::Quote as i32,
                     bid_px: px,
                     bid_qty: 1.0 + (i % 5) as f64,
@@ -75,26 +112,74 @@ fn source(opts: &Options, stream: usize, n: usize) -> anyhow::Result<Vec<Tick>> 
                     ask_qty: 1.0 + (i % 3) as f64,
                     ..Default::default()
                 }
-            })
-            .collect());
+            }
+        };
+        if streams > 1 {
+            use std::fmt::Write;
+            let _ = write!(t.symbol, ".{}", i % streams);
+        }
+        t.seq = i as u64;
+        t
     }
-    let recorded = quantd::tickfile::read_all(&opts.ticks)?;
-    if recorded.is_empty() {
-        bail!("no ticks in {:?}", opts.ticks);
+}
+
+/// Asks the kernel for precise sleeps (the default 50 µs timer slack would make every short sleep
+/// late by up to that much). Best effort: on failure sleeps are just coarser.
+fn precise_sleeps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only affects the calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
     }
-    Ok((0..n)
-        .map(|i| {
-            let mut t = recorded[i % recorded.len()].to_proto();
-            t.seq = i as u64;
-            t.symbol.push_str(&suffix);
-            t
-        })
-        .collect())
+}
+
+/// Waits until `due`: sleeps while it is more than 8 µs away, then spins. Sleeping keeps the
+/// cores free for the server under test, which shares the machine; with a 1 ns timer slack a
+/// short sleep wakes within a few µs, and what it costs is measured as `send_lag`.
+fn wait_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let left = due - now;
+        if left > Duration::from_micros(8) {
+            std::thread::sleep(left - Duration::from_micros(4));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Releases every tick at its due time, round-robin over the streams' senders. Returns how late
+/// each release was.
+fn pace(
+    source: Source,
+    offsets: Arc<Vec<u64>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Tick>>,
+    start: Instant,
+    start_ns: u64,
+    sent: Arc<AtomicU64>,
+) -> Histogram<u64> {
+    precise_sleeps();
+    let mut lag = histogram();
+    let streams = senders.len();
+    for (i, &offset) in offsets.iter().enumerate() {
+        let due = start + Duration::from_nanos(offset);
+        wait_until(due);
+        lag.saturating_record(due.elapsed().as_nanos() as u64);
+        let mut t = source.tick(i, streams);
+        t.exchange_ts_ns = (start_ns + offset) as i64;
+        if senders[i % streams].send(t).is_err() {
+            break;
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    lag
 }
 
 /// What one stream measured.
 struct StreamResult {
-    sent: u64,
     received: u64,
     rejected: u64,
     errors: Vec<String>,
@@ -102,44 +187,29 @@ struct StreamResult {
     to_server: Histogram<u64>,
     server: Histogram<u64>,
     to_client: Histogram<u64>,
+    /// (due offset ns, server latency ns) of every measured tick, kept only when swapping.
+    per_tick: Vec<(u64, u64)>,
 }
 
-async fn run_stream(opts: Options, stream: usize, start: Instant, start_ns: u64) -> anyhow::Result<StreamResult> {
-    let per_stream_rate = opts.rate / opts.streams as f64;
-    let total = ((opts.warmup + opts.duration).as_secs_f64() * per_stream_rate).ceil() as usize;
-    let warm = (opts.warmup.as_secs_f64() * per_stream_rate) as usize;
-    let ticks = source(&opts, stream, total)?;
-    let mut client =
-        SignalServiceClient::connect(format!("http://{}", opts.target)).await.context("connecting to the target")?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let seed = opts.seed + stream as u64;
-    let poisson = opts.poisson;
-    let sender = std::thread::Builder::new().name(format!("load-send-{stream}")).spawn(move || {
-        let mut schedule = Schedule::new(per_stream_rate, poisson, seed);
-        for mut t in ticks {
-            let offset = schedule.next_offset();
-            let due = start + offset;
-            t.exchange_ts_ns = (start_ns + offset.as_nanos() as u64) as i64;
-            loop {
-                let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                let left = due - now;
-                if left > Duration::from_micros(200) {
-                    std::thread::sleep(left - Duration::from_micros(150));
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            if tx.send(t).is_err() {
-                break;
-            }
-        }
-    })?;
-    let mut replies = client.stream_ticks(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await?.into_inner();
+/// Everything a stream's receiver needs to know about the run.
+#[derive(Clone)]
+struct Run {
+    offsets: Arc<Vec<u64>>,
+    streams: usize,
+    start: Instant,
+    start_ns: u64,
+    warmup_ns: u64,
+    keep_per_tick: bool,
+    received: Arc<AtomicU64>,
+}
+
+async fn receive(
+    run: Run,
+    stream: usize,
+    mut replies: tonic::Streaming<quantd::proto::Signal>,
+    end: Instant,
+) -> StreamResult {
     let mut r = StreamResult {
-        sent: total as u64,
         received: 0,
         rejected: 0,
         errors: Vec::new(),
@@ -147,28 +217,30 @@ async fn run_stream(opts: Options, stream: usize, start: Instant, start_ns: u64)
         to_server: histogram(),
         server: histogram(),
         to_client: histogram(),
+        per_tick: Vec::new(),
     };
-    let mut schedule = Schedule::new(per_stream_rate, poisson, seed);
-    let mut expected = 0u64;
-    // After the last scheduled send, replies get at most this long to arrive.
-    let end = start + opts.warmup + opts.duration + Duration::from_secs(5);
-    loop {
-        let next = tokio::time::timeout_at(end.into(), replies.message()).await;
-        let s = match next {
+    let total = run.offsets.len() as u64;
+    let mut expected = stream as u64;
+    while expected < total {
+        let s = match tokio::time::timeout_at(end.into(), replies.message()).await {
             Err(_) => {
-                r.errors.push(format!("stream {stream}: {} replies missing after the run", total as u64 - expected));
+                let missing = (total - expected).div_ceil(run.streams as u64);
+                r.errors
+                    .push(format!("stream {stream}: {missing} replies missing or late (none within 5 s of the run)"));
                 break;
             }
             Ok(Err(status)) => {
                 r.errors.push(format!("stream {stream}: stream failed: {status}"));
                 break;
             }
-            Ok(Ok(None)) => break,
+            Ok(Ok(None)) => {
+                r.errors.push(format!("stream {stream}: the server closed the stream early"));
+                break;
+            }
             Ok(Ok(Some(s))) => s,
         };
         let now = Instant::now();
         let now_rt = now_ns();
-        let offset = schedule.next_offset();
         if s.seq != expected {
             r.errors.push(format!(
                 "stream {stream}: reply seq {} where {expected} was due (out of order or missing)",
@@ -176,67 +248,155 @@ async fn run_stream(opts: Options, stream: usize, start: Instant, start_ns: u64)
             ));
             break;
         }
-        expected += 1;
+        expected += run.streams as u64;
         r.received += 1;
+        run.received.fetch_add(1, Ordering::Relaxed);
         if !s.reject_reason.is_empty() {
             r.rejected += 1;
         }
-        if s.seq as usize >= warm {
-            let due = start + offset;
-            let due_ns = start_ns + offset.as_nanos() as u64;
-            r.e2e.saturating_record(now.saturating_duration_since(due).as_nanos() as u64);
-            if s.server_recv_ns > 0 {
-                r.to_server.saturating_record(s.server_recv_ns.saturating_sub(due_ns));
-                r.server.saturating_record(s.server_send_ns.saturating_sub(s.server_recv_ns));
-                r.to_client.saturating_record(now_rt.saturating_sub(s.server_send_ns));
+        let offset = run.offsets[s.seq as usize];
+        if offset < run.warmup_ns {
+            continue;
+        }
+        let due_ns = run.start_ns + offset;
+        r.e2e.saturating_record(
+            now.saturating_duration_since(run.start + Duration::from_nanos(offset)).as_nanos() as u64
+        );
+        if s.server_recv_ns > 0 {
+            let server = s.server_send_ns.saturating_sub(s.server_recv_ns);
+            r.to_server.saturating_record(s.server_recv_ns.saturating_sub(due_ns));
+            r.server.saturating_record(server);
+            r.to_client.saturating_record(now_rt.saturating_sub(s.server_send_ns));
+            if run.keep_per_tick {
+                r.per_tick.push((offset, server));
             }
         }
-        if expected == total as u64 {
-            break;
-        }
     }
-    let _ = sender.join();
     r.errors.truncate(20);
-    Ok(r)
+    r
+}
+
+/// Swaps models on schedule through the admin API; returns the offsets (ns from the start) at
+/// which each swap was asked for and succeeded.
+async fn swap_models(target: String, plan: SwapPlan, start: Instant, warmup: Duration, end: Instant) -> Vec<u64> {
+    let mut done = Vec::new();
+    let mut admin = match quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{target}")).await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("swap: cannot connect to the admin service: {e}");
+            return done;
+        }
+    };
+    let mut next = start + warmup + plan.every / 2;
+    let mut i = 0;
+    while next < end && !plan.versions.is_empty() {
+        tokio::time::sleep_until(next.into()).await;
+        let (name, version) = plan.versions[i % plan.versions.len()].clone();
+        let at = start.elapsed().as_nanos() as u64;
+        match admin.activate_model(quantd::proto::ModelRef { name, version }).await {
+            Ok(_) => done.push(at),
+            Err(e) => eprintln!("swap failed: {e}"),
+        }
+        i += 1;
+        next += plan.every;
+    }
+    done
 }
 
 /// Runs the load and returns the report. Errors are failures to run at all; a run with missing or
 /// out-of-order replies returns a report whose `errors` say so.
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
-    if opts.streams == 0 || opts.rate.is_nan() || opts.rate <= 0.0 {
-        bail!("--streams and --rate must be positive");
+    if opts.streams == 0 {
+        bail!("--streams must be positive");
+    }
+    let source = Source::open(&opts)?;
+    let span = opts.warmup + opts.duration;
+    let offsets = Arc::new(schedule::offsets(opts.pace, span.as_nanos() as u64, opts.seed, &source.exchange_times())?);
+    if offsets.is_empty() {
+        bail!("the schedule holds no tick: raise --rate or --duration");
     }
     let before = match &opts.metrics {
-        Some(m) => Some(report::scrape_buckets(m).await?),
+        Some(m) => Some(report::scrape(m).await?),
         None => None,
     };
-    // Start a little in the future so every stream is connected before its first due time.
-    let start = Instant::now() + Duration::from_millis(300);
-    let start_ns = now_ns() + 300_000_000;
-    let progress = opts.progress.then(|| report::Progress::start(opts.warmup + opts.duration));
-    let mut tasks = Vec::new();
-    for stream in 0..opts.streams {
-        tasks.push(tokio::spawn(run_stream(opts.clone(), stream, start, start_ns)));
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..opts.streams {
+        let client = SignalServiceClient::connect(format!("http://{}", opts.target))
+            .await
+            .context("connecting to the target")?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
+        calls.push((client, rx));
     }
+    // Start a little in the future so the pacer is running before the first due time.
+    let start = Instant::now() + Duration::from_millis(100);
+    let start_ns = now_ns() + 100_000_000;
+    let (sent, received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let run = Run {
+        offsets: offsets.clone(),
+        streams: opts.streams,
+        start,
+        start_ns,
+        warmup_ns: opts.warmup.as_nanos() as u64,
+        keep_per_tick: opts.swap.is_some(),
+        received: received.clone(),
+    };
+    let progress = opts.progress.then(|| report::Progress::start(span, sent.clone(), received.clone()));
+    let pacer = {
+        let (offsets, sent) = (offsets.clone(), sent.clone());
+        std::thread::Builder::new()
+            .name("load-pacer".into())
+            .spawn(move || pace(source, offsets, senders, start, start_ns, sent))?
+    };
+    // After the last due time, replies get at most this long to arrive.
+    let end = start + span + Duration::from_secs(5);
+    let swapper = opts
+        .swap
+        .clone()
+        .map(|plan| tokio::spawn(swap_models(opts.target.clone(), plan, start, opts.warmup, start + span)));
+    // The calls start once the pacer runs: a server may hold its response headers back until
+    // the first tick arrives (grpcio does).
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(k, (mut client, rx))| {
+            let run = run.clone();
+            tokio::spawn(async move {
+                let call = client.stream_ticks(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+                match tokio::time::timeout_at(end.into(), call).await {
+                    Ok(Ok(replies)) => Ok(receive(run, k, replies.into_inner(), end).await),
+                    Ok(Err(status)) => Err(anyhow::anyhow!("stream {k}: the call failed: {status}")),
+                    Err(_) => Err(anyhow::anyhow!("stream {k}: the server never answered the call")),
+                }
+            })
+        })
+        .collect();
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await??);
     }
+    let send_lag = pacer.join().map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    let swaps = match swapper {
+        Some(s) => s.await?,
+        None => Vec::new(),
+    };
     drop(progress);
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
     let after = match &opts.metrics {
         Some(m) => {
             tokio::time::sleep(Duration::from_millis(1200)).await; // one export interval
-            Some(report::scrape_buckets(m).await?)
+            Some(report::scrape(m).await?)
         }
         None => None,
     };
     let mut e2e = histogram();
     let (mut to_server, mut server, mut to_client) = (histogram(), histogram(), histogram());
-    let (mut sent, mut received, mut rejected) = (0, 0, 0);
+    let (mut received, mut rejected) = (0, 0);
     let mut errors = Vec::new();
+    let mut per_tick = Vec::new();
     for r in results {
-        sent += r.sent;
         received += r.received;
         rejected += r.rejected;
         errors.extend(r.errors);
@@ -244,23 +404,32 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         to_server.add(&r.to_server)?;
         server.add(&r.server)?;
         to_client.add(&r.to_client)?;
+        per_tick.extend(r.per_tick);
     }
+    let (server_histogram, server_stages) = match (before, after) {
+        (Some(b), Some(a)) => report::server_side(&b, &a),
+        _ => (None, Default::default()),
+    };
     Ok(Report {
+        label: opts.label.clone().unwrap_or_else(|| opts.target.clone()),
         target: opts.target.clone(),
+        pace: format!("{:?}", opts.pace),
         streams: opts.streams,
-        target_rate: opts.rate,
-        achieved_rate: received as f64 / elapsed,
-        sent,
+        target_rate: offsets.len() as f64 / span.as_secs_f64(),
+        duration_s: opts.duration.as_secs_f64(),
+        sent: sent.load(Ordering::Relaxed),
         received,
+        achieved_rate: received as f64 / elapsed,
         rejected,
         errors,
         end_to_end: Percentiles::from(&e2e),
         client_to_server: Percentiles::from(&to_server),
         server_internal: Percentiles::from(&server),
         server_to_client: Percentiles::from(&to_client),
-        server_histogram: match (before, after) {
-            (Some(b), Some(a)) => report::bucket_percentiles(&b, &a),
-            _ => None,
-        },
+        send_lag: Percentiles::from(&send_lag),
+        server_histogram,
+        server_stages,
+        swaps: (!swaps.is_empty()).then(|| SwapReport::split(&swaps, &per_tick)),
+        distribution: report::distribution(&e2e),
     })
 }

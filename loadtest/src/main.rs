@@ -3,14 +3,30 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use quantd_load::{Pace, Report, SwapPlan};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PaceArg {
+    /// `--rate` ticks per second, evenly spaced.
+    Fixed,
+    /// Poisson arrivals at `--rate` per second on average.
+    Poisson,
+    /// The recorded exchange timestamps of `--ticks`, sped up by `--speed`.
+    Recorded,
+}
 
 #[derive(Parser)]
-#[command(name = "quantd-load", about = "Open-loop load generator for quantd's SignalService")]
+#[command(
+    name = "quantd-load",
+    about = "Open-loop load generator for quantd's SignalService",
+    after_help = "Plot saved reports side by side: quantd-load --compare a.json b.json --plot out.svg"
+)]
 struct Args {
     /// host:port of the gRPC server.
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "compare")]
+    target: Option<String>,
     /// Recorded tick files (canonical CSV or Binance captures, gzip ok); replayed in a loop.
     #[arg(long, num_args = 1.., conflicts_with = "synthetic")]
     ticks: Vec<PathBuf>,
@@ -20,12 +36,14 @@ struct Args {
     /// Symbols for --synthetic.
     #[arg(long, default_value_t = 100)]
     symbols: usize,
-    /// Ticks per second over all streams.
+    #[arg(long, value_enum, default_value = "fixed")]
+    pace: PaceArg,
+    /// Ticks per second over all streams (fixed and Poisson pace).
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
-    /// Poisson arrivals (exponential gaps) instead of a fixed interval.
-    #[arg(long)]
-    poisson: bool,
+    /// Speed-up of the recorded pace (10 = ten times faster than recorded).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -34,45 +52,102 @@ struct Args {
     warmup: f64,
     #[arg(long, default_value_t = 1)]
     streams: usize,
-    /// The server's Prometheus endpoint (host:port), to read its own histogram too.
+    /// The server's Prometheus endpoint (host:port), to read its own histograms too.
     #[arg(long)]
     metrics: Option<String>,
+    /// Hot-swap the model every this many seconds (ModelAdmin.ActivateModel) and report server
+    /// latency around the swaps against the rest of the run.
+    #[arg(long)]
+    swap_every: Option<f64>,
+    /// `name@version,name@version`: the versions --swap-every alternates between.
+    #[arg(long, default_value = "quantd-mlp@2,quantd-mlp@1")]
+    swap_versions: String,
+    /// The run's name in the report and plots (default: the target).
+    #[arg(long)]
+    label: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a latency-percentile plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Plot these saved JSON reports together (with --plot) instead of running a load.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["target", "json"], requires = "plot")]
+    compare: Vec<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// No progress line.
+    /// No progress line (there is none either when stderr is not a terminal).
     #[arg(long)]
     quiet: bool,
+}
+
+fn swap_plan(every: Option<f64>, versions: &str) -> anyhow::Result<Option<SwapPlan>> {
+    let Some(every) = every else { return Ok(None) };
+    if !(every.is_finite() && every > 0.0) {
+        bail!("--swap-every must be positive");
+    }
+    let versions = versions
+        .split(',')
+        .map(|v| {
+            v.split_once('@')
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .with_context(|| format!("--swap-versions: {v:?} is not name@version"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(SwapPlan { every: Duration::from_secs_f64(every), versions }))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    if a.ticks.is_empty() && !a.synthetic {
-        anyhow::bail!("give --ticks FILE... or --synthetic");
+    if !a.compare.is_empty() {
+        let reports = a
+            .compare
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str::<Report>(&text)
+                    .with_context(|| format!("{} is not a quantd-load report", p.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let plot = a.plot.expect("clap requires --plot with --compare");
+        let title = a.label.unwrap_or_else(|| "end-to-end latency by percentile".into());
+        return quantd_load::plot::percentile_plot(&plot, &title, &reports);
     }
+    if a.ticks.is_empty() && !a.synthetic {
+        bail!("give --ticks FILE... or --synthetic");
+    }
+    let pace = match a.pace {
+        PaceArg::Fixed => Pace::Fixed { rate: a.rate },
+        PaceArg::Poisson => Pace::Poisson { rate: a.rate },
+        PaceArg::Recorded if a.synthetic => bail!("--pace recorded needs --ticks"),
+        PaceArg::Recorded => Pace::Recorded { speed: a.speed },
+    };
     let report = quantd_load::run(quantd_load::Options {
-        target: a.target,
+        target: a.target.expect("clap requires --target without --compare"),
+        label: a.label,
         ticks: a.ticks,
         symbols: a.symbols,
-        rate: a.rate,
-        poisson: a.poisson,
+        pace,
         streams: a.streams,
         warmup: Duration::from_secs_f64(a.warmup),
         duration: Duration::from_secs_f64(a.duration),
         metrics: a.metrics,
-        progress: !a.quiet,
+        swap: swap_plan(a.swap_every, &a.swap_versions)?,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         seed: a.seed,
     })
     .await?;
     report.print();
-    if let Some(path) = a.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &a.plot {
+        let title = format!("{}: end-to-end latency, {:.0} ticks/s", report.label, report.target_rate);
+        quantd_load::plot::percentile_plot(path, &title, std::slice::from_ref(&report))?;
     }
     if !report.errors.is_empty() {
-        anyhow::bail!("{} errors (missing, late or out-of-order replies)", report.errors.len());
+        bail!("{} errors (missing, late or out-of-order replies)", report.errors.len());
     }
     Ok(())
 }

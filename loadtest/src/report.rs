@@ -1,6 +1,9 @@
 //! The run's report (printed, and written as JSON), the progress line, and the server's own
-//! histogram read from its Prometheus endpoint.
+//! histograms read from its Prometheus endpoint.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -33,11 +36,38 @@ impl From<&Histogram<u64>> for Percentiles {
     }
 }
 
+/// Server latency of ticks due close to a model swap against the rest of the same run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SwapReport {
+    pub swaps: usize,
+    /// Ticks due within [−0.2 s, +1 s] of a swap.
+    pub around: Percentiles,
+    pub steady: Percentiles,
+}
+
+impl SwapReport {
+    /// `swaps`: offsets (ns) of the swaps; `per_tick`: (due offset ns, server latency ns).
+    pub fn split(swaps: &[u64], per_tick: &[(u64, u64)]) -> Self {
+        let (mut around, mut steady) = (super::histogram(), super::histogram());
+        for &(due, lat) in per_tick {
+            let close = swaps.iter().any(|&s| due + 200_000_000 >= s && due <= s + 1_000_000_000);
+            if close { around.saturating_record(lat) } else { steady.saturating_record(lat) }
+        }
+        Self { swaps: swaps.len(), around: Percentiles::from(&around), steady: Percentiles::from(&steady) }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
+    pub label: String,
     pub target: String,
+    /// The schedule: `Fixed { rate }`, `Poisson { rate }` or `Recorded { speed }`.
+    pub pace: String,
     pub streams: usize,
+    /// Ticks per second the schedule asked for (warm-up included).
     pub target_rate: f64,
+    /// Seconds measured (after the warm-up).
+    pub duration_s: f64,
     pub achieved_rate: f64,
     pub sent: u64,
     pub received: u64,
@@ -50,16 +80,32 @@ pub struct Report {
     pub client_to_server: Percentiles,
     pub server_internal: Percentiles,
     pub server_to_client: Percentiles,
+    /// How late the load generator released ticks against their schedule (part of end-to-end).
+    pub send_lag: Percentiles,
     /// The server's own `quantd_tick_to_signal_seconds` over the run (bucket upper bounds).
     pub server_histogram: Option<Percentiles>,
+    /// The server's `quantd_stage_seconds` per stage over the run (bucket upper bounds).
+    pub server_stages: BTreeMap<String, Percentiles>,
+    pub swaps: Option<SwapReport>,
+    /// End-to-end percentile distribution: (percentile 0–100, µs), for plots.
+    pub distribution: Vec<(f64, f64)>,
+}
+
+fn print_row(name: &str, p: &Percentiles) {
+    println!(
+        "  {name:<22} p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  p99.99 {:>9.1}  max {:>9.1}  µs",
+        p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.p9999_us, p.max_us
+    )
 }
 
 impl Report {
     pub fn print(&self) {
         println!(
-            "{} stream(s) to {}: target {:.0} ticks/s, achieved {:.0}; sent {}, received {}, rejected {}, errors {}",
+            "{}: {} stream(s) to {}, {}; target {:.0} ticks/s, achieved {:.0}; sent {}, received {}, rejected {}, errors {}",
+            self.label,
             self.streams,
             self.target,
+            self.pace,
             self.target_rate,
             self.achieved_rate,
             self.sent,
@@ -67,18 +113,26 @@ impl Report {
             self.rejected,
             self.errors.len()
         );
-        let row = |name: &str, p: &Percentiles| {
-            println!(
-                "  {name:<22} p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  p99.99 {:>9.1}  max {:>9.1}  µs",
-                p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.p9999_us, p.max_us
-            )
-        };
-        row("end-to-end", &self.end_to_end);
-        row("client -> server", &self.client_to_server);
-        row("server internal", &self.server_internal);
-        row("server -> client", &self.server_to_client);
+        print_row("end-to-end", &self.end_to_end);
+        print_row("client -> server", &self.client_to_server);
+        print_row("server internal", &self.server_internal);
+        print_row("server -> client", &self.server_to_client);
+        print_row("client send lag", &self.send_lag);
         if let Some(h) = &self.server_histogram {
-            row("server /metrics (<=)", h);
+            print_row("server /metrics (<=)", h);
+        }
+        for (stage, p) in &self.server_stages {
+            print_row(&format!("  stage {stage} (<=)"), p);
+        }
+        if let Some(s) = &self.swaps {
+            println!("  {} swaps; server latency of ticks due within [-0.2 s, +1 s] of a swap vs the rest:", s.swaps);
+            print_row("  around swaps", &s.around);
+            print_row("  steady", &s.steady);
+            println!(
+                "  ratio around/steady: p99 {:.2}, p99.9 {:.2}",
+                s.around.p99_us / s.steady.p99_us,
+                s.around.p999_us / s.steady.p999_us
+            );
         }
         for e in &self.errors {
             println!("  error: {e}");
@@ -86,20 +140,45 @@ impl Report {
     }
 }
 
+/// The percentile distribution of a histogram at 1 − 10^(−k/20) for k = 0..=100 (0% to
+/// 99.999%) and the maximum: the points of an HdrHistogram percentile plot.
+pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(f64, f64)> = (0..=100)
+        .map(|k| 1.0 - 10f64.powf(-(k as f64) / 20.0))
+        .take_while(|q| (1.0 - q) * h.len() as f64 >= 1.0)
+        .map(|q| (q * 100.0, h.value_at_quantile(q) as f64 / 1e3))
+        .collect();
+    let (last, max) = (100.0 * (1.0 - 1.0 / h.len() as f64), h.max() as f64 / 1e3);
+    match out.last_mut() {
+        Some(p) if p.0 >= last => p.1 = max,
+        _ => out.push((last, max)),
+    }
+    out
+}
+
 /// A progress line on stderr, once a second, until dropped.
 pub struct Progress {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Progress {
-    pub fn start(total: Duration) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub fn start(total: Duration, sent: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         std::thread::spawn(move || {
             let t0 = Instant::now();
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                eprint!("\r  {:>5.0} s of {:.0} s", t0.elapsed().as_secs_f64(), total.as_secs_f64());
+                eprint!(
+                    "\r  {:>4.0} s of {:.0} s: sent {:>10}, received {:>10}",
+                    t0.elapsed().as_secs_f64(),
+                    total.as_secs_f64(),
+                    sent.load(Ordering::Relaxed),
+                    received.load(Ordering::Relaxed)
+                );
             }
             eprintln!();
         });
@@ -109,26 +188,47 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// Cumulative `quantd_tick_to_signal_seconds_bucket` counts: (upper bound in seconds, count).
-pub async fn scrape_buckets(addr: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+/// Cumulative histogram buckets of a scrape: series name (`tick_to_signal` or the stage label)
+/// → (upper bound in seconds, count).
+pub type Buckets = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Reads the server's `quantd_tick_to_signal_seconds` and `quantd_stage_seconds` buckets.
+pub async fn scrape(addr: &str) -> anyhow::Result<Buckets> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
     conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     let mut text = String::new();
     conn.read_to_string(&mut text).await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("quantd_tick_to_signal_seconds_bucket{"))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let count = l.rsplit(' ').next()?.parse().ok()?;
-            Some((le.parse().unwrap_or(f64::INFINITY), count))
-        })
-        .collect())
+    Ok(parse_buckets(&text))
+}
+
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(&format!("{name}=\"")).nth(1)?.split('"').next()
+}
+
+fn parse_buckets(text: &str) -> Buckets {
+    let mut out = Buckets::new();
+    for line in text.lines() {
+        let series = if line.starts_with("quantd_tick_to_signal_seconds_bucket{") {
+            "tick_to_signal"
+        } else if line.starts_with("quantd_stage_seconds_bucket{") {
+            match label(line, "stage") {
+                Some(s) => s,
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let (Some(le), Some(count)) = (label(line, "le"), line.rsplit(' ').next().and_then(|c| c.parse().ok())) else {
+            continue;
+        };
+        out.entry(series.to_owned()).or_default().push((le.parse().unwrap_or(f64::INFINITY), count));
+    }
+    out
 }
 
 /// Percentiles (bucket upper bounds) of what the server recorded between two scrapes.
@@ -149,4 +249,52 @@ pub fn bucket_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option
         p9999_us: q(0.9999),
         max_us: q(1.0),
     })
+}
+
+/// The server's tick→signal percentiles and per-stage percentiles between two scrapes.
+pub fn server_side(before: &Buckets, after: &Buckets) -> (Option<Percentiles>, BTreeMap<String, Percentiles>) {
+    let delta = |name: &str| bucket_percentiles(before.get(name).map_or(&[][..], |b| b), after.get(name)?);
+    let stages = after.keys().filter(|k| *k != "tick_to_signal").filter_map(|k| Some((k.clone(), delta(k)?))).collect();
+    (delta("tick_to_signal"), stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_read_per_series_and_differenced() {
+        let before = parse_buckets(
+            "quantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 5\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"0.0001\"} 5\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"+Inf\"} 5\n",
+        );
+        let after = parse_buckets(
+            "# HELP x\nquantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 10\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"0.0001\"} 14\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"+Inf\"} 15\n\
+             quantd_stage_seconds_bucket{stage=\"inference\",le=\"0.00001\"} 3\n\
+             quantd_stage_seconds_bucket{stage=\"inference\",le=\"+Inf\"} 3\n",
+        );
+        let (t2s, stages) = server_side(&before, &after);
+        let t2s = t2s.unwrap();
+        assert_eq!(t2s.count, 10);
+        assert_eq!(t2s.p50_us, 10.0);
+        assert!((t2s.p90_us - 100.0).abs() < 1e-9);
+        assert!(t2s.p999_us.is_infinite());
+        assert_eq!(stages["inference"].count, 3);
+    }
+
+    #[test]
+    fn the_distribution_reaches_the_max_and_never_decreases() {
+        let mut h = crate::histogram();
+        for v in 1..=100_000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let d = distribution(&h);
+        assert_eq!(d[0].0, 0.0);
+        assert!(d.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{d:?}");
+        assert!((d.last().unwrap().1 - 100_000.0).abs() < 100.0);
+        assert!(d.iter().any(|(q, _)| (*q - 99.99).abs() < 1e-6));
+    }
 }

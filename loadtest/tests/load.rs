@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quantd::config::Config;
 use quantd::server::Server;
-use quantd_load::{Options, Report, run};
+use quantd_load::{Options, Pace, Report, run};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,14 +25,15 @@ async fn server() -> Server {
 fn options(server: &Server, rate: f64, secs: f64) -> Options {
     Options {
         target: server.addr().to_string(),
+        label: None,
         ticks: vec![repo().join("../shared/data/ticks/binance_usdm_btcusdt_20240808_quotes.csv.gz")],
         symbols: 0,
-        rate,
-        poisson: false,
+        pace: Pace::Fixed { rate },
         streams: 2,
         warmup: Duration::from_millis(500),
         duration: Duration::from_secs_f64(secs),
         metrics: Some(server.metrics_addr().to_string()),
+        swap: None,
         progress: false,
         seed: 1,
     }
@@ -41,7 +42,8 @@ fn options(server: &Server, rate: f64, secs: f64) -> Options {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_rate_run_is_clean_and_its_json_holds_every_field() {
     let server = server().await;
-    let report = run(Options { poisson: true, ..options(&server, 1_000.0, 2.0) }).await.unwrap();
+    let report =
+        run(Options { pace: Pace::Poisson { rate: 1_000.0 }, ..options(&server, 1_000.0, 2.0) }).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.sent, report.received, "counts match");
     assert_eq!(report.rejected, 0);
@@ -66,8 +68,16 @@ async fn a_low_rate_run_is_clean_and_its_json_holds_every_field() {
         assert!(v["end_to_end"].get(p).is_some(), "{p} missing");
     }
     assert_eq!(back.sent, report.sent);
-    // A second run against the same server is accepted too (timestamps start at the run's time).
-    let again = run(options(&server, 1_000.0, 0.5)).await.unwrap();
+    assert!(!report.distribution.is_empty() && report.server_stages.contains_key("inference"));
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("latency.svg");
+    quantd_load::plot::percentile_plot(&svg, "test", &[report.clone(), back]).unwrap();
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("99.9%") && svg.contains("<polyline"), "{svg:.300}");
+    // A second run against the same server is accepted too (timestamps start at the run's time) ...
+    // ... also at the recorded pace of the file, sped up 20×.
+    let again = run(Options { pace: Pace::Recorded { speed: 20.0 }, ..options(&server, 0.0, 0.5) }).await.unwrap();
+    assert!(again.received > 0 && again.pace.starts_with("Recorded"), "{again:?}");
     assert!(again.errors.is_empty() && again.rejected == 0, "{:?} rejected {}", again.errors, again.rejected);
     server.shutdown(Duration::from_secs(2)).await;
 }

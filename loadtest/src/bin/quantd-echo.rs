@@ -9,6 +9,7 @@ use futures_core::Stream;
 use quantd::proto::signal_service_server::{SignalService, SignalServiceServer};
 use quantd::proto::{Signal, Tick};
 use tokio_stream::StreamExt;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 fn now_ns() -> u64 {
@@ -50,7 +51,9 @@ async fn main() -> anyhow::Result<()> {
     println!("quantd-echo listening on {}", listener.local_addr()?);
     tonic::transport::Server::builder()
         .add_service(SignalServiceServer::new(Echo))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+        // quantd sets TCP_NODELAY on accepted sockets; the floor must too, or Nagle's algorithm
+        // would hold its replies back and flatter quantd.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""`make bench`: the whole benchmark suite, written into BENCHMARKS.md.
+
+1. criterion hot-path benches (`cargo bench --bench hot_path`);
+2. three servers with the same contract, one at a time on this machine: quantd (release, default
+   model), quantd-echo (the floor: answers at once, no model) and the Python grpcio+onnxruntime
+   peer (loadtest/baselines/python_server.py), each driven by quantd-load (open loop, one stream,
+   recorded Binance BTCUSDT quotes and trades) at fixed rates, REPEATS times, interleaved so that
+   noise on this shared machine hits every server alike;
+3. the highest rate each sustains with p99 < 2 ms (every reply, in order), stepping up a ladder;
+4. BENCHMARKS.md: the part between the `make bench` markers is replaced with tables of medians
+   over the repeats, ratios to the echo floor and to the Python peer, the goals of the load
+   generator issue met or missed, the machine and the commands; plots go to docs/bench/.
+
+Usage: scripts/bench.py [--repeats 3] [--duration 5] [--rates 1000,10000,50000] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = REPO / "target" / "release"
+TICKS = Path(os.environ.get("TICKS", REPO.parent / "shared" / "data" / "ticks"))
+TICK_FILES = [TICKS / "binance_usdm_btcusdt_20240808_quotes.csv.gz", TICKS / "binance_usdm_btcusdt_20240808_trades.csv.gz"]
+OUT = REPO / "target" / "bench"
+PLOTS = REPO / "docs" / "bench"
+BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
+LADDER = [1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 70_000, 100_000, 150_000, 200_000, 300_000,
+          500_000, 700_000, 1_000_000]
+P99_LIMIT_US = 2_000.0
+TRITON = "Triton quick-start, trivial model over gRPC: p50 569 µs, p99 1,105 µs (triton-inference-server/server#7203)"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Server:
+    """A server child process; `addr` is read from its start-up output."""
+
+    def __init__(self, name: str, cmd: list[str], pattern: str, stream: str = "stdout"):
+        self.name = name
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addr = None
+        self.metrics = None
+        found = threading.Event()
+        lines: list[str] = []
+
+        def pump(pipe):
+            for line in pipe:
+                lines.append(line)
+                m = re.search(pattern, line)
+                if m and not found.is_set():
+                    self.addr = m.group(1)
+                    self.metrics = m.groupdict().get("metrics")
+                    found.set()
+
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            threading.Thread(target=pump, args=(pipe,), daemon=True).start()
+        if not found.wait(timeout=60) or self.proc.poll() is not None:
+            self.stop()
+            raise SystemExit(f"{name} did not start:\n{''.join(lines[-20:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_servers(stubs: Path) -> dict[str, Server]:
+    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--metrics-listen",
+                               "127.0.0.1:0", "--models", "models", "--log-json", "true"],
+                    r'"message":"serving","addr":"([^"]+)","metrics_addr":"(?P<metrics>[^"]+)"')
+    echo = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
+    python = Server("python", [sys.executable, "loadtest/baselines/python_server.py", "--listen", "127.0.0.1:0",
+                               "--model", "models/quantd-mlp/1", "--stubs", str(stubs)], r"listening on (\S+)")
+    return {"quantd": quantd, "echo": echo, "python": python}
+
+
+def load(server: Server, rate: float, duration: float, warmup: float, out: Path) -> dict:
+    cmd = [str(RELEASE / "quantd-load"), "--target", server.addr, "--label", server.name, "--rate", str(rate),
+           "--duration", str(duration), "--warmup", str(warmup), "--quiet", "--json", str(out), "--ticks",
+           *map(str, TICK_FILES)]
+    if server.metrics:
+        cmd += ["--metrics", server.metrics]
+    subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not out.exists():
+        raise SystemExit(f"quantd-load wrote no report: {' '.join(cmd)}")
+    return json.loads(out.read_text())
+
+
+def sustained(r: dict) -> bool:
+    return not r["errors"] and r["end_to_end"]["p99_us"] < P99_LIMIT_US and r["received"] == r["sent"]
+
+
+def kept_up(runs: list[dict]) -> bool:
+    """Every run answered every tick and the server kept pace (no queue building up for seconds)."""
+    return all(not r["errors"] and r["end_to_end"]["p50_us"] < 100_000 for r in runs)
+
+
+def criterion() -> list[tuple[str, float]]:
+    log("criterion: cargo bench --bench hot_path")
+    subprocess.run(["cargo", "bench", "--locked", "--bench", "hot_path"], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
+    rows = []
+    for est in sorted((REPO / "target" / "criterion").glob("**/new/estimates.json")):
+        name = str(est.parent.parent.relative_to(REPO / "target" / "criterion"))
+        if name.startswith("report"):
+            continue
+        rows.append((name, json.loads(est.read_text())["median"]["point_estimate"]))
+    return rows
+
+
+def fmt_ns(ns: float) -> str:
+    return f"{ns:.0f} ns" if ns < 1_000 else f"{ns / 1_000:.1f} µs"
+
+
+def fmt_us(us: float) -> str:
+    return f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run whose end-to-end p50 is the median (for plots)."""
+    return sorted(runs, key=lambda r: r["end_to_end"]["p50_us"])[len(runs) // 2]
+
+
+def med(runs: list[dict], *path: str) -> float:
+    vals = []
+    for r in runs:
+        v = r
+        for p in path:
+            v = v[p]
+        vals.append(v)
+    return statistics.median(vals)
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}; commit {commit.strip()}; "
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def write_markdown(args, crit, results, ladders, elapsed_s: float) -> str:
+    names = ["quantd", "echo", "python"]
+    lines = [BEGIN, "", f"Generated by `make bench` (`scripts/bench.py --repeats {args.repeats} --duration "
+             f"{args.duration}`) in {elapsed_s / 60:.1f} min. Machine: {machine()}. The load generator runs on the "
+             "same cores as the server under test, one server at a time.", ""]
+    if crit:
+        lines += ["### Hot paths (criterion medians, `cargo bench --bench hot_path`)", "", "| bench | median |",
+                  "|---|---|"]
+        lines += [f"| `{n}` | {fmt_ns(v)} |" for n, v in crit]
+        lines.append("")
+    lines += ["### End-to-end latency by rate", "",
+              f"`quantd-load --target ADDR --rate R --duration {args.duration} --warmup {args.warmup} --ticks "
+              "binance_usdm_btcusdt_20240808_{quotes,trades}.csv.gz` against each server, one gRPC stream, open loop "
+              "(latency from each tick's scheduled send time). Medians over "
+              f"{args.repeats} runs per cell, µs. \"lost\": runs with missing or late replies.", "",
+              "| rate | server | e2e p50 | p90 | p99 | p99.9 | max | server-internal p50 | p99 | client send lag p99 | achieved/s | lost |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for rate in args.rates:
+        for n in names:
+            runs = results[n][rate]
+            lost = sum(1 for r in runs if r["errors"])
+            if not kept_up(runs):
+                lines.append(f"| {rate:,} | {n} | falls behind: {'replies lost or late' if lost else 'p50 > 100 ms, a queue builds'} "
+                             f"| | | | | | | | {med(runs, 'achieved_rate'):,.0f} | {lost}/{len(runs)} |")
+                continue
+            lines.append(
+                f"| {rate:,} | {n} | {fmt_us(med(runs, 'end_to_end', 'p50_us'))} | {fmt_us(med(runs, 'end_to_end', 'p90_us'))} "
+                f"| {fmt_us(med(runs, 'end_to_end', 'p99_us'))} | {fmt_us(med(runs, 'end_to_end', 'p999_us'))} "
+                f"| {fmt_us(med(runs, 'end_to_end', 'max_us'))} | {fmt_us(med(runs, 'server_internal', 'p50_us'))} "
+                f"| {fmt_us(med(runs, 'server_internal', 'p99_us'))} | {fmt_us(med(runs, 'send_lag', 'p99_us'))} "
+                f"| {med(runs, 'achieved_rate'):,.0f} | {lost}/{len(runs)} |")
+    lines += ["", "Ratios of medians (same runs):", "", "| rate | quantd / echo p50 | quantd / echo p99 | python / quantd p50 |",
+              "|---|---|---|---|"]
+    ratios = {}
+    for rate in args.rates:
+        q, e, p = (results[n][rate] for n in names)
+        r = (med(q, "end_to_end", "p50_us") / med(e, "end_to_end", "p50_us"),
+             med(q, "end_to_end", "p99_us") / med(e, "end_to_end", "p99_us"),
+             med(p, "end_to_end", "p50_us") / med(q, "end_to_end", "p50_us") if kept_up(p) else None)
+        ratios[rate] = r
+        py = f"{r[2]:.1f}×" if r[2] is not None else "python falls behind"
+        lines.append(f"| {rate:,} | {r[0]:.2f}× | {r[1]:.2f}× | {py} |")
+    lines += ["", f"### Highest sustained rate (every reply in order, end-to-end p99 < {P99_LIMIT_US:,.0f} µs)", "",
+              f"Rates stepped up {', '.join(f'{x // 1000}k' for x in LADDER)} ticks/s, {args.probe} s each "
+              "after a 1 s warm-up, until one fails.", "", "| server | sustained | first failing rate | its p99 | its errors |",
+              "|---|---|---|---|---|"]
+    for n in names:
+        best, fail = ladders[n]
+        fail_txt = (f"{fail['target_rate']:,.0f} | {fmt_us(fail['end_to_end']['p99_us'])} µs | {len(fail['errors'])}"
+                    if fail else "— | — | —")
+        lines.append(f"| {n} | {best:,.0f} ticks/s | {fail_txt} |")
+    lines += ["", "### Plots", ""]
+    lines += [f"- {rate:,} ticks/s: [docs/bench/latency-{rate}.svg](docs/bench/latency-{rate}.svg)" for rate in args.rates]
+    r10 = ratios.get(10_000)
+    q_best, p_best = ladders["quantd"][0], ladders["python"][0]
+    lines += ["", "### Goals (load generator issue)", "", "| goal | measured | |", "|---|---|---|"]
+    if r10:
+        lines.append(f"| 10k ticks/s: quantd p50 ≤ 1.15× echo | {r10[0]:.2f}× | {verdict(r10[0] <= 1.15)} |")
+        lines.append(f"| 10k ticks/s: quantd p99 ≤ 1.3× echo | {r10[1]:.2f}× | {verdict(r10[1] <= 1.3)} |")
+    for rate in args.rates:
+        py = ratios[rate][2]
+        if py is None:
+            lines.append(f"| ≥ 5× lower p50 than the Python peer ({rate // 1000}k) | python falls behind at this rate | {verdict(True)} |")
+        else:
+            lines.append(f"| ≥ 5× lower p50 than the Python peer ({rate // 1000}k) | {py:.1f}× | {verdict(py >= 5)} |")
+    lines.append(f"| sustained ≥ 500k ticks/s, p99 < 2 ms | {q_best:,.0f} ticks/s | {verdict(q_best >= 500_000)} |")
+    ratio = q_best / p_best if p_best else float("inf")
+    lines.append(f"| ≥ 20× the Python peer's sustained rate | {ratio:.1f}× | {verdict(ratio >= 20)} |")
+    lines += ["", f"For context only, not measured here: {TRITON}.", "", END]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--probe", type=float, default=3.0, help="seconds per rate of the sustained-rate ladder")
+    ap.add_argument("--rates", default="1000,10000,50000")
+    ap.add_argument("--no-criterion", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 2 s runs, no criterion (a smoke test)")
+    args = ap.parse_args()
+    args.rates = [int(r) for r in args.rates.split(",")]
+    if args.quick:
+        args.repeats, args.duration, args.probe, args.no_criterion = 1, 2.0, 1.0, True
+    t0 = time.monotonic()
+    for f in TICK_FILES:
+        if not f.exists():
+            raise SystemExit(f"{f} missing (set TICKS=dir)")
+    crit = [] if args.no_criterion else criterion()
+    OUT.mkdir(parents=True, exist_ok=True)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    from grpc_tools import protoc
+
+    stubs = Path(tempfile.mkdtemp(prefix="quantd-stubs-"))
+    if protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--python_out={stubs}", f"--grpc_python_out={stubs}",
+                    str(REPO / "proto/quantd/v1/quantd.proto")]) != 0:
+        raise SystemExit("protoc failed")
+    servers = start_servers(stubs)
+    try:
+        results = {n: {r: [] for r in args.rates} for n in servers}
+        for rep in range(args.repeats):
+            for rate in args.rates:
+                for n, s in servers.items():
+                    out = OUT / f"{n}-{rate}-{rep}.json"
+                    r = load(s, rate, args.duration, args.warmup, out)
+                    results[n][rate].append(r)
+                    log(f"{n:<6} {rate:>7,}/s run {rep + 1}: e2e p50 {r['end_to_end']['p50_us']:.1f} µs, "
+                        f"p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+        for rate in args.rates:
+            picks = []
+            for n in servers:
+                src = OUT / f"{n}-{rate}-{results[n][rate].index(median_run(results[n][rate]))}.json"
+                picks.append(str(src))
+            subprocess.run([str(RELEASE / "quantd-load"), "--compare", *picks, "--plot", str(PLOTS / f"latency-{rate}.svg"),
+                            "--label", f"end-to-end latency at {rate:,} ticks/s (median run of {args.repeats})"],
+                           cwd=REPO, check=True)
+        ladders = {}
+        for n, s in servers.items():
+            best, fail = 0, None
+            for rate in LADDER:
+                r = load(s, rate, args.probe, 1.0, OUT / f"{n}-ladder-{rate}.json")
+                log(f"{n:<6} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+                if not sustained(r):
+                    fail = r
+                    break
+                best = rate
+            ladders[n] = (best, fail)
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(stubs, ignore_errors=True)
+    section = write_markdown(args, crit, results, ladders, time.monotonic() - t0)
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# quantd benchmarks\n\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## The suite (`make bench`)\n\n" + section + "\n"
+    path.write_text(text)
+    log(f"BENCHMARKS.md written ({(time.monotonic() - t0) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
