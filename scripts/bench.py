@@ -51,8 +51,12 @@ def log(msg: str) -> None:
 class Server:
     """A server child process; `addr` is read from its start-up output."""
 
-    def __init__(self, name: str, cmd: list[str], pattern: str, stream: str = "stdout"):
-        self.name = name
+    def __init__(self, name: str, cmd: list[str], pattern: str):
+        self.name, self.cmd, self.pattern = name, cmd, pattern
+        self.start()
+
+    def start(self) -> None:
+        name, cmd, pattern = self.name, self.cmd, self.pattern
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addr = None
         self.metrics = None
@@ -73,6 +77,12 @@ class Server:
         if not found.wait(timeout=60) or self.proc.poll() is not None:
             self.stop()
             raise SystemExit(f"{name} did not start:\n{''.join(lines[-20:])}")
+
+    def restart(self) -> None:
+        """After a run it could not keep up with: a server still working through the backlog of
+        a closed stream would slow the next run down."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -99,10 +109,14 @@ def load(server: Server, rate: float, duration: float, warmup: float, out: Path)
            *map(str, TICK_FILES)]
     if server.metrics:
         cmd += ["--metrics", server.metrics]
+    out.unlink(missing_ok=True)
     subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not out.exists():
         raise SystemExit(f"quantd-load wrote no report: {' '.join(cmd)}")
-    return json.loads(out.read_text())
+    r = json.loads(out.read_text())
+    if not kept_up([r]):
+        server.restart()
+    return r
 
 
 def sustained(r: dict) -> bool:

@@ -45,6 +45,15 @@ fi
 ln -sfn "libonnxruntime.so.$ORT_VERSION" "$CACHE/libonnxruntime.so.1"
 ln -sfn "libonnxruntime.so.1" "$CACHE/libonnxruntime.so"
 
-# 3. Build.
+# 3. A TrueType font for plot labels (replay equity plots, quantd-load plots).
+if [ -z "${QUANTD_PLOT_FONT:-}" ] && ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then
+  echo "setup: installing fonts-dejavu-core for plot labels"
+  if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
+  $APT install -y --no-install-recommends fonts-dejavu-core >/dev/null 2>&1 \
+    || { $APT update >/dev/null 2>&1 && $APT install -y --no-install-recommends fonts-dejavu-core >/dev/null 2>&1; } \
+    || echo "setup: could not install fonts-dejavu-core; plots need QUANTD_PLOT_FONT=<a .ttf>" >&2
+fi
+
+# 4. Build.
 cargo build --release --locked --workspace --bins
 echo "setup: ok (ONNX Runtime at $CACHE/libonnxruntime.so.1)"

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{EngineConfig, IdleStrategy};
 use crate::policy::PolicyParams;
 use crate::registry::RegistryConfig;
+use crate::risk::RiskConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +40,8 @@ pub struct Config {
     pub registry: RegistrySection,
     /// Overrides the model manifest's `[policy]` when set.
     pub policy: Option<PolicyParams>,
+    /// The risk layer after the policy: limits, kill switch, VaR sizing.
+    pub risk: RiskConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -148,6 +151,7 @@ impl Default for Config {
             stream: StreamSection::default(),
             registry: RegistrySection::default(),
             policy: None,
+            risk: RiskConfig::default(),
         }
     }
 }
@@ -294,6 +298,7 @@ impl Config {
                 self.stream.window, e.queue_capacity
             ));
         }
+        p.extend(self.risk.problems());
         let r = &self.registry;
         if r.rescan_ms == 0 {
             p.push("registry.rescan_ms must be > 0".into());
@@ -348,6 +353,7 @@ impl Config {
             idle_spin: Duration::from_micros(self.engine.idle_spin_us),
             idle_yield: Duration::from_micros(self.engine.idle_yield_us),
             ttl: (self.stream.ttl_ms > 0).then(|| Duration::from_millis(self.stream.ttl_ms)),
+            risk: self.risk.clone(),
         }
     }
 }

@@ -11,22 +11,33 @@
 //!                  quantd-engine thread (engine::worker)            (model::manifest)
 //!                     │ per-symbol features (features), one         quantd-telemetry:
 //!                     │ batched ONNX Runtime call (model::Scorer),  merges histograms,
-//!                     │ policy (policy)                             publishes Prometheus
+//!                     │ policy (policy), risk gate (risk)           publishes Prometheus
 //!                     ▼ per-stream bounded reply queue + waker      (telemetry::exporter)
 //!                  tokio worker: Signal, stamp send ──gRPC──▶ gateway
+//!                                                                   quantd-risk: Monte Carlo
+//!                                                                   VaR → scale per symbol
+//!                                                                   (risk::var, via RiskBoard)
 //! ```
+//!
+//! `quantd replay` runs the same engine code synchronously on recorded ticks
+//! ([`engine::SyncEngine`]), with the VaR estimator driven by exchange time, and scores the
+//! signals with [`backtest`].
 //!
 //! The engine thread owns the per-symbol state and the session; nothing else touches them. It
 //! takes no locks and makes no heap allocation after warm-up. Everything slow (loading models,
 //! metrics export) runs elsewhere. Bad input never takes a stream down: each refused tick gets a
 //! signal with `reject_reason` and is counted by reason.
 
+pub mod backtest;
 pub mod config;
 pub mod engine;
 pub mod features;
 pub mod model;
+pub mod plotting;
 pub mod policy;
 pub mod registry;
+pub mod replay;
+pub mod risk;
 pub mod server;
 pub mod symbols;
 pub mod telemetry;

@@ -55,6 +55,43 @@ enum Command {
         #[arg(long)]
         toml: bool,
     },
+    /// Replay recorded ticks through the serving engine (features, model, policy, risk) and
+    /// backtest the signals; several --model directories are compared side by side.
+    Replay {
+        /// Tick files (canonical CSV or Binance captures, optionally gzip), merged by time.
+        #[arg(long, required = true, num_args = 1..)]
+        ticks: Vec<PathBuf>,
+        /// Model version directories (<models>/<name>/<version>); repeat to compare.
+        #[arg(long = "model", required = true)]
+        models: Vec<PathBuf>,
+        /// Output directory for signals-*.csv, summary.json and the equity plot (must not exist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Server config (TOML) for the engine, policy override and [risk] settings.
+        #[arg(long, env = "QUANTD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Exchange fee on traded notional, bps.
+        #[arg(long, default_value_t = 0.0)]
+        fee_bps: f64,
+        /// Market data latency to the server, µs (added to each tick's measured engine time).
+        #[arg(long, default_value_t = 500)]
+        feed_latency_us: u64,
+        /// Signal to exchange latency, µs.
+        #[arg(long, default_value_t = 1_000)]
+        order_latency_us: u64,
+        /// Forward-return horizon for the IC, ms.
+        #[arg(long, default_value_t = 1_000)]
+        ic_horizon_ms: u64,
+        /// Ticks per engine batch (1: every tick's engine time is its own).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Score only the data after this fraction of its time span (0.8: the last 20%, the
+        /// default model's held-out test period).
+        #[arg(long, default_value_t = 0.0)]
+        eval_from: f64,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib_path: Option<PathBuf>,
+    },
     /// Verify a model directory as the server would at load (sha256, schema, shapes, golden rows).
     VerifyModel {
         dir: PathBuf,
@@ -87,6 +124,44 @@ fn main() -> anyhow::Result<()> {
                 println!("names = {:?}", quantd::features::names().collect::<Vec<_>>());
             } else {
                 println!("{}# sha256 {}", quantd::features::schema_text(), quantd::features::schema_hash());
+            }
+            Ok(())
+        }
+        Command::Replay {
+            ticks,
+            models,
+            out,
+            config,
+            fee_bps,
+            feed_latency_us,
+            order_latency_us,
+            ic_horizon_ms,
+            batch,
+            eval_from,
+            ort_dylib_path,
+        } => {
+            let config = Config::load(config.as_deref(), Overrides::default())?;
+            quantd::model::runtime::init(ort_dylib_path.as_deref().or(config.ort_dylib_path.as_deref()))?;
+            let opts = quantd::replay::ReplayOptions {
+                ticks,
+                models,
+                out: out.clone(),
+                cost: quantd::backtest::CostModel {
+                    unit_qty: config.risk.unit_qty,
+                    fee_bps,
+                    feed_latency_ns: feed_latency_us * 1_000,
+                    order_latency_ns: order_latency_us * 1_000,
+                    ic_horizon_ms,
+                },
+                config,
+                batch,
+                eval_from,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = quantd::replay::run(&opts)?;
+            quantd::replay::print_table(&report);
+            if let Some(out) = out {
+                eprintln!("wrote {}", out.display());
             }
             Ok(())
         }

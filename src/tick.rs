@@ -113,10 +113,11 @@ pub enum Reject {
     Expired,
     Overloaded,
     EngineError,
+    KillSwitch,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::NonFinite,
         Reject::NonPositive,
         Reject::CrossedBook,
@@ -131,6 +132,7 @@ impl Reject {
         Reject::Expired,
         Reject::Overloaded,
         Reject::EngineError,
+        Reject::KillSwitch,
     ];
 
     /// Stable machine-readable code (metrics label, prefix of the reject reason).
@@ -150,6 +152,7 @@ impl Reject {
             Reject::Expired => "expired",
             Reject::Overloaded => "overloaded",
             Reject::EngineError => "engine_error",
+            Reject::KillSwitch => "kill_switch",
         }
     }
 
@@ -172,6 +175,9 @@ impl Reject {
             }
             Reject::Overloaded => "this stream has the most ticks in flight it may have (back-pressure mode reject)",
             Reject::EngineError => "the engine failed on this batch and restarted; the symbol's features were reset",
+            Reject::KillSwitch => {
+                "the risk kill switch holds this symbol flat (the signal's risk field names the trigger)"
+            }
         }
     }
 

@@ -312,6 +312,11 @@ async fn a_model_that_emits_nan_live_is_rolled_back_automatically() {
     wide.ask_px = 101.0; // ~100 bps: sqrt(50 - 100) is NaN
     let s = c.predict(wide).await.unwrap().into_inner();
     assert!(s.reject_reason.starts_with("model_error: "), "a NaN score is never sent as a position: {s:?}");
+    assert_eq!(
+        (s.risk.as_slice(), s.target_position),
+        (&["kill_model".to_owned()][..], 0.0),
+        "the risk layer flattens"
+    );
     wait_until("automatic rollback", async || active(&server).await == "quantd-mlp@1").await;
     let after = stream_all(&mut c, ticks[201..].to_vec()).await;
     assert!(after.iter().all(|s| s.model == "quantd-mlp@1" && s.reject_reason.is_empty()));

@@ -247,6 +247,9 @@ def main() -> int:
         "golden_tolerance = 0.001",
         "",
         schema.strip(),
+        # The training range of each feature: the risk layer's kill switch checks live rows against it.
+        f"train_min = {toml_list(x_all[tr].min(0))}",
+        f"train_max = {toml_list(x_all[tr].max(0))}",
         "",
         "[io]",
         'input = "features"',

@@ -1,6 +1,7 @@
 //! Latency-percentile plots in the style of HdrHistogram's percentile distribution: x is the
 //! percentile on a log scale of 1/(1 − q) (0%, 90%, 99%, 99.9%, …), y the latency in µs (log).
-//! One line per report, so runs against several servers can be compared in one picture.
+//! One line per report, so runs against several servers can be compared in one picture. Labels
+//! need a TrueType font (`quantd::plotting::ensure_font`).
 
 use std::path::Path;
 
@@ -29,6 +30,7 @@ pub fn percentile_plot(path: &Path, title: &str, reports: &[Report]) -> anyhow::
     if series.is_empty() {
         bail!("nothing to plot: no report holds a latency distribution");
     }
+    quantd::plotting::ensure_font().map_err(anyhow::Error::msg)?;
     let pts = || series.iter().flat_map(|(_, p)| p.iter());
     let x_max = pts().map(|p| p.0).fold(1.0, f64::max).ceil();
     let y_min = pts().map(|p| p.1).fold(f64::INFINITY, f64::min) * 0.8;

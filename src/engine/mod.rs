@@ -6,6 +6,8 @@
 //! - [`worker`] is the loop on the `quantd-engine` thread (pinned when configured).
 //! - [`idle`] decides what the thread does when the queue is empty.
 //! - [`reply`] is the per-stream reply queue the engine writes and the stream task drains.
+//! - [`SyncEngine`] runs the same worker code on the caller's thread, one batch at a time, for
+//!   `quantd replay` (deterministic: no queue, no clock in the decisions).
 //! - [`Control`] messages (from the registry's control thread) swap the active model or set a
 //!   shadow model between two batches; replaced models come back through
 //!   [`EngineHandle::take_retired`] so they are dropped (or kept for rollback) off the engine
@@ -14,6 +16,8 @@
 pub mod idle;
 pub mod reply;
 pub mod worker;
+
+pub use sync::SyncEngine;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +31,9 @@ pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
 pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, ShadowStats, spawn};
 
-use crate::tick::{Reject, Tick};
+use crate::risk::RiskBoard;
+use crate::telemetry::Telemetry;
+use crate::tick::{Reject, Symbol, Tick};
 
 /// One tick on its way to the engine.
 pub struct WorkItem {
@@ -49,6 +55,8 @@ pub enum Control {
     Swap(Box<ActiveModel>),
     /// Run this model beside the active one without emitting its signals (`None`: stop).
     Shadow(Option<Box<ActiveModel>>),
+    /// Engage or release the risk kill switch for one symbol (`None`: all symbols).
+    Kill { symbol: Option<Symbol>, engaged: bool },
 }
 
 struct Shared {
@@ -69,6 +77,8 @@ struct Shared {
     /// Batches that panicked and were recovered from.
     restarts: std::sync::atomic::AtomicU64,
     unparker: Unparker,
+    /// Mids out, VaR scales in (see [`crate::risk::RiskBoard`]).
+    risk_board: Arc<RiskBoard>,
 }
 
 /// The producer side of the engine queue; cheap to clone.
@@ -135,6 +145,11 @@ impl EngineHandle {
         self.shared.restarts.load(Ordering::Relaxed)
     }
 
+    /// The board through which the VaR estimator reads mids and publishes scales.
+    pub fn risk_board(&self) -> Arc<RiskBoard> {
+        self.shared.risk_board.clone()
+    }
+
     /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost).
     pub fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
@@ -181,5 +196,54 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+mod sync {
+    use super::*;
+
+    /// The engine's code driven synchronously: the caller hands it batches of ticks and gets the
+    /// replies back in order. Same symbol state, features, model call, policy and risk gate as
+    /// the engine thread; the time-to-live is off (there is no queue to wait in).
+    pub struct SyncEngine {
+        worker: worker::Worker,
+        replies: Arc<ReplyQueue>,
+    }
+
+    impl SyncEngine {
+        pub fn new(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> Self {
+            let config = EngineConfig { ttl: None, ..config.clone() };
+            let (worker, _parker) = worker::build(&config, model, telemetry);
+            let replies = ReplyQueue::new(worker.max_batch());
+            Self { worker, replies }
+        }
+
+        /// Most ticks per [`SyncEngine::run`] call.
+        pub fn max_batch(&self) -> usize {
+            self.worker.max_batch()
+        }
+
+        pub fn risk_board(&self) -> Arc<RiskBoard> {
+            self.worker.shared().risk_board.clone()
+        }
+
+        /// Applies a control message at once (between two batches, as the engine thread would).
+        pub fn control(&mut self, c: Control) {
+            self.worker.apply(c);
+        }
+
+        /// Processes `ticks` (at most `max_batch`) as one batch and appends their replies, in
+        /// order, to `out`.
+        pub fn run(&mut self, ticks: &[Tick], out: &mut Vec<Reply>) {
+            assert!(ticks.len() <= self.max_batch(), "batch larger than max_batch");
+            let (recv, recv_ns) = (Instant::now(), 0);
+            for t in ticks {
+                self.worker.push(WorkItem { tick: *t, reply_to: self.replies.clone(), recv, recv_ns, conflate: false });
+            }
+            self.worker.process_batch();
+            while let Some(r) = self.replies.pop() {
+                out.push(r);
+            }
+        }
     }
 }

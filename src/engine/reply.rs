@@ -10,6 +10,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
+use crate::risk::RiskFlags;
 use crate::tick::{Reject, Symbol};
 
 /// The engine's answer to one tick, before it becomes a `proto::Signal` on the edge.
@@ -19,7 +20,12 @@ pub struct Reply {
     pub seq: u64,
     pub exchange_ts_ns: i64,
     pub score: f64,
+    /// The position to hold, after the risk layer.
     pub target_position: f64,
+    /// The policy's target before the risk layer.
+    pub policy_position: f64,
+    /// The risk limits that bound `target_position` (kill-switch triggers included).
+    pub risk: RiskFlags,
     pub warming_up: bool,
     /// Superseded by a newer tick of the same symbol (conflation): features only.
     pub conflated: bool,
@@ -48,6 +54,8 @@ impl Reply {
             exchange_ts_ns,
             score: 0.0,
             target_position: 0.0,
+            policy_position: 0.0,
+            risk: RiskFlags::default(),
             warming_up: false,
             conflated: false,
             reject: Some(reject),

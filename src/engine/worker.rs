@@ -17,6 +17,7 @@ use super::{Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::features::{NUM_FEATURES, SymbolFeatures};
 use crate::model::Scorer;
 use crate::policy::{PolicyParams, Position};
+use crate::risk::{RiskBoard, RiskConfig, RiskFlags, RiskGate, RiskInput, SymbolRisk};
 use crate::symbols::SymbolTable;
 use crate::telemetry::{Outcome, Recorder, Series, Telemetry};
 use crate::tick::Reject;
@@ -35,6 +36,8 @@ pub struct EngineConfig {
     /// Signal time-to-live: a tick that waited longer before the engine took it is answered
     /// `expired` (its features are still updated).
     pub ttl: Option<Duration>,
+    /// The risk layer applied after the policy.
+    pub risk: RiskConfig,
 }
 
 /// Everything the engine needs to score: the session and how to read its output.
@@ -45,11 +48,18 @@ pub struct ActiveModel {
     pub policy: PolicyParams,
     /// Written by the engine, watched by the control thread (automatic rollback).
     pub health: Arc<ModelHealth>,
+    /// The training range of each feature (manifest), for the risk layer's kill switch.
+    pub feature_ranges: Option<Vec<(f32, f32)>>,
 }
 
 impl ActiveModel {
     pub fn new(scorer: Scorer, label: &str, policy: PolicyParams) -> Self {
-        Self { scorer, label: Arc::from(label), policy, health: Arc::default() }
+        Self { scorer, label: Arc::from(label), policy, health: Arc::default(), feature_ranges: None }
+    }
+
+    pub fn with_feature_ranges(mut self, ranges: Option<Vec<(f32, f32)>>) -> Self {
+        self.feature_ranges = ranges;
+        self
     }
 }
 
@@ -114,14 +124,21 @@ fn side(x: f32) -> i8 {
 
 struct SymbolState {
     features: SymbolFeatures,
+    /// The policy's state (before the risk layer).
     position: Position,
+    risk: SymbolRisk,
     /// The engine pass in which this symbol's newest tick was chosen for scoring (conflation).
     scored_in_pass: u64,
 }
 
 impl SymbolState {
     fn new() -> Self {
-        Self { features: SymbolFeatures::new(), position: Position::default(), scored_in_pass: 0 }
+        Self {
+            features: SymbolFeatures::new(),
+            position: Position::default(),
+            risk: SymbolRisk::default(),
+            scored_in_pass: 0,
+        }
     }
 }
 
@@ -143,7 +160,7 @@ enum Step {
     },
 }
 
-struct Worker {
+pub(super) struct Worker {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
@@ -155,6 +172,9 @@ struct Worker {
     steps: Vec<Step>,
     /// Feature rows by batch position.
     feats: Vec<f32>,
+    /// Each tick's mid right after its own feature update (the risk layer's price; later ticks
+    /// of the same symbol in the batch must not leak into it).
+    mids: Vec<f64>,
     /// The rows to score, compacted.
     rows: Vec<f32>,
     /// Ticks of the current batch already answered (for recovery after a panic).
@@ -163,13 +183,14 @@ struct Worker {
     ttl: Option<Duration>,
     scores: Vec<f32>,
     max_batch: usize,
+    risk: RiskGate,
 }
 
-/// Starts the engine thread with its model. The thread is pinned to `config.core` if given; a
-/// refused pin is logged and the engine runs unpinned.
-pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> std::io::Result<Engine> {
+/// Builds the engine's state (queues, symbol table, buffers, risk gate) without a thread.
+pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> (Worker, Parker) {
     let parker = Parker::new();
     let max_batch = config.max_batch.min(model.scorer.max_batch()).max(1);
+    let board = Arc::new(RiskBoard::new(config.max_symbols));
     let shared = Arc::new(Shared {
         queue: ArrayQueue::new(config.queue_capacity.max(1)),
         control: ArrayQueue::new(8),
@@ -182,11 +203,13 @@ pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Tele
         inject_panic: AtomicBool::new(false),
         restarts: AtomicU64::new(0),
         unparker: parker.unparker().clone(),
+        risk_board: board.clone(),
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut worker = Worker {
-        shared: shared.clone(),
-        stop: stop.clone(),
+    let mut risk = RiskGate::new(config.risk.clone(), board);
+    risk.set_feature_ranges(model.feature_ranges.as_deref());
+    let worker = Worker {
+        shared,
+        stop: Arc::new(AtomicBool::new(false)),
         recorder: telemetry.latency.recorder(&[
             Series::QueueWait,
             Series::Features,
@@ -198,6 +221,7 @@ pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Tele
         model,
         shadow: None,
         feats: vec![0.0; max_batch * NUM_FEATURES],
+        mids: vec![f64::NAN; max_batch],
         posted: 0,
         pass: 0,
         ttl: config.ttl,
@@ -207,7 +231,16 @@ pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Tele
         rows: vec![0.0; max_batch * NUM_FEATURES],
         scores: vec![0.0; max_batch],
         max_batch,
+        risk,
     };
+    (worker, parker)
+}
+
+/// Starts the engine thread with its model. The thread is pinned to `config.core` if given; a
+/// refused pin is logged and the engine runs unpinned.
+pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> std::io::Result<Engine> {
+    let (mut worker, parker) = build(config, model, telemetry);
+    let (shared, stop) = (worker.shared.clone(), worker.stop.clone());
     let mut idler = Idler::new(config.idle, config.idle_spin, config.idle_yield);
     let core = config.core;
     let thread = std::thread::Builder::new().name("quantd-engine".into()).spawn(move || {
@@ -267,13 +300,25 @@ impl Worker {
 
     /// Between two batches: swap the active model or change the shadow. Replaced models go back
     /// to the control path to be dropped there.
-    fn apply(&mut self, c: Control) {
+    pub(super) fn apply(&mut self, c: Control) {
         match c {
             Control::Swap(new) => {
                 tracing::info!(from = %self.model.label, to = %new.label, "engine switched model");
+                self.risk.set_feature_ranges(new.feature_ranges.as_deref());
                 let old = std::mem::replace(&mut self.model, new);
                 self.retire(old);
             }
+            Control::Kill { symbol: None, engaged } => {
+                tracing::warn!(engaged, "kill switch (all symbols)");
+                self.risk.set_global_kill(engaged);
+            }
+            Control::Kill { symbol: Some(symbol), engaged } => match self.slot(symbol) {
+                Ok(slot) => {
+                    tracing::warn!(%symbol, engaged, "kill switch");
+                    self.symbols.at(slot).risk.admin_killed = engaged;
+                }
+                Err(r) => tracing::error!(%symbol, reject = %r, "kill switch not applied"),
+            },
             Control::Shadow(new) => {
                 self.shared.shadow_stats.reset();
                 if let Some(old) = std::mem::replace(&mut self.shadow, new) {
@@ -289,7 +334,32 @@ impl Worker {
         }
     }
 
-    fn process_batch(&mut self) {
+    /// The symbol's slot, created (and announced to the risk board) on first sight.
+    fn slot(&mut self, symbol: crate::tick::Symbol) -> Result<usize, Reject> {
+        let known = self.symbols.len();
+        let slot = self.symbols.slot(symbol, SymbolState::new)?;
+        if self.symbols.len() > known {
+            self.risk.board().announce(slot, symbol);
+        }
+        Ok(slot)
+    }
+
+    /// Takes `item` into the current batch (the synchronous driver's way in; the engine thread
+    /// pops its queue instead). The caller keeps batches within `max_batch`.
+    pub(super) fn push(&mut self, item: WorkItem) {
+        assert!(self.batch.len() < self.max_batch, "batch larger than max_batch");
+        self.batch.push(item);
+    }
+
+    pub(super) fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(super) fn process_batch(&mut self) {
         self.posted = 0;
         if self.shared.inject_panic.swap(false, Ordering::AcqRel) {
             panic!("injected engine panic (fault-injection hook)");
@@ -300,13 +370,15 @@ impl Worker {
         self.steps.clear();
         // 1. Stateful checks and feature updates, tick by tick, in arrival order. Every accepted
         //    tick updates its symbol's features, also when it will not be scored.
-        for (i, item) in self.batch.iter().enumerate() {
+        for i in 0..self.batch.len() {
+            let item = &self.batch[i];
             let waited = dequeued.saturating_duration_since(item.recv);
             self.recorder.record(Series::QueueWait, waited.as_nanos() as u64);
             let t = Instant::now();
-            let step = match self.symbols.slot(item.tick.symbol, SymbolState::new) {
+            let step = match self.slot(self.batch[i].tick.symbol) {
                 Err(r) => Step::Rejected(r),
                 Ok(slot) => {
+                    let item = &self.batch[i];
                     let state = self.symbols.at(slot);
                     if item.tick.exchange_ts_ns < state.features.last_ts_ns() {
                         Step::Rejected(Reject::StaleTimestamp)
@@ -315,6 +387,7 @@ impl Worker {
                             .try_into()
                             .expect("row slice has NUM_FEATURES elements");
                         state.features.update(&item.tick, row);
+                        self.mids[i] = state.features.mid();
                         if self.ttl.is_some_and(|ttl| waited > ttl) {
                             Step::Expired
                         } else {
@@ -373,7 +446,7 @@ impl Worker {
                 recent.n = n_rows;
             }
         }
-        // 4. Policy and replies, in arrival order.
+        // 4. Policy, risk and replies, in arrival order.
         for i in 0..self.batch.len() {
             let t = Instant::now();
             let item = &self.batch[i];
@@ -383,6 +456,8 @@ impl Worker {
                 exchange_ts_ns: item.tick.exchange_ts_ns,
                 score: 0.0,
                 target_position: 0.0,
+                policy_position: 0.0,
+                risk: RiskFlags::default(),
                 warming_up: false,
                 conflated: false,
                 reject: None,
@@ -391,25 +466,51 @@ impl Worker {
                 recv_ns: item.recv_ns,
                 posted: t,
             };
+            let (exchange_ts_ns, recv_ns) = (item.tick.exchange_ts_ns, item.recv_ns);
             match self.steps[i] {
                 Step::Rejected(r) => reply.reject = Some(r),
                 Step::Expired => reply.reject = Some(Reject::Expired),
                 Step::Conflated { slot } => {
                     reply.conflated = true;
-                    reply.target_position = self.symbols.at(slot).position.0;
-                }
-                Step::Scored { .. } if model_failed => reply.reject = Some(Reject::ModelError),
-                Step::Scored { row, .. } if !self.scores[row].is_finite() => {
-                    self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
-                    reply.reject = Some(Reject::ModelError);
+                    reply.target_position = self.symbols.at(slot).risk.position;
                 }
                 Step::Scored { slot, row, warm } => {
-                    let score = f64::from(self.scores[row]);
-                    reply.score = score;
-                    if warm {
-                        reply.target_position = self.symbols.at(slot).position.update(score, &self.model.policy);
+                    let score = if model_failed { f32::NAN } else { self.scores[row] };
+                    let failed = !score.is_finite();
+                    if failed && !model_failed {
+                        self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let state = self.symbols.at(slot);
+                    let mut target = 0.0;
+                    if failed {
+                        reply.reject = Some(Reject::ModelError);
+                        state.position = Position::default();
                     } else {
-                        reply.warming_up = true;
+                        reply.score = f64::from(score);
+                        if warm {
+                            target = state.position.update(reply.score, &self.model.policy);
+                        } else {
+                            reply.warming_up = true;
+                        }
+                    }
+                    let input = RiskInput {
+                        slot,
+                        exchange_ts_ns,
+                        mid: self.mids[i],
+                        recv_ns,
+                        features: Some(&self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]),
+                        model_failed: failed,
+                    };
+                    let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
+                    reply.policy_position = target;
+                    reply.target_position = position;
+                    reply.risk = flags;
+                    if flags.killed() {
+                        // Flat until the trigger clears; re-entry needs the policy's entry threshold.
+                        state.position = Position::default();
+                        if reply.reject.is_none() && !reply.warming_up {
+                            reply.reject = Some(Reject::KillSwitch);
+                        }
                     }
                 }
             }
@@ -449,6 +550,7 @@ impl Worker {
         self.batch.clear();
         self.steps.clear();
         self.symbols.clear();
+        self.risk.reset();
         tracing::error!(
             unanswered,
             "engine panicked inside a batch: its ticks were answered with engine_error, symbol state was reset, the engine goes on"

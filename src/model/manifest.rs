@@ -51,6 +51,20 @@ pub struct FeatureSection {
     pub schema_version: String,
     pub schema_hash: String,
     pub names: Vec<String>,
+    /// Smallest value of each feature in the training data (with `train_max`: the range the
+    /// risk layer's kill switch checks live features against). Empty: no range check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_min: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_max: Vec<f32>,
+}
+
+impl FeatureSection {
+    /// (min, max) per feature when the manifest gives the training ranges.
+    pub fn ranges(&self) -> Option<Vec<(f32, f32)>> {
+        (!self.train_min.is_empty())
+            .then(|| self.train_min.iter().copied().zip(self.train_max.iter().copied()).collect())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -157,6 +171,15 @@ impl Manifest {
         let names: Vec<_> = features::names().collect();
         if self.features.names != names {
             p.push(format!("feature names {:?} differ from this server's {:?}", self.features.names, names));
+        }
+        let (lo, hi) = (&self.features.train_min, &self.features.train_max);
+        let ranges_ok = (lo.is_empty() && hi.is_empty())
+            || (lo.len() == names.len() && hi.len() == names.len() && lo.iter().zip(hi).all(|(l, h)| l <= h));
+        if !ranges_ok {
+            p.push(format!(
+                "features.train_min/train_max must both be empty or hold {} values with min <= max",
+                names.len()
+            ));
         }
         let width = features::NUM_FEATURES as i64;
         if self.io.input_shape != [-1, width] {

@@ -356,7 +356,9 @@ impl Registry {
         let entry = self.entries.get_mut(key).expect("known entry");
         let m = entry.loaded.take().expect("model is loaded");
         let policy = self.cfg.policy_override.unwrap_or(m.manifest.policy);
-        Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), policy))
+        Box::new(
+            ActiveModel::new(m.scorer, &m.manifest.label(), policy).with_feature_ranges(m.manifest.features.ranges()),
+        )
     }
 
     /// Hands `model` to the engine; the model it replaces comes back and becomes the previous.

@@ -4,6 +4,7 @@
 //! already read).
 
 pub mod admin_service;
+pub mod risk_service;
 pub mod signal_service;
 pub mod status;
 pub mod tick_stream;
@@ -22,8 +23,10 @@ use crate::engine::{Engine, EngineHandle};
 use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
 use crate::proto::model_admin_server::ModelAdminServer;
+use crate::proto::risk_admin_server::RiskAdminServer;
 use crate::proto::signal_service_server::SignalServiceServer;
 use crate::registry::{Registry, RegistryHandle, RegistryThread};
+use crate::risk::RiskThread;
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::{Exporter, serve_metrics};
 
@@ -61,6 +64,7 @@ pub struct Server {
     registry: RegistryHandle,
     registry_thread: Option<RegistryThread>,
     exporter: Option<Exporter>,
+    risk_thread: Option<RiskThread>,
     stop_tx: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     metrics_stop: Option<oneshot::Sender<()>>,
@@ -91,6 +95,8 @@ impl Server {
             Duration::from_millis(config.metrics_interval_ms),
         )
         .map_err(StartError::Thread)?;
+        let risk_thread =
+            RiskThread::start(&config.risk, handle.risk_board(), telemetry.clone()).map_err(StartError::Thread)?;
 
         let metrics_listener = bind(config.metrics_listen).await?;
         let metrics_addr = metrics_listener.local_addr().map_err(StartError::Thread)?;
@@ -102,8 +108,10 @@ impl Server {
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let risk = risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone());
         let grpc =
-            serve_grpc(listener, handle, registry.clone(), telemetry.clone(), config.stream.clone(), stop_rx).await?;
+            serve_grpc(listener, handle, registry.clone(), risk, telemetry.clone(), config.stream.clone(), stop_rx)
+                .await?;
         let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, %metrics_addr, "serving");
         Ok(Self {
@@ -115,6 +123,7 @@ impl Server {
             registry,
             registry_thread: Some(registry_thread),
             exporter: Some(exporter),
+            risk_thread: Some(risk_thread),
             stop_tx: Some(stop_tx),
             grpc: Some(grpc),
             metrics_stop: Some(metrics_stop),
@@ -169,6 +178,9 @@ impl Server {
         if let Some(engine) = self.engine.take() {
             tokio::task::spawn_blocking(move || engine.shutdown()).await.ok();
         }
+        if let Some(risk) = self.risk_thread.take() {
+            tokio::task::spawn_blocking(move || risk.shutdown()).await.ok();
+        }
         if let Some(tx) = self.metrics_stop.take() {
             let _ = tx.send(());
         }
@@ -191,6 +203,7 @@ async fn serve_grpc(
     listener: TcpListener,
     engine: EngineHandle,
     registry: RegistryHandle,
+    risk: risk_service::Risk,
     telemetry: Arc<Telemetry>,
     st: crate::config::StreamSection,
     stop: oneshot::Receiver<()>,
@@ -220,6 +233,7 @@ async fn serve_grpc(
         .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
         .add_service(health_service)
         .add_service(admin)
+        .add_service(RiskAdminServer::new(risk))
         .add_service(reflection)
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,

@@ -138,6 +138,7 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
     recorder.record(Series::Total, now.saturating_duration_since(reply.recv).as_nanos() as u64);
     recorder.publish_if_requested();
     let counters = &telemetry.counters;
+    counters.risk(reply.risk);
     match reply.reject {
         Some(r) => counters.reject(r),
         None if reply.conflated => counters.outcome(Outcome::Conflated, 1),
@@ -152,7 +153,12 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
         target_position: reply.target_position,
         model: reply.model.as_deref().unwrap_or_default().to_owned(),
         warming_up: reply.warming_up,
-        reject_reason: reply.reject.map(|r| r.to_string()).unwrap_or_default(),
+        reject_reason: match (reply.reject, reply.risk.kill_detail()) {
+            (Some(Reject::KillSwitch), Some(why)) => format!("{}: {why}", Reject::KillSwitch.code()),
+            (r, _) => r.map(|r| r.to_string()).unwrap_or_default(),
+        },
+        risk: reply.risk.codes().map(str::to_owned).collect(),
+        policy_position: reply.policy_position,
         server_recv_ns: reply.recv_ns,
         server_send_ns: send_ns,
         conflated: reply.conflated,

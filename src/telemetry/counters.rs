@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::risk::RiskFlags;
 use crate::tick::Reject;
 
 /// What happened to a tick. Every tick ends in exactly one outcome.
@@ -41,6 +42,7 @@ impl Outcome {
 pub struct Counters {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     rejects: [AtomicU64; Reject::ALL.len()],
+    risk: [AtomicU64; RiskFlags::ALL.len()],
 }
 
 impl Counters {
@@ -52,6 +54,18 @@ impl Counters {
     pub fn reject(&self, r: Reject) {
         self.rejects[r.index()].fetch_add(1, Ordering::Relaxed);
         self.outcome(Outcome::Rejected, 1);
+    }
+
+    /// Counts each risk limit (or kill trigger) that bound a signal.
+    pub fn risk(&self, flags: RiskFlags) {
+        for i in flags.indices() {
+            self.risk[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Signals bound by the limit with this index in [`RiskFlags::ALL`].
+    pub fn risk_total(&self, index: usize) -> u64 {
+        self.risk[index].load(Ordering::Relaxed)
     }
 
     pub fn outcome_total(&self, o: Outcome) -> u64 {

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 
 use super::latency::{HistogramSet, Series};
 use super::{Outcome, Telemetry};
+use crate::risk::RiskFlags;
 use crate::tick::Reject;
 
 pub const TICK_TO_SIGNAL: &str = "quantd_tick_to_signal_seconds";
@@ -32,6 +33,12 @@ pub const MODEL_FAILURES: &str = "quantd_model_failures_total";
 pub const MODEL_LOAD: &str = "quantd_model_load_seconds";
 pub const SHADOW_AGREEMENT: &str = "quantd_shadow_agreement_ratio";
 pub const SHADOW_COMPARED: &str = "quantd_shadow_compared_ticks";
+pub const RISK: &str = "quantd_risk_total";
+pub const VAR: &str = "quantd_var_per_unit";
+pub const VAR_SCALE: &str = "quantd_var_scale";
+pub const VAR_CHECKS: &str = "quantd_var_backtest_checks";
+pub const VAR_EXCEEDANCES: &str = "quantd_var_backtest_exceedances";
+pub const KILL_SWITCH: &str = "quantd_kill_switch_engaged";
 
 /// Latency buckets, seconds: every microsecond up to 30 µs, then progressively coarser to 1 s.
 pub fn latency_buckets() -> Vec<f64> {
@@ -80,6 +87,15 @@ fn describe() {
         "Fraction of ticks where the shadow model's side agrees with the active model's"
     );
     metrics::describe_gauge!(SHADOW_COMPARED, "Ticks compared by the current shadow model");
+    metrics::describe_counter!(RISK, "Signals a risk limit or kill-switch trigger bound, by reason");
+    metrics::describe_gauge!(VAR, "Monte Carlo VaR of a unit position over the horizon, quote currency, by symbol");
+    metrics::describe_gauge!(
+        VAR_SCALE,
+        "Scale factor the engine applies to the symbol's target (1: VaR under the limit)"
+    );
+    metrics::describe_gauge!(VAR_CHECKS, "Non-overlapping horizons the VaR was back-tested on, by symbol");
+    metrics::describe_gauge!(VAR_EXCEEDANCES, "Back-tested horizons that lost more than the VaR, by symbol");
+    metrics::describe_gauge!(KILL_SWITCH, "1 while the all-symbols kill switch is engaged");
 }
 
 fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
@@ -137,7 +153,18 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
     for r in Reject::ALL {
         metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
     }
+    for (i, (_, code)) in RiskFlags::ALL.iter().enumerate() {
+        metrics::counter!(RISK, "reason" => *code).absolute(t.counters.risk_total(i));
+    }
     metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
+    let (vars, global_kill) = t.risk();
+    for v in vars {
+        metrics::gauge!(VAR, "symbol" => v.symbol.clone()).set(v.var_per_unit);
+        metrics::gauge!(VAR_SCALE, "symbol" => v.symbol.clone()).set(v.scale);
+        metrics::gauge!(VAR_CHECKS, "symbol" => v.symbol.clone()).set(v.checks as f64);
+        metrics::gauge!(VAR_EXCEEDANCES, "symbol" => v.symbol).set(v.exceedances as f64);
+    }
+    metrics::gauge!(KILL_SWITCH).set(f64::from(u8::from(global_kill)));
     publish_models(t, last_models);
 }
 

@@ -14,6 +14,8 @@ pub use latency::{LatencyHub, Recorder, Series};
 
 use std::sync::{Arc, Mutex};
 
+use crate::risk::SymbolVarReport;
+
 /// What the registry last published about its models.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelsView {
@@ -38,6 +40,8 @@ pub struct Telemetry {
     pub latency: LatencyHub,
     /// The registry's view of the models, for the exporter (control path only).
     models: Mutex<ModelsView>,
+    /// The VaR estimator's latest figures and the all-symbols kill switch (control path only).
+    risk: Mutex<(Vec<SymbolVarReport>, bool)>,
 }
 
 impl Telemetry {
@@ -51,5 +55,14 @@ impl Telemetry {
 
     pub fn models(&self) -> ModelsView {
         self.models.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_risk(&self, vars: Vec<SymbolVarReport>, global_kill: bool) {
+        *self.risk.lock().unwrap_or_else(|e| e.into_inner()) = (vars, global_kill);
+    }
+
+    /// Per-symbol VaR figures and whether the all-symbols kill switch is engaged.
+    pub fn risk(&self) -> (Vec<SymbolVarReport>, bool) {
+        self.risk.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -1,0 +1,445 @@
+//! `quantd replay`: recorded ticks through the serving engine's code, then a backtest.
+//!
+//! Runs on the caller's thread. Each model gets a [`SyncEngine`] — the engine worker itself,
+//! driven one batch at a time (same features, session, policy and risk gate as `serve`) — and a
+//! [`VarEstimator`] driven by exchange time instead of the wall clock (a sample every
+//! `risk.var.sample_ms` of recorded time; batches never straddle a sample), so the same input
+//! gives byte-identical signals. Each tick's engine time is measured for the latency-aware
+//! backtest but never feeds a decision.
+//!
+//! Outputs, written to a staging directory renamed into place only when complete:
+//! `signals-<model>.csv` per model, `summary.json`, and `equity.png` (equity and drawdown, every
+//! model, zero and realistic latency).
+
+mod plot;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backtest::{self, CostModel, Metrics, Quote, SignalPoint, SymbolSeries};
+use crate::config::Config;
+use crate::engine::{ActiveModel, Reply, SyncEngine};
+use crate::model::LoadedModel;
+use crate::model::manifest::ModelError;
+use crate::risk::{RiskFlags, SymbolVarReport, VarEstimator};
+use crate::telemetry::Telemetry;
+use crate::tick::{Kind, Reject, Tick};
+use crate::tickfile::{self, TickFileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Ticks(#[from] TickFileError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("invalid settings:\n  - {}", .0.join("\n  - "))]
+    Settings(Vec<String>),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} already exists; choose another --out or remove it (nothing was written)")]
+    OutExists(PathBuf),
+    #[error("no ticks in the given files")]
+    NoTicks,
+    #[error("plot: {0}")]
+    Plot(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError + '_ {
+    move |source| ReplayError::Io { path: path.to_owned(), source }
+}
+
+/// What to replay and how to score it.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub ticks: Vec<PathBuf>,
+    /// Model version directories (each verified as the server would).
+    pub models: Vec<PathBuf>,
+    /// Output directory (must not exist); None: print the summary only.
+    pub out: Option<PathBuf>,
+    /// Engine, policy override and risk settings.
+    pub config: Config,
+    pub cost: CostModel,
+    /// Ticks per engine batch (1: each tick's engine time is its own).
+    pub batch: usize,
+    /// Backtest metrics cover only the part of the data after this fraction of its time span
+    /// (the features still warm up on everything before).
+    pub eval_from: f64,
+    pub progress: bool,
+}
+
+/// One signal, as written to `signals-<model>.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignalRow {
+    pub symbol: crate::tick::Symbol,
+    pub seq: u64,
+    pub exchange_ts_ns: i64,
+    pub score: f64,
+    pub policy_position: f64,
+    pub target_position: f64,
+    pub warming_up: bool,
+    pub reject: Option<Reject>,
+    pub risk: RiskFlags,
+}
+
+/// Per model: the signals, the backtest at zero and at realistic latency, and the risk figures.
+#[derive(Debug, Serialize)]
+pub struct ModelReport {
+    pub label: String,
+    pub dir: PathBuf,
+    pub quantization: String,
+    pub zero_latency: Metrics,
+    pub with_latency: Metrics,
+    /// Engine time per tick in this replay, ns.
+    pub engine_ns_p50: u64,
+    pub engine_ns_p99: u64,
+    pub ticks_per_second: f64,
+    pub rejects: BTreeMap<&'static str, u64>,
+    pub risk_bindings: BTreeMap<&'static str, u64>,
+    pub var: Vec<SymbolVarReport>,
+    #[serde(skip)]
+    pub signals: Vec<SignalRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayReport {
+    pub ticks: usize,
+    pub symbols: Vec<String>,
+    pub eval_from_ns: i64,
+    pub cost: CostModel,
+    pub models: Vec<ModelReport>,
+    /// (model a, model b, share of ticks on the same side).
+    pub agreement: Vec<(String, String, f64)>,
+}
+
+/// Replays `opts.ticks` through every model and scores the signals. Writes the outputs when
+/// `opts.out` is set.
+pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let mut problems = opts.config.risk.problems();
+    if opts.batch == 0 || opts.batch > opts.config.engine.max_batch {
+        problems
+            .push(format!("--batch {} must be in 1..={} (engine.max_batch)", opts.batch, opts.config.engine.max_batch));
+    }
+    if !(0.0..1.0).contains(&opts.eval_from) {
+        problems.push(format!("--eval-from {} must be in [0, 1)", opts.eval_from));
+    }
+    if opts.models.is_empty() {
+        problems.push("give at least one --model".into());
+    }
+    if !problems.is_empty() {
+        return Err(ReplayError::Settings(problems));
+    }
+    if let Some(out) = &opts.out
+        && out.exists()
+    {
+        return Err(ReplayError::OutExists(out.clone()));
+    }
+    // Verify every model before the (possibly long) replay starts.
+    let loaded = opts
+        .models
+        .iter()
+        .map(|dir| LoadedModel::load(dir, opts.config.engine.max_batch))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ticks = tickfile::read_all(&opts.ticks)?;
+    let (Some(first), Some(last)) = (ticks.first(), ticks.last()) else { return Err(ReplayError::NoTicks) };
+    let eval_from_ns =
+        first.exchange_ts_ns + ((last.exchange_ts_ns - first.exchange_ts_ns) as f64 * opts.eval_from) as i64;
+    let quotes = quotes_by_symbol(&ticks);
+    let mut models = Vec::new();
+    for m in loaded {
+        models.push(replay_model(opts, m, &ticks, &quotes, eval_from_ns));
+    }
+    let mut agreement = Vec::new();
+    for (i, a) in models.iter().enumerate() {
+        for b in &models[i + 1..] {
+            let pa: Vec<f64> = a.signals.iter().map(|s| s.target_position).collect();
+            let pb: Vec<f64> = b.signals.iter().map(|s| s.target_position).collect();
+            agreement.push((a.label.clone(), b.label.clone(), backtest::side_agreement(&pa, &pb)));
+        }
+    }
+    let report = ReplayReport {
+        ticks: ticks.len(),
+        symbols: quotes.keys().cloned().collect(),
+        eval_from_ns,
+        cost: opts.cost.clone(),
+        models,
+        agreement,
+    };
+    if let Some(out) = &opts.out {
+        write_outputs(out, &report)?;
+    }
+    Ok(report)
+}
+
+fn quotes_by_symbol(ticks: &[Tick]) -> BTreeMap<String, Vec<Quote>> {
+    let mut out: BTreeMap<String, Vec<Quote>> = BTreeMap::new();
+    for t in ticks.iter().filter(|t| t.kind == Kind::Quote) {
+        out.entry(t.symbol.as_str().to_owned()).or_default().push(Quote {
+            ts_ns: t.exchange_ts_ns,
+            bid: t.bid_px,
+            ask: t.ask_px,
+        });
+    }
+    out
+}
+
+fn replay_model(
+    opts: &ReplayOptions,
+    m: LoadedModel,
+    ticks: &[Tick],
+    quotes: &BTreeMap<String, Vec<Quote>>,
+    eval_from_ns: i64,
+) -> ModelReport {
+    let label = m.manifest.label();
+    let policy = opts.config.policy.unwrap_or(m.manifest.policy);
+    let active = ActiveModel::new(m.scorer, &label, policy).with_feature_ranges(m.manifest.features.ranges());
+    let mut engine = SyncEngine::new(&opts.config.engine_config(), Box::new(active), Telemetry::new());
+    let board = engine.risk_board();
+    let risk = &opts.config.risk;
+    let mut var = VarEstimator::new(risk.var.clone(), risk.unit_qty, board.slots());
+    let sample_ns = risk.var.sample_ms as i64 * 1_000_000;
+    let mut next_sample = ticks[0].exchange_ts_ns + sample_ns;
+    let bar = progress_bar(opts.progress, ticks.len(), &label);
+    let mut replies: Vec<Reply> = Vec::with_capacity(ticks.len());
+    let mut engine_ns: Vec<u64> = Vec::with_capacity(ticks.len());
+    let started = Instant::now();
+    let mut i = 0;
+    while i < ticks.len() {
+        // The VaR estimator samples (and re-estimates) on exchange time, between batches.
+        while ticks[i].exchange_ts_ns >= next_sample {
+            var.sample(&board);
+            next_sample += sample_ns;
+        }
+        let mut end = i + 1;
+        while end < ticks.len() && end - i < opts.batch && ticks[end].exchange_ts_ns < next_sample {
+            end += 1;
+        }
+        let t = Instant::now();
+        engine.run(&ticks[i..end], &mut replies);
+        let per_tick = t.elapsed().as_nanos() as u64 / (end - i) as u64;
+        engine_ns.extend(std::iter::repeat_n(per_tick, end - i));
+        bar.inc((end - i) as u64);
+        i = end;
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut rejects, mut bindings) = (BTreeMap::new(), BTreeMap::new());
+    let signals: Vec<SignalRow> = replies
+        .iter()
+        .map(|r| {
+            if let Some(rej) = r.reject {
+                *rejects.entry(rej.code()).or_insert(0) += 1;
+            }
+            for code in r.risk.codes() {
+                *bindings.entry(code).or_insert(0) += 1;
+            }
+            SignalRow {
+                symbol: r.symbol,
+                seq: r.seq,
+                exchange_ts_ns: r.exchange_ts_ns,
+                score: r.score,
+                policy_position: r.policy_position,
+                target_position: r.target_position,
+                warming_up: r.warming_up,
+                reject: r.reject,
+                risk: r.risk,
+            }
+        })
+        .collect();
+    let mut sorted = engine_ns.clone();
+    sorted.sort_unstable();
+    let pct = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    let (zero_latency, with_latency) = score(&signals, &engine_ns, quotes, &opts.cost, eval_from_ns);
+    ModelReport {
+        label,
+        dir: m.dir.clone(),
+        quantization: m.manifest.quantization.method.clone(),
+        zero_latency,
+        with_latency,
+        engine_ns_p50: pct(0.5),
+        engine_ns_p99: pct(0.99),
+        ticks_per_second: ticks.len() as f64 / elapsed.max(1e-9),
+        rejects,
+        risk_bindings: bindings,
+        var: var.report(),
+        signals,
+    }
+}
+
+/// Backtests the signals at zero and at realistic latency, over the evaluation period.
+fn score(
+    signals: &[SignalRow],
+    engine_ns: &[u64],
+    quotes: &BTreeMap<String, Vec<Quote>>,
+    cost: &CostModel,
+    eval_from_ns: i64,
+) -> (Metrics, Metrics) {
+    let mut points: BTreeMap<&str, Vec<SignalPoint>> = BTreeMap::new();
+    for (s, &ns) in signals.iter().zip(engine_ns) {
+        // Ticks refused for malformed input leave the position as it was; every other signal
+        // (scored, warming up, killed, model error) states the position to hold.
+        let states_position = matches!(s.reject, None | Some(Reject::KillSwitch) | Some(Reject::ModelError));
+        if !states_position || s.exchange_ts_ns < eval_from_ns {
+            continue;
+        }
+        let scored = s.reject.is_none() && !s.warming_up;
+        points.entry(s.symbol.as_str()).or_default().push(SignalPoint {
+            ts_ns: s.exchange_ts_ns,
+            position: s.target_position,
+            score: scored.then_some(s.score),
+            engine_ns: ns,
+        });
+    }
+    let series: Vec<SymbolSeries> = points
+        .iter()
+        .filter_map(|(sym, sig)| {
+            let q = quotes.get(*sym)?;
+            let from = q.partition_point(|q| q.ts_ns < eval_from_ns);
+            Some(SymbolSeries { quotes: &q[from..], signals: sig })
+        })
+        .collect();
+    (backtest::evaluate(&series, cost, false), backtest::evaluate(&series, cost, true))
+}
+
+fn progress_bar(show: bool, n: usize, label: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ticks ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// The signals of one model as CSV (the deterministic part of the output).
+pub fn write_signals<W: Write>(mut w: W, rows: &[SignalRow]) -> std::io::Result<()> {
+    writeln!(w, "symbol,seq,exchange_ts_ns,score,policy_position,target_position,warming_up,reject,risk")?;
+    for r in rows {
+        let risk: Vec<&str> = r.risk.codes().collect();
+        writeln!(
+            w,
+            "{},{},{},{},{},{},{},{},{}",
+            r.symbol,
+            r.seq,
+            r.exchange_ts_ns,
+            r.score,
+            r.policy_position,
+            r.target_position,
+            r.warming_up,
+            r.reject.map_or("", Reject::code),
+            risk.join("|")
+        )?;
+    }
+    Ok(())
+}
+
+fn file_name(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Writes everything into `<out>.partial`, then renames it to `out`: a directory named `out`
+/// is always complete.
+fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayError> {
+    let staging = out.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let result = (|| {
+        for m in &report.models {
+            let path = staging.join(format!("signals-{}.csv", file_name(&m.label)));
+            let f = std::fs::File::create(&path).map_err(io(&path))?;
+            write_signals(std::io::BufWriter::new(f), &m.signals).map_err(io(&path))?;
+        }
+        let path = staging.join("summary.json");
+        let json = serde_json::to_string_pretty(report).map_err(|e| ReplayError::Plot(e.to_string()))?;
+        std::fs::write(&path, json).map_err(io(&path))?;
+        plot::equity_and_drawdown(&staging, report)?;
+        std::fs::rename(&staging, out).map_err(io(out))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// The printed table: one row per model and latency setting.
+pub fn print_table(report: &ReplayReport) {
+    println!(
+        "{} ticks, symbols {:?}; metrics from exchange time {} on; fee {} bps, latency = engine + feed {} µs + order {} µs",
+        report.ticks,
+        report.symbols,
+        report.eval_from_ns,
+        report.cost.fee_bps,
+        report.cost.feed_latency_ns / 1000,
+        report.cost.order_latency_ns / 1000
+    );
+    println!(
+        "{:<26} {:>7} {:>11} {:>11} {:>8} {:>8} {:>10} {:>8} {:>12} {:>7} {:>6} {:>8} {:>6} {:>7}",
+        "model",
+        "latency",
+        "pnl",
+        "pre-cost",
+        "sharpe",
+        "sortino",
+        "max dd",
+        "calmar",
+        "turnover/d",
+        "changes",
+        "hit",
+        "hold s",
+        "IC",
+        "rank IC"
+    );
+    for m in &report.models {
+        for (name, x) in [("zero", &m.zero_latency), ("real", &m.with_latency)] {
+            println!(
+                "{:<26} {:>7} {:>11.2} {:>11.2} {:>8.2} {:>8.2} {:>10.2} {:>8.1} {:>12.0} {:>7} {:>6.2} {:>8.1} {:>6.3} {:>7.3}",
+                m.label,
+                name,
+                x.pnl,
+                x.pnl_before_costs,
+                x.sharpe,
+                x.sortino,
+                x.max_drawdown,
+                x.calmar,
+                x.turnover_per_day,
+                x.position_changes,
+                x.hit_rate,
+                x.avg_holding_s,
+                x.ic,
+                x.rank_ic
+            );
+        }
+        println!(
+            "{:<26} replay {:.0} ticks/s; engine time p50 {:.1} µs, p99 {:.1} µs; risk {:?}; rejects {:?}",
+            "",
+            m.ticks_per_second,
+            m.engine_ns_p50 as f64 / 1e3,
+            m.engine_ns_p99 as f64 / 1e3,
+            m.risk_bindings,
+            m.rejects
+        );
+        for v in &m.var {
+            println!(
+                "{:<26} VaR {}: {:.4} per unit, scale {:.3}; back-test {} of {} horizons exceeded (expected {:.0}%), Kupiec p = {:.3}",
+                "",
+                v.symbol,
+                v.var_per_unit,
+                v.scale,
+                v.exceedances,
+                v.checks,
+                v.expected_rate * 100.0,
+                v.kupiec_p
+            );
+        }
+    }
+    for (a, b, f) in &report.agreement {
+        println!("positions of {a} and {b} on the same side on {:.1}% of ticks", f * 100.0);
+    }
+}

@@ -1,0 +1,92 @@
+//! The risk board: per-symbol cells shared without locks between the engine (which writes each
+//! symbol's latest mid and reads its VaR scale) and the VaR estimator (which samples the mids and
+//! publishes scale and VaR). Slots are the engine's symbol-table slots; the engine announces a
+//! new slot's symbol through a bounded queue. Plain relaxed atomics: each value is independent,
+//! and a scale one interval old is as good as the newest.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::tick::Symbol;
+
+struct Cell {
+    mid: AtomicU64,
+    scale: AtomicU64,
+    var: AtomicU64,
+}
+
+pub struct RiskBoard {
+    cells: Box<[Cell]>,
+    announced: ArrayQueue<(usize, Symbol)>,
+    global_kill: AtomicBool,
+}
+
+fn bits(v: f64) -> AtomicU64 {
+    AtomicU64::new(v.to_bits())
+}
+
+impl RiskBoard {
+    /// A board for `slots` symbols (the engine's `max_symbols`).
+    pub fn new(slots: usize) -> Self {
+        let cells = (0..slots.max(1)).map(|_| Cell { mid: bits(f64::NAN), scale: bits(1.0), var: bits(f64::NAN) });
+        Self { cells: cells.collect(), announced: ArrayQueue::new(slots.max(1)), global_kill: AtomicBool::new(false) }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Engine side: `slot` now holds `symbol` (its mid, scale and VaR start afresh).
+    pub fn announce(&self, slot: usize, symbol: Symbol) {
+        if let Some(c) = self.cells.get(slot) {
+            c.mid.store(f64::NAN.to_bits(), Ordering::Relaxed);
+            c.scale.store(1.0f64.to_bits(), Ordering::Relaxed);
+            c.var.store(f64::NAN.to_bits(), Ordering::Relaxed);
+        }
+        // Full only if the estimator has stopped reading; the symbol is then simply not sized.
+        let _ = self.announced.push((slot, symbol));
+    }
+
+    /// Estimator side: the next newly announced (slot, symbol).
+    pub fn take_announced(&self) -> Option<(usize, Symbol)> {
+        self.announced.pop()
+    }
+
+    #[inline]
+    pub fn set_mid(&self, slot: usize, mid: f64) {
+        if let Some(c) = self.cells.get(slot) {
+            c.mid.store(mid.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn mid(&self, slot: usize) -> f64 {
+        self.cells.get(slot).map_or(f64::NAN, |c| f64::from_bits(c.mid.load(Ordering::Relaxed)))
+    }
+
+    /// The VaR scale factor the engine applies to the symbol's target (1: no cut).
+    #[inline]
+    pub fn scale(&self, slot: usize) -> f64 {
+        self.cells.get(slot).map_or(1.0, |c| f64::from_bits(c.scale.load(Ordering::Relaxed)))
+    }
+
+    /// Estimator side: publishes a symbol's VaR per unit position and its scale factor.
+    pub fn publish(&self, slot: usize, var_per_unit: f64, scale: f64) {
+        if let Some(c) = self.cells.get(slot) {
+            c.var.store(var_per_unit.to_bits(), Ordering::Relaxed);
+            c.scale.store(scale.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn var(&self, slot: usize) -> f64 {
+        self.cells.get(slot).map_or(f64::NAN, |c| f64::from_bits(c.var.load(Ordering::Relaxed)))
+    }
+
+    pub fn set_global_kill(&self, engaged: bool) {
+        self.global_kill.store(engaged, Ordering::Relaxed);
+    }
+
+    pub fn global_kill(&self) -> bool {
+        self.global_kill.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,357 @@
+//! The risk layer: what stands between the policy's target and the signal that leaves.
+//!
+//! [`RiskGate`] runs on the engine thread in `serve` and on the replay's thread in `replay` — the
+//! same code, fed the same ticks, so a replay shows exactly what the live server would have done.
+//! For every tick it applies, in this order:
+//! 1. the **kill switch**: flat, with a reject reason, when an admin call asked for it (all
+//!    symbols or one), when the symbol's data is stale (a gap in exchange time longer than
+//!    `stale_after_ms`, or, live only, exchange time lagging the server clock by more than
+//!    `max_feed_delay_ms`), when a feature is NaN or outside the model's training range (from the
+//!    manifest, widened by `feature_range_slack`), or when the model failed on the tick;
+//! 2. **VaR sizing**: the target times the symbol's scale factor, published without locks by the
+//!    VaR estimator ([`var`]) on the control thread (or the replay driver) through [`RiskBoard`];
+//! 3. the per-symbol **position limit** `max_position`;
+//! 4. the **rate of position changes**: at most `max_changes` in `change_window_ms` of exchange
+//!    time; a change beyond that keeps the previous position (moves toward flat always pass);
+//! 5. the **gross notional limit** over all symbols (`|position| × unit_qty × mid`): a target that
+//!    would breach it is cut to what is left.
+//!
+//! Every limit that binds sets a flag on the reply ([`RiskFlags`], sent as `Signal.risk`) and is
+//! counted by reason (`quantd_risk_total{reason}`). State per symbol is [`SymbolRisk`], held in
+//! the engine's symbol table; nothing here allocates per tick.
+
+mod board;
+mod thread;
+pub mod var;
+
+use serde::{Deserialize, Serialize};
+
+pub use board::RiskBoard;
+pub use thread::RiskThread;
+pub use var::{SymbolVarReport, VarConfig, VarEstimator, VarMethod};
+
+/// Most `max_changes` the fixed per-symbol ring can track.
+pub const MAX_CHANGES_TRACKED: usize = 64;
+
+/// The `[risk]` section of the server config (also read by `quantd replay`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Quantity (contracts, coins) at target position 1.0; converts positions to notional.
+    pub unit_qty: f64,
+    /// Largest |target position| per symbol, in (0, 1].
+    pub max_position: f64,
+    /// Largest Σ |position × unit_qty × mid| over all symbols, quote currency (0: off).
+    pub max_gross_notional: f64,
+    /// Most position changes per symbol within `change_window_ms` of exchange time (0: off).
+    pub max_changes: usize,
+    pub change_window_ms: u64,
+    /// Kill: a symbol whose previous tick is older than this in exchange time is stale (0: off).
+    pub stale_after_ms: u64,
+    /// Kill (live only): a tick whose exchange time lags the server's clock by more than this
+    /// is stale (0: off; the clocks must be synchronised for it to mean anything).
+    pub max_feed_delay_ms: u64,
+    /// Kill when a feature is NaN or outside the manifest's training range widened by this
+    /// fraction of the range on each side (negative, the default: no range check, NaN still
+    /// kills). Off by default because a feed that differs from the training data in kind — a
+    /// quotes-only stream to a model trained on quotes and trades — is out of range on every
+    /// tick; turn it on where the feed matches the training data.
+    pub feature_range_slack: f64,
+    pub var: VarConfig,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            unit_qty: 1.0,
+            max_position: 1.0,
+            max_gross_notional: 0.0,
+            max_changes: 0,
+            change_window_ms: 60_000,
+            stale_after_ms: 0,
+            max_feed_delay_ms: 0,
+            feature_range_slack: -1.0,
+            var: VarConfig::default(),
+        }
+    }
+}
+
+impl RiskConfig {
+    /// Every contradiction in the settings (empty: valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.unit_qty.is_finite() && self.unit_qty > 0.0) {
+            p.push(format!("risk.unit_qty {} must be > 0", self.unit_qty));
+        }
+        if !(self.max_position > 0.0 && self.max_position <= 1.0) {
+            p.push(format!(
+                "risk.max_position {} must be in (0, 1] (positions are fractions of full size)",
+                self.max_position
+            ));
+        }
+        if !(self.max_gross_notional.is_finite() && self.max_gross_notional >= 0.0) {
+            p.push(format!("risk.max_gross_notional {} must be >= 0 (0: off)", self.max_gross_notional));
+        }
+        if self.max_changes > MAX_CHANGES_TRACKED {
+            p.push(format!("risk.max_changes {} must be <= {MAX_CHANGES_TRACKED}", self.max_changes));
+        }
+        if self.max_changes > 0 && self.change_window_ms == 0 {
+            p.push("risk.max_changes is set but risk.change_window_ms is 0".into());
+        }
+        if !self.feature_range_slack.is_finite() {
+            p.push("risk.feature_range_slack must be finite".into());
+        }
+        p.extend(self.var.problems());
+        p
+    }
+}
+
+/// The limits that bound a signal, as bits; [`RiskFlags::codes`] names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RiskFlags(pub u16);
+
+impl RiskFlags {
+    pub const KILL_ADMIN: u16 = 1 << 0;
+    pub const KILL_STALE: u16 = 1 << 1;
+    pub const KILL_FEED_DELAY: u16 = 1 << 2;
+    pub const KILL_FEATURES: u16 = 1 << 3;
+    pub const KILL_MODEL: u16 = 1 << 4;
+    pub const VAR_SCALE: u16 = 1 << 5;
+    pub const POSITION_LIMIT: u16 = 1 << 6;
+    pub const CHANGE_RATE: u16 = 1 << 7;
+    pub const GROSS_NOTIONAL: u16 = 1 << 8;
+    const KILLS: u16 = 0b1_1111;
+
+    /// (bit, code) of every flag, in the order they are applied.
+    pub const ALL: [(u16, &'static str); 9] = [
+        (Self::KILL_ADMIN, "kill_admin"),
+        (Self::KILL_STALE, "kill_stale"),
+        (Self::KILL_FEED_DELAY, "kill_feed_delay"),
+        (Self::KILL_FEATURES, "kill_features"),
+        (Self::KILL_MODEL, "kill_model"),
+        (Self::VAR_SCALE, "var_scale"),
+        (Self::POSITION_LIMIT, "position_limit"),
+        (Self::CHANGE_RATE, "change_rate"),
+        (Self::GROSS_NOTIONAL, "gross_notional"),
+    ];
+
+    pub fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True when a kill-switch trigger fired.
+    pub fn killed(self) -> bool {
+        self.0 & Self::KILLS != 0
+    }
+
+    /// The codes of the set flags, in application order.
+    pub fn codes(self) -> impl Iterator<Item = &'static str> {
+        Self::ALL.into_iter().filter(move |(b, _)| self.has(*b)).map(|(_, c)| c)
+    }
+
+    /// The index of each flag in [`RiskFlags::ALL`] (for counters).
+    pub fn indices(self) -> impl Iterator<Item = usize> {
+        (0..Self::ALL.len()).filter(move |&i| self.has(Self::ALL[i].0))
+    }
+
+    /// The first kill trigger's explanation, for the reject reason (after `kill_switch: `).
+    pub fn kill_detail(self) -> Option<&'static str> {
+        [
+            (Self::KILL_ADMIN, "engaged by an admin call"),
+            (Self::KILL_STALE, "the symbol's data is stale (gap in exchange time)"),
+            (Self::KILL_FEED_DELAY, "the tick's exchange time lags the server clock"),
+            (Self::KILL_FEATURES, "a feature is NaN or outside the model's training range"),
+            (Self::KILL_MODEL, "the model failed on this tick"),
+        ]
+        .into_iter()
+        .find(|(b, _)| self.has(*b))
+        .map(|(_, d)| d)
+    }
+}
+
+/// Per-symbol risk state, owned with the symbol's other state by whoever runs the gate.
+#[derive(Clone, Debug)]
+pub struct SymbolRisk {
+    /// The position the last signal carried (after every limit).
+    pub position: f64,
+    /// Its notional, as counted in the gross total.
+    notional: f64,
+    /// Exchange time of the previous tick (`i64::MIN`: none yet).
+    last_ts_ns: i64,
+    pub admin_killed: bool,
+    /// Exchange times of the latest position changes (a ring).
+    changes: [i64; MAX_CHANGES_TRACKED],
+    n_changes: usize,
+}
+
+impl Default for SymbolRisk {
+    fn default() -> Self {
+        Self {
+            position: 0.0,
+            notional: 0.0,
+            last_ts_ns: i64::MIN,
+            admin_killed: false,
+            changes: [0; MAX_CHANGES_TRACKED],
+            n_changes: 0,
+        }
+    }
+}
+
+/// A tick as the gate sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct RiskInput<'a> {
+    pub slot: usize,
+    pub exchange_ts_ns: i64,
+    /// The mid price, or NaN when the symbol has no quote yet.
+    pub mid: f64,
+    /// Server clock at receipt (CLOCK_REALTIME ns); 0 in replay (no feed-delay check).
+    pub recv_ns: u64,
+    /// The feature row the model scored (None: not scored).
+    pub features: Option<&'a [f32]>,
+    /// The model failed on this tick (error or non-finite score).
+    pub model_failed: bool,
+}
+
+/// The risk gate: settings, the global kill switch and the gross total.
+pub struct RiskGate {
+    config: RiskConfig,
+    board: std::sync::Arc<RiskBoard>,
+    /// Training range per feature, widened by the slack (None: no range check).
+    ranges: Option<Vec<(f32, f32)>>,
+    global_kill: bool,
+    gross: f64,
+}
+
+impl RiskGate {
+    pub fn new(config: RiskConfig, board: std::sync::Arc<RiskBoard>) -> Self {
+        Self { config, board, ranges: None, global_kill: false, gross: 0.0 }
+    }
+
+    pub fn config(&self) -> &RiskConfig {
+        &self.config
+    }
+
+    pub fn board(&self) -> &std::sync::Arc<RiskBoard> {
+        &self.board
+    }
+
+    /// Sets the training ranges of the active model's features (`min`, `max` per feature; from
+    /// the manifest), widened by `feature_range_slack`. Called when a model goes live.
+    pub fn set_feature_ranges(&mut self, ranges: Option<&[(f32, f32)]>) {
+        let slack = self.config.feature_range_slack;
+        self.ranges = ranges.filter(|_| slack >= 0.0).map(|r| {
+            r.iter()
+                .map(|&(lo, hi)| {
+                    let pad = (hi - lo).abs() * slack as f32;
+                    (lo - pad, hi + pad)
+                })
+                .collect()
+        });
+    }
+
+    pub fn set_global_kill(&mut self, engaged: bool) {
+        self.global_kill = engaged;
+        self.board.set_global_kill(engaged);
+    }
+
+    /// Current gross notional over all symbols.
+    pub fn gross(&self) -> f64 {
+        self.gross
+    }
+
+    /// Forgets the positions counted in the gross total (after the engine reset its symbols).
+    pub fn reset(&mut self) {
+        self.gross = 0.0;
+    }
+
+    fn features_bad(&self, row: &[f32]) -> bool {
+        match &self.ranges {
+            Some(ranges) => row.iter().zip(ranges).any(|(v, (lo, hi))| !(v >= lo && v <= hi)),
+            None => row.iter().any(|v| v.is_nan()),
+        }
+    }
+
+    /// The kill triggers that hold for this tick.
+    fn kills(&self, st: &SymbolRisk, t: &RiskInput) -> u16 {
+        let mut k = 0;
+        if self.global_kill || st.admin_killed {
+            k |= RiskFlags::KILL_ADMIN;
+        }
+        let stale_ns = self.config.stale_after_ms as i64 * 1_000_000;
+        if stale_ns > 0 && st.last_ts_ns != i64::MIN && t.exchange_ts_ns - st.last_ts_ns > stale_ns {
+            k |= RiskFlags::KILL_STALE;
+        }
+        let delay_ns = self.config.max_feed_delay_ms as i64 * 1_000_000;
+        if delay_ns > 0 && t.recv_ns > 0 && t.recv_ns as i64 - t.exchange_ts_ns > delay_ns {
+            k |= RiskFlags::KILL_FEED_DELAY;
+        }
+        if t.features.is_some_and(|f| self.features_bad(f)) {
+            k |= RiskFlags::KILL_FEATURES;
+        }
+        if t.model_failed {
+            k |= RiskFlags::KILL_MODEL;
+        }
+        k
+    }
+
+    /// Applies every limit to the policy's `target` for this tick and returns the position to
+    /// send with the flags of the limits that bound it. Call once per tick of the symbol (also
+    /// for ticks that were not scored, with `target` 0 and `features` None: they keep the
+    /// staleness clock and the board's mid current).
+    pub fn apply(&mut self, st: &mut SymbolRisk, t: &RiskInput, target: f64) -> (f64, RiskFlags) {
+        if t.mid.is_finite() {
+            self.board.set_mid(t.slot, t.mid);
+        }
+        let mut flags = self.kills(st, t);
+        st.last_ts_ns = st.last_ts_ns.max(t.exchange_ts_ns);
+        let mut pos = if flags != 0 { 0.0 } else { target };
+        // VaR sizing.
+        let scale = self.board.scale(t.slot);
+        if scale < 1.0 && pos != 0.0 {
+            pos *= scale;
+            flags |= RiskFlags::VAR_SCALE;
+        }
+        // Position limit.
+        if pos.abs() > self.config.max_position {
+            pos = pos.signum() * self.config.max_position;
+            flags |= RiskFlags::POSITION_LIMIT;
+        }
+        // Rate of changes: only moves that do not reduce the position can be held back.
+        if pos != st.position && self.config.max_changes > 0 {
+            let window = self.config.change_window_ms as i64 * 1_000_000;
+            let n = self.config.max_changes;
+            let reduces = pos.abs() < st.position.abs() && pos.signum() * st.position.signum() >= 0.0;
+            let oldest = st.changes[st.n_changes % n];
+            if !reduces && st.n_changes >= n && t.exchange_ts_ns - oldest < window {
+                pos = st.position;
+                flags |= RiskFlags::CHANGE_RATE;
+            }
+        }
+        // Gross notional: cut to what the other symbols leave.
+        let unit = self.config.unit_qty * if t.mid.is_finite() { t.mid } else { 0.0 };
+        let others = self.gross - st.notional;
+        if self.config.max_gross_notional > 0.0 && unit > 0.0 {
+            let room = (self.config.max_gross_notional - others).max(0.0);
+            if pos.abs() * unit > room + 1e-9 {
+                pos = pos.signum() * room / unit;
+                flags |= RiskFlags::GROSS_NOTIONAL;
+            }
+        }
+        if pos != st.position && self.config.max_changes > 0 {
+            let n = self.config.max_changes;
+            st.changes[st.n_changes % n] = t.exchange_ts_ns;
+            st.n_changes += 1;
+        }
+        st.position = pos;
+        st.notional = pos.abs() * unit;
+        self.gross = others + st.notional;
+        (pos, RiskFlags(flags))
+    }
+}
+
+#[cfg(test)]
+mod tests;
