@@ -30,6 +30,7 @@
 
 pub mod backtest;
 pub mod config;
+pub mod control_thread;
 pub mod engine;
 pub mod features;
 pub mod model;

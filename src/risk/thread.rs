@@ -3,25 +3,22 @@
 //! telemetry (Prometheus gauges) and to the `RiskAdmin.GetRisk` call.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{RiskBoard, RiskConfig, VarEstimator};
+use crate::control_thread::ControlThread;
 use crate::telemetry::Telemetry;
 
 pub struct RiskThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
 }
 
 impl RiskThread {
     pub fn start(config: &RiskConfig, board: Arc<RiskBoard>, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
         let mut est = VarEstimator::new(config.var.clone(), config.unit_qty, board.slots());
         let every = Duration::from_millis(config.var.sample_ms.max(1));
-        let thread = std::thread::Builder::new().name("quantd-risk".into()).spawn(move || {
+        let thread = ControlThread::spawn("quantd-risk", move |s| {
             let mut next = Instant::now() + every;
             while !s.load(Ordering::Acquire) {
                 let now = Instant::now();
@@ -38,24 +35,10 @@ impl RiskThread {
                 }
             }
         })?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self { thread })
     }
 
     pub fn shutdown(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for RiskThread {
-    fn drop(&mut self) {
-        self.stop_thread();
+        self.thread.stop();
     }
 }

@@ -7,9 +7,8 @@
 //! process, as the integration tests do.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -17,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 
 use super::latency::{HistogramSet, Series};
 use super::{Outcome, Telemetry};
+use crate::control_thread::ControlThread;
 use crate::risk::RiskFlags;
 use crate::tick::Reject;
 
@@ -172,8 +172,7 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
 pub struct Exporter {
     handle: PrometheusHandle,
     totals: Arc<Mutex<HistogramSet>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
 }
 
 impl Exporter {
@@ -186,10 +185,9 @@ impl Exporter {
         let recorder = build_recorder();
         let handle = recorder.handle();
         let totals = Arc::new(Mutex::new(telemetry.latency.new_set()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s, tot) = (telemetry, stop.clone(), totals.clone());
+        let (t, tot) = (telemetry, totals.clone());
         let upkeep = handle.clone();
-        let thread = std::thread::Builder::new().name("quantd-telemetry".into()).spawn(move || {
+        let thread = ControlThread::spawn("quantd-telemetry", move |s| {
             let mut delta = t.latency.new_set();
             let mut last_models = Vec::new();
             metrics::with_local_recorder(&recorder, describe);
@@ -206,7 +204,7 @@ impl Exporter {
                 std::thread::park_timeout(interval);
             }
         })?;
-        Ok(Self { handle, totals, stop, thread: Some(thread) })
+        Ok(Self { handle, totals, thread })
     }
 
     /// Renders the Prometheus text exposition.
@@ -221,21 +219,7 @@ impl Exporter {
 
     /// Publishes one last time and stops the thread.
     pub fn shutdown(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        self.stop_thread();
+        self.thread.stop();
     }
 }
 
