@@ -15,8 +15,6 @@
 //! scored tick's score with the forward mid log-return over `ic_horizon_ms` (mid as of the
 //! signal to mid as of the horizon).
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 pub const MINUTES_PER_YEAR: f64 = 525_600.0;
@@ -327,15 +325,6 @@ pub fn side_agreement(a: &[f64], b: &[f64]) -> f64 {
         }
     };
     a.iter().zip(b).filter(|(x, y)| side(**x) == side(**y)).count() as f64 / n as f64
-}
-
-/// Groups per-tick points by symbol, keeping order (helper for callers holding one stream).
-pub fn by_symbol<T: Clone>(rows: impl IntoIterator<Item = (String, T)>) -> HashMap<String, Vec<T>> {
-    let mut out: HashMap<String, Vec<T>> = HashMap::new();
-    for (s, t) in rows {
-        out.entry(s).or_default().push(t);
-    }
-    out
 }
 
 #[cfg(test)]
