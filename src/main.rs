@@ -147,11 +147,11 @@ fn main() -> anyhow::Result<()> {
                 models,
                 out: out.clone(),
                 cost: quantd::backtest::CostModel {
-                    unit_qty: config.risk.unit_qty,
                     fee_bps,
                     feed_latency_ns: feed_latency_us * 1_000,
                     order_latency_ns: order_latency_us * 1_000,
                     ic_horizon_ms,
+                    ..Default::default()
                 },
                 config,
                 batch,

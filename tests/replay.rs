@@ -180,6 +180,30 @@ async fn kill_switch_triggers_live_stale_data_admin_and_feed_delay() {
     server.shutdown(Duration::from_secs(2)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_answered_expired_still_count_as_fresh_data() {
+    // Staleness is the gap since the symbol's previous accepted tick, scored or not: ticks that
+    // waited past the time-to-live update the features, so the tick after them is not stale.
+    let mut cfg = config(RiskConfig { stale_after_ms: 500, ..RiskConfig::default() });
+    cfg.stream.ttl_ms = 50;
+    let server = start(&cfg).await;
+    let engine = server.engine().unwrap();
+    let mut c = client(&server).await;
+    assert!(stream_all(&mut c, quotes("EXP", 0, 1_000, 10, 150)).await.iter().all(|s| s.reject_reason.is_empty()));
+    // 1 s of exchange time at 10 ms gaps, held in the queue past the TTL.
+    engine.set_paused(true);
+    let mut c2 = client(&server).await;
+    let held = tokio::spawn(async move { stream_all(&mut c2, quotes("EXP", 150, 2_500, 10, 100)).await });
+    wait_for_depth(&engine, 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.set_paused(false);
+    let held = held.await.unwrap();
+    assert!(held.iter().all(|s| s.reject_reason.starts_with("expired")), "{:?}", held[0]);
+    let next = stream_all(&mut c, quotes("EXP", 250, 3_500, 10, 1)).await;
+    assert!(next[0].risk.is_empty() && next[0].reject_reason.is_empty(), "{:?}", next[0]);
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
 #[test]
 fn kill_switch_triggers_in_replay_code_admin_and_stale() {
     quantd::model::runtime::init(None).unwrap();

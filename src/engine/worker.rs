@@ -175,6 +175,9 @@ pub(super) struct Worker {
     /// Each tick's mid right after its own feature update (the risk layer's price; later ticks
     /// of the same symbol in the batch must not leak into it).
     mids: Vec<f64>,
+    /// Each tick's symbol's previous accepted exchange time (`i64::MIN`: none), for staleness:
+    /// every accepted tick counts, scored, expired or conflated.
+    prev_ts: Vec<i64>,
     /// The rows to score, compacted.
     rows: Vec<f32>,
     /// Ticks of the current batch already answered (for recovery after a panic).
@@ -222,6 +225,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         shadow: None,
         feats: vec![0.0; max_batch * NUM_FEATURES],
         mids: vec![f64::NAN; max_batch],
+        prev_ts: vec![i64::MIN; max_batch],
         posted: 0,
         pass: 0,
         ttl: config.ttl,
@@ -386,6 +390,7 @@ impl Worker {
                         let row: &mut [f32; NUM_FEATURES] = (&mut self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES])
                             .try_into()
                             .expect("row slice has NUM_FEATURES elements");
+                        self.prev_ts[i] = state.features.last_ts_ns();
                         state.features.update(&item.tick, row);
                         self.mids[i] = state.features.mid();
                         if self.ttl.is_some_and(|ttl| waited > ttl) {
@@ -496,6 +501,7 @@ impl Worker {
                     let input = RiskInput {
                         slot,
                         exchange_ts_ns,
+                        prev_ts_ns: self.prev_ts[i],
                         mid: self.mids[i],
                         recv_ns,
                         features: Some(&self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]),

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::engine::{ActiveModel, Reply, SyncEngine};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
-use crate::risk::{RiskFlags, SymbolVarReport, VarEstimator};
+use crate::risk::{SymbolVarReport, VarEstimator};
 use crate::telemetry::Telemetry;
 use crate::tick::{Kind, Reject, Tick};
 use crate::tickfile::{self, TickFileError};
@@ -62,6 +62,8 @@ pub struct ReplayOptions {
     pub out: Option<PathBuf>,
     /// Engine, policy override and risk settings.
     pub config: Config,
+    /// Fees and latencies; its `unit_qty` is taken from `config.risk.unit_qty`, so the backtest
+    /// and the risk limits count positions in the same units.
     pub cost: CostModel,
     /// Ticks per engine batch (1: each tick's engine time is its own).
     pub batch: usize,
@@ -69,20 +71,6 @@ pub struct ReplayOptions {
     /// (the features still warm up on everything before).
     pub eval_from: f64,
     pub progress: bool,
-}
-
-/// One signal, as written to `signals-<model>.csv`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SignalRow {
-    pub symbol: crate::tick::Symbol,
-    pub seq: u64,
-    pub exchange_ts_ns: i64,
-    pub score: f64,
-    pub policy_position: f64,
-    pub target_position: f64,
-    pub warming_up: bool,
-    pub reject: Option<Reject>,
-    pub risk: RiskFlags,
 }
 
 /// Per model: the signals, the backtest at zero and at realistic latency, and the risk figures.
@@ -100,8 +88,9 @@ pub struct ModelReport {
     pub rejects: BTreeMap<&'static str, u64>,
     pub risk_bindings: BTreeMap<&'static str, u64>,
     pub var: Vec<SymbolVarReport>,
+    /// The engine's replies, one per tick, in order (what `serve` would have sent).
     #[serde(skip)]
-    pub signals: Vec<SignalRow>,
+    pub signals: Vec<Reply>,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,7 +153,7 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         ticks: ticks.len(),
         symbols: quotes.keys().cloned().collect(),
         eval_from_ns,
-        cost: opts.cost.clone(),
+        cost: cost(opts),
         models,
         agreement,
     };
@@ -172,6 +161,11 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         write_outputs(out, &report)?;
     }
     Ok(report)
+}
+
+/// The cost model the backtest uses: the given one, in the risk layer's units.
+fn cost(opts: &ReplayOptions) -> CostModel {
+    CostModel { unit_qty: opts.config.risk.unit_qty, ..opts.cost.clone() }
 }
 
 fn quotes_by_symbol(ticks: &[Tick]) -> BTreeMap<String, Vec<Quote>> {
@@ -227,32 +221,18 @@ fn replay_model(
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let (mut rejects, mut bindings) = (BTreeMap::new(), BTreeMap::new());
-    let signals: Vec<SignalRow> = replies
-        .iter()
-        .map(|r| {
-            if let Some(rej) = r.reject {
-                *rejects.entry(rej.code()).or_insert(0) += 1;
-            }
-            for code in r.risk.codes() {
-                *bindings.entry(code).or_insert(0) += 1;
-            }
-            SignalRow {
-                symbol: r.symbol,
-                seq: r.seq,
-                exchange_ts_ns: r.exchange_ts_ns,
-                score: r.score,
-                policy_position: r.policy_position,
-                target_position: r.target_position,
-                warming_up: r.warming_up,
-                reject: r.reject,
-                risk: r.risk,
-            }
-        })
-        .collect();
+    for r in &replies {
+        if let Some(rej) = r.reject {
+            *rejects.entry(rej.code()).or_insert(0) += 1;
+        }
+        for code in r.risk.codes() {
+            *bindings.entry(code).or_insert(0) += 1;
+        }
+    }
     let mut sorted = engine_ns.clone();
     sorted.sort_unstable();
     let pct = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
-    let (zero_latency, with_latency) = score(&signals, &engine_ns, quotes, &opts.cost, eval_from_ns);
+    let (zero_latency, with_latency) = score(&replies, &engine_ns, quotes, &cost(opts), eval_from_ns);
     ModelReport {
         label,
         dir: m.dir.clone(),
@@ -265,13 +245,13 @@ fn replay_model(
         rejects,
         risk_bindings: bindings,
         var: var.report(),
-        signals,
+        signals: replies,
     }
 }
 
 /// Backtests the signals at zero and at realistic latency, over the evaluation period.
 fn score(
-    signals: &[SignalRow],
+    signals: &[Reply],
     engine_ns: &[u64],
     quotes: &BTreeMap<String, Vec<Quote>>,
     cost: &CostModel,
@@ -319,7 +299,7 @@ fn progress_bar(show: bool, n: usize, label: &str) -> indicatif::ProgressBar {
 }
 
 /// The signals of one model as CSV (the deterministic part of the output).
-pub fn write_signals<W: Write>(mut w: W, rows: &[SignalRow]) -> std::io::Result<()> {
+pub fn write_signals<W: Write>(mut w: W, rows: &[Reply]) -> std::io::Result<()> {
     writeln!(w, "symbol,seq,exchange_ts_ns,score,policy_position,target_position,warming_up,reject,risk")?;
     for r in rows {
         let risk: Vec<&str> = r.risk.codes().collect();

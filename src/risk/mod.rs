@@ -180,8 +180,6 @@ pub struct SymbolRisk {
     pub position: f64,
     /// Its notional, as counted in the gross total.
     notional: f64,
-    /// Exchange time of the previous tick (`i64::MIN`: none yet).
-    last_ts_ns: i64,
     pub admin_killed: bool,
     /// Exchange times of the latest position changes (a ring).
     changes: [i64; MAX_CHANGES_TRACKED],
@@ -190,14 +188,7 @@ pub struct SymbolRisk {
 
 impl Default for SymbolRisk {
     fn default() -> Self {
-        Self {
-            position: 0.0,
-            notional: 0.0,
-            last_ts_ns: i64::MIN,
-            admin_killed: false,
-            changes: [0; MAX_CHANGES_TRACKED],
-            n_changes: 0,
-        }
+        Self { position: 0.0, notional: 0.0, admin_killed: false, changes: [0; MAX_CHANGES_TRACKED], n_changes: 0 }
     }
 }
 
@@ -206,6 +197,9 @@ impl Default for SymbolRisk {
 pub struct RiskInput<'a> {
     pub slot: usize,
     pub exchange_ts_ns: i64,
+    /// Exchange time of the symbol's previous accepted tick (`i64::MIN`: none), as the
+    /// features saw it — every accepted tick counts, scored or not.
+    pub prev_ts_ns: i64,
     /// The mid price, or NaN when the symbol has no quote yet.
     pub mid: f64,
     /// Server clock at receipt (CLOCK_REALTIME ns); 0 in replay (no feed-delay check).
@@ -216,19 +210,18 @@ pub struct RiskInput<'a> {
     pub model_failed: bool,
 }
 
-/// The risk gate: settings, the global kill switch and the gross total.
+/// The risk gate: settings and the gross total; the all-symbols kill switch lives on the board.
 pub struct RiskGate {
     config: RiskConfig,
     board: std::sync::Arc<RiskBoard>,
     /// Training range per feature, widened by the slack (None: no range check).
     ranges: Option<Vec<(f32, f32)>>,
-    global_kill: bool,
     gross: f64,
 }
 
 impl RiskGate {
     pub fn new(config: RiskConfig, board: std::sync::Arc<RiskBoard>) -> Self {
-        Self { config, board, ranges: None, global_kill: false, gross: 0.0 }
+        Self { config, board, ranges: None, gross: 0.0 }
     }
 
     pub fn config(&self) -> &RiskConfig {
@@ -254,7 +247,6 @@ impl RiskGate {
     }
 
     pub fn set_global_kill(&mut self, engaged: bool) {
-        self.global_kill = engaged;
         self.board.set_global_kill(engaged);
     }
 
@@ -278,11 +270,11 @@ impl RiskGate {
     /// The kill triggers that hold for this tick.
     fn kills(&self, st: &SymbolRisk, t: &RiskInput) -> u16 {
         let mut k = 0;
-        if self.global_kill || st.admin_killed {
+        if st.admin_killed || self.board.global_kill() {
             k |= RiskFlags::KILL_ADMIN;
         }
         let stale_ns = self.config.stale_after_ms as i64 * 1_000_000;
-        if stale_ns > 0 && st.last_ts_ns != i64::MIN && t.exchange_ts_ns - st.last_ts_ns > stale_ns {
+        if stale_ns > 0 && t.prev_ts_ns != i64::MIN && t.exchange_ts_ns - t.prev_ts_ns > stale_ns {
             k |= RiskFlags::KILL_STALE;
         }
         let delay_ns = self.config.max_feed_delay_ms as i64 * 1_000_000;
@@ -299,15 +291,12 @@ impl RiskGate {
     }
 
     /// Applies every limit to the policy's `target` for this tick and returns the position to
-    /// send with the flags of the limits that bound it. Call once per tick of the symbol (also
-    /// for ticks that were not scored, with `target` 0 and `features` None: they keep the
-    /// staleness clock and the board's mid current).
+    /// send with the flags of the limits that bound it.
     pub fn apply(&mut self, st: &mut SymbolRisk, t: &RiskInput, target: f64) -> (f64, RiskFlags) {
         if t.mid.is_finite() {
             self.board.set_mid(t.slot, t.mid);
         }
         let mut flags = self.kills(st, t);
-        st.last_ts_ns = st.last_ts_ns.max(t.exchange_ts_ns);
         let mut pos = if flags != 0 { 0.0 } else { target };
         // VaR sizing.
         let scale = self.board.scale(t.slot);

@@ -10,7 +10,15 @@ fn gate(config: RiskConfig) -> RiskGate {
 }
 
 fn tick(slot: usize, ts_ms: i64, mid: f64) -> RiskInput<'static> {
-    RiskInput { slot, exchange_ts_ns: ts_ms * MS, mid, recv_ns: 0, features: None, model_failed: false }
+    RiskInput {
+        slot,
+        exchange_ts_ns: ts_ms * MS,
+        prev_ts_ns: i64::MIN,
+        mid,
+        recv_ns: 0,
+        features: None,
+        model_failed: false,
+    }
 }
 
 fn codes(f: RiskFlags) -> Vec<&'static str> {
@@ -76,10 +84,10 @@ fn kill_switch_triggers_flatten_with_a_reason() {
     let mut s = SymbolRisk::default();
     assert_eq!(g.apply(&mut s, &tick(0, 0, 100.0), 0.5).0, 0.5);
     // Stale: 600 ms since the symbol's previous tick.
-    let (pos, flags) = g.apply(&mut s, &tick(0, 600, 100.0), 0.5);
+    let (pos, flags) = g.apply(&mut s, &RiskInput { prev_ts_ns: 0, ..tick(0, 600, 100.0) }, 0.5);
     assert_eq!((pos, codes(flags)), (0.0, vec!["kill_stale"]));
     assert!(flags.kill_detail().unwrap().contains("stale"));
-    assert_eq!(g.apply(&mut s, &tick(0, 700, 100.0), 0.5).0, 0.5, "fresh again");
+    assert_eq!(g.apply(&mut s, &RiskInput { prev_ts_ns: 600 * MS, ..tick(0, 700, 100.0) }, 0.5).0, 0.5, "fresh again");
     // Feed delay (live only: the server clock is 60 ms past the exchange time).
     let late = RiskInput { recv_ns: (760 * MS) as u64, ..tick(0, 700, 100.0) };
     assert_eq!(codes(g.apply(&mut s, &late, 0.5).1), vec!["kill_feed_delay"]);
