@@ -54,6 +54,16 @@ if [ -z "${QUANTD_PLOT_FONT:-}" ] && ! ls /usr/share/fonts/truetype/dejavu/DejaV
     || echo "setup: could not install fonts-dejavu-core; plots need QUANTD_PLOT_FONT=<a .ttf>" >&2
 fi
 
-# 4. Build.
+# 4. Prometheus and promtool (Debian's package) for the deploy/ tests: a real scrape of a running
+#    quantd, `promtool check` of its exposition and of the alert rules.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "setup: installing Debian's prometheus package (prometheus + promtool, for the tests)"
+  if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $APT install -y --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { $APT update >/dev/null 2>&1 && $APT install -y --no-install-recommends prometheus >/dev/null; }
+fi
+
+# 5. Build.
 cargo build --release --locked --workspace --bins
 echo "setup: ok (ONNX Runtime at $CACHE/libonnxruntime.so.1)"

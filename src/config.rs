@@ -10,9 +10,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineConfig, IdleStrategy};
+use crate::model::{ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
 use crate::policy::PolicyParams;
 use crate::registry::RegistryConfig;
 use crate::risk::RiskConfig;
+use crate::server::security::{self, AdminSection, TlsSection};
+use crate::shard::ShardConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +30,16 @@ pub struct Config {
     pub model: Option<String>,
     /// libonnxruntime to load; unset: `.cache/onnxruntime/` from `make setup`.
     pub ort_dylib_path: Option<PathBuf>,
+    /// ONNX Runtime execution provider: `cpu`, `cuda` or `tensorrt` (the GPU ones need the
+    /// cargo feature and the GPU build of ONNX Runtime).
+    pub execution_provider: ExecutionProvider,
+    /// When the provider cannot run: `fail` (refuse the model; the server does not start) or
+    /// `cpu` (warn and run on the CPU provider).
+    pub provider_fallback: ProviderFallback,
+    /// CUDA device ordinal for the GPU providers.
+    pub gpu_device_id: i32,
+    /// Hex ed25519 public key file; when set, every model needs a valid `manifest.toml.sig`.
+    pub model_public_key: Option<PathBuf>,
     /// Log JSON lines instead of text.
     pub log_json: bool,
     /// Threads for gRPC I/O (tokio workers). The engine has its own thread besides.
@@ -42,6 +55,13 @@ pub struct Config {
     pub policy: Option<PolicyParams>,
     /// The risk layer after the policy: limits, kill switch, VaR sizing.
     pub risk: RiskConfig,
+    /// TLS (optionally mutual) on the gRPC port.
+    pub tls: TlsSection,
+    /// Who may call the admin services.
+    pub admin: AdminSection,
+    /// Which shard of the symbols this replica serves (ticks of other symbols are rejected
+    /// `wrong_shard`).
+    pub shard: ShardConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -55,6 +75,9 @@ pub struct EngineSection {
     pub max_symbols: usize,
     /// Core to pin the engine thread to (none: not pinned).
     pub core: Option<usize>,
+    /// Pin the engine thread to the last core this process may run on (its cpuset: the
+    /// exclusive cores a Kubernetes static CPU manager gives a Guaranteed pod, whatever their ids).
+    pub pin_last_core: bool,
     pub idle: IdleStrategy,
     pub idle_spin_us: u64,
     pub idle_yield_us: u64,
@@ -143,6 +166,10 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             model: None,
             ort_dylib_path: None,
+            execution_provider: ExecutionProvider::Cpu,
+            provider_fallback: ProviderFallback::Fail,
+            gpu_device_id: 0,
+            model_public_key: None,
             log_json: false,
             io_threads: 1,
             metrics_interval_ms: 1000,
@@ -152,6 +179,9 @@ impl Default for Config {
             registry: RegistrySection::default(),
             policy: None,
             risk: RiskConfig::default(),
+            tls: TlsSection::default(),
+            admin: AdminSection::default(),
+            shard: ShardConfig::default(),
         }
     }
 }
@@ -163,6 +193,7 @@ impl Default for EngineSection {
             max_batch: 64,
             max_symbols: 10_000,
             core: None,
+            pin_last_core: false,
             idle: IdleStrategy::SpinPark,
             idle_spin_us: 50,
             idle_yield_us: 2_000,
@@ -197,6 +228,13 @@ pub struct Overrides {
     pub ort_dylib_path: Option<PathBuf>,
     pub log_json: Option<bool>,
     pub engine_core: Option<usize>,
+    pub execution_provider: Option<ExecutionProvider>,
+    pub admin_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub shard_index: Option<u32>,
+    pub shard_count: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +285,28 @@ impl Config {
         if o.engine_core.is_some() {
             self.engine.core = o.engine_core;
         }
+        if let Some(v) = o.execution_provider {
+            self.execution_provider = v;
+        }
+        if o.admin_token.is_some() {
+            self.admin.token = o.admin_token;
+            self.admin.token_file = None;
+        }
+        if o.tls_cert.is_some() {
+            self.tls.cert = o.tls_cert;
+        }
+        if o.tls_key.is_some() {
+            self.tls.key = o.tls_key;
+        }
+        if o.tls_client_ca.is_some() {
+            self.tls.client_ca = o.tls_client_ca;
+        }
+        if let Some(v) = o.shard_index {
+            self.shard.index = v;
+        }
+        if let Some(v) = o.shard_count {
+            self.shard.count = v;
+        }
     }
 
     /// Every problem at once.
@@ -273,6 +333,9 @@ impl Config {
         }
         if e.max_batch == 0 || e.max_batch > 1024 {
             p.push(format!("engine.max_batch {} must be in 1..=1024", e.max_batch));
+        }
+        if e.core.is_some() && e.pin_last_core {
+            p.push("engine.core and engine.pin_last_core are both set; choose one".into());
         }
         if e.max_symbols == 0 {
             p.push("engine.max_symbols must be > 0".into());
@@ -317,21 +380,57 @@ impl Config {
         if let Some(Err(e)) = self.policy.as_ref().map(PolicyParams::validate) {
             p.push(format!("policy: {e}"));
         }
+        if let Err(e) = self.model_key() {
+            p.push(format!("model_public_key: {e}"));
+        }
+        if self.execution_provider != ExecutionProvider::Cpu
+            && !self.execution_provider.compiled_in()
+            && self.provider_fallback == ProviderFallback::Fail
+        {
+            p.push(format!(
+                "execution_provider {} needs a build with `--features {}` (or provider_fallback = \"cpu\")",
+                self.execution_provider.label(),
+                self.execution_provider.label()
+            ));
+        }
+        if self.gpu_device_id < 0 {
+            p.push(format!("gpu_device_id {} must be >= 0", self.gpu_device_id));
+        }
+        p.extend(self.shard.problems());
+        p.extend(security::tls_problems(&self.tls));
+        p.extend(security::admin_problems(&self.admin, &self.tls, self.listen));
         if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
     }
 
-    pub fn registry_config(&self) -> RegistryConfig {
+    fn model_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, signing::SigningError> {
+        self.model_public_key.as_deref().map(signing::read_public_key).transpose()
+    }
+
+    /// How models are loaded: batch size, execution provider, signature key.
+    pub fn load_options(&self) -> Result<LoadOptions, ConfigError> {
+        Ok(LoadOptions {
+            max_batch: self.engine.max_batch,
+            provider: ProviderConfig {
+                provider: self.execution_provider,
+                fallback: self.provider_fallback,
+                device_id: self.gpu_device_id,
+            },
+            public_key: self.model_key().map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?,
+        })
+    }
+
+    pub fn registry_config(&self) -> Result<RegistryConfig, ConfigError> {
         let (name, pinned) = match self.model.as_deref().map(|m| m.split_once('@')) {
             Some(Some((n, v))) => (Some(n.to_owned()), Some(v.to_owned())),
             Some(None) => (self.model.clone(), None),
             None => (None, None),
         };
         let r = &self.registry;
-        RegistryConfig {
+        Ok(RegistryConfig {
             models_dir: self.models_dir.clone(),
             name,
             pinned,
-            max_batch: self.engine.max_batch,
+            load: self.load_options()?,
             policy_override: self.policy,
             watch: r.watch,
             rescan: Duration::from_millis(r.rescan_ms),
@@ -340,7 +439,7 @@ impl Config {
             shadow_min_agreement: r.shadow_min_agreement,
             probation: Duration::from_millis(r.probation_ms),
             rollback_max_error_rate: r.rollback_max_error_rate,
-        }
+        })
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -348,7 +447,11 @@ impl Config {
             queue_capacity: self.engine.queue_capacity,
             max_batch: self.engine.max_batch,
             max_symbols: self.engine.max_symbols,
-            core: self.engine.core,
+            core: if self.engine.pin_last_core {
+                core_affinity::get_core_ids().and_then(|ids| ids.last().map(|c| c.id))
+            } else {
+                self.engine.core
+            },
             idle: self.engine.idle,
             idle_spin: Duration::from_micros(self.engine.idle_spin_us),
             idle_yield: Duration::from_micros(self.engine.idle_yield_us),

@@ -40,6 +40,7 @@ pub mod registry;
 pub mod replay;
 pub mod risk;
 pub mod server;
+pub mod shard;
 pub mod symbols;
 pub mod telemetry;
 pub mod tick;

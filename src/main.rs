@@ -40,6 +40,26 @@ enum Command {
         /// Log JSON lines.
         #[arg(long, env = "QUANTD_LOG_JSON")]
         log_json: Option<bool>,
+        /// ONNX Runtime execution provider: cpu, cuda or tensorrt.
+        #[arg(long, env = "QUANTD_EXECUTION_PROVIDER")]
+        execution_provider: Option<quantd::model::ExecutionProvider>,
+        /// Bearer token for the admin services.
+        #[arg(long, env = "QUANTD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+        #[arg(long, env = "QUANTD_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, env = "QUANTD_TLS_KEY")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA bundle for client certificates (mutual TLS).
+        #[arg(long, env = "QUANTD_TLS_CLIENT_CA")]
+        tls_client_ca: Option<PathBuf>,
+        /// This replica's shard of the symbols (a StatefulSet pod ordinal).
+        #[arg(long, env = "QUANTD_SHARD_INDEX")]
+        shard_index: Option<u32>,
+        /// Number of shards (replicas).
+        #[arg(long, env = "QUANTD_SHARD_COUNT")]
+        shard_count: Option<u32>,
     },
     /// Write the feature rows the server computes for recorded ticks (.csv or .npy).
     Features {
@@ -92,19 +112,99 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
-    /// Verify a model directory as the server would at load (sha256, schema, shapes, golden rows).
+    /// Verify a model directory as the server would at load (signature, sha256, schema, shapes,
+    /// golden rows).
     VerifyModel {
         dir: PathBuf,
+        /// Also require a valid manifest.toml.sig by this ed25519 public key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
+    },
+    /// Time the model's ONNX Runtime session per call at several batch sizes, on the chosen
+    /// execution provider (the session the engine thread uses).
+    BenchModel {
+        dir: PathBuf,
+        /// Batch sizes to time.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 20_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 2_000)]
+        warmup: u64,
+        #[arg(long, default_value = "cpu")]
+        execution_provider: quantd::model::ExecutionProvider,
+        /// Write the figures as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib_path: Option<PathBuf>,
+    },
+    /// Ask a server's gRPC health service whether it is SERVING (exit 0) or not (exit 1): the
+    /// container health check.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Service to check ("" is the whole server).
+        #[arg(long, default_value = "quantd.v1.SignalService")]
+        service: String,
+        /// PEM CA to verify a TLS server with (use an https:// target).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
+    /// Create an ed25519 key pair for model signing: <OUT>.key (secret, mode 0600) and <OUT>.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign model version directories: writes manifest.toml.sig beside each manifest.toml.
+    Sign {
+        /// Secret key file from `quantd keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve { config, listen, metrics_listen, models_dir, model, engine_core, ort_dylib_path, log_json } => {
-            let overrides =
-                Overrides { listen, metrics_listen, models_dir, model, ort_dylib_path, log_json, engine_core };
+        Command::Serve {
+            config,
+            listen,
+            metrics_listen,
+            models_dir,
+            model,
+            engine_core,
+            ort_dylib_path,
+            log_json,
+            execution_provider,
+            admin_token,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            shard_index,
+            shard_count,
+        } => {
+            let overrides = Overrides {
+                listen,
+                metrics_listen,
+                models_dir,
+                model,
+                ort_dylib_path,
+                log_json,
+                engine_core,
+                execution_provider,
+                admin_token,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
+                shard_index,
+                shard_count,
+            };
             let config = Config::load(config.as_deref(), overrides)?;
             quantd::telemetry::logging::init(config.log_json);
             serve(config)
@@ -165,10 +265,58 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::VerifyModel { dir, ort_dylib_path } => {
+        Command::VerifyModel { dir, public_key, ort_dylib_path } => {
             quantd::model::runtime::init(ort_dylib_path.as_deref())?;
-            let m = quantd::model::LoadedModel::load(&dir, 64)?;
-            println!("ok: {} ({} golden rows reproduced)", m.manifest.label(), m.manifest.golden.len());
+            let mut opts = quantd::model::LoadOptions::cpu(64);
+            opts.public_key = public_key.as_deref().map(quantd::model::signing::read_public_key).transpose()?;
+            let m = quantd::model::LoadedModel::load_with(&dir, &opts)?;
+            let signed = if opts.public_key.is_some() { ", signature valid" } else { "" };
+            println!("ok: {} ({} golden rows reproduced{signed})", m.manifest.label(), m.manifest.golden.len());
+            Ok(())
+        }
+        Command::BenchModel { dir, batch, calls, warmup, execution_provider, json, ort_dylib_path } => {
+            let lib = quantd::model::runtime::init(ort_dylib_path.as_deref())?;
+            let mut opts = quantd::model::LoadOptions::cpu(batch.iter().copied().max().unwrap_or(1));
+            opts.provider.provider = execution_provider;
+            let mut m = quantd::model::LoadedModel::load_with(&dir, &opts)?;
+            let figures = quantd::model::timing::time_calls(&mut m, &batch, warmup, calls)?;
+            println!(
+                "{} on {} ({}), {calls} calls per batch size",
+                m.manifest.label(),
+                m.provider.label(),
+                lib.display()
+            );
+            for c in &figures {
+                println!(
+                    "  batch {:>4}: p50 {:>8.2} µs  p90 {:>8.2}  p99 {:>8.2}  max {:>9.2}  ({:.3} µs/row at p50)",
+                    c.batch, c.p50_us, c.p90_us, c.p99_us, c.max_us, c.p50_per_row_us
+                );
+            }
+            if let Some(path) = json {
+                let doc = serde_json::json!({
+                    "model": m.manifest.label(), "provider": m.provider.label(), "calls": figures
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+            }
+            Ok(())
+        }
+        Command::Health { target, service, ca, timeout_ms } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let status =
+                runtime.block_on(health(&target, service.clone(), ca.as_deref(), Duration::from_millis(timeout_ms)))?;
+            println!("{target} {service}: {status}");
+            if status == "SERVING" { Ok(()) } else { std::process::exit(1) }
+        }
+        Command::Keygen { out } => {
+            let (secret, public) = quantd::model::signing::generate(&out)?;
+            println!("wrote {} (keep it secret) and {}", secret.display(), public.display());
+            Ok(())
+        }
+        Command::Sign { key, dirs } => {
+            let key = quantd::model::signing::read_signing_key(&key)?;
+            for dir in dirs {
+                println!("wrote {}", quantd::model::signing::sign(&dir, &key)?.display());
+            }
             Ok(())
         }
     }
@@ -188,6 +336,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
         server.shutdown(Duration::from_millis(config.shutdown_grace_ms)).await;
         Ok(())
     })
+}
+
+async fn health(
+    target: &str,
+    service: String,
+    ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(target.to_owned())?.timeout(timeout).connect_timeout(timeout);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {target}"))?;
+    let reply = HealthClient::new(channel).check(HealthCheckRequest { service }).await?.into_inner();
+    Ok(reply.status().as_str_name().to_owned())
 }
 
 async fn shutdown_signal() {

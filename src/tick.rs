@@ -114,10 +114,11 @@ pub enum Reject {
     Overloaded,
     EngineError,
     KillSwitch,
+    WrongShard,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 16] = [
         Reject::NonFinite,
         Reject::NonPositive,
         Reject::CrossedBook,
@@ -133,6 +134,7 @@ impl Reject {
         Reject::Overloaded,
         Reject::EngineError,
         Reject::KillSwitch,
+        Reject::WrongShard,
     ];
 
     /// Stable machine-readable code (metrics label, prefix of the reject reason).
@@ -153,6 +155,7 @@ impl Reject {
             Reject::Overloaded => "overloaded",
             Reject::EngineError => "engine_error",
             Reject::KillSwitch => "kill_switch",
+            Reject::WrongShard => "wrong_shard",
         }
     }
 
@@ -178,6 +181,7 @@ impl Reject {
             Reject::KillSwitch => {
                 "the risk kill switch holds this symbol flat (the signal's risk field names the trigger)"
             }
+            Reject::WrongShard => "this replica does not own the symbol's shard; route it by quantd's shard rule",
         }
     }
 

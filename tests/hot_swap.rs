@@ -142,7 +142,10 @@ async fn a_version_copied_in_goes_live_between_ticks_with_none_lost() {
     let state = |v: &str| list.iter().find(|m| m.version == v).unwrap().state;
     assert_eq!((state("1"), state("2")), (State::Previous, State::Active));
     let m = wait_for_metric(&server, "quantd_model_swaps_total", 1.0).await;
-    assert!(m.contains("quantd_model_info{name=\"quantd-mlp\",version=\"2\",state=\"active\"} 1"), "{m}");
+    assert!(
+        m.contains("quantd_model_info{name=\"quantd-mlp\",version=\"2\",state=\"active\",provider=\"cpu\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("quantd_model_load_seconds{phase=\"warm\"}"));
     server.shutdown(Duration::from_secs(2)).await;
 }

@@ -55,7 +55,7 @@ async fn streams_recorded_ticks_and_exports_latency() {
         "quantd_stage_seconds_count{stage=\"total\"}",
         "quantd_inference_batch_size_count",
         "quantd_engine_queue_depth",
-        "quantd_model_info{name=\"quantd-mlp\",version=\"1\",state=\"active\"} 1",
+        "quantd_model_info{name=\"quantd-mlp\",version=\"1\",state=\"active\",provider=\"cpu\"} 1",
     ] {
         let v = sample(&m, needle);
         assert!(v.is_some(), "{needle} missing:\n{m}");
@@ -254,4 +254,29 @@ fn the_example_config_parses_and_validates() {
     // `models_dir = "models"` is relative: cargo runs tests in the repository root.
     let c = quantd::config::Config::load(Some(&repo().join("deploy/quantd.toml")), Default::default());
     assert!(c.is_ok(), "{:?}", c.err());
+}
+
+/// A replica owning one shard of two: ticks of a symbol hashed to the other shard are answered
+/// `wrong_shard` (streamed and unary) and counted; its own symbols are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_replica_refuses_symbols_of_other_shards() {
+    let btc = recorded(&[BTC_QUOTES], 200);
+    let owner = quantd::shard::shard_of(&btc[0].symbol, 2);
+    let mut config = test_config();
+    config.shard = quantd::shard::ShardConfig { index: 1 - owner, count: 2 };
+    let server = start(&config).await;
+    let mut c = client(&server).await;
+    let signals = stream_all(&mut c, btc.clone()).await;
+    assert_eq!(signals.len(), btc.len());
+    assert!(signals.iter().all(|s| s.reject_reason.starts_with("wrong_shard")), "{:?}", signals[0].reject_reason);
+    let unary = c.predict(btc[0].clone()).await.unwrap().into_inner();
+    assert!(unary.reject_reason.starts_with("wrong_shard"), "{}", unary.reject_reason);
+    wait_for_metric(&server, "quantd_rejects_total{reason=\"wrong_shard\"}", (btc.len() + 1) as f64).await;
+    server.shutdown(Duration::from_secs(1)).await;
+
+    config.shard.index = owner;
+    let server = start(&config).await;
+    let mut c = client(&server).await;
+    check_signals(&btc, &stream_all(&mut c, btc.clone()).await, "quantd-mlp@1");
+    server.shutdown(Duration::from_secs(1)).await;
 }

@@ -2,9 +2,10 @@
 //! verification that turns a model directory into a ready [`LoadedModel`].
 //!
 //! Runs on the control path. A model is refused, with every reason spelled out, when its file's
-//! sha256 differs from the manifest, its feature schema hash differs from the server's, its
-//! input/output names, types or shapes differ from the manifest, or its golden rows do not
-//! reproduce.
+//! sha256 differs from the manifest, its manifest is unsigned or badly signed while a public key
+//! is configured, its feature schema hash differs from the server's, its input/output names,
+//! types or shapes differ from the manifest, its golden rows do not reproduce, or the execution
+//! provider asked for cannot run it (unless falling back to the CPU is allowed).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +16,9 @@ use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::provider::{self, ExecutionProvider, ProviderConfig};
 use super::scorer::Scorer;
+use super::signing;
 use crate::features;
 use crate::policy::PolicyParams;
 
@@ -130,7 +133,11 @@ impl ModelError {
             ModelError::NoneFound(_) | ModelError::NotFound(_) | ModelError::Ambiguous { .. } => "not_found",
             ModelError::Refused { problems, .. } => {
                 let all = problems.join(" ");
-                if all.contains("sha256") {
+                if all.contains(signing::SIGNATURE_FILE) {
+                    "signature"
+                } else if all.contains("execution provider") {
+                    "provider"
+                } else if all.contains("sha256") {
                     "sha256"
                 } else if all.contains("schema") || all.contains("feature names") {
                     "schema"
@@ -149,7 +156,11 @@ impl ModelError {
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|e| ModelError::Manifest { path: path.to_owned(), msg: e.to_string() })
+        Self::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Self, ModelError> {
+        toml::from_str(text).map_err(|e| ModelError::Manifest { path: path.to_owned(), msg: e.to_string() })
     }
 
     /// `name@version`, the label every signal carries.
@@ -216,11 +227,30 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
+/// How every model of a server is loaded.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Tensors are pre-allocated for batches of 1..=max_batch.
+    pub max_batch: usize,
+    pub provider: ProviderConfig,
+    /// When set, `manifest.toml.sig` must be this key's signature of the manifest.
+    pub public_key: Option<ed25519_dalek::VerifyingKey>,
+}
+
+impl LoadOptions {
+    /// CPU provider, no signature required.
+    pub fn cpu(max_batch: usize) -> Self {
+        Self { max_batch, provider: ProviderConfig::default(), public_key: None }
+    }
+}
+
 /// A verified model, ready to hand to the engine.
 pub struct LoadedModel {
     pub manifest: Manifest,
     pub dir: PathBuf,
     pub scorer: Scorer,
+    /// The execution provider running the session (CPU after a fallback).
+    pub provider: ExecutionProvider,
     /// Reading and checking the manifest, the file's sha256, shapes and golden rows.
     pub verify_time: Duration,
     /// Building the ONNX Runtime session (graph optimisation included).
@@ -259,14 +289,28 @@ fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
 }
 
 impl LoadedModel {
-    /// Reads `dir/manifest.toml`, verifies everything, builds the session with tensors for
-    /// batches up to `max_batch`, and runs the golden rows. Every problem found is reported.
+    /// [`LoadedModel::load_with`] on the CPU provider with no signature check.
     pub fn load(dir: &Path, max_batch: usize) -> Result<Self, ModelError> {
+        Self::load_with(dir, &LoadOptions::cpu(max_batch))
+    }
+
+    /// Reads `dir/manifest.toml`, verifies everything (signature, sha256, schema, shapes),
+    /// builds the session on the configured execution provider with tensors for batches up to
+    /// `max_batch`, and runs the golden rows. Every problem found is reported.
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
         let started = Instant::now();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::read(&manifest_path)?;
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
+        let manifest = Manifest::parse(&manifest_path, &text)?;
         let label = manifest.label();
-        let mut problems = manifest.check_static();
+        let mut problems = Vec::new();
+        if let Some(key) = &opts.public_key
+            && let Err(why) = signing::verify(dir, text.as_bytes(), key)
+        {
+            problems.push(why);
+        }
+        problems.extend(manifest.check_static());
         // models/<name>/<version>/: the directory must say what the manifest says.
         let dir_version = dir.file_name().and_then(|v| v.to_str()).unwrap_or_default();
         let dir_name = dir.parent().and_then(|n| n.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
@@ -291,8 +335,10 @@ impl LoadedModel {
             let b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| e.to_string())?;
             b.with_intra_op_spinning(false).map_err(|e| e.to_string())
         })();
+        let mut builder = builder.map_err(runtime)?;
+        let provider = provider::register(&opts.provider, &mut builder)
+            .map_err(|why| ModelError::Refused { model: label.clone(), problems: vec![why] })?;
         let session = builder
-            .map_err(runtime)?
             .commit_from_file(&model_path)
             .map_err(|e| runtime(format!("cannot load {}: {e}", model_path.display())))?;
         let load_time = load_started.elapsed();
@@ -300,9 +346,15 @@ impl LoadedModel {
         if !problems.is_empty() {
             return Err(ModelError::Refused { model: label, problems });
         }
-        let mut scorer =
-            Scorer::new(session, &manifest.io.input, &manifest.io.output, features::NUM_FEATURES, 1, max_batch.max(1))
-                .map_err(|e| runtime(e.to_string()))?;
+        let mut scorer = Scorer::new(
+            session,
+            &manifest.io.input,
+            &manifest.io.output,
+            features::NUM_FEATURES,
+            1,
+            opts.max_batch.max(1),
+        )
+        .map_err(|e| runtime(e.to_string()))?;
         let mut problems = Vec::new();
         for (i, g) in manifest.golden.iter().enumerate() {
             let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
@@ -318,6 +370,6 @@ impl LoadedModel {
             return Err(ModelError::Refused { model: label, problems });
         }
         let verify_time = started.elapsed().saturating_sub(load_time);
-        Ok(Self { manifest, dir: dir.to_owned(), scorer, verify_time, load_time })
+        Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, verify_time, load_time })
     }
 }

@@ -1,11 +1,16 @@
-//! Models: finding ONNX Runtime, reading and verifying manifests, building sessions.
+//! Models: finding ONNX Runtime, reading, signing and verifying manifests, building sessions on
+//! an execution provider.
 //!
 //! Loading and verification run on the control path (start-up or a loader thread); only
 //! [`Scorer::score`] runs on the engine thread, which owns the `Scorer` it was handed.
 
 pub mod manifest;
+pub mod provider;
 pub mod runtime;
 pub mod scorer;
+pub mod signing;
+pub mod timing;
 
-pub use manifest::{LoadedModel, Manifest, ModelError};
+pub use manifest::{LoadOptions, LoadedModel, Manifest, ModelError};
+pub use provider::{ExecutionProvider, ProviderConfig, ProviderFallback};
 pub use scorer::Scorer;

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::discover::{Found, scan, version_cmp};
 use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth};
-use crate::model::{LoadedModel, ModelError};
+use crate::model::{LoadOptions, LoadedModel, ModelError};
 use crate::policy::PolicyParams;
 use crate::telemetry::{ModelsView, Telemetry};
 
@@ -38,7 +38,8 @@ pub struct RegistryConfig {
     pub name: Option<String>,
     /// A pinned version: never switch automatically.
     pub pinned: Option<String>,
-    pub max_batch: usize,
+    /// Batch size, execution provider and signature key every version is loaded with.
+    pub load: LoadOptions,
     pub policy_override: Option<PolicyParams>,
     /// Watch the directory for changes (plus the periodic rescan).
     pub watch: bool,
@@ -71,6 +72,8 @@ struct Entry {
     warm_ms: f64,
     changed_unix_ms: u64,
     loaded: Option<LoadedModel>,
+    /// Execution provider of the last successful load ("" before one).
+    provider: &'static str,
     /// Signature of the files when a load last failed: retried only when they change.
     failed_signature: Option<Vec<(u64, Option<SystemTime>)>>,
 }
@@ -86,6 +89,7 @@ impl Entry {
             warm_ms: 0.0,
             changed_unix_ms: now_ms(),
             loaded: None,
+            provider: "",
             failed_signature: None,
         }
     }
@@ -326,8 +330,8 @@ impl Registry {
     /// Verifies, loads and warms `key`; on failure records why (the running model is untouched).
     fn load(&mut self, key: &Key, recent: &[f32]) -> Result<(), ModelError> {
         let entry = self.entries.get_mut(key).expect("load is called for known entries");
-        let result = LoadedModel::load(&entry.found.dir, self.cfg.max_batch).and_then(|mut m| {
-            let warm = warm_up(&mut m, recent, self.cfg.max_batch)?;
+        let result = LoadedModel::load_with(&entry.found.dir, &self.cfg.load).and_then(|mut m| {
+            let warm = warm_up(&mut m, recent, self.cfg.load.max_batch)?;
             Ok((m, warm))
         });
         match result {
@@ -336,10 +340,11 @@ impl Registry {
                 entry.load_ms = m.load_time.as_secs_f64() * 1e3;
                 entry.warm_ms = warm.as_secs_f64() * 1e3;
                 self.last_load = Some([entry.verify_ms / 1e3, entry.load_ms / 1e3, entry.warm_ms / 1e3]);
+                entry.provider = m.provider.label();
                 entry.loaded = Some(m);
                 entry.failed_signature = None;
                 entry.set(State::Loaded, "");
-                tracing::info!(model = %label(key), verify_ms = entry.verify_ms, load_ms = entry.load_ms, warm_ms = entry.warm_ms, "model loaded and warm");
+                tracing::info!(model = %label(key), provider = entry.provider, verify_ms = entry.verify_ms, load_ms = entry.load_ms, warm_ms = entry.warm_ms, "model loaded and warm");
                 Ok(())
             }
             Err(e) => {
@@ -556,7 +561,7 @@ impl Registry {
             versions: self
                 .entries
                 .values()
-                .map(|e| (e.found.name.clone(), e.found.version.clone(), e.state.label()))
+                .map(|e| (e.found.name.clone(), e.found.version.clone(), e.state.label(), e.provider))
                 .collect(),
             swaps: self.swaps,
             rollbacks: self.rollbacks,

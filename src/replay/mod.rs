@@ -127,11 +127,8 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         return Err(ReplayError::OutExists(out.clone()));
     }
     // Verify every model before the (possibly long) replay starts.
-    let loaded = opts
-        .models
-        .iter()
-        .map(|dir| LoadedModel::load(dir, opts.config.engine.max_batch))
-        .collect::<Result<Vec<_>, _>>()?;
+    let load = opts.config.load_options().map_err(|e| ReplayError::Settings(vec![e.to_string()]))?;
+    let loaded = opts.models.iter().map(|dir| LoadedModel::load_with(dir, &load)).collect::<Result<Vec<_>, _>>()?;
     let ticks = tickfile::read_all(&opts.ticks)?;
     let (Some(first), Some(last)) = (ticks.first(), ticks.last()) else { return Err(ReplayError::NoTicks) };
     let eval_from_ns =

@@ -5,6 +5,7 @@
 
 pub mod admin_service;
 pub mod risk_service;
+pub mod security;
 pub mod signal_service;
 pub mod status;
 pub mod tick_stream;
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineHandle};
 use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
@@ -49,6 +50,10 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The encoded file descriptor set of `quantd.v1`, for server reflection.
@@ -81,9 +86,14 @@ impl Server {
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         let telemetry = Telemetry::new();
-        let (registry, active) = Registry::start(config.registry_config(), telemetry.clone())?;
+        let (registry, active) = Registry::start(config.registry_config()?, telemetry.clone())?;
         let label = active.label.to_string();
         tracing::info!(model = %label, "model verified, loaded and warm");
+        let auth = security::AdminAuth::new(&config.admin, &config.tls).map_err(StartError::Tls)?;
+        let tls = security::server_tls(&config.tls).map_err(StartError::Tls)?;
+        if !auth.enforced() {
+            tracing::warn!("admin services need no token or client certificate (loopback listener only)");
+        }
         let engine =
             crate::engine::spawn(&config.engine_config(), active, telemetry.clone()).map_err(StartError::Thread)?;
         let handle = engine.handle();
@@ -92,6 +102,7 @@ impl Server {
         let exporter = Exporter::start(
             telemetry.clone(),
             Box::new(move || depth_handle.depth()),
+            handle.capacity(),
             Duration::from_millis(config.metrics_interval_ms),
         )
         .map_err(StartError::Thread)?;
@@ -109,11 +120,10 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let risk = risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone());
-        let grpc =
-            serve_grpc(listener, handle, registry.clone(), risk, telemetry.clone(), config.stream.clone(), stop_rx)
-                .await?;
+        let edge = Edge { tls, auth, stream: config.stream.clone(), shard: config.shard };
+        let grpc = serve_grpc(listener, handle, registry.clone(), risk, telemetry.clone(), edge, stop_rx).await?;
         let grpc = tokio::spawn(grpc);
-        tracing::info!(%addr, %metrics_addr, "serving");
+        tracing::info!(%addr, %metrics_addr, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -199,15 +209,24 @@ impl Drop for Server {
     }
 }
 
+/// How the gRPC port talks to clients: TLS, admin authorisation, stream limits.
+struct Edge {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: security::AdminAuth,
+    stream: crate::config::StreamSection,
+    shard: crate::shard::ShardConfig,
+}
+
 async fn serve_grpc(
     listener: TcpListener,
     engine: EngineHandle,
     registry: RegistryHandle,
     risk: risk_service::Risk,
     telemetry: Arc<Telemetry>,
-    st: crate::config::StreamSection,
+    edge: Edge,
     stop: oneshot::Receiver<()>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
+    let st = edge.stream;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The first model is loaded, verified and warm before the port opens, so the service starts
     // SERVING; a later failed reload leaves the running model (and this status) in place.
@@ -223,17 +242,23 @@ async fn serve_grpc(
         mode: st.backpressure,
         max_symbols: st.max_symbols_per_stream,
         idle_timeout: (st.idle_timeout_ms > 0).then(|| Duration::from_millis(st.idle_timeout_ms)),
+        shard: edge.shard,
     };
     let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, st.max_streams))
         .max_decoding_message_size(st.max_message_bytes);
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-    let admin = ModelAdminServer::new(admin_service::Admin::new(registry));
-    Ok(tonic::transport::Server::builder()
+    let admin = ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), edge.auth.clone());
+    let risk = RiskAdminServer::with_interceptor(risk, edge.auth);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = edge.tls {
+        builder = builder.tls_config(tls).map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    Ok(builder
         .http2_keepalive_interval(ms(st.keepalive_interval_ms))
         .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
         .add_service(health_service)
         .add_service(admin)
-        .add_service(RiskAdminServer::new(risk))
+        .add_service(risk)
         .add_service(reflection)
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,

@@ -16,7 +16,7 @@ use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
 use crate::telemetry::{Recorder, Series, Telemetry};
-use crate::tick::{Symbol, Tick};
+use crate::tick::{Reject, Symbol, Tick};
 
 /// Request metadata a client may set on `StreamTicks` to choose its own back-pressure mode
 /// (`block`, `reject` or `conflate`) instead of the server's `stream.backpressure`.
@@ -83,6 +83,9 @@ impl SignalService for Signals {
         let recv_ns = realtime_ns();
         let reply = match Tick::from_proto(&t) {
             Err(reject) => Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
+            Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => {
+                Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, Reject::WrongShard, recv, recv_ns)
+            }
             Ok(tick) => {
                 let queue = ReplyQueue::new(1);
                 match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false }) {

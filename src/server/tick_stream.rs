@@ -35,6 +35,8 @@ pub struct StreamLimits {
     pub max_symbols: usize,
     /// End a stream that has sent nothing for this long (with nothing owed to it).
     pub idle_timeout: Option<std::time::Duration>,
+    /// The symbols this replica owns.
+    pub shard: crate::shard::ShardConfig,
 }
 
 enum Pending {
@@ -110,6 +112,10 @@ impl TickStream {
             Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
             Ok(tick) if !self.symbols.contains(&tick.symbol) && self.symbols.len() >= self.limits.max_symbols => {
                 Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
+            }
+            // Only a symbol new to the stream is hashed; accepted ones are in `symbols`.
+            Ok(tick) if !self.symbols.contains(&tick.symbol) && !self.limits.shard.owns(tick.symbol.as_str()) => {
+                Pending::Local(local(Reject::WrongShard, tick.symbol), t.symbol)
             }
             Ok(tick) if self.in_flight >= self.limits.window => {
                 Pending::Local(local(Reject::Overloaded, tick.symbol), t.symbol)

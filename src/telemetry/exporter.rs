@@ -26,6 +26,7 @@ pub const BATCH_SIZE: &str = "quantd_inference_batch_size";
 pub const TICKS: &str = "quantd_ticks_total";
 pub const REJECTS: &str = "quantd_rejects_total";
 pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
+pub const QUEUE_CAPACITY: &str = "quantd_engine_queue_capacity";
 pub const MODEL_INFO: &str = "quantd_model_info";
 pub const MODEL_SWAPS: &str = "quantd_model_swaps_total";
 pub const MODEL_ROLLBACKS: &str = "quantd_model_rollbacks_total";
@@ -74,9 +75,10 @@ fn describe() {
     metrics::describe_counter!(TICKS, "Ticks by final outcome (scored, warming_up, rejected, dropped)");
     metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
     metrics::describe_gauge!(QUEUE_DEPTH, "Ticks waiting in the engine queue");
+    metrics::describe_gauge!(QUEUE_CAPACITY, "Engine queue capacity (a full queue answers queue_full)");
     metrics::describe_gauge!(
         MODEL_INFO,
-        "Every known model version (value 1), labelled with name, version and state (active, previous, shadow, loaded, failed, ...)"
+        "Every known model version (value 1), labelled with name, version, state (active, previous, shadow, loaded, failed, ...) and the execution provider running it (cpu, cuda, tensorrt; none if never loaded)"
     );
     metrics::describe_counter!(MODEL_SWAPS, "Model activations (hot swaps)");
     metrics::describe_counter!(MODEL_ROLLBACKS, "Rollbacks to the previous model (automatic or by admin call)");
@@ -104,17 +106,21 @@ fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
     }
 }
 
-type Versions = Vec<(String, String, &'static str)>;
+type Versions = Vec<(String, String, &'static str, &'static str)>;
 
 fn publish_models(t: &Telemetry, last: &mut Versions) {
     let view = t.models();
     if view.versions != *last {
-        for (name, version, state) in last.drain(..) {
-            metrics::gauge!(MODEL_INFO, "name" => name, "version" => version, "state" => state).set(0.0);
+        let info = |(name, version, state, provider): &(String, String, &'static str, &'static str)| {
+            let labels = [("name", name.clone()), ("version", version.clone()), ("state", state.to_string())];
+            let provider = ("provider", if provider.is_empty() { "none" } else { provider }.to_string());
+            metrics::gauge!(MODEL_INFO, &labels.into_iter().chain([provider]).collect::<Vec<_>>())
+        };
+        for v in last.drain(..) {
+            info(&v).set(0.0);
         }
-        for (name, version, state) in &view.versions {
-            metrics::gauge!(MODEL_INFO, "name" => name.clone(), "version" => version.clone(), "state" => *state)
-                .set(1.0);
+        for v in &view.versions {
+            info(v).set(1.0);
         }
         *last = view.versions.clone();
     }
@@ -180,6 +186,7 @@ impl Exporter {
     pub fn start(
         telemetry: Arc<Telemetry>,
         queue_depth: Box<dyn Fn() -> usize + Send>,
+        queue_capacity: usize,
         interval: Duration,
     ) -> std::io::Result<Self> {
         let recorder = build_recorder();
@@ -190,7 +197,10 @@ impl Exporter {
         let thread = ControlThread::spawn("quantd-telemetry", move |s| {
             let mut delta = t.latency.new_set();
             let mut last_models = Vec::new();
-            metrics::with_local_recorder(&recorder, describe);
+            metrics::with_local_recorder(&recorder, || {
+                describe();
+                metrics::gauge!(QUEUE_CAPACITY).set(queue_capacity as f64);
+            });
             loop {
                 let stopping = s.load(Ordering::Acquire);
                 t.latency.collect(&mut delta);

@@ -19,8 +19,8 @@ use crate::risk::SymbolVarReport;
 /// What the registry last published about its models.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelsView {
-    /// `(name, version, state)` of every known version.
-    pub versions: Vec<(String, String, &'static str)>,
+    /// `(name, version, state, execution provider)` of every known version.
+    pub versions: Vec<(String, String, &'static str, &'static str)>,
     /// `(name, version)` of the active model.
     pub active: Option<(String, String)>,
     pub swaps: u64,
