@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup run test test-rust test-python bench bench-quick bench-stream bench-swap default-model fuzz soak lint clean
+.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -14,14 +14,27 @@ setup:
 run: setup
 	./target/release/quantd serve --models models
 
-## test: set up, then every test (Rust unit + integration, Python grpcio interop)
-test: setup test-rust test-python
+## train-setup: training/.venv with PyTorch, torchao, ONNX, ONNX Runtime (idempotent; ~5 GB)
+train-setup:
+	./scripts/train-setup.sh
+
+## train: the whole training pipeline on the shared data -> models/ (every architecture and
+## quantization method, the size sweep, the bar-replay comparison, REPORT.md); ~9 min on 2 cores
+train: setup train-setup
+	training/.venv/bin/python training/train.py --quantd target/release/quantd --shared ../shared/data \
+	  --out models --sweep 64,128,256,512 --bars --json training/figures.json
+
+## test: set up, then every test (Rust unit + integration, Python grpcio interop, training smoke)
+test: setup train-setup test-rust test-python test-training
 
 test-rust:
 	$(CARGO) test --locked --workspace --all-targets
 
 test-python:
 	$(PY) -m pytest -q tests/python
+
+test-training:
+	training/.venv/bin/python -m pytest -q training/tests
 
 ## bench: criterion hot paths, then quantd, the echo floor and the Python peer at 1k/10k/50k ticks/s
 ## (3 runs each) and at their highest sustained rate; rewrites BENCHMARKS.md's suite section (~12 min)

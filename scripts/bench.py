@@ -93,13 +93,20 @@ class Server:
                 self.proc.kill()
 
 
+def default_model_dir() -> str:
+    """models/<DEFAULT>/<highest release>: the model quantd serves, so the Python peer runs the same."""
+    name = (Path("models") / "DEFAULT").read_text().strip()
+    releases = [d for d in (Path("models") / name).iterdir() if d.name.isdigit()]
+    return str(max(releases, key=lambda d: int(d.name)))
+
+
 def start_servers(stubs: Path) -> dict[str, Server]:
     quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--metrics-listen",
                                "127.0.0.1:0", "--models", "models", "--log-json", "true"],
                     r'"message":"serving","addr":"([^"]+)","metrics_addr":"(?P<metrics>[^"]+)"')
     echo = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
     python = Server("python", [sys.executable, "loadtest/baselines/python_server.py", "--listen", "127.0.0.1:0",
-                               "--model", "models/quantd-mlp/1", "--stubs", str(stubs)], r"listening on (\S+)")
+                               "--model", default_model_dir(), "--stubs", str(stubs)], r"listening on (\S+)")
     return {"quantd": quantd, "echo": echo, "python": python}
 
 

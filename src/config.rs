@@ -73,6 +73,9 @@ pub struct EngineSection {
     pub max_batch: usize,
     /// Distinct symbols the server tracks; more are rejected `too_many_symbols`.
     pub max_symbols: usize,
+    /// Feature rows kept per symbol for windowed models (`features.window` in a manifest may not
+    /// exceed it). Reserved up front: max_symbols x max_window x 14 floats, touched as used.
+    pub max_window: usize,
     /// Core to pin the engine thread to (none: not pinned).
     pub core: Option<usize>,
     /// Pin the engine thread to the last core this process may run on (its cpuset: the
@@ -192,6 +195,7 @@ impl Default for EngineSection {
             queue_capacity: 16_384,
             max_batch: 64,
             max_symbols: 10_000,
+            max_window: 32,
             core: None,
             pin_last_core: false,
             idle: IdleStrategy::SpinPark,
@@ -218,22 +222,47 @@ impl Default for StreamSection {
     }
 }
 
-/// Values from the environment or the command line; each set one replaces the file's.
-#[derive(Clone, Debug, Default)]
+/// Values from the environment or the command line (`quantd serve` flags); each set one
+/// replaces the file's.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    #[arg(long, env = "QUANTD_LISTEN")]
     pub listen: Option<SocketAddr>,
+    #[arg(long, env = "QUANTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Model repository (<dir>/<name>/<version>/).
+    #[arg(long = "models", env = "QUANTD_MODELS")]
     pub models_dir: Option<PathBuf>,
+    /// Model to serve: name or name@version.
+    #[arg(long, env = "QUANTD_MODEL")]
     pub model: Option<String>,
+    #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
+    /// Log JSON lines.
+    #[arg(long, env = "QUANTD_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Core to pin the engine thread to.
+    #[arg(long, env = "QUANTD_ENGINE_CORE")]
     pub engine_core: Option<usize>,
+    /// ONNX Runtime execution provider: cpu, cuda or tensorrt.
+    #[arg(long, env = "QUANTD_EXECUTION_PROVIDER")]
     pub execution_provider: Option<ExecutionProvider>,
+    /// Bearer token for the admin services.
+    #[arg(long, env = "QUANTD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "QUANTD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "QUANTD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mutual TLS).
+    #[arg(long, env = "QUANTD_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// This replica's shard of the symbols (a StatefulSet pod ordinal).
+    #[arg(long, env = "QUANTD_SHARD_INDEX")]
     pub shard_index: Option<u32>,
+    /// Number of shards (replicas).
+    #[arg(long, env = "QUANTD_SHARD_COUNT")]
     pub shard_count: Option<u32>,
 }
 
@@ -337,6 +366,9 @@ impl Config {
         if e.core.is_some() && e.pin_last_core {
             p.push("engine.core and engine.pin_last_core are both set; choose one".into());
         }
+        if !(1..=crate::model::manifest::MAX_WINDOW).contains(&e.max_window) {
+            p.push(format!("engine.max_window {} must be in 1..={}", e.max_window, crate::model::manifest::MAX_WINDOW));
+        }
         if e.max_symbols == 0 {
             p.push("engine.max_symbols must be > 0".into());
         }
@@ -416,6 +448,7 @@ impl Config {
                 device_id: self.gpu_device_id,
             },
             public_key: self.model_key().map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?,
+            max_window: self.engine.max_window,
         })
     }
 
@@ -447,6 +480,7 @@ impl Config {
             queue_capacity: self.engine.queue_capacity,
             max_batch: self.engine.max_batch,
             max_symbols: self.engine.max_symbols,
+            max_window: self.engine.max_window,
             core: if self.engine.pin_last_core {
                 core_affinity::get_core_ids().and_then(|ids| ids.last().map(|c| c.id))
             } else {

@@ -1,6 +1,5 @@
 //! The `quantd` binary: parses the command line and calls the library. Nothing else lives here.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,44 +21,8 @@ enum Command {
         /// TOML config file.
         #[arg(long, env = "QUANTD_CONFIG")]
         config: Option<PathBuf>,
-        #[arg(long, env = "QUANTD_LISTEN")]
-        listen: Option<SocketAddr>,
-        #[arg(long, env = "QUANTD_METRICS_LISTEN")]
-        metrics_listen: Option<SocketAddr>,
-        /// Model repository (<dir>/<name>/<version>/).
-        #[arg(long = "models", env = "QUANTD_MODELS")]
-        models_dir: Option<PathBuf>,
-        /// Model to serve: name or name@version.
-        #[arg(long, env = "QUANTD_MODEL")]
-        model: Option<String>,
-        /// Core to pin the engine thread to.
-        #[arg(long, env = "QUANTD_ENGINE_CORE")]
-        engine_core: Option<usize>,
-        #[arg(long, env = "ORT_DYLIB_PATH")]
-        ort_dylib_path: Option<PathBuf>,
-        /// Log JSON lines.
-        #[arg(long, env = "QUANTD_LOG_JSON")]
-        log_json: Option<bool>,
-        /// ONNX Runtime execution provider: cpu, cuda or tensorrt.
-        #[arg(long, env = "QUANTD_EXECUTION_PROVIDER")]
-        execution_provider: Option<quantd::model::ExecutionProvider>,
-        /// Bearer token for the admin services.
-        #[arg(long, env = "QUANTD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
-        #[arg(long, env = "QUANTD_TLS_CERT")]
-        tls_cert: Option<PathBuf>,
-        #[arg(long, env = "QUANTD_TLS_KEY")]
-        tls_key: Option<PathBuf>,
-        /// PEM CA bundle for client certificates (mutual TLS).
-        #[arg(long, env = "QUANTD_TLS_CLIENT_CA")]
-        tls_client_ca: Option<PathBuf>,
-        /// This replica's shard of the symbols (a StatefulSet pod ordinal).
-        #[arg(long, env = "QUANTD_SHARD_INDEX")]
-        shard_index: Option<u32>,
-        /// Number of shards (replicas).
-        #[arg(long, env = "QUANTD_SHARD_COUNT")]
-        shard_count: Option<u32>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Write the feature rows the server computes for recorded ticks (.csv or .npy).
     Features {
@@ -109,6 +72,10 @@ enum Command {
         /// default model's held-out test period).
         #[arg(long, default_value_t = 0.0)]
         eval_from: f64,
+        /// Charge each signal an end-to-end latency drawn from this live run (a `quantd-load
+        /// --json` report) instead of the replay's own engine time.
+        #[arg(long)]
+        latency_from: Option<PathBuf>,
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
@@ -122,10 +89,12 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
-    /// Time the model's ONNX Runtime session per call at several batch sizes, on the chosen
-    /// execution provider (the session the engine thread uses).
+    /// Time models' ONNX Runtime sessions per call at several batch sizes, on the chosen
+    /// execution provider (the session the engine thread uses); several model directories are
+    /// timed side by side in interleaved rounds.
     BenchModel {
-        dir: PathBuf,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         /// Batch sizes to time.
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         batch: Vec<usize>,
@@ -133,6 +102,9 @@ enum Command {
         calls: u64,
         #[arg(long, default_value_t = 2_000)]
         warmup: u64,
+        /// Interleaved rounds the calls are split into.
+        #[arg(long, default_value_t = 10)]
+        rounds: u64,
         #[arg(long, default_value = "cpu")]
         execution_provider: quantd::model::ExecutionProvider,
         /// Write the figures as JSON here too.
@@ -172,39 +144,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve {
-            config,
-            listen,
-            metrics_listen,
-            models_dir,
-            model,
-            engine_core,
-            ort_dylib_path,
-            log_json,
-            execution_provider,
-            admin_token,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            shard_index,
-            shard_count,
-        } => {
-            let overrides = Overrides {
-                listen,
-                metrics_listen,
-                models_dir,
-                model,
-                ort_dylib_path,
-                log_json,
-                engine_core,
-                execution_provider,
-                admin_token,
-                tls_cert,
-                tls_key,
-                tls_client_ca,
-                shard_index,
-                shard_count,
-            };
+        Command::Serve { config, overrides } => {
             let config = Config::load(config.as_deref(), overrides)?;
             quantd::telemetry::logging::init(config.log_json);
             serve(config)
@@ -238,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             ic_horizon_ms,
             batch,
             eval_from,
+            latency_from,
             ort_dylib_path,
         } => {
             let config = Config::load(config.as_deref(), Overrides::default())?;
@@ -257,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 eval_from,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                latency_from,
             };
             let report = quantd::replay::run(&opts)?;
             quantd::replay::print_table(&report);
@@ -274,29 +216,33 @@ fn main() -> anyhow::Result<()> {
             println!("ok: {} ({} golden rows reproduced{signed})", m.manifest.label(), m.manifest.golden.len());
             Ok(())
         }
-        Command::BenchModel { dir, batch, calls, warmup, execution_provider, json, ort_dylib_path } => {
+        Command::BenchModel { dirs, batch, calls, warmup, rounds, execution_provider, json, ort_dylib_path } => {
             let lib = quantd::model::runtime::init(ort_dylib_path.as_deref())?;
             let mut opts = quantd::model::LoadOptions::cpu(batch.iter().copied().max().unwrap_or(1));
             opts.provider.provider = execution_provider;
-            let mut m = quantd::model::LoadedModel::load_with(&dir, &opts)?;
-            let figures = quantd::model::timing::time_calls(&mut m, &batch, warmup, calls)?;
-            println!(
-                "{} on {} ({}), {calls} calls per batch size",
-                m.manifest.label(),
-                m.provider.label(),
-                lib.display()
-            );
-            for c in &figures {
+            let mut models =
+                dirs.iter().map(|d| quantd::model::LoadedModel::load_with(d, &opts)).collect::<Result<Vec<_>, _>>()?;
+            let figures = quantd::model::timing::time_calls(&mut models, &batch, warmup, calls, rounds)?;
+            let mut doc = Vec::new();
+            for (m, calls_of) in models.iter().zip(&figures) {
                 println!(
-                    "  batch {:>4}: p50 {:>8.2} µs  p90 {:>8.2}  p99 {:>8.2}  max {:>9.2}  ({:.3} µs/row at p50)",
-                    c.batch, c.p50_us, c.p90_us, c.p99_us, c.max_us, c.p50_per_row_us
+                    "{} on {} ({}), {calls} calls per batch size",
+                    m.manifest.label(),
+                    m.provider.label(),
+                    lib.display()
                 );
+                for c in calls_of {
+                    println!(
+                        "  batch {:>4}: p50 {:>8.2} µs  p90 {:>8.2}  p99 {:>8.2}  max {:>9.2}  ({:.3} µs/input at p50)",
+                        c.batch, c.p50_us, c.p90_us, c.p99_us, c.max_us, c.p50_per_row_us
+                    );
+                }
+                doc.push(serde_json::json!({
+                    "model": m.manifest.label(), "dir": m.dir, "provider": m.provider.label(), "calls": calls_of
+                }));
             }
             if let Some(path) = json {
-                let doc = serde_json::json!({
-                    "model": m.manifest.label(), "provider": m.provider.label(), "calls": figures
-                });
-                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+                std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({ "models": doc }))?)?;
             }
             Ok(())
         }

@@ -39,6 +39,7 @@ fn config(risk: RiskConfig) -> Config {
     let mut c = test_config();
     c.risk = risk;
     c.stream.ttl_ms = 0; // replay has no queue to wait in; keep the live server's answers comparable
+    c.model = Some("quantd-mlp@1".into()); // the live server runs the model these replays run
     c.validate().expect("valid");
     c
 }
@@ -53,7 +54,38 @@ fn options(ticks: Vec<PathBuf>, out: Option<PathBuf>, config: Config) -> ReplayO
         batch: 1,
         eval_from: 0.0,
         progress: false,
+        latency_from: None,
     }
+}
+
+/// With `latency_from`, the realistic-latency backtest charges latencies drawn from a live run's
+/// end-to-end distribution: zero-latency figures and the signals are unchanged, the
+/// realistic-latency ones move, and a bad report is refused with the reason.
+#[test]
+fn latency_drawn_from_a_live_run() {
+    quantd::model::runtime::init(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = excerpt(dir.path(), 6_000);
+    let base = run(&options(vec![file.clone()], None, Config::default())).unwrap();
+    // A slow live run: 40 to 80 ms end to end.
+    let slow = dir.path().join("slow.json");
+    std::fs::write(&slow, r#"{"distribution": [[0.0, 40000.0], [50.0, 50000.0], [100.0, 80000.0]]}"#).unwrap();
+    let drawn = run(&ReplayOptions {
+        latency_from: Some(slow.clone()),
+        ..options(vec![file.clone()], None, Config::default())
+    })
+    .unwrap();
+    let (b, d) = (&base.models[0], &drawn.models[0]);
+    assert_eq!(b.signals.len(), d.signals.len());
+    assert!(b.signals.iter().zip(&d.signals).all(|(x, y)| x.target_position == y.target_position));
+    assert_eq!(format!("{:?}", b.zero_latency), format!("{:?}", d.zero_latency));
+    assert_ne!(format!("{:?}", b.with_latency), format!("{:?}", d.with_latency));
+    assert_eq!(drawn.latency_from.as_deref(), Some(slow.as_path()));
+
+    std::fs::write(&slow, "{}").unwrap();
+    let e =
+        run(&ReplayOptions { latency_from: Some(slow), ..options(vec![file], None, Config::default()) }).unwrap_err();
+    assert!(e.to_string().contains("distribution"), "{e}");
 }
 
 /// The first `n` BTCUSDT quotes and trades, as a canonical tick file (what both sides read).

@@ -31,7 +31,7 @@ fn check_signals(ticks: &[Tick], signals: &[Signal], model: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_recorded_ticks_and_exports_latency() {
     let server = start(&test_config()).await;
-    assert_eq!(server.model(), "quantd-mlp@1");
+    assert_eq!(server.model(), DEFAULT_MODEL);
     let mut c = client(&server).await;
     let ticks = recorded(&[BTC_QUOTES, BTC_TRADES], 20_000);
     assert!(
@@ -39,7 +39,7 @@ async fn streams_recorded_ticks_and_exports_latency() {
             && ticks.iter().any(|t| t.kind == TickKind::Quote as i32)
     );
     let signals = stream_all(&mut c, ticks.clone()).await;
-    check_signals(&ticks, &signals, "quantd-mlp@1");
+    check_signals(&ticks, &signals, DEFAULT_MODEL);
     // The manifest's warm-up is 100 ticks: exactly the first 99 signals of the symbol are warming up.
     assert_eq!(signals.iter().filter(|s| s.warming_up).count(), 99);
     assert!(signals.iter().any(|s| s.target_position != 0.0), "the policy takes positions on real data");
@@ -55,7 +55,7 @@ async fn streams_recorded_ticks_and_exports_latency() {
         "quantd_stage_seconds_count{stage=\"total\"}",
         "quantd_inference_batch_size_count",
         "quantd_engine_queue_depth",
-        "quantd_model_info{name=\"quantd-mlp\",version=\"1\",state=\"active\",provider=\"cpu\"} 1",
+        "quantd_model_info{name=\"quantd-mlp\",version=\"2\",state=\"active\",provider=\"cpu\"} 1",
     ] {
         let v = sample(&m, needle);
         assert!(v.is_some(), "{needle} missing:\n{m}");
@@ -277,6 +277,31 @@ async fn a_sharded_replica_refuses_symbols_of_other_shards() {
     config.shard.index = owner;
     let server = start(&config).await;
     let mut c = client(&server).await;
-    check_signals(&btc, &stream_all(&mut c, btc.clone()).await, "quantd-mlp@1");
+    check_signals(&btc, &stream_all(&mut c, btc.clone()).await, DEFAULT_MODEL);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `execution_provider = "cuda"` where it cannot run (this build or this ONNX Runtime has no
+/// CUDA): refused at start-up by default, served on the CPU with `provider_fallback = "cpu"`,
+/// and `quantd_model_info` says which provider runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_gpu_provider_fails_fast_or_falls_back_to_cpu() {
+    use quantd::model::{ExecutionProvider, ProviderFallback};
+    let mut config = test_config();
+    config.execution_provider = ExecutionProvider::Cuda;
+    let refused = match config.validate() {
+        Err(e) => e.to_string(), // built without the cuda feature
+        Ok(()) => quantd::server::Server::start(&config).await.err().expect("no CUDA here: refused").to_string(),
+    };
+    assert!(refused.contains("cuda"), "{refused}");
+
+    config.provider_fallback = ProviderFallback::Cpu;
+    config.validate().unwrap();
+    let server = start(&config).await;
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 150);
+    check_signals(&ticks, &stream_all(&mut c, ticks.clone()).await, DEFAULT_MODEL);
+    let m = wait_for_metric(&server, "quantd_model_info{", 1.0).await;
+    assert!(m.contains("state=\"active\",provider=\"cpu\"} 1"), "{m}");
     server.shutdown(Duration::from_secs(1)).await;
 }

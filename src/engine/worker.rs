@@ -28,6 +28,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     pub max_batch: usize,
     pub max_symbols: usize,
+    /// Feature rows kept per symbol, for models that read a window of them.
+    pub max_window: usize,
     /// Core to pin the engine thread to, if any.
     pub core: Option<usize>,
     pub idle: IdleStrategy,
@@ -124,6 +126,8 @@ fn side(x: f32) -> i8 {
 
 struct SymbolState {
     features: SymbolFeatures,
+    /// Feature rows written to this symbol's ring in the window slab.
+    rows_written: u64,
     /// The policy's state (before the risk layer).
     position: Position,
     risk: SymbolRisk,
@@ -135,6 +139,7 @@ impl SymbolState {
     fn new() -> Self {
         Self {
             features: SymbolFeatures::new(),
+            rows_written: 0,
             position: Position::default(),
             risk: SymbolRisk::default(),
             scored_in_pass: 0,
@@ -170,7 +175,12 @@ pub(super) struct Worker {
     symbols: SymbolTable<SymbolState>,
     batch: Vec<WorkItem>,
     steps: Vec<Step>,
-    /// Feature rows by batch position.
+    /// Each symbol's last `max_window` feature rows, a ring per slot (slot-major), for windowed
+    /// models. Zeroed pages are only touched when a symbol uses them.
+    windows: Vec<f32>,
+    max_window: usize,
+    /// Model input by batch position: the tick's window of rows (oldest first) as of its own
+    /// update, `window * NUM_FEATURES` floats at a stride of `max_window * NUM_FEATURES`.
     feats: Vec<f32>,
     /// Each tick's mid right after its own feature update (the risk layer's price; later ticks
     /// of the same symbol in the batch must not leak into it).
@@ -208,6 +218,8 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         unparker: parker.unparker().clone(),
         risk_board: board.clone(),
     });
+    // The first model's window always fits (a swap to a wider one is refused in `apply`).
+    let max_window = config.max_window.max(model.scorer.window()).max(1);
     let mut risk = RiskGate::new(config.risk.clone(), board);
     risk.set_feature_ranges(model.feature_ranges.as_deref());
     let worker = Worker {
@@ -223,7 +235,9 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         telemetry,
         model,
         shadow: None,
-        feats: vec![0.0; max_batch * NUM_FEATURES],
+        windows: if max_window > 1 { vec![0.0; config.max_symbols * max_window * NUM_FEATURES] } else { Vec::new() },
+        max_window,
+        feats: vec![0.0; max_batch * max_window * NUM_FEATURES],
         mids: vec![f64::NAN; max_batch],
         prev_ts: vec![i64::MIN; max_batch],
         posted: 0,
@@ -232,7 +246,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         symbols: SymbolTable::new(config.max_symbols, config.max_symbols),
         batch: Vec::with_capacity(max_batch),
         steps: Vec::with_capacity(max_batch),
-        rows: vec![0.0; max_batch * NUM_FEATURES],
+        rows: vec![0.0; max_batch * max_window * NUM_FEATURES],
         scores: vec![0.0; max_batch],
         max_batch,
         risk,
@@ -306,6 +320,10 @@ impl Worker {
     /// to the control path to be dropped there.
     pub(super) fn apply(&mut self, c: Control) {
         match c {
+            Control::Swap(new) if new.scorer.window() > self.max_window => {
+                tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.max_window, "model window exceeds engine.max_window; not switched");
+                self.retire(new);
+            }
             Control::Swap(new) => {
                 tracing::info!(from = %self.model.label, to = %new.label, "engine switched model");
                 self.risk.set_feature_ranges(new.feature_ranges.as_deref());
@@ -324,6 +342,9 @@ impl Worker {
                 Err(r) => tracing::error!(%symbol, reject = %r, "kill switch not applied"),
             },
             Control::Shadow(new) => {
+                if let Some(s) = new.as_ref().filter(|s| s.scorer.window() != self.model.scorer.window()) {
+                    tracing::warn!(shadow = %s.label, "shadow model reads a different window than the active one; it is not compared");
+                }
                 self.shared.shadow_stats.reset();
                 if let Some(old) = std::mem::replace(&mut self.shadow, new) {
                     self.retire(old);
@@ -387,12 +408,20 @@ impl Worker {
                     if item.tick.exchange_ts_ns < state.features.last_ts_ns() {
                         Step::Rejected(Reject::StaleTimestamp)
                     } else {
-                        let row: &mut [f32; NUM_FEATURES] = (&mut self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES])
-                            .try_into()
-                            .expect("row slice has NUM_FEATURES elements");
+                        let mut row = [0f32; NUM_FEATURES];
                         self.prev_ts[i] = state.features.last_ts_ns();
-                        state.features.update(&item.tick, row);
+                        state.features.update(&item.tick, &mut row);
                         self.mids[i] = state.features.mid();
+                        let stride = self.max_window * NUM_FEATURES;
+                        let input = &mut self.feats[i * stride..(i + 1) * stride];
+                        let window = self.model.scorer.window();
+                        if self.max_window == 1 {
+                            input[..NUM_FEATURES].copy_from_slice(&row);
+                        } else {
+                            let ring = &mut self.windows[slot * stride..(slot + 1) * stride];
+                            fill_window(ring, state.rows_written, &row, window, input);
+                        }
+                        state.rows_written += 1;
                         if self.ttl.is_some_and(|ttl| waited > ttl) {
                             Step::Expired
                         } else {
@@ -418,10 +447,12 @@ impl Worker {
         }
         // 3. One model call for every tick still to be scored.
         let mut n_rows = 0;
+        let width = self.model.scorer.width();
+        let stride = self.max_window * NUM_FEATURES;
         for (i, step) in self.steps.iter_mut().enumerate() {
             if let Step::Scored { row, .. } = step {
-                self.rows[n_rows * NUM_FEATURES..(n_rows + 1) * NUM_FEATURES]
-                    .copy_from_slice(&self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]);
+                self.rows[n_rows * width..(n_rows + 1) * width]
+                    .copy_from_slice(&self.feats[i * stride..i * stride + width]);
                 *row = n_rows;
                 n_rows += 1;
             }
@@ -429,7 +460,7 @@ impl Worker {
         let mut model_failed = false;
         if n_rows > 0 {
             let t = Instant::now();
-            let rows = &self.rows[..n_rows * NUM_FEATURES];
+            let rows = &self.rows[..n_rows * width];
             match self.model.scorer.score(rows) {
                 Ok(out) => self.scores[..n_rows].copy_from_slice(out),
                 Err(e) => {
@@ -447,7 +478,11 @@ impl Worker {
             if self.pass % 64 == 1
                 && let Ok(mut recent) = self.shared.recent.try_lock()
             {
-                recent.rows[..rows.len()].copy_from_slice(rows);
+                // The newest row of each input (a window's last row).
+                for r in 0..n_rows {
+                    let newest = &rows[(r + 1) * width - NUM_FEATURES..(r + 1) * width];
+                    recent.rows[r * NUM_FEATURES..(r + 1) * NUM_FEATURES].copy_from_slice(newest);
+                }
                 recent.n = n_rows;
             }
         }
@@ -504,7 +539,7 @@ impl Worker {
                         prev_ts_ns: self.prev_ts[i],
                         mid: self.mids[i],
                         recv_ns,
-                        features: Some(&self.feats[i * NUM_FEATURES..(i + 1) * NUM_FEATURES]),
+                        features: Some(newest_row(&self.feats, i, stride, width)),
                         model_failed: failed,
                     };
                     let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
@@ -566,7 +601,30 @@ impl Worker {
 
 /// Scores the same rows with the shadow model and counts where its side agrees with the active
 /// model's. The shadow never produces a signal.
+/// The newest feature row of batch position `i`'s input.
+fn newest_row(feats: &[f32], i: usize, stride: usize, width: usize) -> &[f32] {
+    &feats[i * stride + width - NUM_FEATURES..i * stride + width]
+}
+
+/// Writes `row` as the symbol's row number `written` into its ring (`max_window` rows), then
+/// copies the last `window` rows, oldest first, into `input`. Before the symbol has `window`
+/// rows the oldest one it has stands in for the missing ones (those ticks are warming up).
+fn fill_window(ring: &mut [f32], written: u64, row: &[f32; NUM_FEATURES], window: usize, input: &mut [f32]) {
+    let max_window = (ring.len() / NUM_FEATURES) as u64;
+    let at = (written % max_window) as usize * NUM_FEATURES;
+    ring[at..at + NUM_FEATURES].copy_from_slice(row);
+    let have = written + 1;
+    for j in 0..window {
+        let age = ((window - 1 - j) as u64).min(have - 1);
+        let r = ((have - 1 - age) % max_window) as usize * NUM_FEATURES;
+        input[j * NUM_FEATURES..(j + 1) * NUM_FEATURES].copy_from_slice(&ring[r..r + NUM_FEATURES]);
+    }
+}
+
 fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats: &ShadowStats) {
+    if shadow.scorer.width() * active.len() != rows.len() {
+        return; // a different input window: not comparable on these rows
+    }
     match shadow.scorer.score(rows) {
         Ok(out) => {
             let mut agreed = 0u64;
@@ -585,5 +643,34 @@ fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats:
         Err(_) => {
             shadow.health.failed_calls.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: f32) -> [f32; NUM_FEATURES] {
+        [v; NUM_FEATURES]
+    }
+
+    /// The window as of each row, oldest first, with the first row standing in before the
+    /// symbol has `window` rows, and the ring wrapping around past `max_window` rows.
+    #[test]
+    fn windows_are_the_last_rows_oldest_first() {
+        let (max_window, window) = (4, 3);
+        let mut ring = vec![0.0; max_window * NUM_FEATURES];
+        let mut input = vec![0.0; window * NUM_FEATURES];
+        let firsts = |input: &[f32]| input.chunks(NUM_FEATURES).map(|r| r[0]).collect::<Vec<_>>();
+        let expected: [[f32; 3]; 7] =
+            [[1., 1., 1.], [1., 1., 2.], [1., 2., 3.], [2., 3., 4.], [3., 4., 5.], [4., 5., 6.], [5., 6., 7.]];
+        for (written, want) in expected.iter().enumerate() {
+            fill_window(&mut ring, written as u64, &row(written as f32 + 1.0), window, &mut input);
+            assert_eq!(firsts(&input), want, "after row {}", written + 1);
+        }
+        // A window as wide as the ring still reads every row once.
+        let mut wide = vec![0.0; max_window * NUM_FEATURES];
+        fill_window(&mut ring, 7, &row(8.0), max_window, &mut wide);
+        assert_eq!(firsts(&wide), [5., 6., 7., 8.]);
     }
 }

@@ -54,6 +54,10 @@ pub struct FeatureSection {
     pub schema_version: String,
     pub schema_hash: String,
     pub names: Vec<String>,
+    /// Feature rows per model input: 1 (the latest row, input `[-1, F]`) or T (the symbol's
+    /// last T rows, oldest first, input `[-1, T, F]`; the engine keeps a ring per symbol).
+    #[serde(default = "one")]
+    pub window: usize,
     /// Smallest value of each feature in the training data (with `train_max`: the range the
     /// risk layer's kill switch checks live features against). Empty: no range check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -61,6 +65,13 @@ pub struct FeatureSection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub train_max: Vec<f32>,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// Largest window a manifest may ask for.
+pub const MAX_WINDOW: usize = 256;
 
 impl FeatureSection {
     /// (min, max) per feature when the manifest gives the training ranges.
@@ -118,7 +129,7 @@ pub enum ModelError {
     #[error("model {0} not found")]
     NotFound(String),
     #[error(
-        "several model names under {dir} ({names}); choose one with `model = \"name\"` or \"name@version\" in the config"
+        "several model names under {dir} ({names}); choose one with `model = \"name\"` or \"name@version\" in the config, or name it in {dir}/DEFAULT"
     )]
     Ambiguous { dir: PathBuf, names: String },
 }
@@ -193,8 +204,19 @@ impl Manifest {
             ));
         }
         let width = features::NUM_FEATURES as i64;
-        if self.io.input_shape != [-1, width] {
-            p.push(format!("manifest input_shape {:?} is not [-1, {width}]", self.io.input_shape));
+        let window = self.features.window;
+        if !(1..=MAX_WINDOW).contains(&window) {
+            p.push(format!("features.window {window} must be in 1..={MAX_WINDOW}"));
+        }
+        let expected: Vec<i64> = if window == 1 { vec![-1, width] } else { vec![-1, window as i64, width] };
+        if self.io.input_shape != expected {
+            p.push(format!("manifest input_shape {:?} is not {expected:?} (window {window})", self.io.input_shape));
+        }
+        if self.policy.warmup_ticks < window as u64 {
+            p.push(format!(
+                "policy.warmup_ticks {} must be >= features.window {window}: a symbol's first window must be full before it trades",
+                self.policy.warmup_ticks
+            ));
         }
         if self.io.output_shape != [-1, 1] {
             p.push(format!("manifest output_shape {:?} is not [-1, 1]", self.io.output_shape));
@@ -211,7 +233,7 @@ impl Manifest {
             p.push("manifest has no golden rows".into());
         }
         for (i, g) in self.golden.iter().enumerate() {
-            if g.features.len() != features::NUM_FEATURES || g.output.len() != 1 {
+            if g.features.len() != window.max(1) * features::NUM_FEATURES || g.output.len() != 1 {
                 p.push(format!("golden row {i} has {} features and {} outputs", g.features.len(), g.output.len()));
             }
         }
@@ -235,12 +257,14 @@ pub struct LoadOptions {
     pub provider: ProviderConfig,
     /// When set, `manifest.toml.sig` must be this key's signature of the manifest.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// Largest `features.window` the engine keeps rows for (`engine.max_window`).
+    pub max_window: usize,
 }
 
 impl LoadOptions {
-    /// CPU provider, no signature required.
+    /// CPU provider, no signature required, any window.
     pub fn cpu(max_batch: usize) -> Self {
-        Self { max_batch, provider: ProviderConfig::default(), public_key: None }
+        Self { max_batch, provider: ProviderConfig::default(), public_key: None, max_window: MAX_WINDOW }
     }
 }
 
@@ -311,6 +335,12 @@ impl LoadedModel {
             problems.push(why);
         }
         problems.extend(manifest.check_static());
+        if manifest.features.window > opts.max_window {
+            problems.push(format!(
+                "features.window {} exceeds this server's engine.max_window {}",
+                manifest.features.window, opts.max_window
+            ));
+        }
         // models/<name>/<version>/: the directory must say what the manifest says.
         let dir_version = dir.file_name().and_then(|v| v.to_str()).unwrap_or_default();
         let dir_name = dir.parent().and_then(|n| n.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
@@ -350,7 +380,7 @@ impl LoadedModel {
             session,
             &manifest.io.input,
             &manifest.io.output,
-            features::NUM_FEATURES,
+            (manifest.features.window, features::NUM_FEATURES),
             1,
             opts.max_batch.max(1),
         )

@@ -14,48 +14,70 @@ use ort::AsPointer;
 use ort::session::Session;
 use ort::value::Tensor;
 
-/// A session plus, for every batch size `n` in `1..=max_batch`, an input tensor `[n, width]`
-/// and an output tensor `[n, out_width]` (`[n, window, width]` inputs come with windowed models).
+/// A session plus, for every batch size `n` in `1..=max_batch`, an input tensor (`[n, features]`,
+/// or `[n, window, features]` for a windowed model) and an output tensor `[n, out_width]`.
 pub struct Scorer {
     session: Session,
     input_name: CString,
     output_name: CString,
     inputs: Vec<Tensor<f32>>,
     outputs: Vec<Tensor<f32>>,
+    window: usize,
     width: usize,
     out_width: usize,
 }
 
 impl Scorer {
-    /// Pre-allocates tensors for batches of 1..=`max_batch` rows of `width` floats.
+    /// Pre-allocates tensors for batches of 1..=`max_batch` inputs of `window` rows of
+    /// `features` floats (`window` 1: a plain `[n, features]` input).
     pub fn new(
         session: Session,
         input: &str,
         output: &str,
-        width: usize,
+        (window, features): (usize, usize),
         out_width: usize,
         max_batch: usize,
     ) -> ort::Result<Self> {
         let mut inputs = Vec::with_capacity(max_batch);
         let mut outputs = Vec::with_capacity(max_batch);
         for n in 1..=max_batch {
-            inputs.push(Tensor::<f32>::new(session.allocator(), [n, width])?);
+            inputs.push(if window == 1 {
+                Tensor::<f32>::new(session.allocator(), [n, features])?
+            } else {
+                Tensor::<f32>::new(session.allocator(), [n, window, features])?
+            });
             outputs.push(Tensor::<f32>::new(session.allocator(), [n, out_width])?);
         }
         let cstr = |s: &str| CString::new(s).map_err(|e| ort::Error::new(e.to_string()));
-        Ok(Self { input_name: cstr(input)?, output_name: cstr(output)?, session, inputs, outputs, width, out_width })
+        Ok(Self {
+            input_name: cstr(input)?,
+            output_name: cstr(output)?,
+            session,
+            inputs,
+            outputs,
+            window,
+            width: window * features,
+            out_width,
+        })
     }
 
     pub fn max_batch(&self) -> usize {
         self.inputs.len()
     }
 
+    /// Floats per model input: `window * features`.
     pub fn width(&self) -> usize {
         self.width
     }
 
-    /// Runs the model on `rows` (row-major, `n * width` floats) and returns `n * out_width`
-    /// scores. `n` must be in `1..=max_batch`.
+    /// Feature rows per model input (1: the latest row only).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Runs the model on `rows` (row-major, `n * width` floats: for a windowed model each input
+    /// is its `window` feature rows, oldest first) and returns `n * out_width` scores. `n` must
+    /// be in `1..=max_batch`.
     pub fn score(&mut self, rows: &[f32]) -> ort::Result<&[f32]> {
         let n = rows.len() / self.width;
         debug_assert!(n >= 1 && n <= self.inputs.len() && rows.len() == n * self.width);

@@ -1,6 +1,7 @@
-//! Per-call latency of a loaded model's session at chosen batch sizes: the `quantd bench-model`
+//! Per-call latency of loaded models' sessions at chosen batch sizes: the `quantd bench-model`
 //! tool, which times the same [`Scorer`](super::Scorer) the engine thread calls, on whichever
-//! execution provider the model was loaded with.
+//! execution provider each model was loaded with. Several models are timed side by side in
+//! interleaved rounds, so a noisy moment on a shared machine hits them all alike.
 //!
 //! Runs on the calling thread (a tool, never the server).
 
@@ -10,7 +11,6 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::LoadedModel;
-use crate::features::NUM_FEATURES;
 
 /// Latency of one batch size, in microseconds per model call.
 #[derive(Clone, Debug, Serialize)]
@@ -21,40 +21,60 @@ pub struct CallLatency {
     pub p90_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
-    /// Mean cost per row (p50 / batch).
+    /// Cost per input at the median (p50 / batch).
     pub p50_per_row_us: f64,
 }
 
-/// Times `calls` model calls at each batch size after `warmup` untimed ones. The rows are the
-/// manifest's golden feature rows, repeated to fill the batch.
+/// Times `calls` model calls of each model at each batch size, after `warmup` untimed ones, in
+/// `rounds` interleaved rounds (model A, B, ... then A, B, ... again). Inputs are each manifest's
+/// golden inputs, repeated to fill the batch. Returns one list per model, in order.
 pub fn time_calls(
-    m: &mut LoadedModel,
+    models: &mut [LoadedModel],
     batches: &[usize],
     warmup: u64,
     calls: u64,
-) -> Result<Vec<CallLatency>, ort::Error> {
-    let golden: Vec<f32> = m.manifest.golden.iter().flat_map(|g| g.features.iter().copied()).collect();
-    let mut out = Vec::new();
+    rounds: u64,
+) -> Result<Vec<Vec<CallLatency>>, ort::Error> {
+    let rounds = rounds.clamp(1, calls.max(1));
+    let mut out = vec![Vec::new(); models.len()];
     for &batch in batches {
-        let rows: Vec<f32> = golden.iter().copied().cycle().take(batch * NUM_FEATURES).collect();
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
-        for i in 0..warmup + calls {
-            let t = Instant::now();
-            std::hint::black_box(m.scorer.score(&rows)?);
-            if i >= warmup {
-                h.saturating_record(t.elapsed().as_nanos() as u64);
+        let inputs: Vec<Vec<f32>> = models
+            .iter()
+            .map(|m| {
+                let golden = m.manifest.golden.iter().flat_map(|g| g.features.iter().copied());
+                golden.cycle().take(batch * m.scorer.width()).collect()
+            })
+            .collect();
+        for (m, rows) in models.iter_mut().zip(&inputs) {
+            for _ in 0..warmup {
+                std::hint::black_box(m.scorer.score(rows)?);
             }
         }
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
-        out.push(CallLatency {
-            batch,
-            calls,
-            p50_us: us(0.5),
-            p90_us: us(0.9),
-            p99_us: us(0.99),
-            max_us: h.max() as f64 / 1e3,
-            p50_per_row_us: us(0.5) / batch as f64,
-        });
+        let mut hists: Vec<Histogram<u64>> = (0..models.len())
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"))
+            .collect();
+        for round in 0..rounds {
+            let n = calls / rounds + u64::from(round < calls % rounds);
+            for ((m, rows), h) in models.iter_mut().zip(&inputs).zip(&mut hists) {
+                for _ in 0..n {
+                    let t = Instant::now();
+                    std::hint::black_box(m.scorer.score(rows)?);
+                    h.saturating_record(t.elapsed().as_nanos() as u64);
+                }
+            }
+        }
+        for (h, o) in hists.iter().zip(&mut out) {
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            o.push(CallLatency {
+                batch,
+                calls,
+                p50_us: us(0.5),
+                p90_us: us(0.9),
+                p99_us: us(0.99),
+                max_us: h.max() as f64 / 1e3,
+                p50_per_row_us: us(0.5) / batch as f64,
+            });
+        }
     }
     Ok(out)
 }
@@ -64,12 +84,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_every_batch_size_asked_for() {
+    fn times_every_model_and_batch_size_asked_for() {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         crate::model::runtime::init(None).expect("ONNX Runtime (run `make setup`)");
-        let mut m = LoadedModel::load(&repo.join("models/quantd-mlp/1"), 8).unwrap();
-        let r = time_calls(&mut m, &[1, 8], 5, 20).unwrap();
-        assert_eq!(r.iter().map(|c| (c.batch, c.calls)).collect::<Vec<_>>(), [(1, 20), (8, 20)]);
-        assert!(r.iter().all(|c| c.p50_us > 0.0 && c.p50_us <= c.p99_us && c.p99_us <= c.max_us));
+        let load = || LoadedModel::load(&repo.join("models/quantd-mlp/1"), 8).unwrap();
+        let mut models = [load(), load()];
+        let r = time_calls(&mut models, &[1, 8], 5, 21, 4).unwrap();
+        assert_eq!(r.len(), 2);
+        for m in &r {
+            assert_eq!(m.iter().map(|c| (c.batch, c.calls)).collect::<Vec<_>>(), [(1, 21), (8, 21)]);
+            assert!(m.iter().all(|c| c.p50_us > 0.0 && c.p50_us <= c.p99_us && c.p99_us <= c.max_us));
+        }
     }
 }

@@ -21,6 +21,22 @@ pub struct Found {
     pub signature: Vec<(u64, Option<SystemTime>)>,
 }
 
+/// A release version is a plain number (`2`); anything else (`2-fp32`, `2-ptq-minmax`) is a
+/// variant, served only when pinned (`model = "name@2-fp32"`) or loaded by an admin call, never
+/// picked or activated automatically.
+pub fn is_release(version: &str) -> bool {
+    !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The file in the models directory naming the model served when several names are present
+/// and the config names none.
+pub const DEFAULT_FILE: &str = "DEFAULT";
+
+/// The model name `models_dir/DEFAULT` names, if the file exists.
+pub fn default_name(models_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(models_dir.join(DEFAULT_FILE)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
 /// Version order: numeric where both are numbers, else lexicographic.
 pub fn version_cmp(a: &str, b: &str) -> Ordering {
     match (a.parse::<u64>(), b.parse::<u64>()) {
@@ -88,5 +104,17 @@ mod tests {
         let before = scan(d.path())[1].signature.clone();
         std::fs::write(d.path().join("m/10/manifest.toml"), "changed").unwrap();
         assert_ne!(scan(d.path())[1].signature, before, "a rewritten file changes the signature");
+    }
+
+    #[test]
+    fn releases_are_plain_numbers_and_default_names_the_model() {
+        assert!(is_release("2") && is_release("10"));
+        for v in ["2-fp32", "2-ptq-minmax", "v2", "", "2.1"] {
+            assert!(!is_release(v), "{v}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(default_name(d.path()), None);
+        std::fs::write(d.path().join(DEFAULT_FILE), "quantd-mlp\n").unwrap();
+        assert_eq!(default_name(d.path()).as_deref(), Some("quantd-mlp"));
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use self::discover::{Found, scan, version_cmp};
+use self::discover::{Found, default_name, is_release, scan, version_cmp};
 use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth};
 use crate::model::{LoadOptions, LoadedModel, ModelError};
 use crate::policy::PolicyParams;
@@ -150,9 +150,10 @@ impl Registry {
             None => {
                 let mut names: Vec<_> = found.iter().map(|f| f.name.clone()).collect();
                 names.dedup();
-                match names.len() {
-                    0 => return Err(ModelError::NoneFound(cfg.models_dir.clone())),
-                    1 => names.remove(0),
+                match (names.len(), default_name(&cfg.models_dir)) {
+                    (0, _) => return Err(ModelError::NoneFound(cfg.models_dir.clone())),
+                    (1, _) => names.remove(0),
+                    (_, Some(d)) if names.contains(&d) => d,
                     _ => return Err(ModelError::Ambiguous { dir: cfg.models_dir.clone(), names: names.join(", ") }),
                 }
             }
@@ -166,6 +167,8 @@ impl Registry {
             if candidates.is_empty() {
                 return Err(ModelError::NotFound(format!("{served}@{pin}")));
             }
+        } else if candidates.iter().any(|k| is_release(&k.1)) {
+            candidates.retain(|k| is_release(&k.1));
         }
         if candidates.is_empty() {
             return Err(ModelError::NotFound(served));
@@ -351,7 +354,7 @@ impl Registry {
                 *self.failures.entry(e.reason()).or_default() += 1;
                 entry.failed_signature = Some(entry.found.signature.clone());
                 entry.set(State::Failed, e.to_string());
-                tracing::warn!(model = %label(key), error = %e, "model refused; the running model keeps serving");
+                tracing::warn!(model = %label(key), error = %e, "model refused (a running model keeps serving)");
                 Err(e)
             }
         }
@@ -534,6 +537,7 @@ impl Registry {
             .iter()
             .filter(|(k, e)| {
                 k.0 == self.served
+                    && is_release(&k.1)
                     && version_cmp(&k.1, &active_version).is_gt()
                     && match e.state {
                         State::Discovered => true,

@@ -10,6 +10,7 @@ use crate::model::{LoadedModel, ModelError};
 /// if it produces a non-finite score.
 pub fn warm_up(m: &mut LoadedModel, recent: &[f32], max_batch: usize) -> Result<Duration, ModelError> {
     let started = Instant::now();
+    // Feature rows, NUM_FEATURES each (golden inputs are windows of consecutive rows).
     let rows: Vec<f32> = if recent.len() >= NUM_FEATURES {
         recent.to_vec()
     } else {
@@ -19,12 +20,14 @@ pub fn warm_up(m: &mut LoadedModel, recent: &[f32], max_batch: usize) -> Result<
     if n_rows == 0 {
         return Ok(started.elapsed());
     }
-    let mut batch = Vec::with_capacity(max_batch * NUM_FEATURES);
+    let window = m.scorer.window();
+    let mut batch = Vec::with_capacity(max_batch * window * NUM_FEATURES);
     let mut n = 1;
     while n <= max_batch {
         batch.clear();
-        for i in 0..n {
-            let r = i % n_rows;
+        // Input i: `window` consecutive rows (cyclically) starting at row i.
+        for i in 0..n * window {
+            let r = (i / window + i % window) % n_rows;
             batch.extend_from_slice(&rows[r * NUM_FEATURES..(r + 1) * NUM_FEATURES]);
         }
         for _ in 0..10 {

@@ -5,12 +5,14 @@
 //! [`VarEstimator`] driven by exchange time instead of the wall clock (a sample every
 //! `risk.var.sample_ms` of recorded time; batches never straddle a sample), so the same input
 //! gives byte-identical signals. Each tick's engine time is measured for the latency-aware
-//! backtest but never feeds a decision.
+//! backtest but never feeds a decision; with `--latency-from` the backtest charges latencies drawn
+//! from a live run's end-to-end distribution instead ([`latency::LatencyProfile`]).
 //!
 //! Outputs, written to a staging directory renamed into place only when complete:
 //! `signals-<model>.csv` per model, `summary.json`, and `equity.png` (equity and drawdown, every
 //! model, zero and realistic latency).
 
+pub mod latency;
 mod plot;
 
 use std::collections::BTreeMap;
@@ -46,6 +48,8 @@ pub enum ReplayError {
     NoTicks,
     #[error("plot: {0}")]
     Plot(String),
+    #[error(transparent)]
+    Latency(#[from] latency::ProfileError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError + '_ {
@@ -71,6 +75,9 @@ pub struct ReplayOptions {
     /// (the features still warm up on everything before).
     pub eval_from: f64,
     pub progress: bool,
+    /// Charge each signal a latency drawn from this live run's end-to-end distribution instead of
+    /// the replay's own engine time (feed and order latency are still added).
+    pub latency_from: Option<PathBuf>,
 }
 
 /// Per model: the signals, the backtest at zero and at realistic latency, and the risk figures.
@@ -99,6 +106,8 @@ pub struct ReplayReport {
     pub symbols: Vec<String>,
     pub eval_from_ns: i64,
     pub cost: CostModel,
+    /// The live run whose end-to-end latencies were charged (None: the replay's engine time).
+    pub latency_from: Option<PathBuf>,
     pub models: Vec<ModelReport>,
     /// (model a, model b, share of ticks on the same side).
     pub agreement: Vec<(String, String, f64)>,
@@ -134,9 +143,11 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let eval_from_ns =
         first.exchange_ts_ns + ((last.exchange_ts_ns - first.exchange_ts_ns) as f64 * opts.eval_from) as i64;
     let quotes = quotes_by_symbol(&ticks);
+    let profile = opts.latency_from.as_deref().map(|p| latency::LatencyProfile::from_load_report(p, 7)).transpose()?;
     let mut models = Vec::new();
     for m in loaded {
-        models.push(replay_model(opts, m, &ticks, &quotes, eval_from_ns));
+        // Every model draws the same latencies (same seed), so their rows stay comparable.
+        models.push(replay_model(opts, m, &ticks, &quotes, eval_from_ns, profile.clone()));
     }
     let mut agreement = Vec::new();
     for (i, a) in models.iter().enumerate() {
@@ -151,6 +162,7 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         symbols: quotes.keys().cloned().collect(),
         eval_from_ns,
         cost: cost(opts),
+        latency_from: opts.latency_from.clone(),
         models,
         agreement,
     };
@@ -183,6 +195,7 @@ fn replay_model(
     ticks: &[Tick],
     quotes: &BTreeMap<String, Vec<Quote>>,
     eval_from_ns: i64,
+    mut profile: Option<latency::LatencyProfile>,
 ) -> ModelReport {
     let label = m.manifest.label();
     let policy = opts.config.policy.unwrap_or(m.manifest.policy);
@@ -229,7 +242,11 @@ fn replay_model(
     let mut sorted = engine_ns.clone();
     sorted.sort_unstable();
     let pct = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
-    let (zero_latency, with_latency) = score(&replies, &engine_ns, quotes, &cost(opts), eval_from_ns);
+    let charged: Vec<u64> = match profile.as_mut() {
+        Some(p) => engine_ns.iter().map(|_| p.sample()).collect(),
+        None => engine_ns.clone(),
+    };
+    let (zero_latency, with_latency) = score(&replies, &charged, quotes, &cost(opts), eval_from_ns);
     ModelReport {
         label,
         dir: m.dir.clone(),
@@ -347,8 +364,12 @@ fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayError> {
 
 /// The printed table: one row per model and latency setting.
 pub fn print_table(report: &ReplayReport) {
+    let charged = match &report.latency_from {
+        Some(p) => format!("end-to-end drawn from the live run {}", p.display()),
+        None => "engine".to_owned(),
+    };
     println!(
-        "{} ticks, symbols {:?}; metrics from exchange time {} on; fee {} bps, latency = engine + feed {} µs + order {} µs",
+        "{} ticks, symbols {:?}; metrics from exchange time {} on; fee {} bps, latency = {charged} + feed {} µs + order {} µs",
         report.ticks,
         report.symbols,
         report.eval_from_ns,

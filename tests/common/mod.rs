@@ -11,6 +11,9 @@ use quantd::proto::{Signal, Tick};
 use quantd::server::Server;
 use tonic::transport::Channel;
 
+/// The model `models/` serves by default (`models/DEFAULT` names it; its highest release).
+pub const DEFAULT_MODEL: &str = "quantd-mlp@2";
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

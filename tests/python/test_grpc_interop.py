@@ -46,7 +46,7 @@ def test_python_gateway_streams_real_ticks(pb, quantd):
         assert s.reject_reason == "", s.reject_reason
         assert math.isfinite(s.score)
         assert -1.0 <= s.target_position <= 1.0
-        assert s.model == "quantd-mlp@1"
+        assert s.model == "quantd-mlp@2"  # the default model (models/DEFAULT, highest release)
         assert s.server_send_ns >= s.server_recv_ns > 0
     assert sum(s.warming_up for s in signals) == 99
     assert any(s.target_position != 0 for s in signals)

@@ -53,7 +53,7 @@ def test_peer_serves_quantd_scores_over_grpc(pb, quantd):
         ticks = [pb2.Tick(symbol=r["symbol"], seq=i, exchange_ts_ns=int(r["local_ts_ns"]), kind=pb2.TICK_KIND_QUOTE,
                           bid_px=float(r["bid_px"]), bid_qty=float(r["bid_qty"]), ask_px=float(r["ask_px"]),
                           ask_qty=float(r["ask_qty"])) for i, r in enumerate(rows(400))]
-        server = quantd()
+        server = quantd("--model", "quantd-mlp@1")  # the model the peer runs
         got = {}
         for name, addr in (("peer", peer_addr), ("quantd", server.addr)):
             with grpc.insecure_channel(addr) as ch:

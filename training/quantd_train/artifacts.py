@@ -1,0 +1,106 @@
+"""Model version directories as quantd serves them: `model.onnx`, `manifest.toml` (feature schema
+from `quantd schema --toml`, window T, quantization method and calibration, policy thresholds,
+training ranges, golden rows computed by ONNX Runtime, metrics, sha256)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from . import ortq
+
+
+def toml_list(values) -> str:
+    return "[" + ", ".join(repr(float(v)) for v in np.asarray(values).ravel()) + "]"
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+QUANT_TEXT = {
+    "fp32": ("fp32", "float32", "float32", "none"),
+    "qat": ("qat_qdq", "int8, per-channel, symmetric (-127..127)", "uint8, per-tensor, asymmetric",
+            "fake quantization during fine-tuning (moving-average min/max observers), PT2E + OrtQuantizer"),
+    "ptq-minmax": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
+                   "minmax over the training period"),
+    "ptq-percentile": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
+                       "percentile 99.99 over the training period"),
+    "ptq-entropy": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
+                    "entropy (KL) over the training period"),
+    "dynamic": ("dynamic", "int8, per-channel", "int8, per call (dynamic)", "none (ranges computed per call)"),
+}
+
+
+def write_version(quantd: str, dest: Path, *, name: str, version: str, description: str, onnx_path: Path,
+                  variant: str, window: int, feature_dim: int, policy: tuple[float, float, float],
+                  train_x: np.ndarray, golden_x: np.ndarray, output_meaning: str, training: dict) -> Path:
+    """Writes dest/<name>/<version>/ atomically (staged, then renamed) and returns it."""
+    final = dest / name / version
+    stage = dest / name / f".staging-{version}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    shutil.copy(onnx_path, stage / "model.onnx")
+    # One row per call, as quantd checks them: a dynamically quantized model's output depends on
+    # the other rows of its batch (the activation scale is computed per call).
+    golden_out = np.concatenate([ortq.predict(stage / "model.onnx", golden_x[i:i + 1].astype(np.float32))
+                                 for i in range(len(golden_x))])
+    schema = subprocess.run([quantd, "schema", "--toml"], check=True, capture_output=True, text=True).stdout
+    flat = train_x.reshape(-1, feature_dim)
+    method, weights, acts, calib = QUANT_TEXT[variant]
+    entry, exit_, full = policy
+    lines = [
+        f"name = {toml_value(name)}",
+        f"version = {toml_value(version)}",
+        f"description = {toml_value(description)}",
+        'model_file = "model.onnx"',
+        f'sha256 = "{hashlib.sha256((stage / "model.onnx").read_bytes()).hexdigest()}"',
+        # Golden rows: ONNX Runtime's own output, re-checked by quantd at every load.
+        "golden_tolerance = 0.001",
+        "",
+        schema.strip(),
+        f"window = {window}",
+        "# The training range of each feature: the risk layer's kill switch checks live rows against it.",
+        f"train_min = {toml_list(flat.min(0))}",
+        f"train_max = {toml_list(flat.max(0))}",
+        "",
+        "[io]",
+        'input = "features"',
+        f"input_shape = {[-1, feature_dim] if window == 1 else [-1, window, feature_dim]}",
+        'output = "score"',
+        "output_shape = [-1, 1]",
+        f"output_meaning = {toml_value(output_meaning)}",
+        "",
+        "[quantization]",
+        f"method = {toml_value(method)}",
+        f"weights = {toml_value(weights)}",
+        f"activations = {toml_value(acts)}",
+        f"calibration = {toml_value(calib)}",
+        "",
+        "[policy]",
+        "warmup_ticks = 100",
+        f"entry_bps = {entry!r}",
+        f"exit_bps = {exit_!r}",
+        f"full_position_bps = {full!r}",
+        "",
+        "[training]",
+        *[f"{k} = {toml_value(v)}" for k, v in training.items()],
+    ]
+    for x, out in zip(golden_x, golden_out):
+        lines += ["", "[[golden]]", f"features = {toml_list(x)}", f"output = {toml_list([out])}"]
+    (stage / "manifest.toml").write_text("\n".join(lines) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    stage.rename(final)
+    return final

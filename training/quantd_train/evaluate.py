@@ -1,0 +1,107 @@
+"""Evaluation on the held-out test period: signal quality, agreement with the FP32 model, a
+cost-aware PnL of quantd's policy, and latency measured from Rust.
+
+* IC: Pearson correlation of score and realised forward return; rank IC: Spearman.
+* Directional accuracy: sign(score) == sign(label) over rows whose label is not 0.
+* Side agreement: the fraction of test ticks where this model's policy side (long/flat/short)
+  equals the FP32 model's.
+* PnL (bps of one unit of notional, summed over symbols): quantd's policy (src/policy.rs, the
+  same hysteresis rule, thresholds from the validation period) holds position p_i after tick i
+  and earns p_i * (mid_{i+1} / mid_i - 1) * 1e4; every change pays half the quoted spread on the
+  traded amount, |p_i - p_{i-1}| * spread_bps_i / 2.
+* Latency: `quantd bench-model`, the `ort` session the server runs, at batch 1 and 64.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def policy_positions(scores: np.ndarray, entry: float, exit_: float, full: float) -> np.ndarray:
+    pos = np.zeros(len(scores))
+    p = 0.0
+    for i, s in enumerate(scores):
+        side = np.sign(p)
+        size = min(max(s / full, -1.0), 1.0)
+        agrees = side != 0 and np.sign(s) == side
+        hold = agrees and abs(s) >= exit_
+        p = size if np.isfinite(s) and (hold or abs(s) >= entry) else 0.0
+        pos[i] = p
+    return pos
+
+
+def thresholds(val_scores: np.ndarray) -> tuple[float, float, float]:
+    """entry at the 80th percentile of |score| on the validation period, exit at half of it,
+    full size at the 98th (as the default model's manifest)."""
+    a = np.abs(val_scores)
+    entry = float(np.quantile(a, 0.8))
+    return entry, entry / 2, max(float(np.quantile(a, 0.98)), entry * 1.01)
+
+
+def rank(a: np.ndarray) -> np.ndarray:
+    r = np.empty(len(a))
+    r[np.argsort(a, kind="stable")] = np.arange(len(a))
+    return r
+
+
+def signal_metrics(score: np.ndarray, y: np.ndarray) -> dict:
+    nz = y != 0
+    return {
+        "ic": float(np.corrcoef(score, y)[0, 1]),
+        "rank_ic": float(np.corrcoef(rank(score), rank(y))[0, 1]),
+        "directional_accuracy": float(np.mean(np.sign(score[nz]) == np.sign(y[nz]))),
+    }
+
+
+def pnl(ds, idx: np.ndarray, score: np.ndarray, th: tuple[float, float, float]) -> tuple[dict, np.ndarray]:
+    """Policy PnL over the test rows, per symbol in time order; returns (figures, positions)."""
+    spread_col = ds.feature_names.index("spread_bps")
+    positions = np.zeros(len(idx))
+    gross = cost = 0.0
+    changes = 0
+    for sym in np.unique(ds.symbol[idx]):
+        m = np.flatnonzero(ds.symbol[idx] == sym)     # idx is time-ordered within a symbol
+        rows = idx[m]
+        pos = policy_positions(score[m], *th)
+        positions[m] = pos
+        mid = ds.mid[rows]
+        ret = np.zeros(len(rows))
+        ret[:-1] = (mid[1:] / mid[:-1] - 1) * 1e4
+        gross += float(np.sum(pos * ret))
+        d = np.abs(np.diff(np.concatenate([[0.0], pos])))
+        cost += float(np.sum(d * ds.x[rows, spread_col] / 2))
+        changes += int(np.count_nonzero(d))
+    return {"pnl_gross_bps": gross, "pnl_net_bps": gross - cost, "cost_bps": cost, "position_changes": changes}, positions
+
+
+def evaluate_model(ds, path: Path, window: int, fp32_positions: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """Every test-period figure of one ONNX model (ONNX Runtime, CPU); returns (figures, the
+    policy's positions on the test rows). Policy thresholds come from its validation scores."""
+    from . import ortq
+    va, te = ds.split["val"], ds.split["test"]
+    s_val = ortq.predict(path, ds.windows(va, window))
+    s_te = ortq.predict(path, ds.windows(te, window))
+    th = thresholds(s_val)
+    money, pos = pnl(ds, te, s_te, th)
+    ref = pos if fp32_positions is None else fp32_positions
+    figures = {**signal_metrics(s_te, ds.y[te]), **money,
+               "side_agreement_vs_fp32": float(np.mean(np.sign(pos) == np.sign(ref))),
+               "policy": th, "scores_test": s_te}
+    return figures, pos
+
+
+def bench_models(quantd: str, model_dirs: list[Path], calls: int = 20_000) -> list[dict]:
+    """Per model: p50/p99 µs per call at batch 1 and 64 from `quantd bench-model`, the engine's
+    own session, all models timed side by side in interleaved rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        subprocess.run([quantd, "bench-model", *map(str, model_dirs), "--batch", "1,64", "--calls", str(calls),
+                        "--warmup", str(calls // 10), "--rounds", "10", "--json", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+        doc = json.loads(out.read_text())
+    return [{f"p50_us_b{c['batch']}": c["p50_us"] for c in m["calls"]} |
+            {f"p99_us_b{c['batch']}": c["p99_us"] for c in m["calls"]} for m in doc["models"]]
