@@ -1,5 +1,5 @@
 //! The engine makes no heap allocation per tick after warm-up: real recorded ticks go through
-//! the real engine thread and the real default model while a counting global allocator watches
+//! the real engine thread and real models (a plain MLP and a windowed TCN) while a counting global allocator watches
 //! the whole process. (ONNX Runtime's own C++ allocations do not pass through Rust's allocator;
 //! this checks quantd's code: queue, features, scorer call, policy, replies, latency hand-over.)
 
@@ -36,6 +36,13 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn engine_hot_path_does_not_allocate_after_warm_up() {
+    // A plain model, and a windowed one (the engine fills each tick's window from its ring).
+    for model in ["models/quantd-mlp/1", "models/quantd-tcn/2"] {
+        check(model);
+    }
+}
+
+fn check(model: &str) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let d = repo.join("../shared/data/ticks");
     let ticks = quantd::tickfile::read_all(&[
@@ -44,7 +51,7 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     ])
     .unwrap();
     quantd::model::runtime::init(None).unwrap();
-    let m = LoadedModel::load(&repo.join("models/quantd-mlp/1"), 64).unwrap();
+    let m = LoadedModel::load(&repo.join(model), 64).unwrap();
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
     let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
@@ -85,8 +92,13 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     let before = ALLOCS.load(Ordering::SeqCst);
     let scored = run(5_000..25_000);
     let after = ALLOCS.load(Ordering::SeqCst);
-    assert!(scored > 19_000, "the window really scored ticks ({scored})");
-    assert_eq!(after - before, 0, "{} heap allocations while the engine processed 20000 ticks", after - before);
+    assert!(scored > 19_000, "{model}: the window really scored ticks ({scored})");
+    assert_eq!(
+        after - before,
+        0,
+        "{model}: {} heap allocations while the engine processed 20000 ticks",
+        after - before
+    );
     telemetry.latency.collect(&mut totals);
     assert!(!totals.get(quantd::telemetry::Series::Inference).unwrap().is_empty());
     engine.shutdown();

@@ -16,11 +16,9 @@ Fake quantization uses `FakeQuantize` with moving-average min/max observers: the
 from __future__ import annotations
 
 import torch
-from torch.fx import Node
 from torchao.quantization.pt2e.fake_quantize import FakeQuantize
 from torchao.quantization.pt2e.observer import (
     HistogramObserver,
-    MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
@@ -72,4 +70,4 @@ class OrtQuantizer(Quantizer):
         pass
 
 
-__all__ = ["OrtQuantizer", "MinMaxObserver"]
+__all__ = ["OrtQuantizer"]
