@@ -124,6 +124,15 @@ def export_onnx(model, example: np.ndarray, path: Path) -> Path:
     del m.metadata_props[:]
     del m.graph.value_info[:]
     m.graph.doc_string = ""
+    # Weight decay leaves some dead weights as float32 denormals (seen: ~140 of 18k in an MLP trained
+    # on the bar data), and a CPU multiplies denormals an order of magnitude slower (that model ran
+    # 6x slower at batch 64 than the same architecture without them). They are zero in effect.
+    for init in m.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            w = onnx.numpy_helper.to_array(init)
+            tiny = (w != 0) & (np.abs(w) < np.finfo(np.float32).tiny)
+            if tiny.any():
+                init.CopyFrom(onnx.numpy_helper.from_array(np.where(tiny, np.float32(0), w).astype(np.float32), init.name))
     onnx.save(m, str(path))
     return path
 
