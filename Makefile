@@ -19,7 +19,7 @@ train-setup:
 	./scripts/train-setup.sh
 
 ## train: the whole training pipeline on the shared data -> models/ (every architecture and
-## quantization method, the size sweep, the bar-replay comparison, REPORT.md); ~9 min on 2 cores
+## quantization method, the size sweep, the bar-replay comparison, REPORT.md); ~10 min on 2 cores
 train: setup train-setup
 	training/.venv/bin/python training/train.py --quantd target/release/quantd --shared ../shared/data \
 	  --out models --sweep 64,128,256,512 --bars --json training/figures.json
