@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Builds quantd's default model until the QAT pipeline replaces it.
+"""Builds quantd-mlp version 1, the default model before the QAT pipeline (`training/train.py`) made version 2.
 
 Honest and small: features come from `quantd features` (the engine's own code), labels are the
 forward mid log-return over a time horizon, the split is by time, a 14-32-32-1 MLP is fitted in
