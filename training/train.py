@@ -34,8 +34,9 @@ VARIANTS = {
 DEFAULT_VARIANT = {"mlp": "qat", "tcn": "qat", "lstm": "dynamic"}
 
 
-def build_variants(arch, ds, args, hidden, window, work: Path, progress=True):
-    """Trains FP32 and QAT, derives PTQ/dynamic; returns {variant: (onnx path, seconds, extra)}."""
+def build_variants(arch, ds, args, hidden, window, work: Path, wanted=None, progress=True):
+    """Trains FP32 and (if wanted) QAT, derives the wanted PTQ/dynamic variants (default: all of
+    the architecture's); returns {variant: (onnx path, seconds, extra)}."""
     tr, va = ds.split["train"], ds.split["val"]
     x_tr, x_va = ds.windows(tr, window), ds.windows(va, window)
     clip = 5 * np.std(ds.y[tr])
@@ -47,7 +48,7 @@ def build_variants(arch, ds, args, hidden, window, work: Path, progress=True):
     f32 = fit.fit_fp32(arch, x_tr, y_tr, x_va, y_va, hidden, window, mean, scale, args.epochs, progress=progress)
     p = fit.export_onnx(f32.model, x_tr[:8], work / f"{arch}-fp32.onnx")
     out["fp32"] = (p, f32.seconds, {"val_mse": f32.val_mse, "epochs": f32.epochs})
-    wanted = VARIANTS[arch]
+    wanted = wanted or VARIANTS[arch]
     if "qat" in wanted:
         q = fit.fit_qat(f32.model, x_tr, y_tr, x_va, y_va, args.qat_epochs, progress=progress)
         p = fit.export_onnx(q.model, x_tr[:8], work / f"{arch}-qat.onnx")
@@ -160,8 +161,7 @@ def main(argv=None) -> int:
     sweep = []
     for h in [int(s) for s in args.sweep.split(",") if s]:
         sub = argparse.Namespace(**{**vars(args), "hidden": h})
-        variants = build_variants("mlp", ds, sub, h, 1, work / f"sweep-{h}")
-        variants = {k: v for k, v in variants.items() if k in ("fp32", "qat", "ptq-minmax")}
+        variants = build_variants("mlp", ds, sub, h, 1, work / f"sweep-{h}", wanted=["qat", "fp32", "ptq-minmax"])
         sweep_dir = args.cache / "sweep-models"
         for r in evaluate_variants("mlp", ds, variants, 1, sub, sweep_dir, f"h{h}", args.quantd, h):
             sweep.append({**r, "hidden": h, "window": 1})

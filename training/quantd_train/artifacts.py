@@ -54,8 +54,7 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
     shutil.copy(onnx_path, stage / "model.onnx")
     # One row per call, as quantd checks them: a dynamically quantized model's output depends on
     # the other rows of its batch (the activation scale is computed per call).
-    golden_out = np.concatenate([ortq.predict(stage / "model.onnx", golden_x[i:i + 1].astype(np.float32))
-                                 for i in range(len(golden_x))])
+    golden_out = ortq.predict(stage / "model.onnx", golden_x.astype(np.float32), batch=1)
     schema = subprocess.run([quantd, "schema", "--toml"], check=True, capture_output=True, text=True).stdout
     flat = train_x.reshape(-1, feature_dim)
     method, weights, acts, calib = QUANT_TEXT[variant]

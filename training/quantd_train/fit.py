@@ -41,7 +41,13 @@ def _batches(n: int, size: int, rng: np.random.Generator):
         yield order[s:s + size]
 
 
-def _train(model, xs, ys, xv, yv, epochs, lr, seed, desc, step_fn=None, progress=True):
+def _module_mode(model, train: bool):
+    model.train(train)
+
+
+def _train(model, xs, ys, xv, yv, epochs, lr, seed, desc, mode=_module_mode, progress=True):
+    """Adam on MSE with early stopping on validation; `mode(model, train)` switches the model
+    between training and evaluation (exported PT2E modules need their own switch)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
@@ -50,17 +56,13 @@ def _train(model, xs, ys, xv, yv, epochs, lr, seed, desc, step_fn=None, progress
     best = (float("inf"), None, 0)
     bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
-        (step_fn or (lambda m, train: None))(model, True)
-        if hasattr(model, "train") and step_fn is None:
-            model.train()
+        mode(model, True)
         for bi in _batches(len(xt), 512, rng):
             loss = torch.nn.functional.mse_loss(model(xt[bi]), yt[bi])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        (step_fn or (lambda m, train: None))(model, False)
-        if step_fn is None:
-            model.eval()
+        mode(model, False)
         with torch.no_grad():
             val = float(torch.nn.functional.mse_loss(model(xvt), yvt))
         bar.set_postfix(val_mse=f"{val:.4f}")
@@ -101,7 +103,7 @@ def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True) 
     with torch.no_grad():
         for s in range(0, min(len(x), 50_000), 2048):
             prepared(torch.from_numpy(x[s:s + 2048]))
-    val, ep = _train(prepared, x, y, xv, yv, epochs, 1e-4, seed, "qat", step_fn=mode, progress=progress)
+    val, ep = _train(prepared, x, y, xv, yv, epochs, 1e-4, seed, "qat", mode=mode, progress=progress)
     mode(prepared, False)
     converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
