@@ -14,7 +14,7 @@ cargo build --release --quiet --locked --workspace --bins
 work=$(mktemp -d)
 mkdir -p "$work/models/quantd-mlp"
 cp -r models/quantd-mlp/1 "$work/models/quantd-mlp/1"
-mkdir -p "$work/stage" && cp models/quantd-mlp/1/model.onnx "$work/stage/"
+mkdir -p "$work/stage" && cp models/quantd-mlp/1/model.onnx models/quantd-mlp/1/verify.npy "$work/stage/"
 sed 's/^version = "1"$/version = "2"/' models/quantd-mlp/1/manifest.toml > "$work/stage/manifest.toml"
 mv "$work/stage" "$work/models/quantd-mlp/2"
 . scripts/serve-bg.sh

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineConfig, IdleStrategy};
-use crate::model::{ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
+use crate::model::{BackendConfig, ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
 use crate::policy::PolicyParams;
 use crate::registry::RegistryConfig;
 use crate::risk::RiskConfig;
@@ -62,6 +62,9 @@ pub struct Config {
     /// Which shard of the symbols this replica serves (ticks of other symbols are rejected
     /// `wrong_shard`).
     pub shard: ShardConfig,
+    /// Which backend serves each model (native INT8 kernel, ONNX Runtime, or `auto`) and the
+    /// native kernel's ISA level.
+    pub backend: BackendConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -185,6 +188,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             admin: AdminSection::default(),
             shard: ShardConfig::default(),
+            backend: BackendConfig::default(),
         }
     }
 }
@@ -429,6 +433,7 @@ impl Config {
             p.push(format!("gpu_device_id {} must be >= 0", self.gpu_device_id));
         }
         p.extend(self.shard.problems());
+        p.extend(self.backend.validate());
         p.extend(security::tls_problems(&self.tls));
         p.extend(security::admin_problems(&self.admin, &self.tls, self.listen));
         if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
@@ -449,6 +454,7 @@ impl Config {
             },
             public_key: self.model_key().map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?,
             max_window: self.engine.max_window,
+            backend: self.backend.clone(),
         })
     }
 

@@ -33,6 +33,7 @@ pub mod config;
 pub mod control_thread;
 pub mod engine;
 pub mod features;
+pub mod int8;
 pub mod model;
 pub mod plotting;
 pub mod policy;

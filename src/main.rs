@@ -80,21 +80,33 @@ enum Command {
         ort_dylib_path: Option<PathBuf>,
     },
     /// Verify a model directory as the server would at load (signature, sha256, schema, shapes,
-    /// golden rows).
+    /// the verification set on every backend on this CPU, golden rows).
     VerifyModel {
         dir: PathBuf,
         /// Also require a valid manifest.toml.sig by this ed25519 public key.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Backend to verify: auto (the fastest exact one), native or ort.
+        #[arg(long, default_value = "auto")]
+        backend: quantd::model::BackendChoice,
+        /// The native kernel's ISA level: auto, avx512vnni, avxvnni, avx2 or portable.
+        #[arg(long, default_value = "auto")]
+        native_isa: String,
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
-    /// Time models' ONNX Runtime sessions per call at several batch sizes, on the chosen
-    /// execution provider (the session the engine thread uses); several model directories are
-    /// timed side by side in interleaved rounds.
+    /// Time models per call at several batch sizes, on each backend asked for (the scorer the
+    /// engine thread uses: the native INT8 kernel or an ONNX Runtime session on the chosen
+    /// execution provider); every model × backend is timed side by side in interleaved rounds.
     BenchModel {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+        /// Backends to time each model on: auto, native, ort (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "auto")]
+        backend: Vec<quantd::model::BackendChoice>,
+        /// The native kernel's ISA level: auto, avx512vnni, avxvnni, avx2 or portable.
+        #[arg(long, default_value = "auto")]
+        native_isa: String,
         /// Batch sizes to time.
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         batch: Vec<usize>,
@@ -207,30 +219,56 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::VerifyModel { dir, public_key, ort_dylib_path } => {
+        Command::VerifyModel { dir, public_key, backend, native_isa, ort_dylib_path } => {
             quantd::model::runtime::init(ort_dylib_path.as_deref())?;
             let mut opts = quantd::model::LoadOptions::cpu(64);
             opts.public_key = public_key.as_deref().map(quantd::model::signing::read_public_key).transpose()?;
+            opts.backend = quantd::model::BackendConfig { default: backend, native_isa, ..Default::default() };
             let m = quantd::model::LoadedModel::load_with(&dir, &opts)?;
             let signed = if opts.public_key.is_some() { ", signature valid" } else { "" };
             println!("ok: {} ({} golden rows reproduced{signed})", m.manifest.label(), m.manifest.golden.len());
+            println!("backend: {}", m.backend.summary());
             Ok(())
         }
-        Command::BenchModel { dirs, batch, calls, warmup, rounds, execution_provider, json, ort_dylib_path } => {
+        Command::BenchModel {
+            dirs,
+            backend,
+            native_isa,
+            batch,
+            calls,
+            warmup,
+            rounds,
+            execution_provider,
+            json,
+            ort_dylib_path,
+        } => {
             let lib = quantd::model::runtime::init(ort_dylib_path.as_deref())?;
             let mut opts = quantd::model::LoadOptions::cpu(batch.iter().copied().max().unwrap_or(1));
             opts.provider.provider = execution_provider;
-            let mut models =
-                dirs.iter().map(|d| quantd::model::LoadedModel::load_with(d, &opts)).collect::<Result<Vec<_>, _>>()?;
+            let mut models = Vec::new();
+            for d in &dirs {
+                for &b in &backend {
+                    opts.backend = quantd::model::BackendConfig {
+                        default: b,
+                        native_isa: native_isa.clone(),
+                        ..Default::default()
+                    };
+                    match quantd::model::LoadedModel::load_with(d, &opts) {
+                        Ok(m) => models.push(m),
+                        // A model × backend pair that cannot serve is skipped when several were asked for.
+                        Err(e) if backend.len() > 1 => eprintln!("skipped {} on {b:?}: {e}", d.display()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             let figures = quantd::model::timing::time_calls(&mut models, &batch, warmup, calls, rounds)?;
             let mut doc = Vec::new();
             for (m, calls_of) in models.iter().zip(&figures) {
-                println!(
-                    "{} on {} ({}), {calls} calls per batch size",
-                    m.manifest.label(),
-                    m.provider.label(),
-                    lib.display()
-                );
+                let on = match m.backend.backend {
+                    "native" => format!("the native kernel ({})", m.backend.isa),
+                    _ => format!("ONNX Runtime {} ({})", m.provider.label(), lib.display()),
+                };
+                println!("{} on {on}, {calls} calls per batch size", m.manifest.label());
                 for c in calls_of {
                     println!(
                         "  batch {:>4}: p50 {:>8.2} µs  p90 {:>8.2}  p99 {:>8.2}  max {:>9.2}  ({:.3} µs/input at p50)",
@@ -238,7 +276,8 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
                 doc.push(serde_json::json!({
-                    "model": m.manifest.label(), "dir": m.dir, "provider": m.provider.label(), "calls": calls_of
+                    "model": m.manifest.label(), "dir": m.dir, "provider": m.provider.label(),
+                    "backend": m.backend.backend, "isa": m.backend.isa, "calls": calls_of
                 }));
             }
             if let Some(path) = json {

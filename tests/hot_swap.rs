@@ -38,6 +38,7 @@ fn add_version(models: &Path, version: &str, edit: impl FnOnce(String) -> String
     std::fs::create_dir_all(&stage).unwrap();
     let bytes = model.unwrap_or_else(|| std::fs::read(default_model().join("model.onnx")).unwrap());
     std::fs::write(stage.join("model.onnx"), bytes).unwrap();
+    std::fs::copy(default_model().join("verify.npy"), stage.join("verify.npy")).unwrap();
     let manifest = std::fs::read_to_string(default_model().join("manifest.toml")).unwrap();
     let manifest = edit(manifest.replacen("version = \"1\"", &format!("version = \"{version}\""), 1));
     std::fs::write(stage.join("manifest.toml"), manifest).unwrap();

@@ -246,7 +246,7 @@ fn bad_security_settings_are_start_up_errors_listing_every_problem() {
 fn copy_default_model(models: &Path) -> PathBuf {
     let dst = models.join("quantd-mlp/1");
     std::fs::create_dir_all(&dst).unwrap();
-    for f in ["model.onnx", "manifest.toml"] {
+    for f in ["model.onnx", "manifest.toml", "verify.npy"] {
         std::fs::copy(repo().join("models/quantd-mlp/1").join(f), dst.join(f)).unwrap();
     }
     dst

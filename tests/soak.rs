@@ -79,6 +79,7 @@ async fn soak() {
         let dst = models.path().join("quantd-mlp").join(v);
         std::fs::create_dir_all(&dst).unwrap();
         std::fs::copy(repo().join("models/quantd-mlp/1/model.onnx"), dst.join("model.onnx")).unwrap();
+        std::fs::copy(repo().join("models/quantd-mlp/1/verify.npy"), dst.join("verify.npy")).unwrap();
         let m = std::fs::read_to_string(repo().join("models/quantd-mlp/1/manifest.toml")).unwrap();
         std::fs::write(dst.join("manifest.toml"), m.replacen("version = \"1\"", &format!("version = \"{v}\""), 1))
             .unwrap();

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantd_train import data, evaluate, fit, ortq, report  # noqa: E402
-from quantd_train.artifacts import write_version  # noqa: E402
+from quantd_train.artifacts import verify_rows, write_version  # noqa: E402
 
 VARIANTS = {
     # arch: variants built, the one served as <V> first
@@ -92,6 +92,7 @@ def evaluate_variants(arch, ds, variants, window, args, dest: Path, version: str
             description=f"{arch.upper()} hidden {hidden} window {window} on quantd features ({ds.name}), {v}",
             onnx_path=path, variant=v, window=window, feature_dim=ds.x.shape[1], policy=th,
             train_x=ds.x[ds.split["train"]], golden_x=ds.windows(golden_idx, window),
+            verify_x=verify_rows(ds.x[te]) if window == 1 else None,
             output_meaning=f"predicted forward mid log-return over the next {ds.horizon_ns / 1e9:g} s, in bps",
             training={"script": "training/train.py", "dataset": ds.name, "symbols": sorted(map(str, set(ds.symbol))),
                       "label": f"forward mid log-return over {ds.horizon_ns / 1e9:g} s, bps",

@@ -16,8 +16,9 @@ use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::backend::{self, BackendChoice, BackendConfig, BackendReport};
 use super::provider::{self, ExecutionProvider, ProviderConfig};
-use super::scorer::Scorer;
+use super::scorer::{OrtScorer, Scorer};
 use super::signing;
 use crate::features;
 use crate::policy::PolicyParams;
@@ -43,6 +44,10 @@ pub struct Manifest {
     pub golden_tolerance: f32,
     /// Feature rows with the outputs the model must reproduce when loaded.
     pub golden: Vec<GoldenRow>,
+    /// The verification set every backend is held to at load (required for INT8 models the
+    /// native kernel covers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySection>,
     /// Free-form training facts (data, split, metrics); informational.
     #[serde(default)]
     pub training: toml::Table,
@@ -107,6 +112,24 @@ pub struct QuantizationSection {
     pub calibration: String,
 }
 
+/// Fewest rows a verification set may hold.
+pub const MIN_VERIFY_ROWS: usize = 1000;
+
+/// `[verify]`: real feature rows, made by training, on which every backend is compared with the
+/// model's reference semantics at load.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// A `.npy` of f32 model inputs, `[rows, window * features]`, beside the manifest.
+    pub file: String,
+    /// Hex sha256 of `file`.
+    pub sha256: String,
+    /// Largest difference from the reference, in output steps, with which ONNX Runtime may serve
+    /// this model (0: exact).
+    #[serde(default)]
+    pub ort_max_steps: u32,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenRow {
@@ -152,6 +175,8 @@ impl ModelError {
                     "sha256"
                 } else if all.contains("schema") || all.contains("feature names") {
                     "schema"
+                } else if all.contains("no backend is exact") || all.contains("verification set") {
+                    "backend"
                 } else if all.contains("golden") {
                     "golden"
                 } else if all.contains("emits") {
@@ -259,12 +284,20 @@ pub struct LoadOptions {
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
     /// Largest `features.window` the engine keeps rows for (`engine.max_window`).
     pub max_window: usize,
+    /// Which backends may serve, and the native kernel's ISA level.
+    pub backend: BackendConfig,
 }
 
 impl LoadOptions {
     /// CPU provider, no signature required, any window.
     pub fn cpu(max_batch: usize) -> Self {
-        Self { max_batch, provider: ProviderConfig::default(), public_key: None, max_window: MAX_WINDOW }
+        Self {
+            max_batch,
+            provider: ProviderConfig::default(),
+            public_key: None,
+            max_window: MAX_WINDOW,
+            backend: BackendConfig::default(),
+        }
     }
 }
 
@@ -275,6 +308,10 @@ pub struct LoadedModel {
     pub scorer: Scorer,
     /// The execution provider running the session (CPU after a fallback).
     pub provider: ExecutionProvider,
+    /// Which backend serves and why (native kernel or ONNX Runtime).
+    pub backend: BackendReport,
+    /// The native kernel's clamped-value counters, when it serves.
+    pub saturation: Option<std::sync::Arc<crate::int8::Saturation>>,
     /// Reading and checking the manifest, the file's sha256, shapes and golden rows.
     pub verify_time: Duration,
     /// Building the ONNX Runtime session (graph optimisation included).
@@ -376,7 +413,7 @@ impl LoadedModel {
         if !problems.is_empty() {
             return Err(ModelError::Refused { model: label, problems });
         }
-        let mut scorer = Scorer::new(
+        let ort_scorer = OrtScorer::new(
             session,
             &manifest.io.input,
             &manifest.io.output,
@@ -385,14 +422,15 @@ impl LoadedModel {
             opts.max_batch.max(1),
         )
         .map_err(|e| runtime(e.to_string()))?;
+        let (mut scorer, backend, saturation) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
         let mut problems = Vec::new();
         for (i, g) in manifest.golden.iter().enumerate() {
             let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
             let want = g.output[0];
             if !(got.is_finite() && (got - want).abs() <= manifest.golden_tolerance) {
                 problems.push(format!(
-                    "golden row {i}: output {got} differs from expected {want} by more than {}",
-                    manifest.golden_tolerance
+                    "golden row {i}: output {got} differs from expected {want} by more than {} ({} backend)",
+                    manifest.golden_tolerance, backend.backend
                 ));
             }
         }
@@ -400,6 +438,85 @@ impl LoadedModel {
             return Err(ModelError::Refused { model: label, problems });
         }
         let verify_time = started.elapsed().saturating_sub(load_time);
-        Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, verify_time, load_time })
+        Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, backend, saturation, verify_time, load_time })
     }
+}
+
+/// Reads a verification set: `[rows, width]` f32 (or `[rows, window, features]`).
+fn read_verify_set(path: &Path, width: usize) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("verification set {}: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("verification set {}: {e}", path.display()))?;
+    let shape = npy.shape().to_vec();
+    let rows: Vec<f32> = npy.into_vec().map_err(|e| format!("verification set {}: not f32: {e}", path.display()))?;
+    let per_row: u64 = shape.iter().skip(1).product();
+    if shape.is_empty() || per_row as usize != width {
+        return Err(format!(
+            "verification set {} has shape {shape:?}; each row must hold {width} floats",
+            path.display()
+        ));
+    }
+    if rows.len() / width < MIN_VERIFY_ROWS {
+        return Err(format!(
+            "verification set {} has {} rows; at least {MIN_VERIFY_ROWS} are needed",
+            path.display(),
+            rows.len() / width
+        ));
+    }
+    Ok(rows)
+}
+
+/// The backend that serves the model on this CPU (see [`backend`]), checked on the manifest's
+/// verification set followed by its golden rows.
+fn choose_backend(
+    dir: &Path,
+    manifest: &Manifest,
+    opts: &LoadOptions,
+    model_path: &Path,
+    ort_scorer: OrtScorer,
+) -> Result<(Scorer, BackendReport, Option<std::sync::Arc<crate::int8::Saturation>>), ModelError> {
+    let label = manifest.label();
+    let refused = |problems: Vec<String>| ModelError::Refused { model: label.clone(), problems };
+    let window = manifest.features.window;
+    let width = window * features::NUM_FEATURES;
+    let plan = if window == 1 {
+        crate::int8::Plan::from_file(model_path, width)
+    } else {
+        Err(crate::int8::Unsupported(format!("a window of {window} rows (the native kernel takes one)")))
+    };
+    let mut rows = match &manifest.verify {
+        Some(v) => {
+            let path = dir.join(&v.file);
+            let actual = sha256_file(&path)?;
+            if actual != v.sha256 {
+                return Err(refused(vec![format!(
+                    "sha256 of verification set {} is {actual}, manifest says {}",
+                    v.file, v.sha256
+                )]));
+            }
+            read_verify_set(&path, width).map_err(|e| refused(vec![e]))?
+        }
+        None if plan.is_ok() => {
+            return Err(refused(vec![format!(
+                "INT8 model without a verification set: add [verify] with a .npy of at least {MIN_VERIFY_ROWS} real feature rows (training writes one)"
+            )]));
+        }
+        None => Vec::new(),
+    };
+    rows.extend(manifest.golden.iter().filter(|g| g.features.len() == width).flat_map(|g| g.features.iter().copied()));
+    let choice = opts.backend.for_model(&manifest.name);
+    let input = backend::Inputs {
+        choice,
+        config: &opts.backend,
+        int8: plan.is_ok() || manifest.quantization.method != "fp32",
+        plan,
+        rows: &rows,
+        width,
+        max_batch: opts.max_batch.max(1),
+        ort_max_steps: manifest.verify.as_ref().map_or(0, |v| v.ort_max_steps),
+    };
+    let (scorer, report, saturation) = backend::choose(input, ort_scorer).map_err(refused)?;
+    if choice == BackendChoice::Auto {
+        tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend chosen: {}", report.summary());
+    }
+    Ok((scorer, report, saturation))
 }

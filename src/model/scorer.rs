@@ -1,7 +1,8 @@
-//! The ONNX Runtime session the engine thread calls, with its input and output tensors
-//! allocated once per batch size and reused.
+//! What the engine thread calls to score a batch: a [`Scorer`], either the native INT8 kernel
+//! ([`crate::int8::NativeKernel`]) or an ONNX Runtime session ([`OrtScorer`]) with its input and
+//! output tensors allocated once per batch size and reused.
 //!
-//! Built on the control path ([`Scorer::new`]), then moved to and owned by the engine thread
+//! Built on the control path ([`OrtScorer::new`], [`crate::int8::NativeKernel::new`]), then moved to and owned by the engine thread
 //! (`ort::session::Session` is `Send`; `Session::run` needs `&mut self`, so one session per
 //! engine thread). [`Scorer::score`] makes no Rust heap allocation: it calls the C API's `Run`
 //! directly with pre-allocated output values, because the safe wrapper collects its outputs
@@ -14,9 +15,58 @@ use ort::AsPointer;
 use ort::session::Session;
 use ort::value::Tensor;
 
+/// The backend serving a model, as the engine thread calls it.
+pub enum Scorer {
+    /// ONNX Runtime (any graph; the FP32 and the non-native INT8 models).
+    Ort(OrtScorer),
+    /// quantd's own integer kernel (the QDQ MLPs it covers), bit-exact with the reference.
+    Native(crate::int8::NativeKernel),
+}
+
+/// A failed model call (ONNX Runtime's error; the native kernel does not fail).
+#[derive(Debug, thiserror::Error)]
+#[error("ONNX Runtime: {0}")]
+pub struct ScoreError(#[from] pub ort::Error);
+
+impl Scorer {
+    /// Largest batch [`Scorer::score`] takes.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            Scorer::Ort(s) => s.max_batch(),
+            Scorer::Native(k) => k.max_batch(),
+        }
+    }
+
+    /// Floats per model input: `window * features`.
+    pub fn width(&self) -> usize {
+        match self {
+            Scorer::Ort(s) => s.width(),
+            Scorer::Native(k) => k.width(),
+        }
+    }
+
+    /// Feature rows per model input (1: the latest row only; the native kernel takes 1).
+    pub fn window(&self) -> usize {
+        match self {
+            Scorer::Ort(s) => s.window(),
+            Scorer::Native(_) => 1,
+        }
+    }
+
+    /// Scores `n` inputs (`rows.len() == n * width`, `n` in `1..=max_batch`): one score each.
+    /// No heap allocation on either backend.
+    #[inline]
+    pub fn score(&mut self, rows: &[f32]) -> Result<&[f32], ScoreError> {
+        match self {
+            Scorer::Ort(s) => Ok(s.score(rows)?),
+            Scorer::Native(k) => Ok(k.score(rows)),
+        }
+    }
+}
+
 /// A session plus, for every batch size `n` in `1..=max_batch`, an input tensor (`[n, features]`,
 /// or `[n, window, features]` for a windowed model) and an output tensor `[n, out_width]`.
-pub struct Scorer {
+pub struct OrtScorer {
     session: Session,
     input_name: CString,
     output_name: CString,
@@ -27,7 +77,7 @@ pub struct Scorer {
     out_width: usize,
 }
 
-impl Scorer {
+impl OrtScorer {
     /// Pre-allocates tensors for batches of 1..=`max_batch` inputs of `window` rows of
     /// `features` floats (`window` 1: a plain `[n, features]` input).
     pub fn new(
@@ -90,7 +140,7 @@ impl Scorer {
         let mut output_values = [output.ptr_mut()];
         // SAFETY: the session, names and values outlive the call; the output value is a
         // pre-allocated tensor of exactly the shape the model produces for `n` rows (checked at
-        // load by `verify_io`), which ONNX Runtime fills in place.
+        // load by `check_io`), which ONNX Runtime fills in place.
         unsafe {
             let status = (ort::api().Run)(
                 self.session.ptr().cast_mut(),

@@ -34,7 +34,7 @@ pub fn time_calls(
     warmup: u64,
     calls: u64,
     rounds: u64,
-) -> Result<Vec<Vec<CallLatency>>, ort::Error> {
+) -> Result<Vec<Vec<CallLatency>>, super::ScoreError> {
     let rounds = rounds.clamp(1, calls.max(1));
     let mut out = vec![Vec::new(); models.len()];
     for &batch in batches {

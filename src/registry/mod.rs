@@ -74,6 +74,10 @@ struct Entry {
     loaded: Option<LoadedModel>,
     /// Execution provider of the last successful load ("" before one).
     provider: &'static str,
+    /// Backend and ISA level of the last successful load.
+    backend: Option<(&'static str, &'static str)>,
+    /// The native kernel's saturation counters, when it serves this version.
+    saturation: Option<std::sync::Arc<crate::int8::Saturation>>,
     /// Signature of the files when a load last failed: retried only when they change.
     failed_signature: Option<Vec<(u64, Option<SystemTime>)>>,
 }
@@ -90,6 +94,8 @@ impl Entry {
             changed_unix_ms: now_ms(),
             loaded: None,
             provider: "",
+            backend: None,
+            saturation: None,
             failed_signature: None,
         }
     }
@@ -344,6 +350,9 @@ impl Registry {
                 entry.warm_ms = warm.as_secs_f64() * 1e3;
                 self.last_load = Some([entry.verify_ms / 1e3, entry.load_ms / 1e3, entry.warm_ms / 1e3]);
                 entry.provider = m.provider.label();
+                entry.backend = Some((m.backend.backend, m.backend.isa));
+                entry.saturation = m.saturation.clone();
+                tracing::info!(model = %label(key), backend = m.backend.backend, isa = m.backend.isa, "backend: {}", m.backend.summary());
                 entry.loaded = Some(m);
                 entry.failed_signature = None;
                 entry.set(State::Loaded, "");
@@ -572,6 +581,19 @@ impl Registry {
             failures: self.failures.iter().map(|(k, v)| (*k, *v)).collect(),
             last_load: self.last_load,
             active: Some(self.active.clone()),
+            backends: self
+                .entries
+                .values()
+                .filter_map(|e| e.backend.map(|(b, isa)| (format!("{}@{}", e.found.name, e.found.version), b, isa)))
+                .collect(),
+            saturation: self
+                .entries
+                .values()
+                .filter_map(|e| {
+                    let s = e.saturation.clone()?;
+                    Some((format!("{}@{}", e.found.name, e.found.version), crate::telemetry::SaturationHandle(s)))
+                })
+                .collect(),
         };
         self.telemetry.set_models(view);
     }

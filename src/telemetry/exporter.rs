@@ -28,6 +28,8 @@ pub const REJECTS: &str = "quantd_rejects_total";
 pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
 pub const QUEUE_CAPACITY: &str = "quantd_engine_queue_capacity";
 pub const MODEL_INFO: &str = "quantd_model_info";
+pub const MODEL_BACKEND: &str = "quantd_model_backend_info";
+pub const SATURATION: &str = "quantd_quant_saturation_ratio";
 pub const MODEL_SWAPS: &str = "quantd_model_swaps_total";
 pub const MODEL_ROLLBACKS: &str = "quantd_model_rollbacks_total";
 pub const MODEL_FAILURES: &str = "quantd_model_failures_total";
@@ -97,6 +99,14 @@ fn describe() {
     );
     metrics::describe_gauge!(VAR_CHECKS, "Non-overlapping horizons the VaR was back-tested on, by symbol");
     metrics::describe_gauge!(VAR_EXCEEDANCES, "Back-tested horizons that lost more than the VaR, by symbol");
+    metrics::describe_gauge!(
+        MODEL_BACKEND,
+        "Backend serving each loaded model version (value 1): native (quantd's INT8 kernel) or ort, with its ISA level"
+    );
+    metrics::describe_gauge!(
+        SATURATION,
+        "Share of a native INT8 model's values clamped at a saturating integer bound over the last interval, by stage (input, layer0, ...)"
+    );
     metrics::describe_gauge!(KILL_SWITCH, "1 while the all-symbols kill switch is engaged");
 }
 
@@ -108,8 +118,42 @@ fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
 
 type Versions = Vec<(String, String, &'static str, &'static str)>;
 
-fn publish_models(t: &Telemetry, last: &mut Versions) {
+/// What the last publication of the models exported, to clear series that went away and to rate
+/// the saturation counters over each interval.
+#[derive(Default)]
+struct Published {
+    versions: Versions,
+    backends: Vec<(String, &'static str, &'static str)>,
+    saturation: std::collections::HashMap<String, (u64, Vec<u64>)>,
+}
+
+fn publish_backends(view: &crate::telemetry::ModelsView, last: &mut Published) {
+    if view.backends != last.backends {
+        let info = |(model, backend, isa): &(String, &'static str, &'static str)| metrics::gauge!(MODEL_BACKEND, "model" => model.clone(), "backend" => *backend, "isa" => *isa);
+        for b in last.backends.drain(..) {
+            info(&b).set(0.0);
+        }
+        for b in &view.backends {
+            info(b).set(1.0);
+        }
+        last.backends = view.backends.clone();
+    }
+    for (model, handle) in &view.saturation {
+        let now = handle.0.snapshot();
+        let before = last.saturation.entry(model.clone()).or_insert_with(|| (0, vec![0; now.1.len()]));
+        if let Some(ratios) = handle.0.ratios(before, &now) {
+            for (stage, ratio) in handle.0.stages.iter().zip(ratios) {
+                metrics::gauge!(SATURATION, "model" => model.clone(), "layer" => stage.clone()).set(ratio);
+            }
+            *before = now;
+        }
+    }
+}
+
+fn publish_models(t: &Telemetry, published: &mut Published) {
     let view = t.models();
+    publish_backends(&view, published);
+    let last = &mut published.versions;
     if view.versions != *last {
         let info = |(name, version, state, provider): &(String, String, &'static str, &'static str)| {
             let labels = [("name", name.clone()), ("version", version.clone()), ("state", state.to_string())];
@@ -139,7 +183,7 @@ fn publish_models(t: &Telemetry, last: &mut Versions) {
     metrics::gauge!(SHADOW_AGREEMENT).set(agreement);
 }
 
-fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Versions) {
+fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Published) {
     for s in Series::ALL {
         let Some(h) = delta.get(s) else { continue };
         match s {
@@ -196,7 +240,7 @@ impl Exporter {
         let upkeep = handle.clone();
         let thread = ControlThread::spawn("quantd-telemetry", move |s| {
             let mut delta = t.latency.new_set();
-            let mut last_models = Vec::new();
+            let mut last_models = Published::default();
             metrics::with_local_recorder(&recorder, || {
                 describe();
                 metrics::gauge!(QUEUE_CAPACITY).set(queue_capacity as f64);

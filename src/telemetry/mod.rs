@@ -31,6 +31,21 @@ pub struct ModelsView {
     pub last_load: Option<[f64; 3]>,
     /// (ticks compared, agreement) while a shadow runs.
     pub shadow_agreement: Option<(u64, f64)>,
+    /// `(name@version, backend, isa)` of every loaded version.
+    pub backends: Vec<(String, &'static str, &'static str)>,
+    /// The native kernel's clamped-value counters of every loaded version it serves.
+    pub saturation: Vec<(String, SaturationHandle)>,
+}
+
+/// A model's saturation counters, compared by identity (the view is compared to skip unchanged
+/// publications).
+#[derive(Clone, Debug)]
+pub struct SaturationHandle(pub Arc<crate::int8::Saturation>);
+
+impl PartialEq for SaturationHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Telemetry shared by the engine, the gRPC edge and the exporter of one server.

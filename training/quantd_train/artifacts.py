@@ -1,6 +1,7 @@
 """Model version directories as quantd serves them: `model.onnx`, `manifest.toml` (feature schema
 from `quantd schema --toml`, window T, quantization method and calibration, policy thresholds,
-training ranges, golden rows computed by ONNX Runtime, metrics, sha256)."""
+training ranges, golden rows computed by ONNX Runtime, metrics, sha256) and, for models of one
+feature row, `verify.npy`: the verification set quantd holds every backend to at load."""
 from __future__ import annotations
 
 import hashlib
@@ -43,9 +44,29 @@ QUANT_TEXT = {
 }
 
 
+VERIFY_ROWS = 2048
+
+
+def verify_rows(x: np.ndarray, rows: int = VERIFY_ROWS) -> np.ndarray:
+    """`rows` real feature rows spread evenly over `x` (the test period), as a [rows, F] float32 array."""
+    idx = np.linspace(0, len(x) - 1, min(rows, len(x))).astype(int)
+    return np.ascontiguousarray(x[idx].reshape(len(idx), -1), dtype=np.float32)
+
+
+def write_verify_set(version_dir: Path, x: np.ndarray, ort_max_steps: int = 0) -> list[str]:
+    """Writes `verify.npy` (the model inputs `x`, [rows, window * F] float32) and returns the
+    manifest's `[verify]` lines. quantd refuses an INT8 model its native kernel covers without
+    one, and compares every backend with the model's integer semantics on these rows at load."""
+    path = version_dir / "verify.npy"
+    np.save(path, np.ascontiguousarray(x, dtype=np.float32))
+    return ["[verify]", 'file = "verify.npy"', f'sha256 = "{hashlib.sha256(path.read_bytes()).hexdigest()}"',
+            f"ort_max_steps = {int(ort_max_steps)}"]
+
+
 def write_version(quantd: str, dest: Path, *, name: str, version: str, description: str, onnx_path: Path,
                   variant: str, window: int, feature_dim: int, policy: tuple[float, float, float],
-                  train_x: np.ndarray, golden_x: np.ndarray, output_meaning: str, training: dict) -> Path:
+                  train_x: np.ndarray, golden_x: np.ndarray, output_meaning: str, training: dict,
+                  verify_x: np.ndarray | None = None) -> Path:
     """Writes dest/<name>/<version>/ atomically (staged, then renamed) and returns it."""
     final = dest / name / version
     stage = dest / name / f".staging-{version}"
@@ -93,6 +114,7 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
         f"exit_bps = {exit_!r}",
         f"full_position_bps = {full!r}",
         "",
+        *([*write_verify_set(stage, verify_x), ""] if verify_x is not None and window == 1 else []),
         "[training]",
         *[f"{k} = {toml_value(v)}" for k, v in training.items()],
     ]
