@@ -160,7 +160,7 @@ fn auto_times_both_exact_backends_and_reports_its_pick() {
     } else {
         assert_eq!(m.backend.backend, "native");
     }
-    assert_eq!(m.saturation.is_some(), m.backend.backend == "native");
+    assert_eq!(m.scorer.saturation().is_some(), m.backend.backend == "native");
 }
 
 #[test]

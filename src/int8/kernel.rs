@@ -258,13 +258,13 @@ fn run_layer(isa: Isa, p: &Packed, x: &[u8], y: &mut [u8]) -> u64 {
 
 fn layer_portable(p: &Packed, x: &[u8], y: &mut [u8]) -> u64 {
     let mut clamped = 0;
-    for c in 0..p.n {
-        let w = &p.w8[c * p.kp..c * p.kp + p.k];
-        let acc = p.bias[c] + x[..p.k].iter().zip(w).map(|(&a, &w)| i32::from(a) * i32::from(w)).sum::<i32>();
-        let t = acc as f32 * p.scale[c];
+    let rows = p.w8.chunks_exact(p.kp).zip(&p.bias).zip(&p.scale);
+    for (out, ((w, &bias), &scale)) in y[..p.n].iter_mut().zip(rows) {
+        let acc = bias + x[..p.k].iter().zip(&w[..p.k]).map(|(&a, &w)| i32::from(a) * i32::from(w)).sum::<i32>();
+        let t = acc as f32 * scale;
         let q = round_even(t.clamp(-p.zero as f32 - 1.0, (256 - p.zero) as f32)) + p.zero;
         clamped += u64::from(q > 255 || (p.counts_low && q < 0));
-        y[c] = q.clamp(p.floor, 255) as u8;
+        *out = q.clamp(p.floor, 255) as u8;
     }
     clamped
 }
@@ -277,6 +277,23 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::Packed;
+
+    /// Runs `blocks` output blocks four at a time (`group(nb, true)`: four accumulator chains share
+    /// each activation broadcast), then the rest one at a time (`group(nb, false)`); returns the
+    /// clamped count.
+    #[inline(always)]
+    fn in_groups(blocks: usize, mut group: impl FnMut(usize, bool) -> u64) -> u64 {
+        let (mut nb, mut clamped) = (0, 0);
+        while nb + 4 <= blocks {
+            clamped += group(nb, true);
+            nb += 4;
+        }
+        while nb < blocks {
+            clamped += group(nb, false);
+            nb += 1;
+        }
+        clamped
+    }
 
     /// Reads 4 activation bytes as one i32 (for the VNNI broadcasts).
     #[inline(always)]
@@ -348,20 +365,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn layer_avx2(p: &Packed, x: &[u8], y: &mut [u8]) -> u64 {
-        let blocks = p.np / 8;
-        let (mut nb, mut clamped) = (0, 0);
         // SAFETY: as `group_avx2`.
-        unsafe {
-            while nb + 4 <= blocks {
-                clamped += group_avx2::<4>(p, x, nb, y);
-                nb += 4;
-            }
-            while nb < blocks {
-                clamped += group_avx2::<1>(p, x, nb, y);
-                nb += 1;
-            }
-        }
-        clamped
+        in_groups(p.np / 8, |nb, four| unsafe {
+            if four { group_avx2::<4>(p, x, nb, y) } else { group_avx2::<1>(p, x, nb, y) }
+        })
     }
 
     /// AVX-VNNI: 256-bit `VPDPBUSD`, `B` blocks of 8 outputs at a time.
@@ -388,20 +395,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,avxvnni")]
     pub(super) unsafe fn layer_avxvnni(p: &Packed, x: &[u8], y: &mut [u8]) -> u64 {
-        let blocks = p.np / 8;
-        let (mut nb, mut clamped) = (0, 0);
         // SAFETY: as `group_avxvnni`.
-        unsafe {
-            while nb + 4 <= blocks {
-                clamped += group_avxvnni::<4>(p, x, nb, y);
-                nb += 4;
-            }
-            while nb < blocks {
-                clamped += group_avxvnni::<1>(p, x, nb, y);
-                nb += 1;
-            }
-        }
-        clamped
+        in_groups(p.np / 8, |nb, four| unsafe {
+            if four { group_avxvnni::<4>(p, x, nb, y) } else { group_avxvnni::<1>(p, x, nb, y) }
+        })
     }
 
     /// Requantizes and stores 16 lanes of block `nb` (AVX-512); returns the clamped count.
@@ -452,19 +449,9 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn layer_avx512vnni(p: &Packed, x: &[u8], y: &mut [u8]) -> u64 {
-        let blocks = p.np / 16;
-        let (mut nb, mut clamped) = (0, 0);
         // SAFETY: as `group_avx512vnni`.
-        unsafe {
-            while nb + 4 <= blocks {
-                clamped += group_avx512vnni::<4>(p, x, nb, y);
-                nb += 4;
-            }
-            while nb < blocks {
-                clamped += group_avx512vnni::<1>(p, x, nb, y);
-                nb += 1;
-            }
-        }
-        clamped
+        in_groups(p.np / 16, |nb, four| unsafe {
+            if four { group_avx512vnni::<4>(p, x, nb, y) } else { group_avx512vnni::<1>(p, x, nb, y) }
+        })
     }
 }

@@ -65,7 +65,7 @@ pub fn read_model(path: &Path) -> Result<pb::ModelProto, String> {
 }
 
 fn le_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(format!("raw_data of {} bytes is not a whole number of {N}-byte values", raw.len()));
     }
     Ok(raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())

@@ -135,7 +135,7 @@ impl BackendReport {
 pub(crate) struct Inputs<'a> {
     pub choice: BackendChoice,
     pub config: &'a BackendConfig,
-    /// The graph's INT8 plan, or why the native kernel does not cover it; `None` for FP32.
+    /// The graph's INT8 plan, or why the native kernel does not cover it (an FP32 graph too).
     pub plan: Result<Plan, Unsupported>,
     /// Whether the model is an INT8 model (a plan, or a quantization method other than fp32).
     pub int8: bool,
@@ -229,12 +229,8 @@ fn time(s: &mut Scorer, rows: &[f32], width: usize, n: usize, calls: u64) -> f64
 }
 
 /// Picks the backend (see the module doc). `ort_session` is the model's ONNX Runtime scorer.
-/// Returns the scorer, its report, and the native kernel's saturation counters when it serves;
-/// or every reason no backend may serve.
-pub(crate) fn choose(
-    input: Inputs<'_>,
-    ort_session: OrtScorer,
-) -> Result<(Scorer, BackendReport, Option<std::sync::Arc<int8::Saturation>>), Vec<String>> {
+/// Returns the scorer and its report, or every reason no backend may serve.
+pub(crate) fn choose(input: Inputs<'_>, ort_session: OrtScorer) -> Result<(Scorer, BackendReport), Vec<String>> {
     let want = input.plan.as_ref().ok().map(|p| (reference::score(p, input.rows).0, p.output().scale));
     let best = Isa::best().label();
     let mut cands: Vec<(Candidate, Option<Scorer>)> = Vec::new();
@@ -258,13 +254,12 @@ pub(crate) fn choose(
         return Err(why);
     }
     if exact > 1 {
+        // Both were just run over the whole verification set, so they are warm.
         let calls = input.config.timing_calls;
-        for _ in 0..2 {
-            for (c, s) in cands.iter_mut() {
-                if let Some(s) = s.as_mut() {
-                    c.p50_b1_us = Some(time(s, input.rows, input.width, 1, calls));
-                    c.p50_max_us = Some(time(s, input.rows, input.width, input.max_batch, calls.div_ceil(10)));
-                }
+        for (c, s) in cands.iter_mut() {
+            if let Some(s) = s.as_mut() {
+                c.p50_b1_us = Some(time(s, input.rows, input.width, 1, calls));
+                c.p50_max_us = Some(time(s, input.rows, input.width, input.max_batch, calls.div_ceil(10)));
             }
         }
     }
@@ -277,17 +272,13 @@ pub(crate) fn choose(
         .map(|(i, _)| i)
         .expect("one exact candidate");
     let scorer = cands[pick].1.take().expect("picked an exact one");
-    let saturation = match &scorer {
-        Scorer::Native(k) => Some(k.monitor()),
-        Scorer::Ort(_) => None,
-    };
     let report = BackendReport {
         backend: cands[pick].0.backend,
         isa: cands[pick].0.isa,
         verified_rows: input.rows.len() / input.width,
         candidates: cands.into_iter().map(|(c, _)| c).collect(),
     };
-    Ok((scorer, report, saturation))
+    Ok((scorer, report))
 }
 
 fn candidate(backend: &'static str, isa: &'static str, r: Result<Scorer, String>) -> (Candidate, Option<Scorer>) {

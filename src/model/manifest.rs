@@ -16,7 +16,7 @@ use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::backend::{self, BackendChoice, BackendConfig, BackendReport};
+use super::backend::{self, BackendConfig, BackendReport};
 use super::provider::{self, ExecutionProvider, ProviderConfig};
 use super::scorer::{OrtScorer, Scorer};
 use super::signing;
@@ -310,8 +310,6 @@ pub struct LoadedModel {
     pub provider: ExecutionProvider,
     /// Which backend serves and why (native kernel or ONNX Runtime).
     pub backend: BackendReport,
-    /// The native kernel's clamped-value counters, when it serves.
-    pub saturation: Option<std::sync::Arc<crate::int8::Saturation>>,
     /// Reading and checking the manifest, the file's sha256, shapes and golden rows.
     pub verify_time: Duration,
     /// Building the ONNX Runtime session (graph optimisation included).
@@ -422,7 +420,7 @@ impl LoadedModel {
             opts.max_batch.max(1),
         )
         .map_err(|e| runtime(e.to_string()))?;
-        let (mut scorer, backend, saturation) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
+        let (mut scorer, backend) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
         let mut problems = Vec::new();
         for (i, g) in manifest.golden.iter().enumerate() {
             let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
@@ -438,7 +436,7 @@ impl LoadedModel {
             return Err(ModelError::Refused { model: label, problems });
         }
         let verify_time = started.elapsed().saturating_sub(load_time);
-        Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, backend, saturation, verify_time, load_time })
+        Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, backend, verify_time, load_time })
     }
 }
 
@@ -473,7 +471,7 @@ fn choose_backend(
     opts: &LoadOptions,
     model_path: &Path,
     ort_scorer: OrtScorer,
-) -> Result<(Scorer, BackendReport, Option<std::sync::Arc<crate::int8::Saturation>>), ModelError> {
+) -> Result<(Scorer, BackendReport), ModelError> {
     let label = manifest.label();
     let refused = |problems: Vec<String>| ModelError::Refused { model: label.clone(), problems };
     let window = manifest.features.window;
@@ -514,9 +512,7 @@ fn choose_backend(
         max_batch: opts.max_batch.max(1),
         ort_max_steps: manifest.verify.as_ref().map_or(0, |v| v.ort_max_steps),
     };
-    let (scorer, report, saturation) = backend::choose(input, ort_scorer).map_err(refused)?;
-    if choice == BackendChoice::Auto {
-        tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend chosen: {}", report.summary());
-    }
-    Ok((scorer, report, saturation))
+    let (scorer, report) = backend::choose(input, ort_scorer).map_err(refused)?;
+    tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend: {}", report.summary());
+    Ok((scorer, report))
 }

@@ -53,6 +53,14 @@ impl Scorer {
         }
     }
 
+    /// The native kernel's clamped-value counters (`None` on ONNX Runtime).
+    pub fn saturation(&self) -> Option<std::sync::Arc<crate::int8::Saturation>> {
+        match self {
+            Scorer::Native(k) => Some(k.monitor()),
+            Scorer::Ort(_) => None,
+        }
+    }
+
     /// Scores `n` inputs (`rows.len() == n * width`, `n` in `1..=max_batch`): one score each.
     /// No heap allocation on either backend.
     #[inline]

@@ -351,8 +351,7 @@ impl Registry {
                 self.last_load = Some([entry.verify_ms / 1e3, entry.load_ms / 1e3, entry.warm_ms / 1e3]);
                 entry.provider = m.provider.label();
                 entry.backend = Some((m.backend.backend, m.backend.isa));
-                entry.saturation = m.saturation.clone();
-                tracing::info!(model = %label(key), backend = m.backend.backend, isa = m.backend.isa, "backend: {}", m.backend.summary());
+                entry.saturation = m.scorer.saturation();
                 entry.loaded = Some(m);
                 entry.failed_signature = None;
                 entry.set(State::Loaded, "");
