@@ -146,7 +146,8 @@ struct Graph<'a> {
     consumers: HashMap<&'a str, Vec<&'a pb::NodeProto>>,
     producer: HashMap<&'a str, &'a pb::NodeProto>,
     outputs: Vec<&'a str>,
-    used: usize,
+    /// Nodes matched by the pattern, by identity (a node matched twice counts once).
+    used: std::collections::HashSet<*const pb::NodeProto>,
 }
 
 impl<'a> Graph<'a> {
@@ -182,8 +183,8 @@ impl<'a> Graph<'a> {
     }
 
     /// Marks one node as part of the pattern (every node must be, see [`Plan::from_model`]).
-    fn take(&mut self) {
-        self.used += 1;
+    fn take(&mut self, n: &pb::NodeProto) {
+        self.used.insert(n);
     }
 }
 
@@ -231,7 +232,7 @@ fn weights(g: &mut Graph<'_>, gemm: &pb::NodeProto, inputs: usize) -> Result<(Ve
     }
     let rows =
         if trans_b { w } else { (0..n).flat_map(|c| (0..k).map(move |j| (c, j))).map(|(c, j)| w[j * n + c]).collect() };
-    g.take();
+    g.take(dq);
     Ok((rows, w_scale, n))
 }
 
@@ -267,7 +268,7 @@ fn bias(g: &mut Graph<'_>, gemm: &pb::NodeProto, sa: f32, w_scale: &[f32]) -> Re
         Some(Values::I32(z)) if z.iter().all(|&z| z == 0) => {}
         _ => return unsupported("int32 bias has a non-zero zero point"),
     }
-    g.take();
+    g.take(dq);
     match q.len() {
         1 => Ok(vec![q[0]; n]),
         len if len == n => Ok(q),
@@ -304,14 +305,14 @@ impl Plan {
             return unsupported("the graph does not have exactly one input and one output");
         };
         let outputs = vec![output.name()];
-        let constant_nodes = graph.node.iter().filter(|n| n.op_type() == "Constant").count();
-        let mut g = Graph { consts, consumers, producer, outputs, used: constant_nodes };
+        let used = graph.node.iter().filter(|n| n.op_type() == "Constant").map(std::ptr::from_ref).collect();
+        let mut g = Graph { consts, consumers, producer, outputs, used };
         let mut cur: &str = input.name();
         let mut front = Vec::new();
         // 1. Float front end, up to the input QuantizeLinear.
         let (q_in, mut q_node) = loop {
             let n = g.only_consumer(cur)?;
-            g.take();
+            g.take(n);
             let other = || n.input.iter().find(|i| i.as_str() != cur).map_or("", String::as_str);
             match n.op_type() {
                 op @ ("Sub" | "Add" | "Mul" | "Div") => {
@@ -355,7 +356,7 @@ impl Plan {
             if dq.op_type() != "DequantizeLinear" || g.qparam(dq)? != q {
                 return unsupported("a QuantizeLinear not followed by its DequantizeLinear");
             }
-            g.take();
+            g.take(dq);
             if g.outputs.contains(&dq.output[0].as_str()) {
                 break;
             }
@@ -369,19 +370,19 @@ impl Plan {
             {
                 return unsupported("Gemm with transA, alpha or beta");
             }
-            g.take();
+            g.take(gemm);
             let (w, w_scale, n) = weights(&mut g, gemm, width)?;
             let bias = bias(&mut g, gemm, q.scale, &w_scale)?;
             let mut next = g.only_consumer(gemm.output[0].as_str())?;
             let relu = next.op_type() == "Relu";
             if relu {
-                g.take();
+                g.take(next);
                 next = g.only_consumer(next.output[0].as_str())?;
             }
             if next.op_type() != "QuantizeLinear" {
                 return unsupported(format!("{} after a Gemm (a QuantizeLinear is native)", next.op_type()));
             }
-            g.take();
+            g.take(next);
             let out = g.qparam(next)?;
             let max_acc = (width as i64) * 255 * 128 + bias.iter().map(|b| i64::from(*b).abs()).max().unwrap_or(0);
             if max_acc > i64::from(i32::MAX) {
@@ -395,10 +396,10 @@ impl Plan {
         if layers.is_empty() || width != 1 {
             return unsupported("the graph does not end in a one-output dense layer");
         }
-        if g.used != graph.node.len() {
+        if g.used.len() != graph.node.len() {
             return unsupported(format!(
                 "{} of the graph's {} nodes are outside the QDQ MLP pattern",
-                graph.node.len() - g.used,
+                graph.node.len() - g.used.len(),
                 graph.node.len()
             ));
         }
