@@ -19,10 +19,11 @@ train-setup:
 	./scripts/train-setup.sh
 
 ## train: the whole training pipeline on the shared data -> models/ (every architecture and
-## quantization method, the size sweep, the bar-replay comparison, REPORT.md); ~10 min on 2 cores
+## quantization method, reduced-range int8 weights against full range on the MLP,
+## the size sweep, the bar-replay comparison, REPORT.md); ~12 min on 2 cores
 train: setup train-setup
 	training/.venv/bin/python training/train.py --quantd target/release/quantd --shared ../shared/data \
-	  --out models --sweep 64,128,256,512 --bars --json training/figures.json
+	  --out models --sweep 64,128,256,512 --bars --range-study --json training/figures.json
 
 ## test: set up, then every test (Rust unit + integration, Python grpcio interop, training smoke)
 test: setup train-setup test-rust test-python test-training
@@ -65,6 +66,7 @@ soak: setup
 ## default-model: rebuild models/quantd-mlp/1 from the shared tick data
 default-model: setup
 	$(PY) training/make_default_model.py --quantd target/release/quantd --data $(TICKS) --out models
+	$(PY) training/add_verify_sets.py --quantd target/release/quantd --models models
 
 lint:
 	$(CARGO) fmt --check

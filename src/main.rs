@@ -95,6 +95,26 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
+    /// Score model inputs (a .npy of f32 `[rows, width]`) on the backend the model would serve on
+    /// here, and print the backend and the native kernel's saturation per stage as JSON (training
+    /// records the validation period's as the model's saturation baseline).
+    Score {
+        dir: PathBuf,
+        /// The inputs: `[rows, window * features]` or `[rows, window, features]` f32.
+        #[arg(long)]
+        rows: PathBuf,
+        /// Backend: auto (the fastest exact one), native or ort.
+        #[arg(long, default_value = "auto")]
+        backend: quantd::model::BackendChoice,
+        /// Inputs per model call.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Write the scores here as a .npy of f32 `[rows]`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib_path: Option<PathBuf>,
+    },
     /// Time models per call at several batch sizes, on each backend asked for (the scorer the
     /// engine thread uses: the native INT8 kernel or an ONNX Runtime session on the chosen
     /// execution provider); every model × backend is timed side by side in interleaved rounds.
@@ -228,6 +248,26 @@ fn main() -> anyhow::Result<()> {
             let signed = if opts.public_key.is_some() { ", signature valid" } else { "" };
             println!("ok: {} ({} golden rows reproduced{signed})", m.manifest.label(), m.manifest.golden.len());
             println!("backend: {}", m.backend.summary());
+            Ok(())
+        }
+        Command::Score { dir, rows, backend, batch, out, ort_dylib_path } => {
+            quantd::model::runtime::init(ort_dylib_path.as_deref())?;
+            let mut opts = quantd::model::LoadOptions::cpu(batch.max(1));
+            opts.backend = quantd::model::BackendConfig { default: backend, ..Default::default() };
+            let mut m = quantd::model::LoadedModel::load_with(&dir, &opts)?;
+            let x = quantd::model::read_rows(&rows, m.scorer.width()).map_err(anyhow::Error::msg)?;
+            let scored = m.score_rows(&x, batch)?;
+            if let Some(out) = &out {
+                npyz::to_file_1d(out, scored.scores.iter().copied())?;
+            }
+            let doc = serde_json::json!({
+                "model": m.manifest.label(),
+                "backend": m.backend.backend,
+                "isa": m.backend.isa,
+                "rows": scored.scores.len(),
+                "saturation": scored.saturation,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(())
         }
         Command::BenchModel {

@@ -36,13 +36,17 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn engine_hot_path_does_not_allocate_after_warm_up() {
-    // A plain model, and a windowed one (the engine fills each tick's window from its ring).
-    for model in ["models/quantd-mlp/1", "models/quantd-tcn/2"] {
-        check(model);
+    // A plain model on the native INT8 kernel and on ONNX Runtime, and a windowed one (the
+    // engine fills each tick's window from its ring; ONNX Runtime).
+    use quantd::model::BackendChoice::{Native, Ort};
+    for (model, backend) in
+        [("models/quantd-mlp/2", Native), ("models/quantd-mlp/1", Ort), ("models/quantd-tcn/2", Ort)]
+    {
+        check(model, backend);
     }
 }
 
-fn check(model: &str) {
+fn check(model: &str, backend: quantd::model::BackendChoice) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let d = repo.join("../shared/data/ticks");
     let ticks = quantd::tickfile::read_all(&[
@@ -51,7 +55,10 @@ fn check(model: &str) {
     ])
     .unwrap();
     quantd::model::runtime::init(None).unwrap();
-    let m = LoadedModel::load(&repo.join(model), 64).unwrap();
+    let mut opts = quantd::model::LoadOptions::cpu(64);
+    opts.backend.default = backend;
+    let m = LoadedModel::load_with(&repo.join(model), &opts).unwrap();
+    assert_eq!(m.backend.backend, if backend == quantd::model::BackendChoice::Native { "native" } else { "ort" });
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
     let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));

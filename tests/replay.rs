@@ -26,7 +26,7 @@ fn default_model() -> PathBuf {
 /// Limits tight enough that each binds on real BTCUSDT data (1 coin per unit, ~57k USDT).
 fn binding_risk() -> RiskConfig {
     RiskConfig {
-        max_position: 0.6,
+        max_position: 0.4, // set so that each limit binds on this excerpt with quantd-mlp@1
         max_gross_notional: 20_000.0,
         max_changes: 4,
         change_window_ms: 1_000,

@@ -69,6 +69,24 @@ async fn streams_recorded_ticks_and_exports_latency() {
     let m = wait_for_metric(&server, "quantd_ticks_total{outcome=\"warming_up\"}", 99.0).await;
     assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"scored\"}"), Some(20_000.0 - 99.0));
     assert_eq!(sample(&m, "quantd_ticks_total{outcome=\"warming_up\"}"), Some(99.0));
+    // The backend `auto` picked, and on the native kernel its saturation per stage beside the
+    // baseline the manifest records from the validation period.
+    let m = wait_for_metric(&server, "quantd_model_backend_info{model=\"quantd-mlp@2\"", 1.0).await;
+    let info = m.lines().find(|l| l.starts_with("quantd_model_backend_info{model=\"quantd-mlp@2\"")).unwrap();
+    if info.contains("backend=\"native\"") {
+        for stage in ["input", "layer0", "layer1", "layer2"] {
+            let labels = format!("{{model=\"quantd-mlp@2\",layer=\"{stage}\"}}");
+            let m = wait_for_metric(&server, &format!("quantd_quant_saturation_ratio{labels}"), 0.0).await;
+            let ratio = sample(&m, &format!("quantd_quant_saturation_ratio{labels}")).unwrap();
+            let baseline = sample(&m, &format!("quantd_quant_saturation_baseline{labels}"));
+            assert!(
+                (0.0..=1.0).contains(&ratio) && baseline.is_some_and(|b| (0.0..=1.0).contains(&b)),
+                "{stage}:\n{m}"
+            );
+        }
+    } else {
+        assert!(info.contains("backend=\"ort\""), "{info}");
+    }
     server.shutdown(Duration::from_secs(1)).await;
 }
 

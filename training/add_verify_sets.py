@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Adds the verification set (`verify.npy` + `[verify]`) to committed model versions made before
-training wrote one: 2048 rows of the same test period `train.py` uses, from `quantd features` on
-the recorded ticks. Only versions of one feature row (the native kernel's graphs) get one.
+"""Adds what training now writes beside a model to committed versions made without it (by
+`make_default_model.py`, or before training wrote them): the verification set (`verify.npy` +
+`[verify]`: 2048 rows of the test period `train.py` uses, from `quantd features` on the recorded
+ticks) and the saturation baseline (`[saturation]`: the native kernel on the validation period).
+Only versions of one feature row (the native kernel's graphs) get them.
 
     python training/add_verify_sets.py --quantd target/release/quantd --models models
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantd_train import data  # noqa: E402
-from quantd_train.artifacts import verify_rows, write_verify_set  # noqa: E402
+from quantd_train.artifacts import append_section, saturation_section, verify_rows, write_verify_set  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,11 +30,15 @@ def main(argv=None) -> int:
     x = verify_rows(ds.x[ds.split["test"]])
     for manifest in sorted(args.models.glob("*/*/manifest.toml")):
         m = tomllib.loads(manifest.read_text())
-        if "verify" in m or m["features"].get("window", 1) != 1:
+        if m["features"].get("window", 1) != 1:
             continue
-        lines = write_verify_set(manifest.parent, x)
-        manifest.write_text(manifest.read_text().rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
-        print(f"{manifest.parent}: verify.npy ({len(x)} rows)")
+        if "verify" not in m:
+            append_section(manifest, write_verify_set(manifest.parent, x))
+            print(f"{manifest.parent}: verify.npy ({len(x)} rows)")
+        if "saturation" not in m and m["quantization"]["method"] != "fp32":
+            lines = saturation_section(args.quantd, manifest.parent, ds.x[ds.split["val"]])
+            append_section(manifest, lines)
+            print(f"{manifest.parent}: saturation baseline" if lines else f"{manifest.parent}: not on the native kernel")
     return 0
 
 

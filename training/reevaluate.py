@@ -21,7 +21,7 @@ def reevaluate(model_dir: Path, quantd: str, shared: Path, cache: Path) -> dict:
     window = manifest["features"].get("window", 1)
     ds = data.load(t["dataset"], quantd, shared, cache, int(t["horizon_ms"]) * 1_000_000, warmup=100,
                    window=window, symbols=t["symbols"], max_rows_per_symbol=t.get("max_rows_per_symbol") or None)
-    sibling = model_dir.parent / t["fp32_sibling"]
+    sibling = model_dir.parent / manifest.get("fp32_sibling", model_dir.name)
     _, fp32_pos = evaluate.evaluate_model(ds, sibling / "model.onnx", window, None)
     figures, _ = evaluate.evaluate_model(ds, model_dir / "model.onnx", window, fp32_pos)
     figures.pop("scores_test")

@@ -17,6 +17,7 @@ import json
 import shutil
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ DEFAULT_VARIANT = {"mlp": "qat", "tcn": "qat", "lstm": "dynamic"}
 
 def build_variants(arch, ds, args, hidden, window, work: Path, wanted=None, progress=True):
     """Trains FP32 and (if wanted) QAT, derives the wanted PTQ/dynamic variants (default: all of
-    the architecture's); returns {variant: (onnx path, seconds, extra)}."""
+    the architecture's), with int8 weights in `args.weight_range`; returns {variant: (onnx path,
+    seconds, extra)}."""
     tr, va = ds.split["train"], ds.split["val"]
     x_tr, x_va = ds.windows(tr, window), ds.windows(va, window)
     clip = 5 * np.std(ds.y[tr])
@@ -50,7 +52,8 @@ def build_variants(arch, ds, args, hidden, window, work: Path, wanted=None, prog
     out["fp32"] = (p, f32.seconds, {"val_mse": f32.val_mse, "epochs": f32.epochs})
     wanted = wanted or VARIANTS[arch]
     if "qat" in wanted:
-        q = fit.fit_qat(f32.model, x_tr, y_tr, x_va, y_va, args.qat_epochs, progress=progress)
+        q = fit.fit_qat(f32.model, x_tr, y_tr, x_va, y_va, args.qat_epochs, progress=progress,
+                        weight_range=args.weight_range)
         p = fit.export_onnx(q.model, x_tr[:8], work / f"{arch}-qat.onnx")
         ref = fit.predict_torch(q.model, x_va[:4096])
         ort_out = ortq.predict(p, x_va[:4096])
@@ -64,7 +67,7 @@ def build_variants(arch, ds, args, hidden, window, work: Path, wanted=None, prog
     for v in wanted:
         if v.startswith("ptq-"):
             t = time.time()
-            p = ortq.quantize_ptq(out["fp32"][0], work / f"{arch}-{v}.onnx", calib, v[4:])
+            p = ortq.quantize_ptq(out["fp32"][0], work / f"{arch}-{v}.onnx", calib, v[4:], args.weight_range)
             out[v] = (p, f32.seconds + time.time() - t, {})
         elif v == "dynamic":
             t = time.time()
@@ -86,6 +89,7 @@ def evaluate_variants(arch, ds, variants, window, args, dest: Path, version: str
         ver = version if v == DEFAULT_VARIANT[arch] else f"{version}-{v}"
         metrics = {**figures, "score_mae_vs_fp32_bps": float(np.mean(np.abs(s_te - fp32_scores))),
                    "model_bytes": path.stat().st_size, "train_seconds": seconds,
+                   "max_abs_weight_q": ortq.max_abs_int8(path),
                    "integer_kernels": integer, "optimized_ops": ops, **extra}
         d = write_version(
             quantd, dest, name=f"quantd-{arch}", version=ver,
@@ -93,16 +97,19 @@ def evaluate_variants(arch, ds, variants, window, args, dest: Path, version: str
             onnx_path=path, variant=v, window=window, feature_dim=ds.x.shape[1], policy=th,
             train_x=ds.x[ds.split["train"]], golden_x=ds.windows(golden_idx, window),
             verify_x=verify_rows(ds.x[te]) if window == 1 else None,
+            val_x=ds.x[ds.split["val"]] if window == 1 else None, weight_range=args.weight_range,
+            fp32_sibling=f"{version}-fp32" if v != "fp32" else None,
             output_meaning=f"predicted forward mid log-return over the next {ds.horizon_ns / 1e9:g} s, in bps",
             training={"script": "training/train.py", "dataset": ds.name, "symbols": sorted(map(str, set(ds.symbol))),
                       "label": f"forward mid log-return over {ds.horizon_ns / 1e9:g} s, bps",
                       "horizon_ms": ds.horizon_ns // 1_000_000, "max_rows_per_symbol": args.max_rows,
-                      "fp32_sibling": f"{version}-fp32" if v != "fp32" else ver,
                       "split": "per symbol by exchange time: first 60% train, next 20% validation, last 20% test",
                       "rows_train": len(ds.split["train"]), "rows_val": len(ds.split["val"]), "rows_test": len(te),
                       **{f"test_{k}": v2 for k, v2 in metrics.items()
                          if isinstance(v2, (int, float)) and not isinstance(v2, bool)}})
-        rows.append({"arch": arch, "variant": v, "version": ver, "dir": str(d), **metrics})
+        saturation = tomllib.loads((d / "manifest.toml").read_text()).get("saturation")
+        rows.append({"arch": arch, "variant": v, "version": ver, "dir": str(d), **metrics,
+                     "saturation_baseline": saturation["baseline"] if saturation else None})
     if not args.no_bench:
         for r, lat in zip(rows, evaluate.bench_models(quantd, [Path(r["dir"]) for r in rows], calls=args.bench_calls)):
             r.update(lat)
@@ -135,6 +142,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bars", action="store_true",
                     help="also compare the MLP's quantization methods on the bar files replayed as ticks")
     ap.add_argument("--bars-horizon-ms", type=int, default=60_000)
+    ap.add_argument("--weight-range", default="reduced", choices=["reduced", "full"],
+                    help="int8 weights in -64..64 (exact on every x86 CPU) or -127..127 (see quantizer.py)")
+    ap.add_argument("--range-study", action="store_true",
+                    help="also build the MLP's QAT and PTQ MinMax with full-range weights, to compare")
     ap.add_argument("--bench-calls", type=int, default=20_000)
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--report", type=Path, help="REPORT.md path (default: <out>/REPORT.md)")
@@ -166,6 +177,17 @@ def main(argv=None) -> int:
         sweep_dir = args.cache / "sweep-models"
         for r in evaluate_variants("mlp", ds, variants, 1, sub, sweep_dir, f"h{h}", args.quantd, h):
             sweep.append({**r, "hidden": h, "window": 1})
+    range_study = []
+    if args.range_study:
+        sub = argparse.Namespace(**{**vars(args), "weight_range": "full"})
+        variants = build_variants("mlp", ds, sub, args.hidden, 1, work / "range-full", wanted=["qat", "fp32", "ptq-minmax"])
+        for r in evaluate_variants("mlp", ds, variants, 1, sub, args.cache / "range-models", "w8", args.quantd,
+                                   args.hidden):
+            avx2 = evaluate.ort_on_avx2(args.quantd, r["dir"]) if r["variant"] != "fp32" else {}
+            range_study.append({**r, "hidden": args.hidden, "window": 1, **avx2})
+        for r in rows:
+            if r["arch"] == "mlp" and r["variant"] in ("qat", "ptq-minmax"):
+                r.update(evaluate.ort_on_avx2(args.quantd, r["dir"]))
     bars_doc = None
     if args.bars:
         bds = data.load("bars", args.quantd, args.shared, args.cache, args.bars_horizon_ms * 1_000_000, warmup=100,
@@ -178,7 +200,7 @@ def main(argv=None) -> int:
                     "split": {k: len(v) for k, v in bds.split.items()},
                     "rows": [{**r, "hidden": args.hidden, "window": 1} for r in rows_b]}
     doc = {"dataset": ds.name, "bars": bars_doc, "horizon_ms": args.horizon_ms, "hidden": args.hidden, "seq_hidden": args.seq_hidden, "window": args.window,
-           "rows": rows, "sweep": sweep, "seconds": time.time() - t0,
+           "rows": rows, "sweep": sweep, "range_study": range_study, "weight_range": args.weight_range, "seconds": time.time() - t0,
            "split": {k: len(v) for k, v in ds.split.items()}, "symbols": sorted(map(str, set(ds.symbol)))}
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

@@ -92,6 +92,17 @@ pub fn ort_u8s8_exact() -> bool {
     Isa::Avx512Vnni.available() || Isa::AvxVnni.available()
 }
 
+/// The largest |int8 weight| with which `VPMADDUBSW` cannot saturate: a pair of u8×s8 products
+/// sums to at most 2 · 255 · 64 = 32640 ≤ `i16::MAX`. quantd's training emits weights in -64..64.
+pub const VPMADDUBSW_SAFE_WEIGHT: u8 = 64;
+
+/// Whether ONNX Runtime's u8×s8 kernels compute a graph exactly on this CPU, given the largest
+/// |value| of its int8 weights (`None`: not known): with VNNI always, without it when the
+/// weights are within [`VPMADDUBSW_SAFE_WEIGHT`].
+pub fn ort_u8s8_exact_for(max_abs_weight: Option<u8>) -> bool {
+    ort_u8s8_exact() || max_abs_weight.is_some_and(|w| w <= VPMADDUBSW_SAFE_WEIGHT)
+}
+
 /// The CPU features that matter here, as `/proc/cpuinfo` spells them: for messages and tests.
 pub fn cpu_flags() -> String {
     #[cfg(target_arch = "x86_64")]

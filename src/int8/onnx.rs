@@ -129,6 +129,21 @@ pub fn constants(g: &pb::GraphProto) -> Result<HashMap<String, Const>, String> {
     Ok(out)
 }
 
+/// The largest |value| of the graph's int8 tensors (initializers and `Constant` values: its
+/// quantized weights); 0 when it has none.
+pub fn max_abs_int8(g: &pb::GraphProto) -> Result<u8, String> {
+    let constant_values = g.node.iter().filter(|n| n.op_type() == "Constant").flat_map(|n| n.attribute.iter());
+    let mut max = 0;
+    for t in g.initializer.iter().chain(constant_values.filter_map(|a| a.t.as_ref())) {
+        if t.data_type() == dtype::INT8
+            && let Values::I8(v) = tensor(t)?.values
+        {
+            max = v.iter().map(|x| x.unsigned_abs()).fold(max, u8::max);
+        }
+    }
+    Ok(max)
+}
+
 /// An attribute of a node, by name.
 pub fn attribute<'a>(n: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
     n.attribute.iter().find(|a| a.name() == name)

@@ -61,6 +61,23 @@ impl FrontOp {
             FrontOp::Div(v) => x / v[i],
         }
     }
+
+    /// Applies the operation to a whole row in place (the same operation per feature as
+    /// [`apply`](Self::apply), in a loop the compiler vectorizes).
+    #[inline]
+    pub fn apply_row(&self, row: &mut [f32]) {
+        fn each(row: &mut [f32], v: &[f32], op: impl Fn(f32, f32) -> f32) {
+            for (x, &v) in row.iter_mut().zip(v) {
+                *x = op(*x, v);
+            }
+        }
+        match self {
+            FrontOp::Sub(v) => each(row, v, |x, v| x - v),
+            FrontOp::Add(v) => each(row, v, |x, v| x + v),
+            FrontOp::Mul(v) => each(row, v, |x, v| x * v),
+            FrontOp::Div(v) => each(row, v, |x, v| x / v),
+        }
+    }
 }
 
 /// One quantized dense layer (`Gemm` between QDQ pairs).

@@ -6,11 +6,14 @@ use super::plan::{Dense, FrontOp, Plan, QParam};
 use super::{Isa, reference};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn layer(rng: &mut StdRng, inputs: usize, outputs: usize, input: QParam, output: QParam, relu: bool) -> Dense {
+/// A dense layer with int8 weights in `-w_max..=w_max` (and -128 when `w_max` is 127).
+fn layer(rng: &mut StdRng, shape: (usize, usize), w_max: i8, input: QParam, output: QParam, relu: bool) -> Dense {
+    let (inputs, outputs) = shape;
+    let low = if w_max == 127 { -128 } else { -w_max };
     Dense {
         inputs,
         outputs,
-        weights: (0..inputs * outputs).map(|_| rng.random_range(-128..=127)).collect(),
+        weights: (0..inputs * outputs).map(|_| rng.random_range(low..=w_max)).collect(),
         w_scale: (0..outputs).map(|_| rng.random_range(0.001..0.02)).collect(),
         bias: (0..outputs).map(|_| rng.random_range(-20_000..20_000)).collect(),
         input,
@@ -19,9 +22,9 @@ fn layer(rng: &mut StdRng, inputs: usize, outputs: usize, input: QParam, output:
     }
 }
 
-/// A 14-h-h-1 MLP with full-range int8 weights (the case `VPMADDUBSW` saturates on) and zero
-/// points of every kind.
-fn crafted(rng: &mut StdRng, hidden: usize) -> Plan {
+/// A 14-h-h-1 MLP with int8 weights up to `w_max` (127: the full range `VPMADDUBSW` saturates
+/// on; 64: the reduced range, which the AVX2 level multiplies with it) and zero points of every kind.
+fn crafted(rng: &mut StdRng, hidden: usize, w_max: i8) -> Plan {
     let q = |scale, zero| QParam { scale, zero };
     let f = 14;
     let (qi, q1, q2, qo) = (q(0.13, 123), q(0.05, 0), q(0.04, 17), q(0.03, 196));
@@ -34,9 +37,9 @@ fn crafted(rng: &mut StdRng, hidden: usize) -> Plan {
         ],
         input: qi,
         layers: vec![
-            layer(rng, f, hidden, qi, q1, true),
-            layer(rng, hidden, hidden, q1, q2, relu),
-            layer(rng, hidden, 1, q2, qo, false),
+            layer(rng, (f, hidden), w_max, qi, q1, true),
+            layer(rng, (hidden, hidden), w_max, q1, q2, relu),
+            layer(rng, (hidden, 1), w_max, q2, qo, false),
         ],
     }
 }
@@ -57,8 +60,8 @@ fn rows(rng: &mut StdRng, n: usize, f: usize) -> Vec<f32> {
 fn every_level_this_cpu_runs_is_bit_exact_with_the_reference() {
     let mut rng = StdRng::seed_from_u64(7);
     println!("CPU {}; levels {:?}", super::isa::cpu_flags(), Isa::available_levels());
-    for hidden in [1, 5, 16, 33, 128] {
-        let plan = crafted(&mut rng, hidden);
+    for (hidden, w_max) in [1, 2, 3, 5, 16, 33, 128].into_iter().flat_map(|h| [(h, 127), (h, 64)]) {
+        let plan = crafted(&mut rng, hidden, w_max);
         let x = rows(&mut rng, 3000, plan.features);
         let (want, want_clamped) = reference::score(&plan, &x);
         for isa in Isa::available_levels() {
@@ -72,10 +75,10 @@ fn every_level_this_cpu_runs_is_bit_exact_with_the_reference() {
                 }
             }
             let bits = |v: &[f32]| v.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "{isa} hidden {hidden}");
+            assert_eq!(bits(&got), bits(&want), "{isa} hidden {hidden} weights to ±{w_max}");
             let after = k.monitor().snapshot();
             let clamped: Vec<u64> = after.1.iter().zip(&before.1).map(|(a, b)| a - b).collect();
-            assert_eq!(clamped, want_clamped, "{isa} hidden {hidden}: clamped counts");
+            assert_eq!(clamped, want_clamped, "{isa} hidden {hidden} weights to ±{w_max}: clamped counts");
             assert_eq!(after.0 - before.0, 3000);
         }
     }
@@ -84,7 +87,7 @@ fn every_level_this_cpu_runs_is_bit_exact_with_the_reference() {
 #[test]
 fn a_level_this_cpu_lacks_is_refused_by_name() {
     let mut rng = StdRng::seed_from_u64(1);
-    let plan = crafted(&mut rng, 8);
+    let plan = crafted(&mut rng, 8, 127);
     for isa in Isa::ALL.into_iter().filter(|i| !i.available()) {
         let err = NativeKernel::new(&plan, isa, 1).err().unwrap();
         assert!(err.contains(isa.label()), "{err}");
@@ -137,4 +140,16 @@ fn the_saturation_counter_equals_a_hand_count() {
         assert_eq!(scores, [3.0, 155.0, 0.0, 155.0, 0.0], "{isa}");
         assert_eq!(k.monitor().snapshot(), (5, hand.clone()), "{isa}");
     }
+}
+
+#[test]
+fn onnx_runtime_counts_as_exact_for_weights_within_the_vpmaddubsw_bound_on_any_cpu() {
+    // The bound: two u8 × s8 products fit an i16 pair sum at ±64, not at ±65.
+    let pair = |w: i32| 2 * 255 * w;
+    let bound = i32::from(super::isa::VPMADDUBSW_SAFE_WEIGHT);
+    assert!(pair(bound) <= i32::from(i16::MAX) && pair(bound + 1) > i32::from(i16::MAX));
+    assert!(super::isa::ort_u8s8_exact_for(Some(0)) && super::isa::ort_u8s8_exact_for(Some(64)));
+    let vnni = super::isa::ort_u8s8_exact();
+    assert_eq!(super::isa::ort_u8s8_exact_for(Some(65)), vnni);
+    assert_eq!(super::isa::ort_u8s8_exact_for(None), vnni);
 }

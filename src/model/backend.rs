@@ -1,6 +1,7 @@
 //! Which backend serves a model, decided at load on this CPU: the native INT8 kernel or ONNX
 //! Runtime, each held against the model's reference semantics on its verification set, the
-//! fastest exact one chosen by measurement (`auto`). Owns the `[backend]` config section.
+//! fastest exact one chosen by measurement (`auto`), with the model's FP32 sibling as a third
+//! candidate where the config allows it. Owns the `[backend]` config section.
 //!
 //! Control path only (model load, on start-up or the registry thread).
 
@@ -51,11 +52,22 @@ pub struct BackendConfig {
     /// Model calls timed per candidate at batch 1 when `auto` compares two (a tenth as many at
     /// the largest batch).
     pub timing_calls: u64,
+    /// Let `auto` also time an INT8 model's FP32 sibling (the manifest's `fp32_sibling`, the
+    /// FP32 model it was quantized from) on ONNX Runtime, and serve it when it is the fastest.
+    /// Its scores are the FP32 model's, not the INT8 semantics (their golden rows are checked),
+    /// under the INT8 version's label and policy. Off by default.
+    pub allow_fp32_sibling: bool,
 }
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        Self { default: BackendChoice::Auto, models: BTreeMap::new(), native_isa: "auto".into(), timing_calls: 400 }
+        Self {
+            default: BackendChoice::Auto,
+            models: BTreeMap::new(),
+            native_isa: "auto".into(),
+            timing_calls: 400,
+            allow_fp32_sibling: false,
+        }
     }
 }
 
@@ -145,7 +157,16 @@ pub(crate) struct Inputs<'a> {
     pub max_batch: usize,
     /// Largest ONNX Runtime difference from the reference allowed, in output steps.
     pub ort_max_steps: u32,
+    /// Whether ONNX Runtime's u8×s8 kernels are exact for this graph on this CPU (VNNI, or int8
+    /// weights within [`int8::isa::VPMADDUBSW_SAFE_WEIGHT`]).
+    pub ort_exact: bool,
+    /// The FP32 sibling's ONNX Runtime scorer (its golden rows reproduced), or why it cannot
+    /// serve; `None` when it is not a candidate (`allow_fp32_sibling` off, or no sibling named).
+    pub fp32_sibling: Option<Result<OrtScorer, String>>,
 }
+
+/// [`Candidate::backend`] of the FP32 sibling.
+pub const FP32_SIBLING: &str = "fp32-sibling";
 
 /// Scores `rows` in calls of `batch` rows.
 fn score_all(scorer: &mut Scorer, rows: &[f32], width: usize, batch: usize) -> Result<Vec<f32>, String> {
@@ -179,13 +200,14 @@ fn native(input: &Inputs<'_>, plan: &Plan, want: &[f32]) -> Result<Scorer, Strin
 /// for an INT8 graph the reference does not cover, only where its u8×s8 kernels are exact.
 fn ort(input: &Inputs<'_>, mut s: Scorer, want: Option<(&[f32], f32)>) -> Result<Scorer, String> {
     let Some((want, step)) = want else {
-        if input.int8 && !int8::isa::ort_u8s8_exact() {
+        if input.int8 && !input.ort_exact {
             let why = input.plan.as_ref().err().map_or(String::new(), |u| format!(" ({u})"));
             return Err(format!(
-                "ONNX Runtime's u8×s8 kernels are not exact on this CPU ({}): they need avx512_vnni or avx_vnni, \
-                 and the native kernel does not cover this graph{why}; serve this model on a CPU with VNNI, \
-                 or re-make it with reduced-range (7-bit) weights",
-                int8::isa::cpu_flags()
+                "ONNX Runtime's u8×s8 kernels are not exact on this CPU ({}) for int8 weights beyond ±{}: they need \
+                 avx512_vnni or avx_vnni, and the native kernel does not cover this graph{why}; serve this model on a \
+                 CPU with VNNI, or re-make it with reduced-range weights (quantd's training emits them)",
+                int8::isa::cpu_flags(),
+                int8::isa::VPMADDUBSW_SAFE_WEIGHT
             ));
         }
         return Ok(s);
@@ -197,10 +219,14 @@ fn ort(input: &Inputs<'_>, mut s: Scorer, want: Option<(&[f32], f32)>) -> Result
     let worst = steps.iter().copied().max().unwrap_or(0);
     if worst > input.ort_max_steps {
         let off = steps.iter().filter(|&&d| d > 0).count();
-        let hint = if int8::isa::ort_u8s8_exact() {
+        let hint = if input.ort_exact {
             String::new()
         } else {
-            ": without avx512_vnni or avx_vnni its u8×s8 kernels use VPMADDUBSW, whose int16 pair sums saturate".into()
+            format!(
+                ": without avx512_vnni or avx_vnni its u8×s8 kernels use VPMADDUBSW, whose int16 pair sums saturate with int8 \
+                 weights beyond ±{} (re-make the model with reduced-range weights, or serve it on the native backend)",
+                int8::isa::VPMADDUBSW_SAFE_WEIGHT
+            )
         };
         return Err(format!(
             "ONNX Runtime differs from the model's integer semantics on {off} of {} verification rows, by up to {worst} output steps \
@@ -230,7 +256,7 @@ fn time(s: &mut Scorer, rows: &[f32], width: usize, n: usize, calls: u64) -> f64
 
 /// Picks the backend (see the module doc). `ort_session` is the model's ONNX Runtime scorer.
 /// Returns the scorer and its report, or every reason no backend may serve.
-pub(crate) fn choose(input: Inputs<'_>, ort_session: OrtScorer) -> Result<(Scorer, BackendReport), Vec<String>> {
+pub(crate) fn choose(mut input: Inputs<'_>, ort_session: OrtScorer) -> Result<(Scorer, BackendReport), Vec<String>> {
     let want = input.plan.as_ref().ok().map(|p| (reference::score(p, input.rows).0, p.output().scale));
     let best = Isa::best().label();
     let mut cands: Vec<(Candidate, Option<Scorer>)> = Vec::new();
@@ -246,6 +272,9 @@ pub(crate) fn choose(input: Inputs<'_>, ort_session: OrtScorer) -> Result<(Score
     if input.choice != BackendChoice::Native {
         let r = ort(&input, Scorer::Ort(ort_session), want.as_ref().map(|(w, s)| (w.as_slice(), *s)));
         cands.push(candidate("ort", best, r));
+    }
+    if let Some(sibling) = input.fp32_sibling.take() {
+        cands.push(candidate(FP32_SIBLING, best, sibling.map(Scorer::Ort)));
     }
     let exact = cands.iter().filter(|(_, s)| s.is_some()).count();
     if exact == 0 {

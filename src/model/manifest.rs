@@ -36,6 +36,10 @@ pub struct Manifest {
     pub model_file: String,
     /// Hex sha256 of `model_file`.
     pub sha256: String,
+    /// The version (same name, same models directory) of the FP32 model this one was quantized
+    /// from: a third candidate of `backend = auto` where `backend.allow_fp32_sibling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32_sibling: Option<String>,
     pub features: FeatureSection,
     pub io: IoSection,
     pub quantization: QuantizationSection,
@@ -48,6 +52,10 @@ pub struct Manifest {
     /// native kernel covers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySection>,
+    /// The native kernel's saturation on the validation period (training records it): the
+    /// baseline of `quantd_quant_saturation_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<SaturationSection>,
     /// Free-form training facts (data, split, metrics); informational.
     #[serde(default)]
     pub training: toml::Table,
@@ -128,6 +136,18 @@ pub struct VerifySection {
     /// this model (0: exact).
     #[serde(default)]
     pub ort_max_steps: u32,
+}
+
+/// The share of values the native kernel clamped at an integer limit, per stage, on the
+/// validation period: what the serve-time ratio is compared with (the quantization-collapse
+/// alert, `deploy/prometheus/alerts.yml`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaturationSection {
+    /// Validation rows the ratios were measured on.
+    pub rows: u64,
+    /// Clamped share per stage: `input`, `layer0`, `layer1`, ...
+    pub baseline: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -257,6 +277,16 @@ impl Manifest {
         if self.golden.is_empty() {
             p.push("manifest has no golden rows".into());
         }
+        if let Some(v) = &self.fp32_sibling
+            && (v.is_empty() || v.contains(['/', '\\']) || v.starts_with('.') || *v == self.version)
+        {
+            p.push(format!("fp32_sibling {v:?} must name another version directory of {}", self.name));
+        }
+        if let Some(sat) = &self.saturation
+            && let Some((stage, r)) = sat.baseline.iter().find(|(_, r)| !(0.0..=1.0).contains(*r))
+        {
+            p.push(format!("saturation.baseline.{stage} = {r} must be a share in 0..=1"));
+        }
         for (i, g) in self.golden.iter().enumerate() {
             if g.features.len() != window.max(1) * features::NUM_FEATURES || g.output.len() != 1 {
                 p.push(format!("golden row {i} has {} features and {} outputs", g.features.len(), g.output.len()));
@@ -347,7 +377,33 @@ fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
     p
 }
 
+/// Scores of many model inputs and the native kernel's saturation over them (`quantd score`).
+#[derive(Debug, Serialize)]
+pub struct ScoredRows {
+    pub scores: Vec<f32>,
+    /// Clamped share per stage over these rows (`None` on ONNX Runtime, which has no counters).
+    pub saturation: Option<std::collections::BTreeMap<String, f64>>,
+}
+
 impl LoadedModel {
+    /// Scores `rows` (`n * width` floats) in calls of at most `batch` inputs (capped at the
+    /// load's `max_batch`), on the scorer the model serves on.
+    pub fn score_rows(&mut self, rows: &[f32], batch: usize) -> Result<ScoredRows, super::ScoreError> {
+        let width = self.scorer.width();
+        let batch = batch.clamp(1, self.scorer.max_batch());
+        let monitor = self.scorer.saturation();
+        let before = monitor.as_ref().map(|m| m.snapshot());
+        let mut scores = Vec::with_capacity(rows.len() / width);
+        for chunk in rows.chunks(batch * width) {
+            scores.extend_from_slice(self.scorer.score(chunk)?);
+        }
+        let saturation = monitor.zip(before).and_then(|(m, before)| {
+            let ratios = m.ratios(&before, &m.snapshot())?;
+            Some(m.stages.iter().cloned().zip(ratios).collect())
+        });
+        Ok(ScoredRows { scores, saturation })
+    }
+
     /// [`LoadedModel::load_with`] on the CPU provider with no signature check.
     pub fn load(dir: &Path, max_batch: usize) -> Result<Self, ModelError> {
         Self::load_with(dir, &LoadOptions::cpu(max_batch))
@@ -422,7 +478,10 @@ impl LoadedModel {
         .map_err(|e| runtime(e.to_string()))?;
         let (mut scorer, backend) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
         let mut problems = Vec::new();
-        for (i, g) in manifest.golden.iter().enumerate() {
+        // The FP32 sibling reproduced its own golden rows when it was loaded; this model's are
+        // the INT8 outputs.
+        let golden = if backend.backend == backend::FP32_SIBLING { &[][..] } else { &manifest.golden[..] };
+        for (i, g) in golden.iter().enumerate() {
             let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
             let want = g.output[0];
             if !(got.is_finite() && (got - want).abs() <= manifest.golden_tolerance) {
@@ -440,19 +499,22 @@ impl LoadedModel {
     }
 }
 
-/// Reads a verification set: `[rows, width]` f32 (or `[rows, window, features]`).
-fn read_verify_set(path: &Path, width: usize) -> Result<Vec<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("verification set {}: {e}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("verification set {}: {e}", path.display()))?;
+/// Reads model inputs from a `.npy`: `[rows, width]` f32 (or `[rows, window, features]`).
+pub fn read_rows(path: &Path, width: usize) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{}: {e}", path.display()))?;
     let shape = npy.shape().to_vec();
-    let rows: Vec<f32> = npy.into_vec().map_err(|e| format!("verification set {}: not f32: {e}", path.display()))?;
+    let rows: Vec<f32> = npy.into_vec().map_err(|e| format!("{}: not f32: {e}", path.display()))?;
     let per_row: u64 = shape.iter().skip(1).product();
     if shape.is_empty() || per_row as usize != width {
-        return Err(format!(
-            "verification set {} has shape {shape:?}; each row must hold {width} floats",
-            path.display()
-        ));
+        return Err(format!("{} has shape {shape:?}; each row must hold {width} floats", path.display()));
     }
+    Ok(rows)
+}
+
+/// Reads a verification set (see [`read_rows`]) of at least [`MIN_VERIFY_ROWS`] rows.
+fn read_verify_set(path: &Path, width: usize) -> Result<Vec<f32>, String> {
+    let rows = read_rows(path, width).map_err(|e| format!("verification set {e}"))?;
     if rows.len() / width < MIN_VERIFY_ROWS {
         return Err(format!(
             "verification set {} has {} rows; at least {MIN_VERIFY_ROWS} are needed",
@@ -461,6 +523,43 @@ fn read_verify_set(path: &Path, width: usize) -> Result<Vec<f32>, String> {
         ));
     }
     Ok(rows)
+}
+
+/// The FP32 sibling's scorer when `auto` may consider it: loaded as a model of its own on ONNX
+/// Runtime (sha256, golden rows), and required to be FP32 with this model's inputs.
+fn fp32_sibling(
+    dir: &Path,
+    manifest: &Manifest,
+    opts: &LoadOptions,
+    choice: backend::BackendChoice,
+) -> Option<Result<OrtScorer, String>> {
+    let version = manifest.fp32_sibling.as_ref()?;
+    if !opts.backend.allow_fp32_sibling || choice != backend::BackendChoice::Auto {
+        return None;
+    }
+    let mut sib_opts = opts.clone();
+    sib_opts.backend =
+        BackendConfig { default: backend::BackendChoice::Ort, models: Default::default(), ..opts.backend.clone() };
+    sib_opts.backend.allow_fp32_sibling = false;
+    let sibling = dir.parent().unwrap_or(dir).join(version);
+    Some(match LoadedModel::load_with(&sibling, &sib_opts) {
+        Err(e) => Err(format!("the FP32 sibling {}@{version} cannot serve: {e}", manifest.name)),
+        Ok(s) if s.manifest.quantization.method != "fp32" => Err(format!(
+            "the FP32 sibling {} is quantized ({}), not FP32",
+            s.manifest.label(),
+            s.manifest.quantization.method
+        )),
+        Ok(s) if s.manifest.features.window != manifest.features.window => Err(format!(
+            "the FP32 sibling {} takes a window of {} rows, not {}",
+            s.manifest.label(),
+            s.manifest.features.window,
+            manifest.features.window
+        )),
+        Ok(s) => match s.scorer {
+            Scorer::Ort(o) => Ok(o),
+            Scorer::Native(_) => unreachable!("loaded on ONNX Runtime"),
+        },
+    })
 }
 
 /// The backend that serves the model on this CPU (see [`backend`]), checked on the manifest's
@@ -476,11 +575,13 @@ fn choose_backend(
     let refused = |problems: Vec<String>| ModelError::Refused { model: label.clone(), problems };
     let window = manifest.features.window;
     let width = window * features::NUM_FEATURES;
-    let plan = if window == 1 {
-        crate::int8::Plan::from_file(model_path, width)
-    } else {
-        Err(crate::int8::Unsupported(format!("a window of {window} rows (the native kernel takes one)")))
+    let proto = crate::int8::onnx::read_model(model_path);
+    let plan = match &proto {
+        Ok(model) if window == 1 => crate::int8::Plan::from_model(model, width),
+        Ok(_) => Err(crate::int8::Unsupported(format!("a window of {window} rows (the native kernel takes one)"))),
+        Err(e) => Err(crate::int8::Unsupported(e.clone())),
     };
+    let max_abs_weight = proto.ok().and_then(|m| crate::int8::onnx::max_abs_int8(m.graph.as_ref()?).ok());
     let mut rows = match &manifest.verify {
         Some(v) => {
             let path = dir.join(&v.file);
@@ -511,6 +612,8 @@ fn choose_backend(
         width,
         max_batch: opts.max_batch.max(1),
         ort_max_steps: manifest.verify.as_ref().map_or(0, |v| v.ort_max_steps),
+        ort_exact: crate::int8::isa::ort_u8s8_exact_for(max_abs_weight),
+        fp32_sibling: fp32_sibling(dir, manifest, opts, choice),
     };
     let (scorer, report) = backend::choose(input, ort_scorer).map_err(refused)?;
     tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend: {}", report.summary());

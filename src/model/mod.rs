@@ -13,6 +13,6 @@ pub mod signing;
 pub mod timing;
 
 pub use backend::{BackendChoice, BackendConfig, BackendReport};
-pub use manifest::{LoadOptions, LoadedModel, Manifest, ModelError};
+pub use manifest::{LoadOptions, LoadedModel, Manifest, ModelError, ScoredRows, read_rows};
 pub use provider::{ExecutionProvider, ProviderConfig, ProviderFallback};
 pub use scorer::{OrtScorer, ScoreError, Scorer};

@@ -76,8 +76,8 @@ struct Entry {
     provider: &'static str,
     /// Backend and ISA level of the last successful load.
     backend: Option<(&'static str, &'static str)>,
-    /// The native kernel's saturation counters, when it serves this version.
-    saturation: Option<std::sync::Arc<crate::int8::Saturation>>,
+    /// The native kernel's saturation counters and the manifest's baseline, when it serves this version.
+    saturation: Option<crate::telemetry::SaturationHandle>,
     /// Signature of the files when a load last failed: retried only when they change.
     failed_signature: Option<Vec<(u64, Option<SystemTime>)>>,
 }
@@ -351,7 +351,10 @@ impl Registry {
                 self.last_load = Some([entry.verify_ms / 1e3, entry.load_ms / 1e3, entry.warm_ms / 1e3]);
                 entry.provider = m.provider.label();
                 entry.backend = Some((m.backend.backend, m.backend.isa));
-                entry.saturation = m.scorer.saturation();
+                entry.saturation = m.scorer.saturation().map(|counters| crate::telemetry::SaturationHandle {
+                    counters,
+                    baseline: m.manifest.saturation.iter().flat_map(|s| s.baseline.clone()).collect(),
+                });
                 entry.loaded = Some(m);
                 entry.failed_signature = None;
                 entry.set(State::Loaded, "");
@@ -588,10 +591,7 @@ impl Registry {
             saturation: self
                 .entries
                 .values()
-                .filter_map(|e| {
-                    let s = e.saturation.clone()?;
-                    Some((format!("{}@{}", e.found.name, e.found.version), crate::telemetry::SaturationHandle(s)))
-                })
+                .filter_map(|e| Some((format!("{}@{}", e.found.name, e.found.version), e.saturation.clone()?)))
                 .collect(),
         };
         self.telemetry.set_models(view);

@@ -30,6 +30,7 @@ pub const QUEUE_CAPACITY: &str = "quantd_engine_queue_capacity";
 pub const MODEL_INFO: &str = "quantd_model_info";
 pub const MODEL_BACKEND: &str = "quantd_model_backend_info";
 pub const SATURATION: &str = "quantd_quant_saturation_ratio";
+pub const SATURATION_BASELINE: &str = "quantd_quant_saturation_baseline";
 pub const MODEL_SWAPS: &str = "quantd_model_swaps_total";
 pub const MODEL_ROLLBACKS: &str = "quantd_model_rollbacks_total";
 pub const MODEL_FAILURES: &str = "quantd_model_failures_total";
@@ -101,11 +102,15 @@ fn describe() {
     metrics::describe_gauge!(VAR_EXCEEDANCES, "Back-tested horizons that lost more than the VaR, by symbol");
     metrics::describe_gauge!(
         MODEL_BACKEND,
-        "Backend serving each loaded model version (value 1): native (quantd's INT8 kernel) or ort, with its ISA level"
+        "Backend serving each loaded model version (value 1): native (quantd's INT8 kernel), ort or fp32-sibling, with its ISA level"
     );
     metrics::describe_gauge!(
         SATURATION,
         "Share of a native INT8 model's values clamped at a saturating integer bound over the last interval, by stage (input, layer0, ...)"
+    );
+    metrics::describe_gauge!(
+        SATURATION_BASELINE,
+        "The same share on the model's validation period, from its manifest's [saturation]: the quantization-collapse baseline"
     );
     metrics::describe_gauge!(KILL_SWITCH, "1 while the all-symbols kill switch is engaged");
 }
@@ -139,10 +144,13 @@ fn publish_backends(view: &crate::telemetry::ModelsView, last: &mut Published) {
         last.backends = view.backends.clone();
     }
     for (model, handle) in &view.saturation {
-        let now = handle.0.snapshot();
+        for (stage, ratio) in &handle.baseline {
+            metrics::gauge!(SATURATION_BASELINE, "model" => model.clone(), "layer" => stage.clone()).set(*ratio);
+        }
+        let now = handle.counters.snapshot();
         let before = last.saturation.entry(model.clone()).or_insert_with(|| (0, vec![0; now.1.len()]));
-        if let Some(ratios) = handle.0.ratios(before, &now) {
-            for (stage, ratio) in handle.0.stages.iter().zip(ratios) {
+        if let Some(ratios) = handle.counters.ratios(before, &now) {
+            for (stage, ratio) in handle.counters.stages.iter().zip(ratios) {
                 metrics::gauge!(SATURATION, "model" => model.clone(), "layer" => stage.clone()).set(ratio);
             }
             *before = now;

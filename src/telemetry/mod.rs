@@ -38,13 +38,17 @@ pub struct ModelsView {
 }
 
 /// A model's saturation counters, compared by identity (the view is compared to skip unchanged
-/// publications).
+/// publications), and the baseline its manifest records per stage.
 #[derive(Clone, Debug)]
-pub struct SaturationHandle(pub Arc<crate::int8::Saturation>);
+pub struct SaturationHandle {
+    pub counters: Arc<crate::int8::Saturation>,
+    /// `(stage, validation-period ratio)` from the manifest's `[saturation]` (empty: none).
+    pub baseline: Vec<(String, f64)>,
+}
 
 impl PartialEq for SaturationHandle {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.counters, &other.counters)
     }
 }
 

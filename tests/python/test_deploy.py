@@ -112,6 +112,10 @@ def test_promtool_checks_exposition_rules_and_config(quantd, tmp_path):
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     check = subprocess.run([promtool, "check", "rules", str(DEPLOY / "prometheus/alerts.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    # The rules' own unit tests (alerts_test.yml: the quantization-collapse alert fires, and only where it should).
+    check = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     # The compose scrape config names the rules at their in-container path; check it with the repo's.
     cfg = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     cfg["rule_files"] = [str(DEPLOY / "prometheus/alerts.yml")]

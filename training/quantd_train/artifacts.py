@@ -1,12 +1,15 @@
 """Model version directories as quantd serves them: `model.onnx`, `manifest.toml` (feature schema
 from `quantd schema --toml`, window T, quantization method and calibration, policy thresholds,
 training ranges, golden rows computed by ONNX Runtime, metrics, sha256) and, for models of one
-feature row, `verify.npy`: the verification set quantd holds every backend to at load."""
+feature row, `verify.npy`: the verification set quantd holds every backend to at load, and the
+`[saturation]` baseline: the native kernel's clamped share per stage on the validation period."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +33,20 @@ def toml_value(v) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+WEIGHTS = {"reduced": "int8, per-channel, symmetric, reduced range -64..64 (exact on every x86 CPU)",
+           "full": "int8, per-channel, symmetric (-127..127)"}
 QUANT_TEXT = {
+    # variant: (method, weights (None: see WEIGHTS), activations, calibration)
     "fp32": ("fp32", "float32", "float32", "none"),
-    "qat": ("qat_qdq", "int8, per-channel, symmetric (-127..127)", "uint8, per-tensor, asymmetric",
+    "qat": ("qat_qdq", None, "uint8, per-tensor, asymmetric",
             "fake quantization during fine-tuning (moving-average min/max observers), PT2E + OrtQuantizer"),
-    "ptq-minmax": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
-                   "minmax over the training period"),
-    "ptq-percentile": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
+    "ptq-minmax": ("ptq_static_qdq", None, "uint8, per-tensor, asymmetric", "minmax over the training period"),
+    "ptq-percentile": ("ptq_static_qdq", None, "uint8, per-tensor, asymmetric",
                        "percentile 99.99 over the training period"),
-    "ptq-entropy": ("ptq_static_qdq", "int8, per-channel, symmetric", "uint8, per-tensor, asymmetric",
-                    "entropy (KL) over the training period"),
-    "dynamic": ("dynamic", "int8, per-channel", "int8, per call (dynamic)", "none (ranges computed per call)"),
+    "ptq-entropy": ("ptq_static_qdq", None, "uint8, per-tensor, asymmetric", "entropy (KL) over the training period"),
+    "dynamic": ("dynamic", "int8, per-channel, reduced range -64..64", "uint8, per call (dynamic)",
+                "none (ranges computed per call)"),
 }
-
-
 VERIFY_ROWS = 2048
 
 
@@ -63,11 +66,39 @@ def write_verify_set(version_dir: Path, x: np.ndarray, ort_max_steps: int = 0) -
             f"ort_max_steps = {int(ort_max_steps)}"]
 
 
+def saturation_section(quantd: str, version_dir: Path, x: np.ndarray) -> list[str]:
+    """The manifest's `[saturation]` lines: the native kernel's clamped share per stage on `x` (the
+    validation period), from `quantd score`; none where the native kernel does not serve the model
+    (it alone counts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "rows.npy"
+        np.save(rows, np.ascontiguousarray(x, dtype=np.float32))
+        r = subprocess.run([quantd, "score", str(version_dir), "--rows", str(rows)], check=True,
+                           capture_output=True, text=True)
+    doc = json.loads(r.stdout)
+    if not doc["saturation"]:
+        return []
+    ratios = ", ".join(f"{stage} = {ratio!r}" for stage, ratio in doc["saturation"].items())
+    return ["[saturation]",
+            "# Share of values the native kernel clamped at an integer limit on the validation period:",
+            "# the baseline quantd_quant_saturation_ratio is compared with (quantization-collapse alert).",
+            f"rows = {doc['rows']}", f"baseline = {{ {ratios} }}"]
+
+
+def append_section(manifest: Path, lines: list[str]) -> None:
+    if lines:
+        manifest.write_text(manifest.read_text().rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+
+
 def write_version(quantd: str, dest: Path, *, name: str, version: str, description: str, onnx_path: Path,
                   variant: str, window: int, feature_dim: int, policy: tuple[float, float, float],
                   train_x: np.ndarray, golden_x: np.ndarray, output_meaning: str, training: dict,
-                  verify_x: np.ndarray | None = None) -> Path:
-    """Writes dest/<name>/<version>/ atomically (staged, then renamed) and returns it."""
+                  verify_x: np.ndarray | None = None, val_x: np.ndarray | None = None,
+                  weight_range: str = "reduced", fp32_sibling: str | None = None) -> Path:
+    """Writes dest/<name>/<version>/ atomically (staged, then renamed) and returns it; with `val_x`
+    (the validation period's inputs) its saturation baseline too. `fp32_sibling`: the version of
+    the FP32 model this one was quantized from, which `backend = auto` may time and serve instead
+    where the server allows it (`backend.allow_fp32_sibling`)."""
     final = dest / name / version
     stage = dest / name / f".staging-{version}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -79,12 +110,14 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
     schema = subprocess.run([quantd, "schema", "--toml"], check=True, capture_output=True, text=True).stdout
     flat = train_x.reshape(-1, feature_dim)
     method, weights, acts, calib = QUANT_TEXT[variant]
+    weights = weights or WEIGHTS[weight_range]
     entry, exit_, full = policy
     lines = [
         f"name = {toml_value(name)}",
         f"version = {toml_value(version)}",
         f"description = {toml_value(description)}",
         'model_file = "model.onnx"',
+        *([f"fp32_sibling = {toml_value(fp32_sibling)}"] if fp32_sibling else []),
         f'sha256 = "{hashlib.sha256((stage / "model.onnx").read_bytes()).hexdigest()}"',
         # Golden rows: ONNX Runtime's own output, re-checked by quantd at every load.
         "golden_tolerance = 0.001",
@@ -124,4 +157,6 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
     if final.exists():
         shutil.rmtree(final)
     stage.rename(final)
+    if val_x is not None and variant != "fp32":
+        append_section(final / "manifest.toml", saturation_section(quantd, final, val_x))
     return final

@@ -9,11 +9,15 @@ cost-aware PnL of quantd's policy, and latency measured from Rust.
   same hysteresis rule, thresholds from the validation period) holds position p_i after tick i
   and earns p_i * (mid_{i+1} / mid_i - 1) * 1e4; every change pays half the quoted spread on the
   traded amount, |p_i - p_{i-1}| * spread_bps_i / 2.
-* Latency: `quantd bench-model`, the `ort` session the server runs, at batch 1 and 64.
+* Latency: `quantd bench-model`, the scorer the server runs (the backend `auto` picks on this CPU:
+  the native INT8 kernel or an ONNX Runtime session), at batch 1 and 64.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -95,13 +99,37 @@ def evaluate_model(ds, path: Path, window: int, fp32_positions: np.ndarray | Non
 
 
 def bench_models(quantd: str, model_dirs: list[Path], calls: int = 20_000) -> list[dict]:
-    """Per model: p50/p99 µs per call at batch 1 and 64 from `quantd bench-model`, the engine's
-    own session, all models timed side by side in interleaved rounds."""
+    """Per model: the backend `auto` serves it on (and its ISA level), p50/p99 µs per call at
+    batch 1 and 64 from `quantd bench-model`, the engine's own scorer, all models timed side by
+    side in interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         subprocess.run([quantd, "bench-model", *map(str, model_dirs), "--batch", "1,64", "--calls", str(calls),
                         "--warmup", str(calls // 10), "--rounds", "10", "--json", str(out)],
                        check=True, stdout=subprocess.DEVNULL)
         doc = json.loads(out.read_text())
-    return [{f"p50_us_b{c['batch']}": c["p50_us"] for c in m["calls"]} |
+    return [{"backend": m["backend"], "isa": m["isa"]} |
+            {f"p50_us_b{c['batch']}": c["p50_us"] for c in m["calls"]} |
             {f"p99_us_b{c['batch']}": c["p99_us"] for c in m["calls"]} for m in doc["models"]]
+
+
+AVX2_CPU = "EPYC-Rome"  # qemu's model of an AMD EPYC with AVX2 and no AVX-512/VNNI
+
+
+def ort_on_avx2(quantd: str, model_dir: str) -> dict:
+    """Whether ONNX Runtime serves a model exactly on an AVX2-only CPU: `quantd verify-model
+    --backend ort` run under qemu-user's EPYC-Rome model (`qemu-x86_64 -cpu EPYC-Rome`), which
+    checks it against the reference semantics on the verification set. Empty where qemu-user is
+    not installed (it is not part of the set-up)."""
+    qemu = shutil.which("qemu-x86_64")
+    if not qemu:
+        return {}
+    r = subprocess.run([qemu, "-cpu", AVX2_CPU, quantd, "verify-model", "--backend", "ort", model_dir],
+                       capture_output=True, text=True, env={**os.environ, "RUST_BACKTRACE": "0"})
+    if r.returncode == 0:
+        return {"ort_avx2_rows_off": 0, "ort_avx2_max_steps": 0}
+    m = re.search(r"differs from the model's integer semantics on (\d+) of (\d+) verification rows, by up to (\d+)",
+                  r.stderr)
+    if not m:
+        raise RuntimeError(f"verify-model under qemu failed for {model_dir}: {r.stderr[-2000:]}")
+    return {"ort_avx2_rows_off": int(m.group(1)), "ort_avx2_max_steps": int(m.group(3))}

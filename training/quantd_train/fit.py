@@ -85,15 +85,16 @@ def export_program(model, example):
     return torch.export.export(model, (example,), dynamic_shapes=({0: BATCH},))
 
 
-def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True) -> Fitted:
-    """Fine-tunes a copy of the FP32 model with fake quantization; returns the converted
-    (reference-quantized) graph module, whose numerics the ONNX export reproduces."""
+def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True, weight_range="reduced") -> Fitted:
+    """Fine-tunes a copy of the FP32 model with fake quantization (weights in `weight_range`, see
+    `quantizer.WEIGHT_QMAX`); returns the converted (reference-quantized) graph module, whose
+    numerics the ONNX export reproduces."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     t = time.time()
     gm = export_program(copy.deepcopy(fp32), torch.from_numpy(x[:8])).module()
-    prepared = prepare_qat_pt2e(gm, OrtQuantizer(qat=True))
+    prepared = prepare_qat_pt2e(gm, OrtQuantizer(qat=True, weight_range=weight_range))
 
     def mode(m, train):
         (move_exported_model_to_train if train else move_exported_model_to_eval)(m)

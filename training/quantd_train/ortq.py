@@ -33,8 +33,9 @@ class _Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-def quantize_ptq(fp32: Path, out: Path, calib: np.ndarray, method: str) -> Path:
-    """Static QDQ: uint8 per-tensor activations, int8 per-channel symmetric weights."""
+def quantize_ptq(fp32: Path, out: Path, calib: np.ndarray, method: str, weight_range: str = "reduced") -> Path:
+    """Static QDQ: uint8 per-tensor activations, int8 per-channel symmetric weights, in the reduced
+    range -64..64 unless `weight_range` is "full" (why: `quantizer.py`)."""
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     extra = {"CalibPercentile": 99.99} if method == "percentile" else {}
@@ -43,19 +44,20 @@ def quantize_ptq(fp32: Path, out: Path, calib: np.ndarray, method: str) -> Path:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], extra_options={"WeightSymmetric": True, **extra},
+                        reduce_range=weight_range == "reduced", calibrate_method=methods[method], extra_options={"WeightSymmetric": True, **extra},
                         op_types_to_quantize=["MatMul", "Gemm", "Conv", "Relu"])
     return out
 
 
 def quantize_dyn(fp32: Path, out: Path) -> Path:
-    """Dynamic: int8 weights, activations quantized per call (MatMul/Gemm and LSTM). The graph is
+    """Dynamic: int8 weights in the reduced range -64..64 (why: `quantizer.py`), activations
+    quantized per call (MatMul/Gemm and LSTM). The graph is
     constant-folded first: the exporter builds the LSTM's weight tensors with Concat/Reshape
     nodes, and quantize_dynamic only quantizes weights that are initializers."""
     with tempfile.TemporaryDirectory() as tmp:
         folded = Path(tmp) / "folded.onnx"
         session(fp32, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, folded)
-        quantize_dynamic(str(folded), str(out), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(folded), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                          op_types_to_quantize=["MatMul", "Gemm", "LSTM"])
     return out
 
@@ -91,6 +93,16 @@ def integer_kernel_report(path: Path) -> tuple[bool, dict[str, int]]:
     integer = sum(counts.get(op, 0) for op in INTEGER_OPS)
     float_compute = sum(counts.get(op, 0) for op in FLOAT_COMPUTE_OPS)
     return integer > 0 and float_compute == 0, counts
+
+
+def max_abs_int8(path: Path) -> int:
+    """Largest |value| of the graph's int8 tensors (its quantized weights); 0 if it has none. At
+    most 64 means ONNX Runtime's u8×s8 kernels cannot saturate on any x86 CPU."""
+    m = onnx.load(str(path))
+    tensors = list(m.graph.initializer) + [a.t for n in m.graph.node if n.op_type == "Constant"
+                                           for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return max([int(np.max(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)))) for t in tensors
+                if t.data_type == onnx.TensorProto.INT8 and onnx.numpy_helper.to_array(t).size] + [0])
 
 
 def output_scale(path: Path) -> float | None:

@@ -23,17 +23,24 @@ def _int8_ops(r) -> str:
 
 def table(rows) -> list[str]:
     out = ["| model | method | IC | rank IC | dir. acc. | side = FP32 | PnL net (gross), bps | changes | size | "
-           "µs/call b1 | µs/call b64 | integer kernels (optimised graph) | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "served on | µs/call b1 | µs/call b64 | integer kernels (ONNX Runtime's optimised graph) | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
             f"| {r['arch'].upper()} h{r.get('hidden', '')} `{r['version']}` | {NAMES[r['variant']]} | {_f(r['ic'], '+.3f')} | "
             f"{_f(r['rank_ic'], '+.3f')} | {_f(r['directional_accuracy'], '.3f')} | "
             f"{_f(r['side_agreement_vs_fp32'], '.3f')} | {_f(r['pnl_net_bps'], '+.0f')} ({_f(r['pnl_gross_bps'], '+.0f')}) | "
-            f"{r['position_changes']} | {r['model_bytes'] / 1024:.1f} KiB | {_f(r.get('p50_us_b1'), '.1f')} | "
-            f"{_f(r.get('p50_us_b64'), '.1f')} | {_int8_ops(r) if r['variant'] != 'fp32' else 'n/a (float)'} | "
+            f"{r['position_changes']} | {r['model_bytes'] / 1024:.1f} KiB | {_served(r)} | "
+            f"{_f(r.get('p50_us_b1'), '.2f')} | {_f(r.get('p50_us_b64'), '.1f')} | {_int8_ops(r) if r['variant'] != 'fp32' else 'n/a (float)'} | "
             f"{r['train_seconds']:.0f} |")
     return out
+
+
+def _served(r) -> str:
+    """The backend `auto` picked for the timing (`native/avx512vnni`, `ort`)."""
+    if "backend" not in r:
+        return "—"
+    return f"{r['backend']}/{r['isa']}" if r["backend"] == "native" else r["backend"]
 
 
 def _loss(r, fp32) -> float:
@@ -65,7 +72,8 @@ def seed_table(rows) -> list[str]:
         ("size vs FP32 (article: 4× smaller)", lambda r, f: f"{f['model_bytes'] / r['model_bytes']:.2f}× smaller"),
         ("speed vs FP32, batch 1 (article: 2–3× faster)", lambda r, f: f"{f.get('p50_us_b1', 0) / r.get('p50_us_b1', 1):.2f}×"),
         ("speed vs FP32, batch 64", lambda r, f: f"{f.get('p50_us_b64', 0) / r.get('p50_us_b64', 1):.2f}×"),
-        ("hardware fit: what ONNX Runtime (CPU) ran", lambda r, f: _int8_ops(r)),
+        ("served on (the fastest exact backend here)", lambda r, f: _served(r)),
+        ("hardware fit: what ONNX Runtime (CPU) runs", lambda r, f: _int8_ops(r)),
     ]
     for title, fn in rowspec:
         lines.append(f"| {title} | " + " | ".join(per_arch(pick, fn) for _, pick in cols) + " |")
@@ -90,8 +98,8 @@ def findings(rows, sweep) -> list[str]:
                else "QAT did not lose less IC than every PTQ calibration: the article's '30–50% less loss than PTQ' "
                     "does not hold here."))
         out.append(
-            f"- {a.upper()} speed: INT8 QAT {q.get('p50_us_b1', float('nan')):.1f} µs vs FP32 "
-            f"{f.get('p50_us_b1', float('nan')):.1f} µs at batch 1, {q.get('p50_us_b64', float('nan')):.1f} vs "
+            f"- {a.upper()} speed: INT8 QAT ({_served(q)}) {q.get('p50_us_b1', float('nan')):.2f} µs vs FP32 "
+            f"({_served(f)}) {f.get('p50_us_b1', float('nan')):.2f} µs at batch 1, {q.get('p50_us_b64', float('nan')):.1f} vs "
             f"{f.get('p50_us_b64', float('nan')):.1f} µs at batch 64.")
     if ("lstm", "dynamic") in by:
         f, d = by[("lstm", "fp32")], by[("lstm", "dynamic")]
@@ -112,30 +120,83 @@ def _pays(sweep, batch: int) -> list[int]:
     return [s["hidden"] for s in sweep if s["variant"] == "qat" and s.get(f"p50_us_b{batch}", 1e9) < fp32.get(s["hidden"], 0)]
 
 
-def default_section(rows, sweep) -> list[str]:
+def _ratio(f, q, batch: int) -> float:
+    return f.get(f"p50_us_b{batch}", float("nan")) / q.get(f"p50_us_b{batch}", float("nan"))
+
+
+def default_section(rows) -> list[str]:
     by = {(r["arch"], r["variant"]): r for r in rows}
     if ("mlp", "qat") not in by:
         return []
     q, f = by[("mlp", "qat")], by[("mlp", "fp32")]
-    b1 = _pays(sweep, 1)
-    at_b1 = (f"at batch 1, the engine's usual batch at moderate rates, INT8 pays only at hidden size {b1} in the sweep "
-             "(where quality is far lower)" if b1 else
-             "at batch 1, the engine's usual batch at moderate rates, INT8 pays at no size in the sweep")
+    speed = []
+    for b in (1, 64):
+        x = _ratio(f, q, b)
+        speed.append(f"{q.get(f'p50_us_b{b}', float('nan')):.2f} µs vs {f.get(f'p50_us_b{b}', float('nan')):.2f} µs "
+                     f"per call at batch {b} ({x:.2f}× {'faster' if x >= 1 else 'slower: INT8 does not pay here'})")
     return [
         "## The default model",
         "",
         f"`quantd-mlp@{q['version']}` (`models/DEFAULT` names quantd-mlp; a server picks its highest plain-number "
-        f"version): the MLP 14-{q['hidden']}-{q['hidden']}-1 after quantization-aware training, chosen from the "
-        "size sweep below as the smallest MLP where INT8 pays at batch 64 without losing quality against its FP32 "
-        f"twin (IC {q['ic']:+.3f} vs {f['ic']:+.3f}; {f.get('p50_us_b64', float('nan')) / q.get('p50_us_b64', float('nan')):.2f}× "
-        f"faster per call at batch 64). Plainly: {at_b1} on this CPU — quantizing the input and requantizing each "
-        "layer cost more than the integer matmuls save "
-        f"({q.get('p50_us_b1', float('nan')):.1f} µs vs {f.get('p50_us_b1', float('nan')):.1f} µs for the default "
-        f"here). A deployment that needs the lowest batch-1 latency at the same quality should serve "
-        f"`quantd-mlp@{f['version']}`; the sweep also shows quality falling with size (h256 and h512 overfit the "
-        "5.7 minutes of recorded ticks).",
+        f"version): the MLP 14-{q['hidden']}-{q['hidden']}-1 after quantization-aware training (IC {q['ic']:+.3f} "
+        f"against its FP32 twin's {f['ic']:+.3f}), the width chosen from the size sweep below (quality falls with "
+        "size: h256 and h512 overfit the 5.7 minutes of recorded ticks). On this CPU it is served by "
+        f"{_served(q)} against the FP32 twin on {_served(f)}: {'; '.join(speed)}.",
         "",
     ]
+
+
+def range_section(study, rows) -> list[str]:
+    """Reduced-range (-64..64) against full-range (-127..127) int8 weights, same data and seeds."""
+    if not study:
+        return []
+    reduced = [r for r in rows if r["arch"] == "mlp" and r["variant"] in ("qat", "ptq-minmax")]
+    full = [r for r in study if r["variant"] in ("qat", "ptq-minmax")]
+    out = ["## Portable INT8: reduced-range weights", "",
+           "Without VNNI (AVX2-only x86, e.g. AMD EPYC before Zen 4), ONNX Runtime's u8×s8 kernels multiply with "
+           "VPMADDUBSW, whose int16 sum of two u8×s8 products saturates above 32767: with full-range weights "
+           "(|w| ≤ 127) a model's served scores then differ from its own integer semantics, and differ from one "
+           "CPU to the next. With |w| ≤ 64 the pair sum is at most 2·255·64 = 32640, so every CPU computes the "
+           "exact result. quantd's training therefore emits reduced-range weights (`--weight-range reduced`, the "
+           "default); the same MLP quantized with full-range weights, same data and seeds:", "",
+           "| model | weights | max \|w_q\| | IC | rank IC | side = FP32 | PnL net, bps | ONNX Runtime on AVX2-only: "
+           "rows off the reference (worst, output steps) | served on | µs/call b1 | µs/call b64 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [*reduced, *full]:
+        avx2 = (f"{r['ort_avx2_rows_off']} ({r['ort_avx2_max_steps']})" if "ort_avx2_rows_off" in r
+                else "not measured (no qemu-user)")
+        out.append(f"| MLP h{r['hidden']} `{r['version']}` | {NAMES[r['variant']]}, "
+                   f"{'full' if r in full else 'reduced'} | {r['max_abs_weight_q']} | {_f(r['ic'], '+.3f')} | "
+                   f"{_f(r['rank_ic'], '+.3f')} | {_f(r['side_agreement_vs_fp32'], '.3f')} | {_f(r['pnl_net_bps'], '+.0f')} | "
+                   f"{avx2} | {_served(r)} | {_f(r.get('p50_us_b1'), '.2f')} | {_f(r.get('p50_us_b64'), '.1f')} |")
+    out += ["", "The AVX2-only column is `quantd verify-model --backend ort` under qemu-user's EPYC-Rome CPU model "
+            "(`qemu-x86_64 -cpu EPYC-Rome`: AVX2, no AVX-512, no VNNI), which compares ONNX Runtime with the "
+            "reference semantics on the model's verification set. quantd's native kernel is exact with either range "
+            "on every CPU; reduced range is what makes the ONNX Runtime path, and any other consumer of the ONNX "
+            "file, exact too.", ""]
+    return out
+
+
+def saturation_section(rows) -> list[str]:
+    """The validation period's clamped share per stage (the manifests' `[saturation]` baselines)."""
+    rows = [r for r in rows if r.get("saturation_baseline")]
+    if not rows:
+        return []
+    stages = sorted({s for r in rows for s in r["saturation_baseline"]}, key=lambda s: (s != "input", s))
+    out = ["## Saturation on the validation period (the quantization-collapse baseline)", "",
+           "The share of values quantd's native kernel clamps at an integer limit, per stage, over the validation "
+           "period: `input` is the feature row's quantization, `layerN` each dense layer's requantized output (a "
+           "Relu's zero is not saturation). Each model's manifest records it in `[saturation]`; the server exports "
+           "it as `quantd_quant_saturation_baseline` beside the live `quantd_quant_saturation_ratio`, and the alert "
+           "`QuantdQuantizationCollapse` fires when the live share exceeds 5× the baseline plus 0.5 percentage "
+           "points. The last layer is the score itself: its share is how often the score sits at the edge of the "
+           "range its output quantization covers.", "",
+           "| model | method | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for r in rows:
+        b = r["saturation_baseline"]
+        out.append(f"| {r['arch'].upper()} h{r.get('hidden', '')} `{r['version']}` | {NAMES[r['variant']]} | "
+                   + " | ".join(f"{100 * b[s]:.3f}%" if s in b else "—" for s in stages) + " |")
+    return out + [""]
 
 
 def write(path: Path, doc: dict, extra_paths: list[Path] = ()) -> None:
@@ -150,8 +211,10 @@ def write(path: Path, doc: dict, extra_paths: list[Path] = ()) -> None:
         "directional accuracy over non-zero labels; side = FP32: fraction of test ticks where the policy's side "
         "(long/flat/short) equals the FP32 model's; PnL: quantd's policy (thresholds from the validation period) "
         "paying half the quoted spread on every change, in bps of one unit of notional, summed over symbols. "
-        "Latency: `quantd bench-model`, the engine's ONNX Runtime session (one thread), median per call, all "
-        "variants of an architecture timed side by side in interleaved rounds. Training time on one CPU thread. "
+        "Latency: `quantd bench-model`, the scorer the engine runs (the fastest backend that is exact on this CPU, "
+        "as `backend = auto` picks it: quantd's native INT8 kernel or an ONNX Runtime session, one thread), median "
+        "per call, all variants of an architecture timed side by side in interleaved rounds. Training time on one "
+        f"CPU thread; int8 weights in the {doc.get('weight_range', 'reduced')} range. "
         f"Pipeline: {doc['seconds']:.0f} s.",
         "",
         "## The seed article's table, measured",
@@ -162,7 +225,9 @@ def write(path: Path, doc: dict, extra_paths: list[Path] = ()) -> None:
         "model scored the higher IC. \"not built\": the method does not apply (no static toolkit quantizes the LSTM; "
         "QAT and PTQ would only quantize its output layer).",
         "",
-        *default_section(rows, doc["sweep"]),
+        *default_section(rows),
+        *range_section(doc.get("range_study"), rows),
+        *saturation_section(rows),
         "## Findings",
         "",
         *findings(rows, doc["sweep"]),
