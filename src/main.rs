@@ -1,4 +1,5 @@
-//! The `quantd` binary: parses the command line and calls the library. Nothing else lives here.
+//! The `quantd` binary: parses the command line and calls the library; what it holds beyond
+//! that is the printing of the tool commands' results (bench tables, JSON) and the `health` probe.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -599,8 +599,6 @@ impl Worker {
     }
 }
 
-/// Scores the same rows with the shadow model and counts where its side agrees with the active
-/// model's. The shadow never produces a signal.
 /// The newest feature row of batch position `i`'s input.
 fn newest_row(feats: &[f32], i: usize, stride: usize, width: usize) -> &[f32] {
     &feats[i * stride + width - NUM_FEATURES..i * stride + width]
@@ -621,6 +619,8 @@ fn fill_window(ring: &mut [f32], written: u64, row: &[f32; NUM_FEATURES], window
     }
 }
 
+/// Scores the same rows with the shadow model and counts where its side agrees with the active
+/// model's. The shadow never produces a signal.
 fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats: &ShadowStats) {
     if shadow.scorer.width() * active.len() != rows.len() {
         return; // a different input window: not comparable on these rows

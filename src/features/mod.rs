@@ -18,11 +18,20 @@ use crate::tick::{Kind, Tick};
 #[derive(Clone, Copy, Debug)]
 pub struct FeatureSpec {
     pub name: &'static str,
-    pub params: &'static str,
+    /// `(key, value)` of each parameter, taken from the constants the arithmetic uses (so a
+    /// changed horizon changes the schema text and its hash).
+    pub params: &'static [(&'static str, f64)],
     pub description: &'static str,
 }
 
-const fn spec(name: &'static str, params: &'static str, description: &'static str) -> FeatureSpec {
+impl FeatureSpec {
+    /// The parameters as the schema text writes them: `tau_s=30,clamp=10`.
+    pub fn params_text(&self) -> String {
+        self.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+const fn spec(name: &'static str, params: &'static [(&'static str, f64)], description: &'static str) -> FeatureSpec {
     FeatureSpec { name, params, description }
 }
 
@@ -31,20 +40,24 @@ pub const SCHEMA_VERSION: &str = "quantd-features/v1";
 
 /// The ordered feature vector the engine feeds the model.
 pub const SCHEMA: [FeatureSpec; NUM_FEATURES] = [
-    spec("ret_bps", "", "mid log-return since the symbol's previous tick, bps"),
-    spec("ret_decay_100ms", "tau_s=0.1", "time-decayed sum of mid log-returns, bps"),
-    spec("ret_decay_1s", "tau_s=1", "time-decayed sum of mid log-returns, bps"),
-    spec("ret_decay_10s", "tau_s=10", "time-decayed sum of mid log-returns, bps"),
-    spec("vol_1s", "tau_s=1", "sqrt of the time-decayed sum of squared returns, bps"),
-    spec("vol_30s", "tau_s=30", "sqrt of the time-decayed sum of squared returns, bps"),
-    spec("spread_bps", "", "(ask - bid) / mid, bps; 0 without a book"),
-    spec("imbalance", "", "(bid_qty - ask_qty) / (bid_qty + ask_qty), in [-1, 1]"),
-    spec("microprice_bps", "", "size-weighted microprice minus mid, bps"),
-    spec("trade_flow_1s", "tau_s=1", "decayed signed aggressor volume / decayed volume, in [-1, 1]"),
-    spec("trade_intensity_1s", "tau_s=1", "ln(1 + decayed trade count per second)"),
-    spec("log_dt_tick_ms", "cap_ms=3600000", "ln(1 + ms since the symbol's previous tick)"),
-    spec("log_dt_trade_ms", "cap_ms=3600000", "ln(1 + ms since the symbol's last trade); cap if none"),
-    spec("mid_zscore_30s", "tau_s=30,clamp=10", "(mid - EWMA mean) / EWMA std, in bps terms, clamped"),
+    spec("ret_bps", &[], "mid log-return since the symbol's previous tick, bps"),
+    spec("ret_decay_100ms", &[("tau_s", TAU_100MS)], "time-decayed sum of mid log-returns, bps"),
+    spec("ret_decay_1s", &[("tau_s", TAU_1S)], "time-decayed sum of mid log-returns, bps"),
+    spec("ret_decay_10s", &[("tau_s", TAU_10S)], "time-decayed sum of mid log-returns, bps"),
+    spec("vol_1s", &[("tau_s", TAU_1S)], "sqrt of the time-decayed sum of squared returns, bps"),
+    spec("vol_30s", &[("tau_s", TAU_30S)], "sqrt of the time-decayed sum of squared returns, bps"),
+    spec("spread_bps", &[], "(ask - bid) / mid, bps; 0 without a book"),
+    spec("imbalance", &[], "(bid_qty - ask_qty) / (bid_qty + ask_qty), in [-1, 1]"),
+    spec("microprice_bps", &[], "size-weighted microprice minus mid, bps"),
+    spec("trade_flow_1s", &[("tau_s", TAU_1S)], "decayed signed aggressor volume / decayed volume, in [-1, 1]"),
+    spec("trade_intensity_1s", &[("tau_s", TAU_1S)], "ln(1 + decayed trade count per second)"),
+    spec("log_dt_tick_ms", &[("cap_ms", DT_CAP_MS)], "ln(1 + ms since the symbol's previous tick)"),
+    spec("log_dt_trade_ms", &[("cap_ms", DT_CAP_MS)], "ln(1 + ms since the symbol's last trade); cap if none"),
+    spec(
+        "mid_zscore_30s",
+        &[("tau_s", TAU_30S), ("clamp", Z_CLAMP)],
+        "(mid - EWMA mean) / EWMA std, in bps terms, clamped",
+    ),
 ];
 
 pub const NUM_FEATURES: usize = 14;
@@ -60,12 +73,17 @@ const Z_VAR_FLOOR: f64 = 1e-6;
 
 /// The canonical text of the schema; its sha256 is the schema hash.
 pub fn schema_text() -> String {
+    text_of(&SCHEMA)
+}
+
+/// The canonical text of any schema: the version line, then `name|params` per feature.
+fn text_of(schema: &[FeatureSpec]) -> String {
     let mut s = String::from(SCHEMA_VERSION);
     s.push('\n');
-    for f in SCHEMA.iter() {
+    for f in schema {
         s.push_str(f.name);
         s.push('|');
-        s.push_str(f.params);
+        s.push_str(&f.params_text());
         s.push('\n');
     }
     s
@@ -73,7 +91,11 @@ pub fn schema_text() -> String {
 
 /// Hex sha256 of [`schema_text`]. Every model manifest carries it; a mismatch refuses the model.
 pub fn schema_hash() -> String {
-    hex::encode(Sha256::digest(schema_text().as_bytes()))
+    hash_of(&SCHEMA)
+}
+
+fn hash_of(schema: &[FeatureSpec]) -> String {
+    hex::encode(Sha256::digest(text_of(schema).as_bytes()))
 }
 
 /// Feature names in order.

@@ -98,6 +98,23 @@ fn schema_hash_is_stable_and_lists_every_feature() {
     assert_eq!(n.len(), NUM_FEATURES);
 }
 
+#[test]
+fn the_schema_hash_follows_the_constants_and_matches_the_committed_models() {
+    // The parameters are the arithmetic's own constants: a changed horizon is a changed hash.
+    let mut changed = SCHEMA;
+    changed[1].params = &[("tau_s", 0.2)];
+    assert_ne!(super::hash_of(&changed), schema_hash());
+    assert_eq!(SCHEMA[1].params, [("tau_s", super::TAU_100MS)]);
+    assert_eq!(SCHEMA[13].params_text(), "tau_s=30,clamp=10");
+    // The derived text is the one every committed model was trained on.
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/quantd-mlp/2/manifest.toml"));
+    let hash = manifest
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("schema_hash = ").map(|h| h.trim_matches('"').to_owned()));
+    assert_eq!(hash.as_deref(), Some(schema_hash().as_str()));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
