@@ -407,6 +407,25 @@ mod x86 {
     /// Rows per tile.
     const ROWS: usize = 4;
 
+    /// Runs `$tile` over `rows` rows × `p.np / $lanes` output blocks as tiles of `ROWS` rows ×
+    /// `$b` blocks, then narrower tiles for the remainders (`x`, `y`: row 0's pointers, rows
+    /// `stride` apart); returns the clamped count.
+    macro_rules! tiled {
+        ($tile:ident::<$b:literal>, $lanes:literal, $p:expr, $x:expr, $y:expr, $rows:expr, $stride:expr) => {{
+            let (p, x, y, stride) = ($p, $x, $y, $stride);
+            // SAFETY: as the tile function; row `r` starts `r * stride` in, and `r < rows`.
+            in_tiles::<$b>($rows, p.np / $lanes, |r, nb, full_rows, full_blocks| unsafe {
+                let (x, y) = (x.add(r * stride), y.add(r * stride));
+                match (full_rows, full_blocks) {
+                    (true, true) => $tile::<$b, ROWS>(p, x, y, stride, nb),
+                    (true, false) => $tile::<1, ROWS>(p, x, y, stride, nb),
+                    (false, true) => $tile::<$b, 1>(p, x, y, stride, nb),
+                    (false, false) => $tile::<1, 1>(p, x, y, stride, nb),
+                }
+            })
+        }};
+    }
+
     /// Runs `rows` × `blocks` as tiles of `ROWS` rows × `B` blocks, then narrower tiles for the
     /// remainders: `tile(row, block, full_rows, full_blocks)`; returns the clamped count.
     #[inline(always)]
@@ -595,16 +614,7 @@ mod x86 {
         }
         if p.maddubs {
             let (x, y) = (x.as_ptr(), y.as_mut_ptr());
-            // SAFETY: as `tile_avx2_maddubs`; row `r` starts `r * stride` bytes in, `r < rows`.
-            return in_tiles::<2>(rows, p.np / 8, |r, nb, full_rows, full_blocks| unsafe {
-                let (x, y) = (x.add(r * stride), y.add(r * stride));
-                match (full_rows, full_blocks) {
-                    (true, true) => tile_avx2_maddubs::<2, 4>(p, x, y, stride, nb),
-                    (true, false) => tile_avx2_maddubs::<1, 4>(p, x, y, stride, nb),
-                    (false, true) => tile_avx2_maddubs::<2, 1>(p, x, y, stride, nb),
-                    (false, false) => tile_avx2_maddubs::<1, 1>(p, x, y, stride, nb),
-                }
-            });
+            return tiled!(tile_avx2_maddubs::<2>, 8, p, x, y, rows, stride);
         }
         // Each row's `kp` activations widened once, 16 at a time (`kp` rounded up to 16 lies
         // within `stride`, a multiple of 64).
@@ -618,16 +628,7 @@ mod x86 {
             }
         }
         let (x, y) = (wide.as_ptr(), y.as_mut_ptr());
-        // SAFETY: as `tile_avx2`; row `r` starts `r * stride` bytes in, `r < rows`.
-        in_tiles::<2>(rows, p.np / 8, |r, nb, full_rows, full_blocks| unsafe {
-            let (x, y) = (x.add(r * stride), y.add(r * stride));
-            match (full_rows, full_blocks) {
-                (true, true) => tile_avx2::<2, 4>(p, x, y, stride, nb),
-                (true, false) => tile_avx2::<1, 4>(p, x, y, stride, nb),
-                (false, true) => tile_avx2::<2, 1>(p, x, y, stride, nb),
-                (false, false) => tile_avx2::<1, 1>(p, x, y, stride, nb),
-            }
-        })
+        tiled!(tile_avx2::<2>, 8, p, x, y, rows, stride)
     }
 
     quad_tile!(
@@ -655,16 +656,7 @@ mod x86 {
             return dot_rows(p, x, y, rows, stride, |x, w| dot_avxvnni(x, w));
         }
         let (x, y) = (x.as_ptr(), y.as_mut_ptr());
-        // SAFETY: as `tile_avxvnni`; row `r` starts `r * stride` bytes in, `r < rows`.
-        in_tiles::<2>(rows, p.np / 8, |r, nb, full_rows, full_blocks| unsafe {
-            let (x, y) = (x.add(r * stride), y.add(r * stride));
-            match (full_rows, full_blocks) {
-                (true, true) => tile_avxvnni::<2, 4>(p, x, y, stride, nb),
-                (true, false) => tile_avxvnni::<1, 4>(p, x, y, stride, nb),
-                (false, true) => tile_avxvnni::<2, 1>(p, x, y, stride, nb),
-                (false, false) => tile_avxvnni::<1, 1>(p, x, y, stride, nb),
-            }
-        })
+        tiled!(tile_avxvnni::<2>, 8, p, x, y, rows, stride)
     }
 
     /// Requantizes and stores 16 lanes of block `nb` at row `y` (AVX-512); returns the clamped count.
@@ -716,15 +708,6 @@ mod x86 {
             return dot_rows(p, x, y, rows, stride, |x, w| dot_avx512vnni(x, w));
         }
         let (x, y) = (x.as_ptr(), y.as_mut_ptr());
-        // SAFETY: as `tile_avx512vnni`; row `r` starts `r * stride` bytes in, `r < rows`.
-        in_tiles::<4>(rows, p.np / 16, |r, nb, full_rows, full_blocks| unsafe {
-            let (x, y) = (x.add(r * stride), y.add(r * stride));
-            match (full_rows, full_blocks) {
-                (true, true) => tile_avx512vnni::<4, 4>(p, x, y, stride, nb),
-                (true, false) => tile_avx512vnni::<1, 4>(p, x, y, stride, nb),
-                (false, true) => tile_avx512vnni::<4, 1>(p, x, y, stride, nb),
-                (false, false) => tile_avx512vnni::<1, 1>(p, x, y, stride, nb),
-            }
-        })
+        tiled!(tile_avx512vnni::<4>, 16, p, x, y, rows, stride)
     }
 }
