@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap default-model fuzz soak lint clean
+.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -53,6 +53,10 @@ bench-stream: setup
 ## bench-swap: 50k ticks/s with a model hot swap every 3 s; latency around swaps vs steady
 bench-swap: setup
 	./scripts/swap-bench.sh
+
+## bench-control: kill switch, /metrics scrape and SIGTERM drain under RATE ticks/s (default 20k; ~2 min)
+bench-control: setup
+	$(PY) scripts/control-bench.py --rate $${RATE:-20000} --secs 15
 
 ## fuzz: the property-based fuzzers of tests/fuzz.rs with many more cases (100k cases each, about a minute after the build)
 fuzz: setup

@@ -101,8 +101,8 @@ def default_model_dir() -> str:
 
 
 def start_servers(stubs: Path) -> dict[str, Server]:
-    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--metrics-listen",
-                               "127.0.0.1:0", "--models", "models", "--log-json", "true"],
+    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                               "--metrics-listen", "127.0.0.1:0", "--models", "models", "--log-json", "true"],
                     r'"message":"serving","addr":"([^"]+)","metrics_addr":"(?P<metrics>[^"]+)"')
     echo = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
     python = Server("python", [sys.executable, "loadtest/baselines/python_server.py", "--listen", "127.0.0.1:0",

@@ -15,7 +15,7 @@ cargo build --release --quiet --locked --workspace --bins
 start_quantd ${QUANTD_ARGS:-}
 trap 'kill $pid 2>/dev/null || true' EXIT
 echo "quantd at $addr; $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-./target/release/quantd-load --target "$addr" --metrics "$maddr" --rate "$RATE" --duration "$SECS" --warmup 2 \
+./target/release/quantd-load --target "$addr" --admin "$aaddr" --metrics "$maddr" --rate "$RATE" --duration "$SECS" --warmup 2 \
   --ticks "$TICKS/binance_usdm_btcusdt_20240808_quotes.csv.gz" "$TICKS/binance_usdm_btcusdt_20240808_trades.csv.gz" "$@"
 kill -TERM $pid
 wait $pid

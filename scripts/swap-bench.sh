@@ -20,7 +20,7 @@ mv "$work/stage" "$work/models/quantd-mlp/2"
 . scripts/serve-bg.sh
 start_quantd --models "$work/models" --model quantd-mlp@1
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-./target/release/quantd-load --target "$addr" --rate "$RATE" --duration "$SECS" --warmup 2 \
+./target/release/quantd-load --target "$addr" --admin "$aaddr" --rate "$RATE" --duration "$SECS" --warmup 2 \
   --swap-every "$EVERY" --swap-versions quantd-mlp@2,quantd-mlp@1 \
   --ticks "$TICKS/binance_usdm_btcusdt_20240808_quotes.csv.gz" "$TICKS/binance_usdm_btcusdt_20240808_trades.csv.gz"
 kill -TERM $pid

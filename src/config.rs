@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{EngineConfig, IdleStrategy};
 use crate::model::{BackendConfig, ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
 use crate::policy::PolicyParams;
+use crate::problem::{Kind, Problem, Problems};
 use crate::registry::RegistryConfig;
 use crate::risk::RiskConfig;
 use crate::server::security::{self, AdminSection, TlsSection};
@@ -20,9 +21,14 @@ use crate::shard::ShardConfig;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// gRPC address (SignalService, health, reflection).
+    /// gRPC address of the tick path (SignalService, health, reflection), on the data plane's
+    /// runtime.
     pub listen: SocketAddr,
-    /// Prometheus `/metrics` address; may be a different interface than `listen`.
+    /// gRPC address of the admin services (ModelAdmin, RiskAdmin) and health, served by the
+    /// `quantd-admin` thread's own runtime.
+    pub admin_listen: SocketAddr,
+    /// Prometheus `/metrics` address (also on the admin thread); may be a different interface
+    /// than `listen`.
     pub metrics_listen: SocketAddr,
     /// Model repository: `<models_dir>/<name>/<version>/{model.onnx,manifest.toml}`.
     pub models_dir: PathBuf,
@@ -87,6 +93,9 @@ pub struct EngineSection {
     pub idle: IdleStrategy,
     pub idle_spin_us: u64,
     pub idle_yield_us: u64,
+    /// Health goes NOT_SERVING while ticks wait and the engine has not completed a pass for
+    /// this long, ms (the stuck-engine watchdog; 0: off).
+    pub watchdog_ms: u64,
 }
 
 /// What a stream does when it has `window` ticks in flight to the engine.
@@ -168,6 +177,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".parse().expect("literal address"),
+            admin_listen: "127.0.0.1:50052".parse().expect("literal address"),
             metrics_listen: "127.0.0.1:9100".parse().expect("literal address"),
             models_dir: PathBuf::from("models"),
             model: None,
@@ -205,6 +215,7 @@ impl Default for EngineSection {
             idle: IdleStrategy::SpinPark,
             idle_spin_us: 50,
             idle_yield_us: 2_000,
+            watchdog_ms: 1_000,
         }
     }
 }
@@ -232,6 +243,9 @@ impl Default for StreamSection {
 pub struct Overrides {
     #[arg(long, env = "QUANTD_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Admin gRPC address (ModelAdmin, RiskAdmin, health) on the admin thread.
+    #[arg(long, env = "QUANTD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     #[arg(long, env = "QUANTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Model repository (<dir>/<name>/<version>/).
@@ -276,21 +290,47 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {msg}")]
     Parse { path: PathBuf, msg: String },
-    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
-    Invalid(Vec<String>),
+    #[error("invalid configuration:\n  - {}", crate::problem::bullet_list(.0))]
+    Invalid(Vec<Problem>),
 }
 
 impl Config {
-    /// Reads `path` (if any), applies `overrides`, validates.
+    /// Reads `path` (if any), applies the `QUANTD_*` environment ([`Config::load_with_env`]),
+    /// then `overrides`, and validates.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
-        let mut c = match path {
+        Self::load_with_env(path, std::env::vars(), overrides)
+    }
+
+    /// [`Config::load`] with the environment given. Every key can be set from it: a top-level
+    /// key as `QUANTD_<KEY>` (`QUANTD_IO_THREADS=2`), a key in a section as
+    /// `QUANTD_<SECTION>__<KEY>`, one `__` per level (`QUANTD_ENGINE__MAX_BATCH=32`,
+    /// `QUANTD_RISK__VAR__LIMIT=2.5`). Values are read as TOML values (numbers, booleans,
+    /// arrays), anything else as a string. A nested name that is not a key is an error;
+    /// `QUANTD_*` names without `__` that are not top-level keys are left alone (they belong to
+    /// the flags, such as `QUANTD_MODELS`, or to other tools).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.to_owned(), msg: e.to_string() })?
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Parse { path: p.to_owned(), msg: e.to_string() })?
             }
-            None => Config::default(),
+            None => toml::Table::new(),
         };
+        let from_env = apply_env(&mut table, env);
+        let source = match (path, from_env.is_empty()) {
+            (Some(p), true) => p.to_owned(),
+            (Some(p), false) => PathBuf::from(format!("{} + environment {}", p.display(), from_env.join(", "))),
+            (None, _) => PathBuf::from(format!("environment {}", from_env.join(", "))),
+        };
+        let mut c: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: source, msg: e.to_string() })?;
         c.apply(overrides);
         c.validate()?;
         Ok(c)
@@ -299,6 +339,9 @@ impl Config {
     pub fn apply(&mut self, o: Overrides) {
         if let Some(v) = o.listen {
             self.listen = v;
+        }
+        if let Some(v) = o.admin_listen {
+            self.admin_listen = v;
         }
         if let Some(v) = o.metrics_listen {
             self.metrics_listen = v;
@@ -344,99 +387,109 @@ impl Config {
 
     /// Every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut p = Vec::new();
-        if self.listen == self.metrics_listen && self.listen.port() != 0 {
-            p.push(format!("listen and metrics_listen are both {}", self.listen));
+        self.problems().into_result().map_err(ConfigError::Invalid)
+    }
+
+    /// Every problem, typed (what [`Config::validate`] reports).
+    pub fn problems(&self) -> Problems {
+        use Kind::*;
+        let mut p = Problems::new();
+        let ports =
+            [("listen", self.listen), ("admin_listen", self.admin_listen), ("metrics_listen", self.metrics_listen)];
+        for (i, (a, x)) in ports.iter().enumerate() {
+            for (b, y) in &ports[i + 1..] {
+                p.check(x == y && x.port() != 0, b, Conflict, || format!("{a} and {b} are both {x}"));
+            }
         }
-        if !self.models_dir.is_dir() {
-            p.push(format!("models_dir {} is not a directory", self.models_dir.display()));
-        }
+        p.check(!self.models_dir.is_dir(), "models_dir", Missing, || {
+            format!("models_dir {} is not a directory", self.models_dir.display())
+        });
         if let Some(path) = self.ort_dylib_path.as_ref().filter(|p| !p.is_file()) {
-            p.push(format!("ort_dylib_path {} does not exist", path.display()));
+            p.push("ort_dylib_path", Missing, format!("ort_dylib_path {} does not exist", path.display()));
         }
-        if self.io_threads == 0 || self.io_threads > 256 {
-            p.push(format!("io_threads {} must be in 1..=256", self.io_threads));
-        }
-        if self.metrics_interval_ms == 0 {
-            p.push("metrics_interval_ms must be > 0".into());
-        }
+        p.check(self.io_threads == 0 || self.io_threads > 256, "io_threads", OutOfRange, || {
+            format!("io_threads {} must be in 1..=256", self.io_threads)
+        });
+        p.check(self.metrics_interval_ms == 0, "metrics_interval_ms", OutOfRange, || {
+            "metrics_interval_ms must be > 0".into()
+        });
         let e = &self.engine;
-        if e.queue_capacity == 0 {
-            p.push("engine.queue_capacity must be > 0".into());
-        }
-        if e.max_batch == 0 || e.max_batch > 1024 {
-            p.push(format!("engine.max_batch {} must be in 1..=1024", e.max_batch));
-        }
-        if e.core.is_some() && e.pin_last_core {
-            p.push("engine.core and engine.pin_last_core are both set; choose one".into());
-        }
-        if !(1..=crate::model::manifest::MAX_WINDOW).contains(&e.max_window) {
-            p.push(format!("engine.max_window {} must be in 1..={}", e.max_window, crate::model::manifest::MAX_WINDOW));
-        }
-        if e.max_symbols == 0 {
-            p.push("engine.max_symbols must be > 0".into());
-        }
-        if self.stream.window == 0 {
-            p.push("stream.window must be > 0".into());
-        }
-        if self.stream.outbound_limit < self.stream.window {
-            p.push(format!(
-                "stream.outbound_limit {} must be >= stream.window {}",
-                self.stream.outbound_limit, self.stream.window
-            ));
-        }
-        if self.stream.max_streams == 0 || self.stream.max_symbols_per_stream == 0 {
-            p.push("stream.max_streams and stream.max_symbols_per_stream must be > 0".into());
-        }
-        if self.stream.max_message_bytes < 256 {
-            p.push(format!("stream.max_message_bytes {} is too small for one tick", self.stream.max_message_bytes));
-        }
-        if self.stream.window > e.queue_capacity {
-            p.push(format!(
+        p.check(e.queue_capacity == 0, "engine.queue_capacity", OutOfRange, || {
+            "engine.queue_capacity must be > 0".into()
+        });
+        p.check(e.max_batch == 0 || e.max_batch > 1024, "engine.max_batch", OutOfRange, || {
+            format!("engine.max_batch {} must be in 1..=1024", e.max_batch)
+        });
+        p.check(e.core.is_some() && e.pin_last_core, "engine.pin_last_core", Conflict, || {
+            "engine.core and engine.pin_last_core are both set; choose one".into()
+        });
+        let max_window = crate::model::manifest::MAX_WINDOW;
+        p.check(!(1..=max_window).contains(&e.max_window), "engine.max_window", OutOfRange, || {
+            format!("engine.max_window {} must be in 1..={max_window}", e.max_window)
+        });
+        p.check(e.max_symbols == 0, "engine.max_symbols", OutOfRange, || "engine.max_symbols must be > 0".into());
+        let st = &self.stream;
+        p.check(st.window == 0, "stream.window", OutOfRange, || "stream.window must be > 0".into());
+        p.check(st.outbound_limit < st.window, "stream.outbound_limit", Conflict, || {
+            format!("stream.outbound_limit {} must be >= stream.window {}", st.outbound_limit, st.window)
+        });
+        p.check(st.max_streams == 0 || st.max_symbols_per_stream == 0, "stream.max_streams", OutOfRange, || {
+            "stream.max_streams and stream.max_symbols_per_stream must be > 0".into()
+        });
+        p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
+            format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)
+        });
+        p.check(st.window > e.queue_capacity, "stream.window", Conflict, || {
+            format!(
                 "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
-                self.stream.window, e.queue_capacity
-            ));
-        }
+                st.window, e.queue_capacity
+            )
+        });
         p.extend(self.risk.problems());
         let r = &self.registry;
-        if r.rescan_ms == 0 {
-            p.push("registry.rescan_ms must be > 0".into());
-        }
-        if !(0.0..=1.0).contains(&r.shadow_min_agreement) {
-            p.push(format!("registry.shadow_min_agreement {} must be in [0, 1]", r.shadow_min_agreement));
-        }
-        if !(0.0..=1.0).contains(&r.rollback_max_error_rate) {
-            p.push(format!("registry.rollback_max_error_rate {} must be in [0, 1]", r.rollback_max_error_rate));
-        }
+        p.check(r.rescan_ms == 0, "registry.rescan_ms", OutOfRange, || "registry.rescan_ms must be > 0".into());
+        p.check(!(0.0..=1.0).contains(&r.shadow_min_agreement), "registry.shadow_min_agreement", OutOfRange, || {
+            format!("registry.shadow_min_agreement {} must be in [0, 1]", r.shadow_min_agreement)
+        });
+        p.check(
+            !(0.0..=1.0).contains(&r.rollback_max_error_rate),
+            "registry.rollback_max_error_rate",
+            OutOfRange,
+            || format!("registry.rollback_max_error_rate {} must be in [0, 1]", r.rollback_max_error_rate),
+        );
         if let Some(m) = &self.model
             && (m.is_empty() || m.starts_with('@') || m.ends_with('@'))
         {
-            p.push(format!("model {m:?} must be \"name\" or \"name@version\""));
+            p.push("model", Invalid, format!("model {m:?} must be \"name\" or \"name@version\""));
         }
         if let Some(Err(e)) = self.policy.as_ref().map(PolicyParams::validate) {
-            p.push(format!("policy: {e}"));
+            p.push("policy", OutOfRange, format!("policy: {e}"));
         }
         if let Err(e) = self.model_key() {
-            p.push(format!("model_public_key: {e}"));
+            p.push("model_public_key", Unreadable, format!("model_public_key: {e}"));
         }
-        if self.execution_provider != ExecutionProvider::Cpu
-            && !self.execution_provider.compiled_in()
-            && self.provider_fallback == ProviderFallback::Fail
-        {
-            p.push(format!(
-                "execution_provider {} needs a build with `--features {}` (or provider_fallback = \"cpu\")",
-                self.execution_provider.label(),
-                self.execution_provider.label()
-            ));
-        }
-        if self.gpu_device_id < 0 {
-            p.push(format!("gpu_device_id {} must be >= 0", self.gpu_device_id));
-        }
+        let ep = self.execution_provider;
+        p.check(
+            ep != ExecutionProvider::Cpu && !ep.compiled_in() && self.provider_fallback == ProviderFallback::Fail,
+            "execution_provider",
+            Unsupported,
+            || {
+                format!(
+                    "execution_provider {} needs a build with `--features {}` (or provider_fallback = \"cpu\")",
+                    ep.label(),
+                    ep.label()
+                )
+            },
+        );
+        p.check(self.gpu_device_id < 0, "gpu_device_id", OutOfRange, || {
+            format!("gpu_device_id {} must be >= 0", self.gpu_device_id)
+        });
         p.extend(self.shard.problems());
         p.extend(self.backend.validate());
         p.extend(security::tls_problems(&self.tls));
-        p.extend(security::admin_problems(&self.admin, &self.tls, self.listen));
-        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
+        let admin_on = [Some(self.admin_listen), self.admin.on_service_port.then_some(self.listen)];
+        p.extend(security::admin_problems(&self.admin, &self.tls, admin_on.iter().flatten().copied()));
+        p
     }
 
     fn model_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, signing::SigningError> {
@@ -452,7 +505,9 @@ impl Config {
                 fallback: self.provider_fallback,
                 device_id: self.gpu_device_id,
             },
-            public_key: self.model_key().map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?,
+            public_key: self.model_key().map_err(|e| {
+                ConfigError::Invalid(vec![Problem::new("model_public_key", Kind::Unreadable, e.to_string())])
+            })?,
             max_window: self.engine.max_window,
             backend: self.backend.clone(),
         })
@@ -501,6 +556,44 @@ impl Config {
     }
 }
 
+/// Sets `table`'s keys from `QUANTD_*` variables (see [`Config::load_with_env`]); returns the
+/// names of the variables used.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let top_level: Vec<String> = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t.into_iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k).collect(),
+        _ => Vec::new(),
+    };
+    // The optional top-level keys, absent from the serialized defaults.
+    let optional = ["model", "ort_dylib_path", "model_public_key"];
+    let mut used = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix("QUANTD_") else { continue };
+        let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty)
+            || (path.len() == 1 && !top_level.contains(&path[0]) && !optional.contains(&path[0].as_str()))
+        {
+            continue;
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let (last, sections) = path.split_last().expect("split yields at least one part");
+        let mut at = &mut *table;
+        for s in sections {
+            let entry = at.entry(s.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            at = entry.as_table_mut().expect("made a table above");
+        }
+        at.insert(last.clone(), parsed);
+        used.push(name);
+    }
+    used.sort();
+    used
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,10 +604,63 @@ mod tests {
         c.engine.max_batch = 0;
         c.stream.window = 0;
         c.metrics_listen = c.listen;
+        c.stream.max_message_bytes = 10;
+        c.admin_listen = "0.0.0.0:50052".parse().unwrap();
+        let p = c.problems();
+        for (field, kind) in [
+            ("models_dir", Kind::Missing),
+            ("engine.max_batch", Kind::OutOfRange),
+            ("stream.window", Kind::OutOfRange),
+            ("metrics_listen", Kind::Conflict),
+            ("stream.max_message_bytes", Kind::OutOfRange),
+            ("admin.token", Kind::Exposed),
+        ] {
+            assert!(p.has(field, kind), "{field} ({kind}) missing from: {p:#?}");
+        }
         let err = c.validate().unwrap_err().to_string();
-        for needle in ["models_dir", "max_batch", "stream.window", "metrics_listen"] {
+        for needle in ["models_dir", "max_batch", "stream.window", "metrics_listen", "open to the network"] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("q.toml");
+        std::fs::write(&p, format!("models_dir = {:?}\n[engine]\nmax_batch = 8\n", d.path())).unwrap();
+        let env = |vars: &[(&str, &str)]| vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let c = Config::load_with_env(
+            Some(&p),
+            env(&[
+                ("QUANTD_ENGINE__MAX_BATCH", "32"),
+                ("QUANTD_RISK__VAR__LIMIT", "2.5"),
+                ("QUANTD_STREAM__BACKPRESSURE", "reject"),
+                ("QUANTD_ADMIN__ON_SERVICE_PORT", "true"),
+                ("QUANTD_IO_THREADS", "2"),
+                ("QUANTD_ADMIN_LISTEN", "127.0.0.1:7"),
+                ("QUANTD_SOAK_SECS", "5"),
+                ("QUANTD_MODELS", "/ignored/by/the/file/layer"),
+                ("OTHER__KEY", "1"),
+            ]),
+            Overrides { listen: a_listen_flag(), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(c.engine.max_batch, 32, "the environment wins over the file");
+        assert_eq!(c.risk.var.limit, 2.5);
+        assert_eq!(c.stream.backpressure, Backpressure::Reject);
+        assert!(c.admin.on_service_port);
+        assert_eq!((c.io_threads, c.admin_listen.port()), (2, 7));
+        // A flag wins over the environment.
+        assert_eq!(c.listen.port(), 1);
+
+        let err = Config::load_with_env(Some(&p), env(&[("QUANTD_ENGINE__MAX_BACH", "4")]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_bach") && err.contains("QUANTD_ENGINE__MAX_BACH"), "{err}");
+    }
+
+    fn a_listen_flag() -> Option<SocketAddr> {
+        Some("127.0.0.1:1".parse().unwrap())
     }
 
     #[test]

@@ -4,34 +4,34 @@
 //! # Threads and data flow
 //!
 //! ```text
-//!  gateway ──gRPC──▶ tokio workers (server::tick_stream)          control path
-//!                     │ decode, stateless checks, stamp recv        ─────────────
-//!                     │ bounded ArrayQueue (engine::EngineHandle)   main: config, model
-//!                     ▼                                             load + verify
-//!                  quantd-engine thread (engine::worker)            (model::manifest)
-//!                     │ per-symbol features (features), one         quantd-telemetry:
-//!                     │ batched model call (model::Scorer),         merges histograms,
-//!                     │ policy (policy), risk gate (risk)           publishes Prometheus
-//!                     ▼ per-stream bounded reply queue + waker      (telemetry::exporter)
-//!                  tokio worker: Signal, stamp send ──gRPC──▶ gateway
-//!                                                                   quantd-risk: Monte Carlo
-//!                                                                   VaR → scale per symbol
-//!                                                                   (risk::var, via RiskBoard)
-//!                                                                   quantd-registry: model
-//!                                                                   discovery, load, verify,
-//!                                                                   backend choice, swaps
-//!                                                                   (registry)
+//!  gateway ──gRPC──▶ quantd-io: tokio workers, the data plane (server::tick_stream)
+//!                     │ decode, stateless checks, stamp recv
+//!                     │ bounded ArrayQueue (engine::EngineHandle::submit)
+//!                     ▼
+//!                  quantd-engine (engine::worker), pinned when configured
+//!                     │ per-symbol features (features), one batched model call
+//!                     │ (model::Scorer), policy (policy), risk gate (risk)
+//!                     ▼ per-stream bounded reply queue + waker (engine::reply)
+//!                  quantd-io: Signal, stamp send ──gRPC──▶ gateway
 //! ```
+//!
+//! | thread | owns | talks to the others by |
+//! |---|---|---|
+//! | `quantd-io` (tokio, `io_threads`) | the service port: `SignalService`, reflection, health; each stream's window and reply queue | `EngineHandle::submit` (lock-free queue); reply queues + wakers back |
+//! | `quantd-engine` | per-symbol state, the active and shadow models' scorers, the risk gate | pops ticks and [`engine::Control`] messages between batches; publishes histograms to telemetry; hands retired models back on a queue; `try_lock`s the recent-rows sample every 64 passes (skips it when busy) |
+//! | `quantd-admin` (own current-thread runtime) | the admin listener (`ModelAdmin`, `RiskAdmin`, health), `/metrics`, the health statuses of both ports, the stuck-engine watchdog, SIGTERM/SIGINT | registry requests over a channel; kill switch as a control message; reads the engine's heartbeat and [`readiness::Readiness`] ([`server::admin`]) |
+//! | `quantd-registry` | model discovery, load, verify, backend choice, the swap/shadow/rollback state machine | control messages to the engine; answers admin requests on oneshot channels ([`registry`]) |
+//! | `quantd-telemetry` | merging the histograms, the Prometheus recorder | reads counters and histograms the others write without locks ([`telemetry::exporter`]) |
+//! | `quantd-risk` | the Monte Carlo VaR estimator | mids in, scales out through the lock-free [`risk::RiskBoard`] ([`risk::var`]) |
 //!
 //! `quantd replay` runs the same engine code synchronously on recorded ticks
 //! ([`engine::SyncEngine`]), with the VaR estimator driven by exchange time, and scores the
 //! signals with [`backtest`].
 //!
 //! The engine thread owns the per-symbol state and the scorer (the native INT8 kernel or an ONNX
-//! Runtime session); nothing else touches them. It never waits on a lock (once every 64 passes it
-//! `try_lock`s the recent-rows sample the risk layer reads, and skips it when busy) and makes no
-//! heap allocation after warm-up. Everything slow (loading models,
-//! metrics export) runs elsewhere. Bad input never takes a stream down: each refused tick gets a
+//! Runtime session); nothing else touches them. It never waits on a lock and makes no heap
+//! allocation after warm-up. Everything slow (loading models, metrics export, admin calls) runs
+//! elsewhere. Bad input never takes a stream down: each refused tick gets a
 //! signal with `reject_reason` and is counted by reason.
 
 pub mod backtest;
@@ -43,6 +43,8 @@ pub mod int8;
 pub mod model;
 pub mod plotting;
 pub mod policy;
+pub mod problem;
+pub mod readiness;
 pub mod registry;
 pub mod replay;
 pub mod risk;

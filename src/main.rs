@@ -357,8 +357,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         let server = quantd::server::Server::start(&config).await?;
-        shutdown_signal().await;
-        tracing::info!("shutdown requested: draining");
+        // SIGTERM/SIGINT are handled on the admin thread: health turns NOT_SERVING at once, even
+        // while tick streams keep this runtime busy.
+        let _ = server.watch_signals().await;
         server.shutdown(Duration::from_millis(config.shutdown_grace_ms)).await;
         Ok(())
     })
@@ -382,19 +383,4 @@ async fn health(
     let channel = endpoint.connect().await.with_context(|| format!("connecting to {target}"))?;
     let reply = HealthClient::new(channel).check(HealthCheckRequest { service }).await?.into_inner();
     Ok(reply.status().as_str_name().to_owned())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::problem::{Kind, Problems};
+
 /// FNV-1a, 64-bit.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -58,12 +60,12 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
-    pub fn problems(&self) -> Vec<String> {
-        if self.count == 0 || self.index >= self.count {
-            vec![format!("shard.index {} must be in 0..shard.count ({})", self.index, self.count)]
-        } else {
-            Vec::new()
-        }
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.check(self.count == 0 || self.index >= self.count, "shard.index", Kind::OutOfRange, || {
+            format!("shard.index {} must be in 0..shard.count ({})", self.index, self.count)
+        });
+        p
     }
 
     /// Whether this replica serves `symbol`.

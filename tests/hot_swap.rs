@@ -339,7 +339,7 @@ async fn shadow_reports_agreement_then_admin_promotes_and_rolls_back() {
     cfg.model = Some(NAME.into());
     cfg.registry.shadow_new_versions = true; // new versions go to shadow, not live
     let server = start(&cfg).await;
-    let mut admin = ModelAdminClient::connect(format!("http://{}", server.addr())).await.unwrap();
+    let mut admin = ModelAdminClient::connect(format!("http://{}", server.admin_addr())).await.unwrap();
     let mut c = client(&server).await;
     add_version(models.path(), "2", |m| m, None);
     let registry = server.registry().clone();

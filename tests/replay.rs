@@ -174,7 +174,7 @@ fn quotes(symbol: &str, seq0: u64, start_ms: i64, gap_ms: i64, n: usize) -> Vec<
 async fn kill_switch_triggers_live_stale_data_admin_and_feed_delay() {
     let server = start(&config(RiskConfig { stale_after_ms: 500, ..RiskConfig::default() })).await;
     let mut c = client(&server).await;
-    let mut admin = RiskAdminClient::connect(format!("http://{}", server.addr())).await.unwrap();
+    let mut admin = RiskAdminClient::connect(format!("http://{}", server.admin_addr())).await.unwrap();
     // Warm up (policy warm-up is 100 ticks), then a 2 s gap: the tick after it is killed as stale.
     let mut ticks = quotes("KILLME", 0, 1_000, 10, 150);
     ticks.extend(quotes("KILLME", 150, 1_000 + 150 * 10 + 2_000, 10, 5));

@@ -75,18 +75,28 @@ impl Pki {
         c
     }
 
-    /// A TLS channel that trusts the test CA, optionally presenting a client identity.
+    /// A TLS channel to the service port that trusts the test CA, optionally presenting a
+    /// client identity.
     async fn channel(
         &self,
         server: &quantd::server::Server,
         identity: Option<(String, String)>,
     ) -> Result<Channel, String> {
+        self.channel_to(server.addr().port(), identity).await
+    }
+
+    /// The same to the admin listener (same TLS).
+    async fn admin(&self, server: &quantd::server::Server, identity: Option<(String, String)>) -> Channel {
+        self.channel_to(server.admin_addr().port(), identity).await.expect("admin TLS channel")
+    }
+
+    async fn channel_to(&self, port: u16, identity: Option<(String, String)>) -> Result<Channel, String> {
         let mut tls =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca.pem)).domain_name("localhost");
         if let Some((cert, key)) = identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        Channel::from_shared(format!("https://localhost:{}", server.addr().port()))
+        Channel::from_shared(format!("https://localhost:{port}"))
             .unwrap()
             .tls_config(tls)
             .map_err(|e| e.to_string())?
@@ -141,11 +151,13 @@ async fn mutual_tls_refuses_missing_and_foreign_client_certificates() {
     let good = leaf(&pki.ca, &["trader-gateway"], ExtendedKeyUsagePurpose::ClientAuth);
     let foreign = leaf(&ca(), &["intruder"], ExtendedKeyUsagePurpose::ClientAuth);
 
-    let ch = pki.channel(&server, Some(good)).await.unwrap();
-    predict_ok(ch.clone()).await.unwrap();
-    // A verified client certificate also authorises the admin services (no token configured).
-    ModelAdminClient::new(ch.clone()).list_models(ListModelsRequest {}).await.unwrap();
-    RiskAdminClient::new(ch).get_risk(GetRiskRequest::default()).await.unwrap();
+    let ch = pki.channel(&server, Some(good.clone())).await.unwrap();
+    predict_ok(ch).await.unwrap();
+    // A verified client certificate also authorises the admin services (no token configured),
+    // on the admin listener, which speaks the same TLS.
+    let admin = pki.admin(&server, Some(good)).await;
+    ModelAdminClient::new(admin.clone()).list_models(ListModelsRequest {}).await.unwrap();
+    RiskAdminClient::new(admin).get_risk(GetRiskRequest::default()).await.unwrap();
 
     for (what, identity) in [("no client certificate", None), ("a certificate from another CA", Some(foreign))] {
         let served = match pki.channel(&server, identity).await {
@@ -164,10 +176,10 @@ async fn admin_needs_the_token_or_a_client_certificate() {
     config.admin.token = Some(TOKEN.into());
     config.validate().unwrap();
     let server = start(&config).await;
-    let anonymous = pki.channel(&server, None).await.unwrap();
     // Optional client auth: ticks flow without a certificate ...
-    predict_ok(anonymous.clone()).await.unwrap();
+    predict_ok(pki.channel(&server, None).await.unwrap()).await.unwrap();
     // ... but admin calls need the token.
+    let anonymous = pki.admin(&server, None).await;
     let err = ModelAdminClient::new(anonymous.clone()).list_models(ListModelsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     let err = RiskAdminClient::new(anonymous.clone()).get_risk(GetRiskRequest::default()).await.unwrap_err();
@@ -181,10 +193,7 @@ async fn admin_needs_the_token_or_a_client_certificate() {
     assert_eq!(err.unwrap_err().code(), tonic::Code::Unauthenticated);
     ModelAdminClient::new(anonymous).list_models(with(TOKEN)).await.unwrap();
     let cert = leaf(&pki.ca, &["ops"], ExtendedKeyUsagePurpose::ClientAuth);
-    ModelAdminClient::new(pki.channel(&server, Some(cert)).await.unwrap())
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap();
+    ModelAdminClient::new(pki.admin(&server, Some(cert)).await).list_models(ListModelsRequest {}).await.unwrap();
     server.shutdown(std::time::Duration::from_secs(1)).await;
 }
 
@@ -193,7 +202,7 @@ async fn plaintext_admin_token() {
     let mut config = test_config();
     config.admin.token = Some(TOKEN.into());
     let server = start(&config).await;
-    let mut admin = ModelAdminClient::connect(format!("http://{}", server.addr())).await.unwrap();
+    let mut admin = ModelAdminClient::connect(format!("http://{}", server.admin_addr())).await.unwrap();
     assert_eq!(admin.list_models(ListModelsRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let mut r = tonic::Request::new(ListModelsRequest {});
     r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
@@ -231,8 +240,16 @@ fn bad_security_settings_are_start_up_errors_listing_every_problem() {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
 
+    // The admin services open to the network without authorisation: on a public admin listener,
+    // or on a public service port that also serves them.
+    let mut c = test_config();
+    c.admin_listen = "0.0.0.0:0".parse().unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("open to the network on 0.0.0.0:0"), "{err}");
     let mut c = test_config();
     c.listen = "0.0.0.0:0".parse().unwrap();
+    c.validate().expect("a public tick port with the admin services on loopback needs no token");
+    c.admin.on_service_port = true;
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("open to the network"), "{err}");
 
@@ -292,7 +309,7 @@ async fn signed_models_only_when_a_key_is_set() {
     )
     .unwrap();
     signing::sign(&v2, &key).unwrap();
-    let mut admin = ModelAdminClient::connect(format!("http://{}", server.addr())).await.unwrap();
+    let mut admin = ModelAdminClient::connect(format!("http://{}", server.admin_addr())).await.unwrap();
     let err = admin
         .load_model(quantd::proto::LoadModelRequest {
             name: "quantd-mlp".into(),

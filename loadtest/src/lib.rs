@@ -11,9 +11,10 @@
 //! (same host, CLOCK_REALTIME).
 //!
 //! Threads: the pacer (`load-pacer`), the tokio runtime of the caller (one task per stream, and
-//! the optional model-swap task), and a progress-line thread.
+//! the optional model-swap and probe tasks), and a progress-line thread.
 
 pub mod plot;
+pub mod probe;
 pub mod report;
 mod schedule;
 
@@ -27,6 +28,7 @@ use hdrhistogram::Histogram;
 use quantd::proto::signal_service_client::SignalServiceClient;
 use quantd::proto::{Tick, TickKind};
 
+pub use probe::{ProbePlan, ProbeReport};
 pub use report::{Percentiles, Report, SwapReport};
 pub use schedule::Pace;
 
@@ -34,6 +36,8 @@ pub use schedule::Pace;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: String,
+    /// host:port of the admin services (ModelAdmin, RiskAdmin): swaps and kill-switch probes.
+    pub admin: String,
     /// A name for this run in reports and plots (default: the target).
     pub label: Option<String>,
     /// Recorded tick files (merged by time, replayed in a loop); empty: synthetic ticks.
@@ -49,6 +53,8 @@ pub struct Options {
     pub metrics: Option<String>,
     /// Hot-swap models during the run through `ModelAdmin.ActivateModel`.
     pub swap: Option<SwapPlan>,
+    /// Kill-switch and scrape probes during the measured time.
+    pub probe: Option<ProbePlan>,
     /// Print a progress line every second.
     pub progress: bool,
     pub seed: u64,
@@ -201,6 +207,8 @@ struct Run {
     warmup_ns: u64,
     keep_per_tick: bool,
     received: Arc<AtomicU64>,
+    /// Watches for the first signal bound by a probe's kill-switch call.
+    kill: Option<Arc<probe::KillWatch>>,
 }
 
 async fn receive(
@@ -250,6 +258,9 @@ async fn receive(
         }
         expected += run.streams as u64;
         r.received += 1;
+        if let Some(k) = &run.kill {
+            k.observe(&s);
+        }
         run.received.fetch_add(1, Ordering::Relaxed);
         if !s.reject_reason.is_empty() {
             r.rejected += 1;
@@ -278,9 +289,9 @@ async fn receive(
 
 /// Swaps models on schedule through the admin API; returns the offsets (ns from the start) at
 /// which each swap was asked for and succeeded.
-async fn swap_models(target: String, plan: SwapPlan, start: Instant, warmup: Duration, end: Instant) -> Vec<u64> {
+async fn swap_models(admin: String, plan: SwapPlan, start: Instant, warmup: Duration, end: Instant) -> Vec<u64> {
     let mut done = Vec::new();
-    let mut admin = match quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{target}")).await
+    let mut admin = match quantd::proto::model_admin_client::ModelAdminClient::connect(format!("http://{admin}")).await
     {
         Ok(a) => a,
         Err(e) => {
@@ -342,6 +353,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         warmup_ns: opts.warmup.as_nanos() as u64,
         keep_per_tick: opts.swap.is_some(),
         received: received.clone(),
+        kill: opts.probe.as_ref().map(|_| Arc::new(probe::KillWatch::new())),
     };
     let progress = opts.progress.then(|| report::Progress::start(span, sent.clone(), received.clone()));
     let pacer = {
@@ -355,7 +367,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let swapper = opts
         .swap
         .clone()
-        .map(|plan| tokio::spawn(swap_models(opts.target.clone(), plan, start, opts.warmup, start + span)));
+        .map(|plan| tokio::spawn(swap_models(opts.admin.clone(), plan, start, opts.warmup, start + span)));
+    let measured = (start + opts.warmup, start + span);
+    let probes = opts.probe.clone().map(|plan| {
+        let watch = run.kill.clone().expect("a kill watch with every probe plan");
+        let metrics = opts.metrics.clone();
+        tokio::spawn(async move {
+            let kill = probe::kill_switch(&plan, &watch, measured.0, measured.1);
+            let scrape = async {
+                match &metrics {
+                    Some(m) if plan.scrapes > 0 => probe::scrapes(m, plan.scrapes, measured.0, measured.1).await,
+                    _ => (histogram(), Vec::new()),
+                }
+            };
+            let (kill, scrape) = tokio::join!(kill, scrape);
+            ProbeReport::new(kill, scrape)
+        })
+    });
     // The calls start once the pacer runs: a server may hold its response headers back until
     // the first tick arrives (grpcio does).
     let tasks: Vec<_> = calls
@@ -381,6 +409,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let swaps = match swapper {
         Some(s) => s.await?,
         None => Vec::new(),
+    };
+    let probes = match probes {
+        Some(p) => Some(p.await?),
+        None => None,
     };
     drop(progress);
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
@@ -430,6 +462,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         server_histogram,
         server_stages,
         swaps: (!swaps.is_empty()).then(|| SwapReport::split(&swaps, &per_tick)),
+        probes,
         distribution: report::distribution(&e2e),
     })
 }

@@ -27,6 +27,17 @@ struct Args {
     /// host:port of the gRPC server.
     #[arg(long, required_unless_present = "compare")]
     target: Option<String>,
+    /// host:port of the admin services (swaps, kill-switch probes); default: --target.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Engage and release the all-symbols kill switch this many times during the measured time
+    /// (RiskAdmin.SetKillSwitch) and report the call latency and the delay to the first signal it
+    /// binds.
+    #[arg(long, default_value_t = 0)]
+    kill_switch_pairs: usize,
+    /// Scrape --metrics this many times during the measured time and report the latency.
+    #[arg(long, default_value_t = 0, requires = "metrics")]
+    scrapes: usize,
     /// Recorded tick files (canonical CSV or Binance captures, gzip ok); replayed in a loop.
     #[arg(long, num_args = 1.., conflicts_with = "synthetic")]
     ticks: Vec<PathBuf>,
@@ -123,8 +134,16 @@ async fn main() -> anyhow::Result<()> {
         PaceArg::Recorded if a.synthetic => bail!("--pace recorded needs --ticks"),
         PaceArg::Recorded => Pace::Recorded { speed: a.speed },
     };
+    let target = a.target.expect("clap requires --target without --compare");
+    let admin = a.admin.unwrap_or_else(|| target.clone());
+    let probe = (a.kill_switch_pairs > 0 || a.scrapes > 0).then(|| quantd_load::ProbePlan {
+        admin: admin.clone(),
+        kill_pairs: a.kill_switch_pairs,
+        scrapes: a.scrapes,
+    });
     let report = quantd_load::run(quantd_load::Options {
-        target: a.target.expect("clap requires --target without --compare"),
+        target,
+        admin,
         label: a.label,
         ticks: a.ticks,
         symbols: a.symbols,
@@ -134,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs_f64(a.duration),
         metrics: a.metrics,
         swap: swap_plan(a.swap_every, &a.swap_versions)?,
+        probe,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         seed: a.seed,
     })

@@ -87,6 +87,9 @@ pub struct Report {
     /// The server's `quantd_stage_seconds` per stage over the run (bucket upper bounds).
     pub server_stages: BTreeMap<String, Percentiles>,
     pub swaps: Option<SwapReport>,
+    /// Kill-switch and scrape probes (`--kill-switch-pairs`, `--scrapes`).
+    #[serde(default)]
+    pub probes: Option<crate::ProbeReport>,
     /// End-to-end percentile distribution: (percentile 0–100, µs), for plots.
     pub distribution: Vec<(f64, f64)>,
 }
@@ -133,6 +136,16 @@ impl Report {
                 s.around.p99_us / s.steady.p99_us,
                 s.around.p999_us / s.steady.p999_us
             );
+        }
+        if let Some(p) = &self.probes {
+            println!("  control plane under this load ({} engaged unseen):", p.kill_unseen);
+            print_row("  SetKillSwitch call", &p.kill_call);
+            print_row("  first kill_admin", &p.first_flat);
+            print_row("  ... after return", &p.first_flat_after_return);
+            print_row("  GET /metrics", &p.scrape);
+            for f in &p.failures {
+                println!("  probe failure: {f}");
+            }
         }
         for e in &self.errors {
             println!("  error: {e}");

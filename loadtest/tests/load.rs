@@ -14,6 +14,7 @@ fn repo() -> PathBuf {
 async fn server() -> Server {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         models_dir: repo().join("models"),
         metrics_interval_ms: 100,
@@ -25,6 +26,7 @@ async fn server() -> Server {
 fn options(server: &Server, rate: f64, secs: f64) -> Options {
     Options {
         target: server.addr().to_string(),
+        admin: server.admin_addr().to_string(),
         label: None,
         ticks: vec![repo().join("../shared/data/ticks/binance_usdm_btcusdt_20240808_quotes.csv.gz")],
         symbols: 0,
@@ -34,6 +36,7 @@ fn options(server: &Server, rate: f64, secs: f64) -> Options {
         duration: Duration::from_secs_f64(secs),
         metrics: Some(server.metrics_addr().to_string()),
         swap: None,
+        probe: None,
         progress: false,
         seed: 1,
     }
@@ -100,5 +103,19 @@ async fn a_stalled_server_shows_up_in_the_open_loop_percentiles() {
     // (and timed) just one of them.
     assert!(report.end_to_end.max_us >= 300_000.0, "max {} µs", report.end_to_end.max_us);
     assert!(report.end_to_end.p90_us >= 50_000.0, "p90 {} µs", report.end_to_end.p90_us);
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_probes_see_every_kill_switch_call_bind_the_stream() {
+    let server = server().await;
+    let probe = quantd_load::ProbePlan { admin: server.admin_addr().to_string(), kill_pairs: 5, scrapes: 5 };
+    let report = run(Options { probe: Some(probe), ..options(&server, 1_000.0, 1.5) }).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let p = report.probes.expect("probes ran");
+    assert!(p.failures.is_empty(), "{:?}", p.failures);
+    assert_eq!((p.kill_call.count, p.first_flat.count, p.kill_unseen), (10, 5, 0), "{p:?}");
+    assert_eq!(p.scrape.count, 5, "{p:?}");
+    assert!(report.rejected > 0, "signals bound by the kill switch are answered with its reason");
     server.shutdown(Duration::from_secs(2)).await;
 }

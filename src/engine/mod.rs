@@ -76,6 +76,9 @@ struct Shared {
     inject_panic: AtomicBool,
     /// Batches that panicked and were recovered from.
     restarts: std::sync::atomic::AtomicU64,
+    /// Completed passes of the engine loop: a batch processed, or the queue found empty (the
+    /// stuck-engine watchdog's heartbeat).
+    passes: std::sync::atomic::AtomicU64,
     unparker: Unparker,
     /// Mids out, VaR scales in (see [`crate::risk::RiskBoard`]).
     risk_board: Arc<RiskBoard>,
@@ -106,6 +109,17 @@ impl EngineHandle {
     /// Ticks waiting in the queue.
     pub fn depth(&self) -> usize {
         self.shared.queue.len()
+    }
+
+    /// Whether ticks or control messages wait for the engine.
+    pub fn has_work(&self) -> bool {
+        !self.shared.queue.is_empty() || !self.shared.control.is_empty()
+    }
+
+    /// The engine loop's heartbeat: completed passes (it does not move while the engine is
+    /// stuck in a batch, or paused with ticks queued).
+    pub fn passes(&self) -> u64 {
+        self.shared.passes.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> usize {

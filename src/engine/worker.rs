@@ -215,6 +215,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         paused: AtomicBool::new(false),
         inject_panic: AtomicBool::new(false),
         restarts: AtomicU64::new(0),
+        passes: AtomicU64::new(0),
         unparker: parker.unparker().clone(),
         risk_board: board.clone(),
     });
@@ -284,20 +285,25 @@ impl Worker {
     fn run(&mut self, parker: &Parker, idler: &mut Idler) {
         tracing::info!(model = %self.model.label, max_batch = self.max_batch, "engine started");
         loop {
-            while let Some(c) = self.shared.control.pop() {
-                self.apply(c);
-            }
             while self.batch.len() < self.max_batch && !self.shared.paused.load(Ordering::Acquire) {
                 match self.shared.queue.pop() {
                     Some(item) => self.batch.push(item),
                     None => break,
                 }
             }
+            // Control messages after the batch is taken: a tick queued after a control message
+            // (a kill switch, a swap) was queued is always processed under it.
+            while let Some(c) = self.shared.control.pop() {
+                self.apply(c);
+            }
             if self.batch.is_empty() {
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
                 let shared = &self.shared;
+                if shared.queue.is_empty() {
+                    shared.passes.fetch_add(1, Ordering::Relaxed);
+                }
                 idler.idle(parker, |p| {
                     shared.sleeping.store(true, Ordering::SeqCst);
                     if shared.queue.is_empty() {
@@ -311,6 +317,7 @@ impl Worker {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process_batch())).is_err() {
                 self.recover();
             }
+            self.shared.passes.fetch_add(1, Ordering::Relaxed);
             self.recorder.publish_if_requested();
         }
         tracing::info!("engine drained and stopped");

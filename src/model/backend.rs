@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scorer::{OrtScorer, Scorer};
 use crate::int8::{self, Isa, NativeKernel, Plan, Unsupported, reference};
+use crate::problem::{Kind, Problems};
 
 /// Which backend a model may be served by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,14 +74,14 @@ impl Default for BackendConfig {
 
 impl BackendConfig {
     /// Every problem with the section.
-    pub fn validate(&self) -> Vec<String> {
-        let mut p = Vec::new();
+    pub fn validate(&self) -> Problems {
+        let mut p = Problems::new();
         if let Err(e) = self.isa() {
-            p.push(format!("backend.native_isa: {e}"));
+            p.push("backend.native_isa", Kind::Invalid, format!("backend.native_isa: {e}"));
         }
-        if self.timing_calls == 0 {
-            p.push("backend.timing_calls must be at least 1".into());
-        }
+        p.check(self.timing_calls == 0, "backend.timing_calls", Kind::OutOfRange, || {
+            "backend.timing_calls must be at least 1".into()
+        });
         p
     }
 

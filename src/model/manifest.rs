@@ -20,10 +20,10 @@ use super::backend::{self, BackendConfig, BackendReport};
 use super::provider::{self, ExecutionProvider, ProviderConfig};
 use super::scorer::{OrtScorer, Scorer};
 use super::signing;
+pub use super::signing::MANIFEST_FILE;
 use crate::features;
 use crate::policy::PolicyParams;
-
-pub const MANIFEST_FILE: &str = "manifest.toml";
+use crate::problem::{Kind, Problem, Problems};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -163,8 +163,8 @@ pub enum ModelError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid manifest: {msg}")]
     Manifest { path: PathBuf, msg: String },
-    #[error("model {model} refused:\n  - {}", problems.join("\n  - "))]
-    Refused { model: String, problems: Vec<String> },
+    #[error("model {model} refused:\n  - {}", crate::problem::bullet_list(problems))]
+    Refused { model: String, problems: Vec<Problem> },
     #[error("model {model}: ONNX Runtime: {msg}")]
     Runtime { model: String, msg: String },
     #[error("no model found under {0}: expected <name>/<version>/manifest.toml")]
@@ -185,26 +185,7 @@ impl ModelError {
             ModelError::Manifest { .. } => "manifest",
             ModelError::Runtime { .. } => "runtime",
             ModelError::NoneFound(_) | ModelError::NotFound(_) | ModelError::Ambiguous { .. } => "not_found",
-            ModelError::Refused { problems, .. } => {
-                let all = problems.join(" ");
-                if all.contains(signing::SIGNATURE_FILE) {
-                    "signature"
-                } else if all.contains("execution provider") {
-                    "provider"
-                } else if all.contains("sha256") {
-                    "sha256"
-                } else if all.contains("schema") || all.contains("feature names") {
-                    "schema"
-                } else if all.contains("no backend is exact") || all.contains("verification set") {
-                    "backend"
-                } else if all.contains("golden") {
-                    "golden"
-                } else if all.contains("emits") {
-                    "non_finite"
-                } else {
-                    "io_mismatch"
-                }
-            }
+            ModelError::Refused { problems, .. } => crate::problem::reason(problems),
         }
     }
 }
@@ -225,75 +206,86 @@ impl Manifest {
     }
 
     /// Checks that need no ONNX Runtime: schema and shapes against this server's features.
-    pub fn check_static(&self) -> Vec<String> {
-        let mut p = Vec::new();
+    pub fn check_static(&self) -> Problems {
+        use Kind::*;
+        let mut p = Problems::new();
         let ours = features::schema_hash();
-        if self.features.schema_hash != ours {
-            p.push(format!(
+        p.check(self.features.schema_hash != ours, "features.schema_hash", Schema, || {
+            format!(
                 "feature schema hash {} differs from this server's {ours} ({}); retrain on `quantd features` output",
                 self.features.schema_hash,
                 features::SCHEMA_VERSION
-            ));
-        }
+            )
+        });
         let names: Vec<_> = features::names().collect();
-        if self.features.names != names {
-            p.push(format!("feature names {:?} differ from this server's {:?}", self.features.names, names));
-        }
+        p.check(self.features.names != names, "features.names", Schema, || {
+            format!("feature names {:?} differ from this server's {:?}", self.features.names, names)
+        });
         let (lo, hi) = (&self.features.train_min, &self.features.train_max);
         let ranges_ok = (lo.is_empty() && hi.is_empty())
             || (lo.len() == names.len() && hi.len() == names.len() && lo.iter().zip(hi).all(|(l, h)| l <= h));
-        if !ranges_ok {
-            p.push(format!(
-                "features.train_min/train_max must both be empty or hold {} values with min <= max",
-                names.len()
-            ));
-        }
+        p.check(!ranges_ok, "features.train_min", Manifest, || {
+            format!("features.train_min/train_max must both be empty or hold {} values with min <= max", names.len())
+        });
         let width = features::NUM_FEATURES as i64;
         let window = self.features.window;
-        if !(1..=MAX_WINDOW).contains(&window) {
-            p.push(format!("features.window {window} must be in 1..={MAX_WINDOW}"));
-        }
+        p.check(!(1..=MAX_WINDOW).contains(&window), "features.window", IoMismatch, || {
+            format!("features.window {window} must be in 1..={MAX_WINDOW}")
+        });
         let expected: Vec<i64> = if window == 1 { vec![-1, width] } else { vec![-1, window as i64, width] };
-        if self.io.input_shape != expected {
-            p.push(format!("manifest input_shape {:?} is not {expected:?} (window {window})", self.io.input_shape));
-        }
-        if self.policy.warmup_ticks < window as u64 {
-            p.push(format!(
+        p.check(self.io.input_shape != expected, "io.input_shape", IoMismatch, || {
+            format!("manifest input_shape {:?} is not {expected:?} (window {window})", self.io.input_shape)
+        });
+        p.check(self.policy.warmup_ticks < window as u64, "policy.warmup_ticks", IoMismatch, || {
+            format!(
                 "policy.warmup_ticks {} must be >= features.window {window}: a symbol's first window must be full before it trades",
                 self.policy.warmup_ticks
-            ));
-        }
-        if self.io.output_shape != [-1, 1] {
-            p.push(format!("manifest output_shape {:?} is not [-1, 1]", self.io.output_shape));
-        }
+            )
+        });
+        p.check(self.io.output_shape != [-1, 1], "io.output_shape", IoMismatch, || {
+            format!("manifest output_shape {:?} is not [-1, 1]", self.io.output_shape)
+        });
         let plain_name = !self.model_file.is_empty()
             && Path::new(&self.model_file).file_name().is_some_and(|n| n == self.model_file.as_str());
-        if !plain_name || self.model_file.starts_with('.') {
-            p.push(format!("model_file {:?} must be a plain file name inside the version directory", self.model_file));
-        }
-        if !(self.golden_tolerance.is_finite() && self.golden_tolerance >= 0.0) {
-            p.push(format!("golden_tolerance {} must be a finite number >= 0", self.golden_tolerance));
-        }
-        if self.golden.is_empty() {
-            p.push("manifest has no golden rows".into());
-        }
+        p.check(!plain_name || self.model_file.starts_with('.'), "model_file", Manifest, || {
+            format!("model_file {:?} must be a plain file name inside the version directory", self.model_file)
+        });
+        p.check(
+            !(self.golden_tolerance.is_finite() && self.golden_tolerance >= 0.0),
+            "golden_tolerance",
+            Golden,
+            || format!("golden_tolerance {} must be a finite number >= 0", self.golden_tolerance),
+        );
+        p.check(self.golden.is_empty(), "golden", Golden, || "manifest has no golden rows".into());
         if let Some(v) = &self.fp32_sibling
             && (v.is_empty() || v.contains(['/', '\\']) || v.starts_with('.') || *v == self.version)
         {
-            p.push(format!("fp32_sibling {v:?} must name another version directory of {}", self.name));
+            p.push(
+                "fp32_sibling",
+                Manifest,
+                format!("fp32_sibling {v:?} must name another version directory of {}", self.name),
+            );
         }
         if let Some(sat) = &self.saturation
             && let Some((stage, r)) = sat.baseline.iter().find(|(_, r)| !(0.0..=1.0).contains(*r))
         {
-            p.push(format!("saturation.baseline.{stage} = {r} must be a share in 0..=1"));
+            p.push(
+                "saturation.baseline",
+                Manifest,
+                format!("saturation.baseline.{stage} = {r} must be a share in 0..=1"),
+            );
         }
         for (i, g) in self.golden.iter().enumerate() {
             if g.features.len() != window.max(1) * features::NUM_FEATURES || g.output.len() != 1 {
-                p.push(format!("golden row {i} has {} features and {} outputs", g.features.len(), g.output.len()));
+                p.push(
+                    format!("golden[{i}]"),
+                    Golden,
+                    format!("golden row {i} has {} features and {} outputs", g.features.len(), g.output.len()),
+                );
             }
         }
         if let Err(e) = self.policy.validate() {
-            p.push(format!("policy: {e}"));
+            p.push("policy", Manifest, format!("policy: {e}"));
         }
         p
     }
@@ -351,24 +343,33 @@ fn shape_ok(actual: &[i64], expected: &[i64]) -> bool {
     actual.len() == expected.len() && actual.iter().zip(expected).all(|(a, e)| a == e || (*e == -1 && *a <= 0))
 }
 
-fn check_io(session: &Session, m: &Manifest) -> Vec<String> {
-    let mut p = Vec::new();
+fn check_io(session: &Session, m: &Manifest) -> Problems {
+    let mut p = Problems::new();
     let describe = |t: &ValueType| match t {
         ValueType::Tensor { ty, shape, .. } => format!("{ty:?} {:?}", &shape[..]),
         other => format!("{other:?}"),
     };
-    let check = |kind: &str, outlets: &[ort::value::Outlet], name: &str, shape: &[i64], p: &mut Vec<String>| {
-        if outlets.len() != 1 {
-            p.push(format!("model has {} {kind}s; quantd feeds exactly one", outlets.len()));
-        }
+    let check = |kind: &str, outlets: &[ort::value::Outlet], name: &str, shape: &[i64], p: &mut Problems| {
+        let field = format!("io.{kind}");
+        p.check(outlets.len() != 1, &field, Kind::IoMismatch, || {
+            format!("model has {} {kind}s; quantd feeds exactly one", outlets.len())
+        });
         match outlets.iter().find(|o| o.name() == name) {
-            None => p.push(format!(
-                "model has no {kind} named {name:?} (it has {:?})",
-                outlets.iter().map(|o| o.name()).collect::<Vec<_>>()
-            )),
+            None => p.push(
+                field,
+                Kind::IoMismatch,
+                format!(
+                    "model has no {kind} named {name:?} (it has {:?})",
+                    outlets.iter().map(|o| o.name()).collect::<Vec<_>>()
+                ),
+            ),
             Some(o) => match o.dtype() {
                 ValueType::Tensor { ty: TensorElementType::Float32, shape: s, .. } if shape_ok(s, shape) => {}
-                t => p.push(format!("model {kind} {name:?} is {}, manifest says Float32 {shape:?}", describe(t))),
+                t => p.push(
+                    field,
+                    Kind::IoMismatch,
+                    format!("model {kind} {name:?} is {}, manifest says Float32 {shape:?}", describe(t)),
+                ),
             },
         }
     };
@@ -419,32 +420,35 @@ impl LoadedModel {
             .map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
         let manifest = Manifest::parse(&manifest_path, &text)?;
         let label = manifest.label();
-        let mut problems = Vec::new();
+        let mut problems = Problems::new();
         if let Some(key) = &opts.public_key
             && let Err(why) = signing::verify(dir, text.as_bytes(), key)
         {
-            problems.push(why);
+            problems.push(signing::SIGNATURE_FILE, Kind::Signature, why);
         }
         problems.extend(manifest.check_static());
-        if manifest.features.window > opts.max_window {
-            problems.push(format!(
+        problems.check(manifest.features.window > opts.max_window, "features.window", Kind::IoMismatch, || {
+            format!(
                 "features.window {} exceeds this server's engine.max_window {}",
                 manifest.features.window, opts.max_window
-            ));
-        }
+            )
+        });
         // models/<name>/<version>/: the directory must say what the manifest says.
         let dir_version = dir.file_name().and_then(|v| v.to_str()).unwrap_or_default();
         let dir_name = dir.parent().and_then(|n| n.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
-        if (dir_name, dir_version) != (manifest.name.as_str(), manifest.version.as_str()) {
-            problems.push(format!("manifest says {label} but the directory is {dir_name}/{dir_version}"));
-        }
+        problems.check(
+            (dir_name, dir_version) != (manifest.name.as_str(), manifest.version.as_str()),
+            "version",
+            Kind::Manifest,
+            || format!("manifest says {label} but the directory is {dir_name}/{dir_version}"),
+        );
         let model_path = dir.join(&manifest.model_file);
         let actual = sha256_file(&model_path)?;
-        if actual != manifest.sha256 {
-            problems.push(format!("sha256 of {} is {actual}, manifest says {}", manifest.model_file, manifest.sha256));
-        }
+        problems.check(actual != manifest.sha256, "sha256", Kind::Sha256, || {
+            format!("sha256 of {} is {actual}, manifest says {}", manifest.model_file, manifest.sha256)
+        });
         if !problems.is_empty() {
-            return Err(ModelError::Refused { model: label, problems });
+            return Err(ModelError::Refused { model: label, problems: problems.into_vec() });
         }
         let runtime = |msg: String| ModelError::Runtime { model: label.clone(), msg };
         let env = super::runtime::environment().ok_or_else(|| runtime("ONNX Runtime is not initialised".into()))?;
@@ -457,16 +461,17 @@ impl LoadedModel {
             b.with_intra_op_spinning(false).map_err(|e| e.to_string())
         })();
         let mut builder = builder.map_err(runtime)?;
-        let provider = provider::register(&opts.provider, &mut builder)
-            .map_err(|why| ModelError::Refused { model: label.clone(), problems: vec![why] })?;
+        let provider = provider::register(&opts.provider, &mut builder).map_err(|why| ModelError::Refused {
+            model: label.clone(),
+            problems: vec![Problem::new("execution_provider", Kind::Provider, why)],
+        })?;
         let session = builder
             .commit_from_file(&model_path)
             .map_err(|e| runtime(format!("cannot load {}: {e}", model_path.display())))?;
         let load_time = load_started.elapsed();
-        let problems = check_io(&session, &manifest);
-        if !problems.is_empty() {
-            return Err(ModelError::Refused { model: label, problems });
-        }
+        check_io(&session, &manifest)
+            .into_result()
+            .map_err(|problems| ModelError::Refused { model: label.clone(), problems })?;
         let ort_scorer = OrtScorer::new(
             session,
             &manifest.io.input,
@@ -477,23 +482,26 @@ impl LoadedModel {
         )
         .map_err(|e| runtime(e.to_string()))?;
         let (mut scorer, backend) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
-        let mut problems = Vec::new();
+        let mut problems = Problems::new();
         // The FP32 sibling reproduced its own golden rows when it was loaded; this model's are
         // the INT8 outputs.
         let golden = if backend.backend == backend::FP32_SIBLING { &[][..] } else { &manifest.golden[..] };
         for (i, g) in golden.iter().enumerate() {
             let got = scorer.score(&g.features).map_err(|e| runtime(e.to_string()))?[0];
             let want = g.output[0];
-            if !(got.is_finite() && (got - want).abs() <= manifest.golden_tolerance) {
-                problems.push(format!(
-                    "golden row {i}: output {got} differs from expected {want} by more than {} ({} backend)",
-                    manifest.golden_tolerance, backend.backend
-                ));
-            }
+            problems.check(
+                !(got.is_finite() && (got - want).abs() <= manifest.golden_tolerance),
+                &format!("golden[{i}]"),
+                Kind::Golden,
+                || {
+                    format!(
+                        "golden row {i}: output {got} differs from expected {want} by more than {} ({} backend)",
+                        manifest.golden_tolerance, backend.backend
+                    )
+                },
+            );
         }
-        if !problems.is_empty() {
-            return Err(ModelError::Refused { model: label, problems });
-        }
+        problems.into_result().map_err(|problems| ModelError::Refused { model: label, problems })?;
         let verify_time = started.elapsed().saturating_sub(load_time);
         Ok(Self { manifest, dir: dir.to_owned(), scorer, provider, backend, verify_time, load_time })
     }
@@ -572,7 +580,10 @@ fn choose_backend(
     ort_scorer: OrtScorer,
 ) -> Result<(Scorer, BackendReport), ModelError> {
     let label = manifest.label();
-    let refused = |problems: Vec<String>| ModelError::Refused { model: label.clone(), problems };
+    let refused = |field: &str, kind: Kind, why: Vec<String>| ModelError::Refused {
+        model: label.clone(),
+        problems: why.into_iter().map(|d| Problem::new(field, kind, d)).collect(),
+    };
     let window = manifest.features.window;
     let width = window * features::NUM_FEATURES;
     let proto = crate::int8::onnx::read_model(model_path);
@@ -587,17 +598,22 @@ fn choose_backend(
             let path = dir.join(&v.file);
             let actual = sha256_file(&path)?;
             if actual != v.sha256 {
-                return Err(refused(vec![format!(
-                    "sha256 of verification set {} is {actual}, manifest says {}",
-                    v.file, v.sha256
-                )]));
+                return Err(refused(
+                    "verify.sha256",
+                    Kind::Sha256,
+                    vec![format!("sha256 of verification set {} is {actual}, manifest says {}", v.file, v.sha256)],
+                ));
             }
-            read_verify_set(&path, width).map_err(|e| refused(vec![e]))?
+            read_verify_set(&path, width).map_err(|e| refused("verify", Kind::Backend, vec![e]))?
         }
         None if plan.is_ok() => {
-            return Err(refused(vec![format!(
-                "INT8 model without a verification set: add [verify] with a .npy of at least {MIN_VERIFY_ROWS} real feature rows (training writes one)"
-            )]));
+            return Err(refused(
+                "verify",
+                Kind::Backend,
+                vec![format!(
+                    "INT8 model without a verification set: add [verify] with a .npy of at least {MIN_VERIFY_ROWS} real feature rows (training writes one)"
+                )],
+            ));
         }
         None => Vec::new(),
     };
@@ -615,7 +631,7 @@ fn choose_backend(
         ort_exact: crate::int8::isa::ort_u8s8_exact_for(max_abs_weight),
         fp32_sibling: fp32_sibling(dir, manifest, opts, choice),
     };
-    let (scorer, report) = backend::choose(input, ort_scorer).map_err(refused)?;
+    let (scorer, report) = backend::choose(input, ort_scorer).map_err(|why| refused("backend", Kind::Backend, why))?;
     tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend: {}", report.summary());
     Ok((scorer, report))
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use super::manifest::MANIFEST_FILE;
+/// The manifest of a model version directory: the file a signature covers.
+pub const MANIFEST_FILE: &str = "manifest.toml";
 
 /// The signature file beside `manifest.toml`.
 pub const SIGNATURE_FILE: &str = "manifest.toml.sig";

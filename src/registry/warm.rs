@@ -38,7 +38,11 @@ pub fn warm_up(m: &mut LoadedModel, recent: &[f32], max_batch: usize) -> Result<
             if out.iter().any(|v| !v.is_finite()) {
                 return Err(ModelError::Refused {
                     model: m.manifest.label(),
-                    problems: vec!["the model emits non-finite scores on real inputs during warm-up".into()],
+                    problems: vec![crate::problem::Problem::new(
+                        "model_file",
+                        crate::problem::Kind::NonFinite,
+                        "the model emits non-finite scores on real inputs during warm-up",
+                    )],
                 });
             }
         }

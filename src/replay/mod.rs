@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::{ActiveModel, Reply, SyncEngine};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
+use crate::problem::{Kind as ProblemKind, Problem};
 use crate::risk::{SymbolVarReport, VarEstimator};
 use crate::telemetry::Telemetry;
 use crate::tick::{Kind, Reject, Tick};
@@ -38,8 +39,8 @@ pub enum ReplayError {
     Ticks(#[from] TickFileError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("invalid settings:\n  - {}", .0.join("\n  - "))]
-    Settings(Vec<String>),
+    #[error("invalid settings:\n  - {}", crate::problem::bullet_list(.0))]
+    Settings(Vec<Problem>),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0} already exists; choose another --out or remove it (nothing was written)")]
@@ -117,26 +118,25 @@ pub struct ReplayReport {
 /// `opts.out` is set.
 pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let mut problems = opts.config.risk.problems();
-    if opts.batch == 0 || opts.batch > opts.config.engine.max_batch {
-        problems
-            .push(format!("--batch {} must be in 1..={} (engine.max_batch)", opts.batch, opts.config.engine.max_batch));
-    }
-    if !(0.0..1.0).contains(&opts.eval_from) {
-        problems.push(format!("--eval-from {} must be in [0, 1)", opts.eval_from));
-    }
-    if opts.models.is_empty() {
-        problems.push("give at least one --model".into());
-    }
-    if !problems.is_empty() {
-        return Err(ReplayError::Settings(problems));
-    }
+    let max_batch = opts.config.engine.max_batch;
+    problems.check(opts.batch == 0 || opts.batch > max_batch, "--batch", ProblemKind::OutOfRange, || {
+        format!("--batch {} must be in 1..={max_batch} (engine.max_batch)", opts.batch)
+    });
+    problems.check(!(0.0..1.0).contains(&opts.eval_from), "--eval-from", ProblemKind::OutOfRange, || {
+        format!("--eval-from {} must be in [0, 1)", opts.eval_from)
+    });
+    problems.check(opts.models.is_empty(), "--model", ProblemKind::Missing, || "give at least one --model".into());
+    problems.into_result().map_err(ReplayError::Settings)?;
     if let Some(out) = &opts.out
         && out.exists()
     {
         return Err(ReplayError::OutExists(out.clone()));
     }
     // Verify every model before the (possibly long) replay starts.
-    let load = opts.config.load_options().map_err(|e| ReplayError::Settings(vec![e.to_string()]))?;
+    let load = opts.config.load_options().map_err(|e| match e {
+        crate::config::ConfigError::Invalid(problems) => ReplayError::Settings(problems),
+        other => ReplayError::Settings(vec![Problem::new("config", ProblemKind::Invalid, other.to_string())]),
+    })?;
     let loaded = opts.models.iter().map(|dir| LoadedModel::load_with(dir, &load)).collect::<Result<Vec<_>, _>>()?;
     let ticks = tickfile::read_all(&opts.ticks)?;
     let (Some(first), Some(last)) = (ticks.first(), ticks.last()) else { return Err(ReplayError::NoTicks) };

@@ -26,6 +26,8 @@ pub mod var;
 
 use serde::{Deserialize, Serialize};
 
+use crate::problem::{Kind, Problems};
+
 pub use board::RiskBoard;
 pub use thread::RiskThread;
 pub use var::{SymbolVarReport, VarConfig, VarEstimator, VarMethod};
@@ -78,29 +80,28 @@ impl Default for RiskConfig {
 
 impl RiskConfig {
     /// Every contradiction in the settings (empty: valid).
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(self.unit_qty.is_finite() && self.unit_qty > 0.0) {
-            p.push(format!("risk.unit_qty {} must be > 0", self.unit_qty));
-        }
-        if !(self.max_position > 0.0 && self.max_position <= 1.0) {
-            p.push(format!(
-                "risk.max_position {} must be in (0, 1] (positions are fractions of full size)",
-                self.max_position
-            ));
-        }
-        if !(self.max_gross_notional.is_finite() && self.max_gross_notional >= 0.0) {
-            p.push(format!("risk.max_gross_notional {} must be >= 0 (0: off)", self.max_gross_notional));
-        }
-        if self.max_changes > MAX_CHANGES_TRACKED {
-            p.push(format!("risk.max_changes {} must be <= {MAX_CHANGES_TRACKED}", self.max_changes));
-        }
-        if self.max_changes > 0 && self.change_window_ms == 0 {
-            p.push("risk.max_changes is set but risk.change_window_ms is 0".into());
-        }
-        if !self.feature_range_slack.is_finite() {
-            p.push("risk.feature_range_slack must be finite".into());
-        }
+    pub fn problems(&self) -> Problems {
+        use Kind::*;
+        let mut p = Problems::new();
+        p.check(!(self.unit_qty.is_finite() && self.unit_qty > 0.0), "risk.unit_qty", OutOfRange, || {
+            format!("risk.unit_qty {} must be > 0", self.unit_qty)
+        });
+        p.check(!(self.max_position > 0.0 && self.max_position <= 1.0), "risk.max_position", OutOfRange, || {
+            format!("risk.max_position {} must be in (0, 1] (positions are fractions of full size)", self.max_position)
+        });
+        let gross = self.max_gross_notional;
+        p.check(!(gross.is_finite() && gross >= 0.0), "risk.max_gross_notional", OutOfRange, || {
+            format!("risk.max_gross_notional {gross} must be >= 0 (0: off)")
+        });
+        p.check(self.max_changes > MAX_CHANGES_TRACKED, "risk.max_changes", OutOfRange, || {
+            format!("risk.max_changes {} must be <= {MAX_CHANGES_TRACKED}", self.max_changes)
+        });
+        p.check(self.max_changes > 0 && self.change_window_ms == 0, "risk.change_window_ms", Conflict, || {
+            "risk.max_changes is set but risk.change_window_ms is 0".into()
+        });
+        p.check(!self.feature_range_slack.is_finite(), "risk.feature_range_slack", OutOfRange, || {
+            "risk.feature_range_slack must be finite".into()
+        });
         p.extend(self.var.problems());
         p
     }

@@ -131,8 +131,14 @@ fn contradictory_settings_are_all_listed() {
         var: VarConfig { confidence: 2.0, ..VarConfig::default() },
         ..RiskConfig::default()
     };
-    let p = bad.problems().join("; ");
-    for key in ["unit_qty", "max_position", "change_window_ms", "confidence"] {
-        assert!(p.contains(key), "{key} missing from {p}");
+    use crate::problem::Kind::*;
+    let p = bad.problems();
+    for (field, kind) in [
+        ("risk.unit_qty", OutOfRange),
+        ("risk.max_position", OutOfRange),
+        ("risk.change_window_ms", Conflict),
+        ("risk.var.confidence", OutOfRange),
+    ] {
+        assert!(p.has(field, kind), "{field} {kind} missing from {p:?}");
     }
 }

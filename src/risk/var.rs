@@ -24,6 +24,7 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 use serde::{Deserialize, Serialize};
 
 use super::RiskBoard;
+use crate::problem::{Kind, Problems};
 use crate::tick::Symbol;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -78,39 +79,33 @@ impl Default for VarConfig {
 }
 
 impl VarConfig {
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(self.limit.is_finite() && self.limit >= 0.0) {
-            p.push(format!("risk.var.limit {} must be >= 0 (0: off)", self.limit));
-        }
-        if !(self.confidence > 0.5 && self.confidence < 1.0) {
-            p.push(format!("risk.var.confidence {} must be in (0.5, 1)", self.confidence));
-        }
-        if self.sample_ms == 0 {
-            p.push("risk.var.sample_ms must be > 0".into());
-        } else {
-            if self.horizon_ms < self.sample_ms || !self.horizon_ms.is_multiple_of(self.sample_ms) {
-                p.push(format!(
-                    "risk.var.horizon_ms {} must be a multiple of sample_ms {}",
-                    self.horizon_ms, self.sample_ms
-                ));
-            }
-            if self.interval_ms < self.sample_ms || !self.interval_ms.is_multiple_of(self.sample_ms) {
-                p.push(format!(
-                    "risk.var.interval_ms {} must be a multiple of sample_ms {}",
-                    self.interval_ms, self.sample_ms
-                ));
-            }
-        }
-        if self.paths < 100 {
-            p.push(format!("risk.var.paths {} must be >= 100", self.paths));
-        }
-        if self.min_history < 2 || self.history < self.min_history {
-            p.push(format!("risk.var.min_history {} must be >= 2 and <= history {}", self.min_history, self.history));
-        }
-        if !(self.ewma_lambda > 0.0 && self.ewma_lambda < 1.0) {
-            p.push(format!("risk.var.ewma_lambda {} must be in (0, 1)", self.ewma_lambda));
-        }
+    pub fn problems(&self) -> Problems {
+        use Kind::*;
+        let mut p = Problems::new();
+        p.check(!(self.limit.is_finite() && self.limit >= 0.0), "risk.var.limit", OutOfRange, || {
+            format!("risk.var.limit {} must be >= 0 (0: off)", self.limit)
+        });
+        p.check(!(self.confidence > 0.5 && self.confidence < 1.0), "risk.var.confidence", OutOfRange, || {
+            format!("risk.var.confidence {} must be in (0.5, 1)", self.confidence)
+        });
+        let sample = self.sample_ms;
+        p.check(sample == 0, "risk.var.sample_ms", OutOfRange, || "risk.var.sample_ms must be > 0".into());
+        let multiple = |v: u64| sample == 0 || (v >= sample && v.is_multiple_of(sample));
+        p.check(!multiple(self.horizon_ms), "risk.var.horizon_ms", Conflict, || {
+            format!("risk.var.horizon_ms {} must be a multiple of sample_ms {sample}", self.horizon_ms)
+        });
+        p.check(!multiple(self.interval_ms), "risk.var.interval_ms", Conflict, || {
+            format!("risk.var.interval_ms {} must be a multiple of sample_ms {sample}", self.interval_ms)
+        });
+        p.check(self.paths < 100, "risk.var.paths", OutOfRange, || {
+            format!("risk.var.paths {} must be >= 100", self.paths)
+        });
+        p.check(self.min_history < 2 || self.history < self.min_history, "risk.var.min_history", OutOfRange, || {
+            format!("risk.var.min_history {} must be >= 2 and <= history {}", self.min_history, self.history)
+        });
+        p.check(!(self.ewma_lambda > 0.0 && self.ewma_lambda < 1.0), "risk.var.ewma_lambda", OutOfRange, || {
+            format!("risk.var.ewma_lambda {} must be in (0, 1)", self.ewma_lambda)
+        });
         p
     }
 
@@ -448,8 +443,10 @@ mod tests {
     #[test]
     fn contradictory_settings_are_listed() {
         let bad = VarConfig { confidence: 1.0, horizon_ms: 1_500, paths: 10, ..VarConfig::default() };
-        let p = bad.problems().join("; ");
-        assert!(p.contains("confidence") && p.contains("horizon_ms") && p.contains("paths"), "{p}");
+        use crate::problem::Kind::*;
+        let p = bad.problems();
+        assert!(p.has("risk.var.confidence", OutOfRange), "{p:?}");
+        assert!(p.has("risk.var.horizon_ms", Conflict) && p.has("risk.var.paths", OutOfRange), "{p:?}");
         assert!(VarConfig::default().problems().is_empty());
     }
 }

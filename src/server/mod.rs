@@ -1,8 +1,14 @@
 //! The gRPC edge and the server's life cycle: start-up on the control path (load the model
-//! through the registry, start the engine, registry and telemetry threads, bind the ports),
-//! serving on tokio, and graceful shutdown (stop accepting, drain the engine, answer every tick
-//! already read).
+//! through the registry, start the engine, registry, telemetry, risk and admin threads, bind the
+//! ports), serving the tick path on the data plane's tokio runtime (the caller's), and graceful
+//! shutdown (health NOT_SERVING, stop accepting, drain the engine, answer every tick already
+//! read).
+//!
+//! The admin services, `/metrics` and the watchdog run on the `quantd-admin` thread
+//! ([`admin`]); the data plane's runtime serves `SignalService`, reflection and the same health
+//! statuses (and the admin services too only with `admin.on_service_port`).
 
+pub mod admin;
 pub mod admin_service;
 pub mod risk_service;
 pub mod security;
@@ -18,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineHandle};
@@ -29,7 +36,7 @@ use crate::proto::signal_service_server::SignalServiceServer;
 use crate::registry::{Registry, RegistryHandle, RegistryThread};
 use crate::risk::RiskThread;
 use crate::telemetry::Telemetry;
-use crate::telemetry::exporter::{Exporter, serve_metrics};
+use crate::telemetry::exporter::Exporter;
 
 /// CLOCK_REALTIME in nanoseconds since the Unix epoch (what `server_recv_ns`/`server_send_ns`
 /// carry).
@@ -62,6 +69,7 @@ pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quantd_de
 /// A running server. Dropping it without [`Server::shutdown`] aborts serving.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     metrics_addr: SocketAddr,
     model: String,
     telemetry: Arc<Telemetry>,
@@ -70,9 +78,9 @@ pub struct Server {
     registry_thread: Option<RegistryThread>,
     exporter: Option<Exporter>,
     risk_thread: Option<RiskThread>,
+    admin_thread: Option<admin::AdminThread>,
     stop_tx: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-    metrics_stop: Option<oneshot::Sender<()>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -80,8 +88,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Server {
-    /// Loads ONNX Runtime and the configured model, starts the engine and telemetry threads,
-    /// binds both ports (port 0 picks a free one) and starts serving.
+    /// Loads ONNX Runtime and the configured model, starts the engine, registry, telemetry,
+    /// risk and admin threads, binds the three ports (port 0 picks a free one) and starts
+    /// serving. Health reports SERVING from the first answer: the model is warm by then.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
@@ -109,23 +118,40 @@ impl Server {
         let risk_thread =
             RiskThread::start(&config.risk, handle.risk_board(), telemetry.clone()).map_err(StartError::Thread)?;
 
-        let metrics_listener = bind(config.metrics_listen).await?;
-        let metrics_addr = metrics_listener.local_addr().map_err(StartError::Thread)?;
-        let (metrics_stop, metrics_rx) = oneshot::channel::<()>();
-        tokio::spawn(serve_metrics(metrics_listener, exporter.handle(), async {
-            let _ = metrics_rx.await;
-        }));
+        telemetry.readiness.started();
+        let health = HealthReporter::new();
+        admin::report(&health, telemetry.readiness.is_ready()).await;
+        let (admin_listener, metrics_listener) =
+            (admin::bind(config.admin_listen)?, admin::bind(config.metrics_listen)?);
+        let local = |l: &std::net::TcpListener| l.local_addr().map_err(StartError::Thread);
+        let (admin_addr, metrics_addr) = (local(&admin_listener)?, local(&metrics_listener)?);
+        let risk = || risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone());
+        let admin_thread = admin::AdminThread::start(admin::AdminPlane {
+            grpc: admin_listener,
+            metrics: metrics_listener,
+            tls: tls.clone(),
+            auth: auth.clone(),
+            registry: registry.clone(),
+            risk: risk(),
+            health: health.clone(),
+            prometheus: exporter.handle(),
+            readiness: telemetry.readiness.clone(),
+            engine: handle.clone(),
+            watchdog: (config.engine.watchdog_ms > 0).then(|| Duration::from_millis(config.engine.watchdog_ms)),
+            nice: config.admin.nice,
+        })?;
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let risk = risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone());
-        let edge = Edge { tls, auth, stream: config.stream.clone(), shard: config.shard };
-        let grpc = serve_grpc(listener, handle, registry.clone(), risk, telemetry.clone(), edge, stop_rx).await?;
+        let on_service_port = config.admin.on_service_port.then(|| (registry.clone(), risk(), auth));
+        let edge = Edge { tls, admin: on_service_port, health, stream: config.stream.clone(), shard: config.shard };
+        let grpc = serve_grpc(listener, handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);
-        tracing::info!(%addr, %metrics_addr, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
+        tracing::info!(%addr, %metrics_addr, %admin_addr, admin_on_service_port = config.admin.on_service_port, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
         Ok(Self {
             addr,
+            admin_addr,
             metrics_addr,
             model: label,
             telemetry,
@@ -134,10 +160,25 @@ impl Server {
             registry_thread: Some(registry_thread),
             exporter: Some(exporter),
             risk_thread: Some(risk_thread),
+            admin_thread: Some(admin_thread),
             stop_tx: Some(stop_tx),
             grpc: Some(grpc),
-            metrics_stop: Some(metrics_stop),
         })
+    }
+
+    /// Handles SIGTERM/SIGINT on the admin thread (health NOT_SERVING at once, even while the
+    /// data plane is saturated); the returned receiver resolves with the signal's name, and the
+    /// caller then runs [`Server::shutdown`].
+    pub fn watch_signals(&self) -> oneshot::Receiver<&'static str> {
+        match &self.admin_thread {
+            Some(a) => a.watch_signals(),
+            None => oneshot::channel().1,
+        }
+    }
+
+    /// The admin listener (ModelAdmin, RiskAdmin, health).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -170,6 +211,7 @@ impl Server {
     /// Graceful shutdown: refuse new connections and new ticks (answered `shutting_down`), give
     /// open streams up to `grace` to finish, drain the engine, publish metrics one last time.
     pub async fn shutdown(mut self, grace: Duration) {
+        self.telemetry.readiness.drain();
         if let Some(engine) = &self.engine {
             engine.stop_accepting();
         }
@@ -191,11 +233,11 @@ impl Server {
         if let Some(risk) = self.risk_thread.take() {
             tokio::task::spawn_blocking(move || risk.shutdown()).await.ok();
         }
-        if let Some(tx) = self.metrics_stop.take() {
-            let _ = tx.send(());
-        }
         if let Some(exporter) = self.exporter.take() {
             tokio::task::spawn_blocking(move || exporter.shutdown()).await.ok();
+        }
+        if let Some(admin) = self.admin_thread.take() {
+            tokio::task::spawn_blocking(move || admin.shutdown()).await.ok();
         }
         tracing::info!("shut down");
     }
@@ -209,28 +251,25 @@ impl Drop for Server {
     }
 }
 
-/// How the gRPC port talks to clients: TLS, admin authorisation, stream limits.
+/// How the service port talks to clients: TLS, the admin services when configured there, the
+/// shared health statuses, stream limits.
 struct Edge {
     tls: Option<tonic::transport::ServerTlsConfig>,
-    auth: security::AdminAuth,
+    admin: Option<(RegistryHandle, risk_service::Risk, security::AdminAuth)>,
+    health: HealthReporter,
     stream: crate::config::StreamSection,
     shard: crate::shard::ShardConfig,
 }
 
-async fn serve_grpc(
+fn serve_grpc(
     listener: TcpListener,
     engine: EngineHandle,
-    registry: RegistryHandle,
-    risk: risk_service::Risk,
     telemetry: Arc<Telemetry>,
     edge: Edge,
     stop: oneshot::Receiver<()>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
     let st = edge.stream;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // The first model is loaded, verified and warm before the port opens, so the service starts
-    // SERVING; a later failed reload leaves the running model (and this status) in place.
-    health_reporter.set_serving::<SignalServiceServer<signal_service::Signals>>().await;
+    let health = tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(edge.health));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -247,8 +286,13 @@ async fn serve_grpc(
     let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, st.max_streams))
         .max_decoding_message_size(st.max_message_bytes);
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-    let admin = ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), edge.auth.clone());
-    let risk = RiskAdminServer::with_interceptor(risk, edge.auth);
+    let (admin, risk) = match edge.admin {
+        Some((registry, risk, auth)) => (
+            Some(ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), auth.clone())),
+            Some(RiskAdminServer::with_interceptor(risk, auth)),
+        ),
+        None => (None, None),
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = edge.tls {
         builder = builder.tls_config(tls).map_err(|e| StartError::Tls(e.to_string()))?;
@@ -256,9 +300,9 @@ async fn serve_grpc(
     Ok(builder
         .http2_keepalive_interval(ms(st.keepalive_interval_ms))
         .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
-        .add_service(health_service)
-        .add_service(admin)
-        .add_service(risk)
+        .add_service(health)
+        .add_optional_service(admin)
+        .add_optional_service(risk)
         .add_service(reflection)
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,

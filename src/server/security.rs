@@ -16,6 +16,8 @@ use subtle::ConstantTimeEq;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
+use crate::problem::{Kind, Problems};
+
 /// Shortest admin token accepted (characters).
 pub const MIN_TOKEN_LEN: usize = 24;
 
@@ -51,28 +53,41 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
     /// A client certificate verified against `tls.client_ca` also authorises admin calls.
     pub allow_client_cert: bool,
+    /// Also serve ModelAdmin and RiskAdmin on the service port (`listen`), on the data plane's
+    /// runtime, where a saturated tick path delays them. Off: only on `admin_listen`.
+    pub on_service_port: bool,
+    /// Nice value of the `quantd-admin` thread (-20..=19; 0: unchanged). Negative values let a
+    /// kill switch preempt busy threads on a saturated machine; they need CAP_SYS_NICE, and
+    /// without it the thread keeps the default priority (logged).
+    pub nice: i32,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { token: None, token_file: None, allow_client_cert: true }
+        Self { token: None, token_file: None, allow_client_cert: true, on_service_port: false, nice: 0 }
     }
 }
 
-fn read(path: &Path, what: &str, problems: &mut Vec<String>) -> Option<Vec<u8>> {
-    std::fs::read(path).map_err(|e| problems.push(format!("{what} {}: {e}", path.display()))).ok()
+fn read(path: &Path, what: &str, problems: &mut Problems) -> Option<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| problems.push(what, Kind::Unreadable, format!("{what} {}: {e}", path.display())))
+        .ok()
 }
 
-fn certs(pem: &[u8], path: &Path, what: &str, problems: &mut Vec<String>) -> Vec<CertificateDer<'static>> {
+fn certs(pem: &[u8], path: &Path, what: &str, problems: &mut Problems) -> Vec<CertificateDer<'static>> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
     match certs {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => {
-            problems.push(format!("{what} {}: no PEM certificate in the file", path.display()));
+            problems.push(what, Kind::Unreadable, format!("{what} {}: no PEM certificate in the file", path.display()));
             Vec::new()
         }
         Err(e) => {
-            problems.push(format!("{what} {}: not a PEM certificate file ({e})", path.display()));
+            problems.push(
+                what,
+                Kind::Unreadable,
+                format!("{what} {}: not a PEM certificate file ({e})", path.display()),
+            );
             Vec::new()
         }
     }
@@ -80,24 +95,28 @@ fn certs(pem: &[u8], path: &Path, what: &str, problems: &mut Vec<String>) -> Vec
 
 /// Every problem with the TLS files: missing halves, unreadable or unparsable files, a key that
 /// does not belong to the certificate, a client CA without server TLS.
-pub fn tls_problems(t: &TlsSection) -> Vec<String> {
-    let mut p = Vec::new();
+pub fn tls_problems(t: &TlsSection) -> Problems {
+    let mut p = Problems::new();
     match (&t.cert, &t.key) {
         (None, None) => {
-            if t.client_ca.is_some() {
-                p.push("tls.client_ca is set but TLS is off: set tls.cert and tls.key too".into());
-            }
+            p.check(t.client_ca.is_some(), "tls.client_ca", Kind::Conflict, || {
+                "tls.client_ca is set but TLS is off: set tls.cert and tls.key too".into()
+            });
             return p;
         }
-        (Some(_), None) => p.push("tls.cert is set without tls.key".into()),
-        (None, Some(_)) => p.push("tls.key is set without tls.cert: TLS needs a certificate".into()),
+        (Some(_), None) => p.push("tls.key", Kind::Missing, "tls.cert is set without tls.key"),
+        (None, Some(_)) => {
+            p.push("tls.cert", Kind::Missing, "tls.key is set without tls.cert: TLS needs a certificate")
+        }
         (Some(_), Some(_)) => {}
     }
     let chain = t.cert.as_deref().and_then(|c| Some((c, read(c, "tls.cert", &mut p)?)));
     let chain = chain.map(|(path, pem)| certs(&pem, path, "tls.cert", &mut p));
     let key = t.key.as_deref().and_then(|k| Some((k, read(k, "tls.key", &mut p)?))).and_then(|(path, pem)| {
         PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| p.push(format!("tls.key {}: not a PEM private key ({e})", path.display())))
+            .map_err(|e| {
+                p.push("tls.key", Kind::Unreadable, format!("tls.key {}: not a PEM private key ({e})", path.display()))
+            })
             .ok()
     });
     if let (Some(chain), Some(key)) = (chain.filter(|c| !c.is_empty()), key) {
@@ -107,7 +126,7 @@ pub fn tls_problems(t: &TlsSection) -> Vec<String> {
             .map_err(|e| e.to_string())
             .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key).map_err(|e| e.to_string()));
         if let Err(e) = check {
-            p.push(format!("tls.key does not fit tls.cert: {e}"));
+            p.push("tls.key", Kind::Conflict, format!("tls.key does not fit tls.cert: {e}"));
         }
     }
     if let Some(ca) = &t.client_ca
@@ -118,26 +137,39 @@ pub fn tls_problems(t: &TlsSection) -> Vec<String> {
     p
 }
 
-/// Every problem with the admin settings, given where the gRPC port listens and its TLS.
-pub fn admin_problems(a: &AdminSection, tls: &TlsSection, listen: SocketAddr) -> Vec<String> {
-    let mut p = Vec::new();
-    if a.token.is_some() && a.token_file.is_some() {
-        p.push("admin.token and admin.token_file are both set; choose one".into());
-    }
+/// Every problem with the admin settings, given the addresses the admin services listen on and
+/// the TLS.
+pub fn admin_problems(a: &AdminSection, tls: &TlsSection, listen: impl IntoIterator<Item = SocketAddr>) -> Problems {
+    let mut p = Problems::new();
+    p.check(a.token.is_some() && a.token_file.is_some(), "admin.token_file", Kind::Conflict, || {
+        "admin.token and admin.token_file are both set; choose one".into()
+    });
     match resolve_token(a) {
-        Ok(Some(t)) if t.chars().count() < MIN_TOKEN_LEN => {
-            p.push(format!("admin token is {} characters; at least {MIN_TOKEN_LEN} are required", t.chars().count()))
-        }
+        Ok(Some(t)) if t.chars().count() < MIN_TOKEN_LEN => p.push(
+            "admin.token",
+            Kind::OutOfRange,
+            format!("admin token is {} characters; at least {MIN_TOKEN_LEN} are required", t.chars().count()),
+        ),
         Ok(_) => {}
-        Err(e) => p.push(e),
+        Err(e) => p.push("admin.token_file", Kind::Unreadable, e),
     }
+    p.check(!(-20..=19).contains(&a.nice), "admin.nice", Kind::OutOfRange, || {
+        format!("admin.nice {} must be in -20..=19", a.nice)
+    });
     let cert_auth = a.allow_client_cert && tls.client_ca.is_some();
     let token = a.token.is_some() || a.token_file.is_some();
-    if !token && !cert_auth && !listen.ip().is_loopback() {
-        p.push(format!(
-            "the admin services would be open to the network on {listen}: set admin.token, admin.token_file or \
-             QUANTD_ADMIN_TOKEN, or tls.client_ca with admin.allow_client_cert"
-        ));
+    if let Some(listen) = listen.into_iter().find(|l| !l.ip().is_loopback())
+        && !token
+        && !cert_auth
+    {
+        p.push(
+            "admin.token",
+            Kind::Exposed,
+            format!(
+                "the admin services would be open to the network on {listen}: set admin.token, admin.token_file or \
+                 QUANTD_ADMIN_TOKEN, or tls.client_ca with admin.allow_client_cert"
+            ),
+        );
     }
     p
 }
@@ -245,21 +277,25 @@ mod tests {
         let public: SocketAddr = "0.0.0.0:50051".parse().unwrap();
         let loopback: SocketAddr = "127.0.0.1:50051".parse().unwrap();
         let none = AdminSection::default();
-        assert!(admin_problems(&none, &TlsSection::default(), loopback).is_empty());
-        assert!(admin_problems(&none, &TlsSection::default(), public)[0].contains("open to the network"));
-        let short = AdminSection { token: Some("short".into()), token_file: Some("/nonexistent".into()), ..none };
-        let p = admin_problems(&short, &TlsSection::default(), public);
-        assert!(p.iter().any(|m| m.contains("both set")), "{p:?}");
-        assert!(p.iter().any(|m| m.contains("at least 24")), "{p:?}");
+        assert!(admin_problems(&none, &TlsSection::default(), [loopback]).is_empty());
+        let open = admin_problems(&none, &TlsSection::default(), [loopback, public]);
+        assert!(open.has("admin.token", Kind::Exposed), "{open:?}");
+        let short =
+            AdminSection { token: Some("short".into()), token_file: Some("/nonexistent".into()), nice: 40, ..none };
+        let p = admin_problems(&short, &TlsSection::default(), [public]);
+        assert!(p.has("admin.token_file", Kind::Conflict), "{p:?}");
+        assert!(p.has("admin.token", Kind::OutOfRange), "{p:?}");
+        assert!(p.has("admin.nice", Kind::OutOfRange), "{p:?}");
+        assert!(!p.has("admin.token", Kind::Exposed), "a token is set: {p:?}");
     }
 
     #[test]
     fn tls_halves_and_missing_files_are_reported() {
         let missing = TlsSection { cert: Some("/nonexistent/cert.pem".into()), ..Default::default() };
         let p = tls_problems(&missing);
-        assert!(p.iter().any(|m| m.contains("without tls.key")), "{p:?}");
-        assert!(p.iter().any(|m| m.contains("/nonexistent/cert.pem")), "{p:?}");
+        assert!(p.has("tls.key", Kind::Missing) && p.has("tls.cert", Kind::Unreadable), "{p:?}");
+        assert!(p.iter().any(|m| m.detail.contains("/nonexistent/cert.pem")), "{p:?}");
         let ca_only = TlsSection { client_ca: Some("/x".into()), ..Default::default() };
-        assert!(tls_problems(&ca_only)[0].contains("TLS is off"));
+        assert!(tls_problems(&ca_only).has("tls.client_ca", Kind::Conflict));
     }
 }

@@ -43,6 +43,8 @@ pub const VAR_SCALE: &str = "quantd_var_scale";
 pub const VAR_CHECKS: &str = "quantd_var_backtest_checks";
 pub const VAR_EXCEEDANCES: &str = "quantd_var_backtest_exceedances";
 pub const KILL_SWITCH: &str = "quantd_kill_switch_engaged";
+pub const READY: &str = "quantd_ready";
+pub const NOT_READY: &str = "quantd_not_ready_total";
 
 /// Latency buckets, seconds: every microsecond up to 30 µs, then progressively coarser to 1 s.
 pub fn latency_buckets() -> Vec<f64> {
@@ -113,6 +115,11 @@ fn describe() {
         "The same share on the model's validation period, from its manifest's [saturation]: the quantization-collapse baseline"
     );
     metrics::describe_gauge!(KILL_SWITCH, "1 while the all-symbols kill switch is engaged");
+    metrics::describe_gauge!(READY, "1 while gRPC health reports SERVING (model warm, not draining, engine passing)");
+    metrics::describe_counter!(
+        NOT_READY,
+        "Times the server went not ready, by cause (draining: a graceful shutdown began; engine_stuck: the watchdog saw work waiting with no completed engine pass)"
+    );
 }
 
 fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
@@ -223,6 +230,10 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
         metrics::gauge!(VAR_EXCEEDANCES, "symbol" => v.symbol).set(v.exceedances as f64);
     }
     metrics::gauge!(KILL_SWITCH).set(f64::from(u8::from(global_kill)));
+    metrics::gauge!(READY).set(f64::from(u8::from(t.readiness.is_ready())));
+    for cause in crate::readiness::Cause::ALL {
+        metrics::counter!(NOT_READY, "reason" => cause.label()).absolute(t.readiness.raised(cause));
+    }
     publish_models(t, last_models);
 }
 

@@ -57,6 +57,8 @@ impl PartialEq for SaturationHandle {
 pub struct Telemetry {
     pub counters: Counters,
     pub latency: LatencyHub,
+    /// Whether the server should get ticks (set by start-up, shutdown and the watchdog).
+    pub readiness: Arc<crate::readiness::Readiness>,
     /// The registry's view of the models, for the exporter (control path only).
     models: Mutex<ModelsView>,
     /// The VaR estimator's latest figures and the all-symbols kill switch (control path only).

@@ -29,6 +29,7 @@ pub fn shared_ticks(name: &str) -> PathBuf {
 pub fn test_config() -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         models_dir: repo().join("models"),
         metrics_interval_ms: 50,
@@ -45,6 +46,11 @@ pub async fn start(config: &Config) -> Server {
 
 pub async fn client(server: &Server) -> SignalServiceClient<Channel> {
     SignalServiceClient::connect(format!("http://{}", server.addr())).await.expect("connect")
+}
+
+/// A channel to the server's admin listener (ModelAdmin, RiskAdmin, health).
+pub async fn admin_channel(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.admin_addr())).unwrap().connect().await.expect("connect to admin")
 }
 
 /// The first `n` ticks (merged by time) of the given recorded files, as wire ticks.

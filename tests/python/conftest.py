@@ -33,15 +33,15 @@ def pb(tmp_path_factory):
 
 
 class Quantd:
-    """A `quantd serve` child process; `addr`/`metrics_addr` come from its JSON start-up log."""
+    """A `quantd serve` child process; `addr`/`admin_addr`/`metrics_addr` come from its JSON start-up log."""
 
     def __init__(self, *extra: str, models: Path | None = None):
         assert BINARY.is_file(), f"{BINARY} missing: run `make setup`"
-        cmd = [str(BINARY), "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        cmd = [str(BINARY), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                "--models", str(models or REPO / "models"), "--log-json", "true", *extra]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.log: list[str] = []
-        self.addr = self.metrics_addr = None
+        self.addr = self.admin_addr = self.metrics_addr = None
         ready = threading.Event()
 
         def pump():
@@ -53,6 +53,7 @@ class Quantd:
                     continue
                 if fields.get("message") == "serving":
                     self.addr, self.metrics_addr = fields["addr"], fields["metrics_addr"]
+                    self.admin_addr = fields["admin_addr"]
                     ready.set()
             ready.set()
 

@@ -162,7 +162,7 @@ def test_k8s_config_map_is_accepted_by_quantd(tmp_path):
     text = cm["data"]["quantd.toml"].replace('"/var/lib/quantd/models"', json.dumps(str(REPO / "models")))
     (tmp_path / "quantd.toml").write_text(text)
     out = subprocess.run([str(REPO / "target/release/quantd"), "serve", "--config", str(tmp_path / "quantd.toml"),
-                          "--listen", "0.0.0.0:0", "--metrics-listen", "127.0.0.1:0"],
+                          "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0", "--metrics-listen", "127.0.0.1:0"],
                          capture_output=True, text=True, timeout=30)
     # Without an admin token on a network listener the server must refuse to start, naming why.
     assert out.returncode != 0 and "open to the network" in out.stderr, out.stderr

@@ -116,7 +116,7 @@ def test_manifests_validate_and_quantd_serves_the_models(smoke):
         assert v.returncode == 0 and v.stdout.startswith("ok:"), v.stdout + v.stderr
     # The windowed QAT model, served: golden rows pass at load and the health service says SERVING.
     p = subprocess.Popen([str(QUANTD), "serve", "--models", str(out), "--model", "quantd-tcn@2", "--listen",
-                          "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-json", "true"],
+                          "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-json", "true"],
                          stderr=subprocess.PIPE, text=True)
     try:
         addr = None

@@ -1,0 +1,290 @@
+//! The `quantd-admin` thread: the control plane's own current-thread tokio runtime, so that a
+//! kill switch, a model swap, a health probe or a metrics scrape never waits behind tick
+//! streams on the data plane's runtime.
+//!
+//! It serves, until [`AdminThread::shutdown`]:
+//! - `ModelAdmin`, `RiskAdmin` and `grpc.health.v1.Health` on the admin listener
+//!   (`admin_listen`), behind the admin interceptor and the same TLS as the service port;
+//! - `GET /metrics` on `metrics_listen`;
+//! - the health sync task: [`Readiness`] changes → the health statuses of both ports (the service
+//!   port's health service shares the same status table);
+//! - the stuck-engine watchdog (`engine.watchdog_ms`);
+//! - once [`AdminThread::watch_signals`] is called, SIGTERM/SIGINT: readiness goes to draining at
+//!   once (health answers NOT_SERVING), then the caller is told to start the graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::oneshot;
+use tonic_health::ServingStatus;
+use tonic_health::server::{HealthReporter, HealthService};
+
+use super::{StartError, admin_service, risk_service, security};
+use crate::engine::EngineHandle;
+use crate::proto::model_admin_server::ModelAdminServer;
+use crate::proto::risk_admin_server::RiskAdminServer;
+use crate::proto::signal_service_server::SignalServiceServer;
+use crate::readiness::{Cause, Readiness};
+use crate::registry::RegistryHandle;
+use crate::telemetry::exporter::serve_metrics;
+
+/// The gRPC service name the health services report for the tick path.
+pub const SIGNAL_SERVICE: &str =
+    <SignalServiceServer<super::signal_service::Signals> as tonic::server::NamedService>::NAME;
+
+/// Everything the admin thread serves, built on the control path at start-up.
+pub struct AdminPlane {
+    /// Bound admin gRPC listener (non-blocking).
+    pub grpc: std::net::TcpListener,
+    /// Bound `/metrics` listener (non-blocking).
+    pub metrics: std::net::TcpListener,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub auth: security::AdminAuth,
+    pub registry: RegistryHandle,
+    pub risk: risk_service::Risk,
+    pub health: HealthReporter,
+    pub prometheus: PrometheusHandle,
+    pub readiness: Arc<Readiness>,
+    pub engine: EngineHandle,
+    /// Not ready when the engine has had work waiting this long without a completed pass.
+    pub watchdog: Option<Duration>,
+    /// The thread's nice value (`admin.nice`; 0: unchanged).
+    pub nice: i32,
+}
+
+/// The running admin thread.
+pub struct AdminThread {
+    runtime: tokio::runtime::Handle,
+    readiness: Arc<Readiness>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Sets both health entries (the whole server, `""`, and the tick service) to `ready`.
+pub async fn report(health: &HealthReporter, ready: bool) {
+    let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status("", status).await;
+    health.set_service_status(SIGNAL_SERVICE, status).await;
+}
+
+impl AdminThread {
+    /// Starts the thread and its runtime; the listeners are already bound, so nothing here can
+    /// fail after the thread runs but the runtime itself.
+    pub fn start(plane: AdminPlane) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("quantd-admin")
+            .build()
+            .map_err(StartError::Thread)?;
+        let handle = runtime.handle().clone();
+        let readiness = plane.readiness.clone();
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("quantd-admin".into())
+            .spawn(move || {
+                if plane.nice != 0 {
+                    renice(plane.nice);
+                }
+                runtime.block_on(serve(plane, stopped))
+            })
+            .map_err(StartError::Thread)?;
+        Ok(Self { runtime: handle, readiness, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Handles SIGTERM and SIGINT on the admin thread: readiness goes to draining at once, then
+    /// the returned receiver resolves (the caller starts [`super::Server::shutdown`]).
+    pub fn watch_signals(&self) -> oneshot::Receiver<&'static str> {
+        let (tx, rx) = oneshot::channel();
+        let readiness = self.readiness.clone();
+        self.runtime.spawn(async move {
+            let name = wait_for_signal().await;
+            readiness.drain();
+            tracing::info!(signal = name, "shutdown requested: health NOT_SERVING, draining");
+            let _ = tx.send(name);
+        });
+        rx
+    }
+
+    /// Stops serving (admin calls in flight finish) and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
+            tracing::error!("admin thread panicked");
+        }
+    }
+}
+
+impl Drop for AdminThread {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Sets the calling thread's nice value, or logs why not.
+fn renice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on a thread id changes only that
+        // thread's priority.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc == 0 {
+            tracing::info!(nice, "admin thread reniced");
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(nice, %error, "cannot renice the admin thread (negative values need CAP_SYS_NICE); it keeps the default priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::warn!(nice, "admin.nice is only applied on Linux");
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot handle SIGTERM/SIGINT; the server stops only when killed");
+                std::future::pending().await
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}
+
+async fn serve(plane: AdminPlane, stopped: oneshot::Receiver<()>) {
+    let AdminPlane {
+        grpc,
+        metrics,
+        tls,
+        auth,
+        registry,
+        risk,
+        health,
+        prometheus,
+        readiness,
+        engine,
+        watchdog,
+        nice: _,
+    } = plane;
+    let (grpc, metrics) = match (tokio::net::TcpListener::from_std(grpc), tokio::net::TcpListener::from_std(metrics)) {
+        (Ok(g), Ok(m)) => (g, m),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "admin listeners cannot join the admin runtime; admin and metrics are off");
+            return;
+        }
+    };
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    let stopping = |tx: &tokio::sync::watch::Sender<bool>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let health_sync = tokio::spawn(sync_health(readiness.clone(), health.clone(), stopping(&stop_tx)));
+    let dog = watchdog.map(|limit| tokio::spawn(watch_engine(engine, readiness, limit, stopping(&stop_tx))));
+    let scrape = tokio::spawn(serve_metrics(metrics, prometheus, stopping(&stop_tx)));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        match builder.tls_config(tls) {
+            Ok(b) => builder = b,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener TLS; admin services are off");
+                return;
+            }
+        }
+    }
+    let admin = ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), auth.clone());
+    let risk = RiskAdminServer::with_interceptor(risk, auth);
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let served = builder
+        .add_service(tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(health)))
+        .add_service(admin)
+        .add_service(risk)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "admin gRPC server failed");
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(health_sync, scrape);
+    if let Some(dog) = dog {
+        let _ = dog.await;
+    }
+}
+
+/// Keeps the health statuses equal to readiness, until `stop`.
+async fn sync_health(readiness: Arc<Readiness>, health: HealthReporter, stop: impl std::future::Future<Output = ()>) {
+    let mut changes = readiness.subscribe();
+    tokio::pin!(stop);
+    loop {
+        let ready = *changes.borrow_and_update();
+        report(&health, ready).await;
+        tokio::select! {
+            _ = &mut stop => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The stuck-engine watchdog: the engine is stuck when ticks or control messages wait while its
+/// pass counter has not moved for `limit`. Checked every `limit / 4` (at least every ms).
+async fn watch_engine(
+    engine: EngineHandle,
+    readiness: Arc<Readiness>,
+    limit: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut every = tokio::time::interval((limit / 4).max(Duration::from_millis(1)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut passes, mut since) = (engine.passes(), Instant::now());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = every.tick() => {}
+        }
+        let now = Instant::now();
+        let p = engine.passes();
+        if p != passes || !engine.has_work() {
+            (passes, since) = (p, now);
+            if readiness.holds(Cause::EngineStuck) {
+                tracing::info!("engine is passing again: ready");
+            }
+            readiness.set_engine_stuck(false);
+        } else if now - since >= limit && !readiness.holds(Cause::EngineStuck) {
+            tracing::error!(
+                waited_ms = (now - since).as_millis() as u64,
+                depth = engine.depth(),
+                "engine has not completed a pass with work waiting: not ready"
+            );
+            readiness.set_engine_stuck(true);
+        }
+    }
+}
+
+/// Binds a listener for the admin thread (non-blocking, so the admin runtime can adopt it).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    l.set_nonblocking(true).map_err(|source| StartError::Bind { addr, source })?;
+    Ok(l)
+}
