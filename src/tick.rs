@@ -96,7 +96,8 @@ pub struct Tick {
 
 /// Why a tick was refused. Each reason has a stable snake_case code used as the Prometheus
 /// label and as the prefix of `Signal.reject_reason`. Allocation-free: the engine builds these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum Reject {
     NonFinite,
@@ -118,45 +119,12 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 16] = [
-        Reject::NonFinite,
-        Reject::NonPositive,
-        Reject::CrossedBook,
-        Reject::EmptySymbol,
-        Reject::SymbolTooLong,
-        Reject::InvalidEnum,
-        Reject::StaleTimestamp,
-        Reject::TooManySymbols,
-        Reject::QueueFull,
-        Reject::ShuttingDown,
-        Reject::ModelError,
-        Reject::Expired,
-        Reject::Overloaded,
-        Reject::EngineError,
-        Reject::KillSwitch,
-        Reject::WrongShard,
-    ];
+    /// Every reason, in declaration order (what [`Reject::index`] counts).
+    pub const ALL: &'static [Reject] = <Reject as strum::VariantArray>::VARIANTS;
 
     /// Stable machine-readable code (metrics label, prefix of the reject reason).
     pub fn code(self) -> &'static str {
-        match self {
-            Reject::NonFinite => "non_finite",
-            Reject::NonPositive => "non_positive",
-            Reject::CrossedBook => "crossed_book",
-            Reject::EmptySymbol => "empty_symbol",
-            Reject::SymbolTooLong => "symbol_too_long",
-            Reject::InvalidEnum => "invalid_enum",
-            Reject::StaleTimestamp => "stale_timestamp",
-            Reject::TooManySymbols => "too_many_symbols",
-            Reject::QueueFull => "queue_full",
-            Reject::ShuttingDown => "shutting_down",
-            Reject::ModelError => "model_error",
-            Reject::Expired => "expired",
-            Reject::Overloaded => "overloaded",
-            Reject::EngineError => "engine_error",
-            Reject::KillSwitch => "kill_switch",
-            Reject::WrongShard => "wrong_shard",
-        }
+        self.into()
     }
 
     /// Human-readable explanation, sent after the code.
@@ -368,5 +336,25 @@ mod tests {
         for (i, r) in Reject::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
+        // The codes are a wire contract (README, clients): renaming a variant must not change one.
+        let wire = [
+            "non_finite",
+            "non_positive",
+            "crossed_book",
+            "empty_symbol",
+            "symbol_too_long",
+            "invalid_enum",
+            "stale_timestamp",
+            "too_many_symbols",
+            "queue_full",
+            "shutting_down",
+            "model_error",
+            "expired",
+            "overloaded",
+            "engine_error",
+            "kill_switch",
+            "wrong_shard",
+        ];
+        assert_eq!(Reject::ALL.iter().map(|r| r.code()).collect::<Vec<_>>(), wire);
     }
 }

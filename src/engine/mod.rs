@@ -13,6 +13,7 @@
 //!   [`EngineHandle::take_retired`] so they are dropped (or kept for rollback) off the engine
 //!   thread.
 
+mod buffers;
 pub mod idle;
 pub mod reply;
 pub mod worker;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::sync::Parker;
 
+use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
 use super::{Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::features::{NUM_FEATURES, SymbolFeatures};
@@ -147,6 +148,13 @@ impl SymbolState {
     }
 }
 
+/// Whether this pass's model call succeeded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scored {
+    Ok,
+    Failed,
+}
+
 /// What happens to each tick of a batch (scratch, reused every batch).
 #[derive(Clone, Copy)]
 enum Step {
@@ -175,21 +183,14 @@ pub(super) struct Worker {
     symbols: SymbolTable<SymbolState>,
     batch: Vec<WorkItem>,
     steps: Vec<Step>,
-    /// Each symbol's last `max_window` feature rows, a ring per slot (slot-major), for windowed
-    /// models. Zeroed pages are only touched when a symbol uses them.
-    windows: Vec<f32>,
-    max_window: usize,
-    /// Model input by batch position: the tick's window of rows (oldest first) as of its own
-    /// update, `window * NUM_FEATURES` floats at a stride of `max_window * NUM_FEATURES`.
-    feats: Vec<f32>,
+    /// Model inputs by batch position, the compacted rows to score, each symbol's window ring.
+    buffers: Buffers,
     /// Each tick's mid right after its own feature update (the risk layer's price; later ticks
     /// of the same symbol in the batch must not leak into it).
     mids: Vec<f64>,
     /// Each tick's symbol's previous accepted exchange time (`i64::MIN`: none), for staleness:
     /// every accepted tick counts, scored, expired or conflated.
     prev_ts: Vec<i64>,
-    /// The rows to score, compacted.
-    rows: Vec<f32>,
     /// Ticks of the current batch already answered (for recovery after a panic).
     posted: usize,
     pass: u64,
@@ -236,9 +237,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         telemetry,
         model,
         shadow: None,
-        windows: if max_window > 1 { vec![0.0; config.max_symbols * max_window * NUM_FEATURES] } else { Vec::new() },
-        max_window,
-        feats: vec![0.0; max_batch * max_window * NUM_FEATURES],
+        buffers: Buffers::new(max_batch, config.max_symbols, max_window),
         mids: vec![f64::NAN; max_batch],
         prev_ts: vec![i64::MIN; max_batch],
         posted: 0,
@@ -247,7 +246,6 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         symbols: SymbolTable::new(config.max_symbols, config.max_symbols),
         batch: Vec::with_capacity(max_batch),
         steps: Vec::with_capacity(max_batch),
-        rows: vec![0.0; max_batch * max_window * NUM_FEATURES],
         scores: vec![0.0; max_batch],
         max_batch,
         risk,
@@ -327,8 +325,8 @@ impl Worker {
     /// to the control path to be dropped there.
     pub(super) fn apply(&mut self, c: Control) {
         match c {
-            Control::Swap(new) if new.scorer.window() > self.max_window => {
-                tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.max_window, "model window exceeds engine.max_window; not switched");
+            Control::Swap(new) if new.scorer.window() > self.buffers.max_window() => {
+                tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.buffers.max_window(), "model window exceeds engine.max_window; not switched");
                 self.retire(new);
             }
             Control::Swap(new) => {
@@ -391,20 +389,28 @@ impl Worker {
         &self.shared
     }
 
+    /// One engine pass over `self.batch`, in four phases; every tick is answered, in order.
     pub(super) fn process_batch(&mut self) {
         self.posted = 0;
         if self.shared.inject_panic.swap(false, Ordering::AcqRel) {
             panic!("injected engine panic (fault-injection hook)");
         }
-        let dequeued = Instant::now();
-        let warmup = self.model.policy.warmup_ticks;
         self.pass += 1;
+        self.update_features(Instant::now());
+        self.conflate();
+        let scored = self.score();
+        self.answer(scored);
+        self.batch.clear();
+    }
+
+    /// Phase 1: stateful checks and feature updates, tick by tick, in arrival order. Every
+    /// accepted tick updates its symbol's features (and window), also when it will not be scored.
+    fn update_features(&mut self, dequeued: Instant) {
+        let warmup = self.model.policy.warmup_ticks;
+        let window = self.model.scorer.window();
         self.steps.clear();
-        // 1. Stateful checks and feature updates, tick by tick, in arrival order. Every accepted
-        //    tick updates its symbol's features, also when it will not be scored.
         for i in 0..self.batch.len() {
-            let item = &self.batch[i];
-            let waited = dequeued.saturating_duration_since(item.recv);
+            let waited = dequeued.saturating_duration_since(self.batch[i].recv);
             self.recorder.record(Series::QueueWait, waited.as_nanos() as u64);
             let t = Instant::now();
             let step = match self.slot(self.batch[i].tick.symbol) {
@@ -419,15 +425,7 @@ impl Worker {
                         self.prev_ts[i] = state.features.last_ts_ns();
                         state.features.update(&item.tick, &mut row);
                         self.mids[i] = state.features.mid();
-                        let stride = self.max_window * NUM_FEATURES;
-                        let input = &mut self.feats[i * stride..(i + 1) * stride];
-                        let window = self.model.scorer.window();
-                        if self.max_window == 1 {
-                            input[..NUM_FEATURES].copy_from_slice(&row);
-                        } else {
-                            let ring = &mut self.windows[slot * stride..(slot + 1) * stride];
-                            fill_window(ring, state.rows_written, &row, window, input);
-                        }
+                        self.buffers.write_input(i, slot, state.rows_written, &row, window);
                         state.rows_written += 1;
                         if self.ttl.is_some_and(|ttl| waited > ttl) {
                             Step::Expired
@@ -440,8 +438,11 @@ impl Worker {
             self.recorder.record(Series::Features, t.elapsed().as_nanos() as u64);
             self.steps.push(step);
         }
-        // 2. Conflation: on streams that ask for it, only a symbol's newest tick in this pass is
-        //    scored. Walk backwards, marking each symbol the first time it is seen.
+    }
+
+    /// Phase 2: on streams that ask for it, only a symbol's newest tick in this pass is scored.
+    /// Walks backwards, marking each symbol the first time it is seen.
+    fn conflate(&mut self) {
         for i in (0..self.batch.len()).rev() {
             if let Step::Scored { slot, .. } = self.steps[i] {
                 let state = self.symbols.at(slot);
@@ -452,48 +453,57 @@ impl Worker {
                 }
             }
         }
-        // 3. One model call for every tick still to be scored.
-        let mut n_rows = 0;
+    }
+
+    /// Phase 3: one model call for every tick still to be scored (and the shadow's on the same
+    /// rows). Returns whether the call succeeded; the scores are in `self.scores`.
+    fn score(&mut self) -> Scored {
         let width = self.model.scorer.width();
-        let stride = self.max_window * NUM_FEATURES;
+        let mut n_rows = 0;
         for (i, step) in self.steps.iter_mut().enumerate() {
             if let Step::Scored { row, .. } = step {
-                self.rows[n_rows * width..(n_rows + 1) * width]
-                    .copy_from_slice(&self.feats[i * stride..i * stride + width]);
+                self.buffers.compact(i, n_rows, width);
                 *row = n_rows;
                 n_rows += 1;
             }
         }
-        let mut model_failed = false;
-        if n_rows > 0 {
-            let t = Instant::now();
-            let rows = &self.rows[..n_rows * width];
-            match self.model.scorer.score(rows) {
-                Ok(out) => self.scores[..n_rows].copy_from_slice(out),
-                Err(e) => {
-                    model_failed = true;
-                    self.model.health.failed_calls.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, rows = n_rows, "model call failed; the batch is answered with model_error");
-                }
-            }
-            self.model.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
-            self.recorder.record(Series::Inference, t.elapsed().as_nanos() as u64);
-            self.recorder.record(Series::BatchSize, n_rows as u64);
-            if let Some(shadow) = self.shadow.as_mut() {
-                compare_shadow(shadow, rows, &self.scores[..n_rows], &self.shared.shadow_stats);
-            }
-            if self.pass % 64 == 1
-                && let Ok(mut recent) = self.shared.recent.try_lock()
-            {
-                // The newest row of each input (a window's last row).
-                for r in 0..n_rows {
-                    let newest = &rows[(r + 1) * width - NUM_FEATURES..(r + 1) * width];
-                    recent.rows[r * NUM_FEATURES..(r + 1) * NUM_FEATURES].copy_from_slice(newest);
-                }
-                recent.n = n_rows;
-            }
+        if n_rows == 0 {
+            return Scored::Ok;
         }
-        // 4. Policy, risk and replies, in arrival order.
+        let t = Instant::now();
+        let rows = self.buffers.rows(n_rows, width);
+        let outcome = match self.model.scorer.score(rows) {
+            Ok(out) => {
+                self.scores[..n_rows].copy_from_slice(out);
+                Scored::Ok
+            }
+            Err(e) => {
+                self.model.health.failed_calls.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, rows = n_rows, "model call failed; the batch is answered with model_error");
+                Scored::Failed
+            }
+        };
+        self.model.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
+        self.recorder.record(Series::Inference, t.elapsed().as_nanos() as u64);
+        self.recorder.record(Series::BatchSize, n_rows as u64);
+        if let Some(shadow) = self.shadow.as_mut() {
+            compare_shadow(shadow, rows, &self.scores[..n_rows], &self.shared.shadow_stats);
+        }
+        if self.pass % 64 == 1
+            && let Ok(mut recent) = self.shared.recent.try_lock()
+        {
+            // The newest row of each input (a window's last row).
+            for r in 0..n_rows {
+                let newest = &rows[(r + 1) * width - NUM_FEATURES..(r + 1) * width];
+                recent.rows[r * NUM_FEATURES..(r + 1) * NUM_FEATURES].copy_from_slice(newest);
+            }
+            recent.n = n_rows;
+        }
+        outcome
+    }
+
+    /// Phase 4: policy, risk and replies, in arrival order.
+    fn answer(&mut self, scored: Scored) {
         for i in 0..self.batch.len() {
             let t = Instant::now();
             let item = &self.batch[i];
@@ -513,7 +523,6 @@ impl Worker {
                 recv_ns: item.recv_ns,
                 posted: t,
             };
-            let (exchange_ts_ns, recv_ns) = (item.tick.exchange_ts_ns, item.recv_ns);
             match self.steps[i] {
                 Step::Rejected(r) => reply.reject = Some(r),
                 Step::Expired => reply.reject = Some(Reject::Expired),
@@ -521,53 +530,56 @@ impl Worker {
                     reply.conflated = true;
                     reply.target_position = self.symbols.at(slot).risk.position;
                 }
-                Step::Scored { slot, row, warm } => {
-                    let score = if model_failed { f32::NAN } else { self.scores[row] };
-                    let failed = !score.is_finite();
-                    if failed && !model_failed {
-                        self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let state = self.symbols.at(slot);
-                    let mut target = 0.0;
-                    if failed {
-                        reply.reject = Some(Reject::ModelError);
-                        state.position = Position::default();
-                    } else {
-                        reply.score = f64::from(score);
-                        if warm {
-                            target = state.position.update(reply.score, &self.model.policy);
-                        } else {
-                            reply.warming_up = true;
-                        }
-                    }
-                    let input = RiskInput {
-                        slot,
-                        exchange_ts_ns,
-                        prev_ts_ns: self.prev_ts[i],
-                        mid: self.mids[i],
-                        recv_ns,
-                        features: Some(newest_row(&self.feats, i, stride, width)),
-                        model_failed: failed,
-                    };
-                    let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
-                    reply.policy_position = target;
-                    reply.target_position = position;
-                    reply.risk = flags;
-                    if flags.killed() {
-                        // Flat until the trigger clears; re-entry needs the policy's entry threshold.
-                        state.position = Position::default();
-                        if reply.reject.is_none() && !reply.warming_up {
-                            reply.reject = Some(Reject::KillSwitch);
-                        }
-                    }
-                }
+                Step::Scored { slot, row, warm } => self.position(i, slot, row, warm, scored, &mut reply),
             }
             self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
             reply.posted = Instant::now();
             self.post(i, reply);
             self.posted = i + 1;
         }
-        self.batch.clear();
+    }
+
+    /// A scored tick's position: the policy on its score (once warm), then the risk gate.
+    fn position(&mut self, i: usize, slot: usize, row: usize, warm: bool, scored: Scored, reply: &mut Reply) {
+        let model_failed = scored == Scored::Failed;
+        let score = if model_failed { f32::NAN } else { self.scores[row] };
+        let failed = !score.is_finite();
+        if failed && !model_failed {
+            self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
+        }
+        let state = self.symbols.at(slot);
+        let mut target = 0.0;
+        if failed {
+            reply.reject = Some(Reject::ModelError);
+            state.position = Position::default();
+        } else {
+            reply.score = f64::from(score);
+            if warm {
+                target = state.position.update(reply.score, &self.model.policy);
+            } else {
+                reply.warming_up = true;
+            }
+        }
+        let input = RiskInput {
+            slot,
+            exchange_ts_ns: reply.exchange_ts_ns,
+            prev_ts_ns: self.prev_ts[i],
+            mid: self.mids[i],
+            recv_ns: reply.recv_ns,
+            features: Some(self.buffers.newest_row(i, self.model.scorer.width())),
+            model_failed: failed,
+        };
+        let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
+        reply.policy_position = target;
+        reply.target_position = position;
+        reply.risk = flags;
+        if flags.killed() {
+            // Flat until the trigger clears; re-entry needs the policy's entry threshold.
+            state.position = Position::default();
+            if reply.reject.is_none() && !reply.warming_up {
+                reply.reject = Some(Reject::KillSwitch);
+            }
+        }
     }
 
     fn post(&self, i: usize, reply: Reply) {
@@ -606,26 +618,6 @@ impl Worker {
     }
 }
 
-/// The newest feature row of batch position `i`'s input.
-fn newest_row(feats: &[f32], i: usize, stride: usize, width: usize) -> &[f32] {
-    &feats[i * stride + width - NUM_FEATURES..i * stride + width]
-}
-
-/// Writes `row` as the symbol's row number `written` into its ring (`max_window` rows), then
-/// copies the last `window` rows, oldest first, into `input`. Before the symbol has `window`
-/// rows the oldest one it has stands in for the missing ones (those ticks are warming up).
-fn fill_window(ring: &mut [f32], written: u64, row: &[f32; NUM_FEATURES], window: usize, input: &mut [f32]) {
-    let max_window = (ring.len() / NUM_FEATURES) as u64;
-    let at = (written % max_window) as usize * NUM_FEATURES;
-    ring[at..at + NUM_FEATURES].copy_from_slice(row);
-    let have = written + 1;
-    for j in 0..window {
-        let age = ((window - 1 - j) as u64).min(have - 1);
-        let r = ((have - 1 - age) % max_window) as usize * NUM_FEATURES;
-        input[j * NUM_FEATURES..(j + 1) * NUM_FEATURES].copy_from_slice(&ring[r..r + NUM_FEATURES]);
-    }
-}
-
 /// Scores the same rows with the shadow model and counts where its side agrees with the active
 /// model's. The shadow never produces a signal.
 fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats: &ShadowStats) {
@@ -650,34 +642,5 @@ fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats:
         Err(_) => {
             shadow.health.failed_calls.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(v: f32) -> [f32; NUM_FEATURES] {
-        [v; NUM_FEATURES]
-    }
-
-    /// The window as of each row, oldest first, with the first row standing in before the
-    /// symbol has `window` rows, and the ring wrapping around past `max_window` rows.
-    #[test]
-    fn windows_are_the_last_rows_oldest_first() {
-        let (max_window, window) = (4, 3);
-        let mut ring = vec![0.0; max_window * NUM_FEATURES];
-        let mut input = vec![0.0; window * NUM_FEATURES];
-        let firsts = |input: &[f32]| input.chunks(NUM_FEATURES).map(|r| r[0]).collect::<Vec<_>>();
-        let expected: [[f32; 3]; 7] =
-            [[1., 1., 1.], [1., 1., 2.], [1., 2., 3.], [2., 3., 4.], [3., 4., 5.], [4., 5., 6.], [5., 6., 7.]];
-        for (written, want) in expected.iter().enumerate() {
-            fill_window(&mut ring, written as u64, &row(written as f32 + 1.0), window, &mut input);
-            assert_eq!(firsts(&input), want, "after row {}", written + 1);
-        }
-        // A window as wide as the ring still reads every row once.
-        let mut wide = vec![0.0; max_window * NUM_FEATURES];
-        fill_window(&mut ring, 7, &row(8.0), max_window, &mut wide);
-        assert_eq!(firsts(&wide), [5., 6., 7., 8.]);
     }
 }

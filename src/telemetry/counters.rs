@@ -8,7 +8,8 @@ use crate::risk::RiskFlags;
 use crate::tick::Reject;
 
 /// What happened to a tick. Every tick ends in exactly one outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum Outcome {
     /// Scored by the model; the signal carries a position.
@@ -24,17 +25,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Scored, Outcome::WarmingUp, Outcome::Rejected, Outcome::Conflated, Outcome::Dropped];
+    /// Every outcome, in declaration order.
+    pub const ALL: &'static [Outcome] = <Outcome as strum::VariantArray>::VARIANTS;
 
+    /// The metric label.
     pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Scored => "scored",
-            Outcome::WarmingUp => "warming_up",
-            Outcome::Rejected => "rejected",
-            Outcome::Conflated => "conflated",
-            Outcome::Dropped => "dropped",
-        }
+        self.into()
     }
 }
 

@@ -212,10 +212,10 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
             }
         }
     }
-    for o in Outcome::ALL {
+    for &o in Outcome::ALL {
         metrics::counter!(TICKS, "outcome" => o.label()).absolute(t.counters.outcome_total(o));
     }
-    for r in Reject::ALL {
+    for &r in Reject::ALL {
         metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
     }
     for (i, (_, code)) in RiskFlags::ALL.iter().enumerate() {
