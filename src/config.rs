@@ -1,7 +1,7 @@
 //! The server configuration: one struct, read from TOML, overridden by environment variables and
 //! flags (in that order of precedence, lowest first), and validated as a whole.
 //!
-//! Built once in `main` (or a test) on the control path and passed into [`crate::server::start`].
+//! Built once in `main` (or a test) on the control path and passed to `server::Server::start`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
