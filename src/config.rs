@@ -99,8 +99,9 @@ pub struct EngineSection {
 }
 
 /// What a stream does when it has `window` ticks in flight to the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, strum::EnumString)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Backpressure {
     /// Stop reading the stream: HTTP/2 flow control pushes back on the client.
     Block,

@@ -8,7 +8,8 @@ use tokio::sync::oneshot;
 use crate::model::ModelError;
 
 /// Where a model version is in its life cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum State {
     Discovered,
     Loaded,
@@ -21,17 +22,9 @@ pub enum State {
 }
 
 impl State {
+    /// The state's name (admin API, `quantd_model_info{state}`).
     pub fn label(self) -> &'static str {
-        match self {
-            State::Discovered => "discovered",
-            State::Loaded => "loaded",
-            State::Active => "active",
-            State::Previous => "previous",
-            State::Shadow => "shadow",
-            State::Failed => "failed",
-            State::RolledBack => "rolled_back",
-            State::Retired => "retired",
-        }
+        self.into()
     }
 }
 
@@ -126,5 +119,21 @@ impl RegistryHandle {
 
     pub async fn active(&self) -> Result<ActiveView, RegistryError> {
         self.ask(Request::Active).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State::*;
+
+    /// The labels are an API (ModelAdmin answers, `quantd_model_info{state}`, dashboards).
+    #[test]
+    fn state_labels_are_pinned() {
+        let labels: Vec<_> =
+            [Discovered, Loaded, Active, Previous, Shadow, Failed, RolledBack, Retired].map(|s| s.label()).into();
+        assert_eq!(
+            labels,
+            ["discovered", "loaded", "active", "previous", "shadow", "failed", "rolled_back", "retired"]
+        );
     }
 }

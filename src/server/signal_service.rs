@@ -22,15 +22,6 @@ use crate::tick::{Reject, Symbol, Tick};
 /// (`block`, `reject` or `conflate`) instead of the server's `stream.backpressure`.
 pub const BACKPRESSURE_HEADER: &str = "x-quantd-backpressure";
 
-fn parse_backpressure(s: &str) -> Option<Backpressure> {
-    match s {
-        "block" => Some(Backpressure::Block),
-        "reject" => Some(Backpressure::Reject),
-        "conflate" => Some(Backpressure::Conflate),
-        _ => None,
-    }
-}
-
 pub struct Signals {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
@@ -59,7 +50,7 @@ impl SignalService for Signals {
         }
         let mut limits = self.limits;
         if let Some(mode) = request.metadata().get(BACKPRESSURE_HEADER) {
-            match mode.to_str().ok().and_then(parse_backpressure) {
+            match mode.to_str().ok().and_then(|m| m.parse::<Backpressure>().ok()) {
                 Some(m) => limits.mode = m,
                 None => {
                     self.open_streams.fetch_sub(1, Ordering::AcqRel);

@@ -199,7 +199,7 @@ fn publish_models(t: &Telemetry, published: &mut Published) {
 }
 
 fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Published) {
-    for s in Series::ALL {
+    for &s in Series::ALL {
         let Some(h) = delta.get(s) else { continue };
         match s {
             Series::BatchSize => publish_histogram(h, |v, n| metrics::histogram!(BATCH_SIZE).record_many(v, n)),

@@ -17,7 +17,8 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
 /// What a histogram measures. Latencies are in nanoseconds; `BatchSize` in ticks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum Series {
     /// Edge decoded the tick → engine took it off the queue.
@@ -37,27 +38,12 @@ pub enum Series {
 }
 
 impl Series {
-    pub const ALL: [Series; 7] = [
-        Series::QueueWait,
-        Series::Features,
-        Series::Inference,
-        Series::Policy,
-        Series::Egress,
-        Series::Total,
-        Series::BatchSize,
-    ];
+    /// Every series, in declaration order (the histogram set's index).
+    pub const ALL: &'static [Series] = <Series as strum::VariantArray>::VARIANTS;
 
     /// The `stage` label in `quantd_stage_seconds`.
     pub fn stage(self) -> &'static str {
-        match self {
-            Series::QueueWait => "queue_wait",
-            Series::Features => "features",
-            Series::Inference => "inference",
-            Series::Policy => "policy",
-            Series::Egress => "egress",
-            Series::Total => "total",
-            Series::BatchSize => "batch_size",
-        }
+        self.into()
     }
 }
 
@@ -190,18 +176,25 @@ impl LatencyHub {
 
     /// An empty set of every series, to collect into.
     pub fn new_set(&self) -> HistogramSet {
-        HistogramSet::new(&Series::ALL)
+        HistogramSet::new(Series::ALL)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    /// The stage labels are an API (`quantd_stage_seconds{stage}`, dashboards, alerts).
+    #[test]
+    fn stage_labels_are_pinned() {
+        let labels: Vec<_> = super::Series::ALL.iter().map(|s| s.stage()).collect();
+        assert_eq!(labels, ["queue_wait", "features", "inference", "policy", "egress", "total", "batch_size"]);
+    }
+
     use super::*;
 
     #[test]
     fn hand_over_reaches_the_collector_without_losing_samples() {
         let hub = LatencyHub::default();
-        let mut r = hub.recorder(&Series::ALL);
+        let mut r = hub.recorder(Series::ALL);
         let mut total = hub.new_set();
         r.record(Series::Total, 1000);
         hub.collect(&mut total); // raises the request
@@ -221,7 +214,7 @@ mod tests {
     #[test]
     fn many_rounds_reuse_the_same_two_boxes() {
         let hub = LatencyHub::default();
-        let mut r = hub.recorder(&Series::ALL);
+        let mut r = hub.recorder(Series::ALL);
         let mut total = hub.new_set();
         for i in 0..100u64 {
             r.record(Series::Features, i + 1);
