@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineConfig, IdleStrategy};
+use crate::model::files::FileLimits;
 use crate::model::{BackendConfig, ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
+use crate::plausibility::TickChecks;
 use crate::policy::PolicyParams;
 use crate::problem::{Kind, Problem, Problems};
 use crate::registry::RegistryConfig;
@@ -61,6 +63,8 @@ pub struct Config {
     pub policy: Option<PolicyParams>,
     /// The risk layer after the policy: limits, kill switch, VaR sizing.
     pub risk: RiskConfig,
+    /// Per-symbol plausibility checks on ticks (future timestamps, price jumps).
+    pub ticks: TickChecks,
     /// TLS (optionally mutual) on the gRPC port.
     pub tls: TlsSection,
     /// Who may call the admin services.
@@ -96,6 +100,10 @@ pub struct EngineSection {
     /// Health goes NOT_SERVING while ticks wait and the engine has not completed a pass for
     /// this long, ms (the stuck-engine watchdog; 0: off).
     pub watchdog_ms: u64,
+    /// Evict a symbol not seen for this long (server receive time, ms; 0: never), so symbols
+    /// that stopped ticking, or junk, free their slots for new ones. Symbols held by the admin
+    /// kill switch stay. An evicted symbol warms up again when it returns.
+    pub symbol_idle_ms: u64,
 }
 
 /// What a stream does when it has `window` ticks in flight to the engine.
@@ -127,8 +135,32 @@ pub struct StreamSection {
     pub ttl_ms: u64,
     /// Most concurrent `StreamTicks` calls on the server; more are refused RESOURCE_EXHAUSTED.
     pub max_streams: usize,
+    /// Most concurrent `StreamTicks` calls from one client address; more are refused
+    /// RESOURCE_EXHAUSTED (so one host leaking streams cannot take every slot).
+    pub max_streams_per_peer: usize,
+    /// Most concurrent HTTP/2 streams (any call) on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// A stream whose client has read no signal for this long while signals were ready for it
+    /// is cut: its undelivered signals are counted `dropped`, and it ends with
+    /// RESOURCE_EXHAUSTED saying how many (ms; 0: never).
+    pub slow_consumer_ms: u64,
+    /// HTTP/2 receive window per stream, bytes: how many unread tick bytes a client may send
+    /// ahead. Small, so that a stream that stopped being read holds back its client quickly and
+    /// never fills the connection's window or h2's small-frame budget for the other streams.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 receive window per connection, bytes (shared by its streams).
+    pub h2_connection_window_bytes: u32,
+    /// Most open connections on the service port; one more is accepted and closed at once.
+    /// Each needs a file descriptor: the start-up check warns when the limit is lower.
+    pub max_connections: usize,
+    /// Close a connection that has not begun HTTP/2 (or TLS) within this, ms (0: never): a
+    /// half-open connection must not hold a descriptor forever. Also on the admin listener.
+    pub handshake_timeout_ms: u64,
     /// Most distinct symbols on one stream; more are rejected `too_many_symbols`.
     pub max_symbols_per_stream: usize,
+    /// Most distinct symbols the streams from one client address may bring in (over all of
+    /// them, forgotten when its last stream closes); more are rejected `too_many_symbols`.
+    pub max_symbols_per_peer: usize,
     /// Largest accepted gRPC message, bytes.
     pub max_message_bytes: usize,
     /// A stream that sends no tick for this long (and is owed no signal) is closed with
@@ -158,6 +190,11 @@ pub struct RegistrySection {
     /// Roll back automatically when more than this fraction of the new model's scores are
     /// non-finite or its calls fail during probation.
     pub rollback_max_error_rate: f64,
+    /// Largest `model.onnx` (or verification set) read, bytes; larger files are refused
+    /// unread.
+    pub max_model_bytes: u64,
+    /// Largest `manifest.toml` read, bytes (this bounds its golden rows too).
+    pub max_manifest_bytes: u64,
 }
 
 impl Default for RegistrySection {
@@ -170,6 +207,8 @@ impl Default for RegistrySection {
             shadow_min_agreement: 0.9,
             probation_ms: 10_000,
             rollback_max_error_rate: 0.0,
+            max_model_bytes: FileLimits::default().max_model_bytes,
+            max_manifest_bytes: FileLimits::default().max_manifest_bytes,
         }
     }
 }
@@ -196,6 +235,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             policy: None,
             risk: RiskConfig::default(),
+            ticks: TickChecks::default(),
             tls: TlsSection::default(),
             admin: AdminSection::default(),
             shard: ShardConfig::default(),
@@ -217,6 +257,7 @@ impl Default for EngineSection {
             idle_spin_us: 50,
             idle_yield_us: 2_000,
             watchdog_ms: 1_000,
+            symbol_idle_ms: 900_000,
         }
     }
 }
@@ -229,9 +270,17 @@ impl Default for StreamSection {
             outbound_limit: 4096,
             ttl_ms: 250,
             max_streams: 1024,
-            max_symbols_per_stream: 10_000,
+            max_streams_per_peer: 256,
+            max_streams_per_connection: 128,
+            slow_consumer_ms: 3_000,
+            h2_stream_window_bytes: 64 * 1024,
+            h2_connection_window_bytes: 4 << 20,
+            max_connections: 2_048,
+            handshake_timeout_ms: 5_000,
+            max_symbols_per_stream: 5_000,
+            max_symbols_per_peer: 10_000,
             max_message_bytes: 64 * 1024,
-            idle_timeout_ms: 600_000,
+            idle_timeout_ms: 120_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
         }
@@ -437,6 +486,22 @@ impl Config {
         p.check(st.max_streams == 0 || st.max_symbols_per_stream == 0, "stream.max_streams", OutOfRange, || {
             "stream.max_streams and stream.max_symbols_per_stream must be > 0".into()
         });
+        p.check(
+            st.max_streams_per_peer == 0 || st.max_streams_per_connection == 0 || st.max_symbols_per_peer == 0,
+            "stream.max_streams_per_peer",
+            OutOfRange,
+            || "stream.max_streams_per_peer, max_streams_per_connection and max_symbols_per_peer must be > 0".into(),
+        );
+        let windows = 65_535..=(1 << 31) - 1;
+        p.check(
+            !windows.contains(&st.h2_stream_window_bytes) || !windows.contains(&st.h2_connection_window_bytes),
+            "stream.h2_stream_window_bytes",
+            OutOfRange,
+            || "stream.h2_stream_window_bytes and h2_connection_window_bytes must be in 65535..=2^31-1 (HTTP/2)".into(),
+        );
+        p.check(st.h2_stream_window_bytes > st.h2_connection_window_bytes, "stream.h2_stream_window_bytes", Conflict, || {
+            "stream.h2_stream_window_bytes exceeds h2_connection_window_bytes: one stopped stream could stall the connection".into()
+        });
         p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
             format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)
         });
@@ -447,8 +512,12 @@ impl Config {
             )
         });
         p.extend(self.risk.problems());
+        p.extend(self.ticks.problems());
         let r = &self.registry;
         p.check(r.rescan_ms == 0, "registry.rescan_ms", OutOfRange, || "registry.rescan_ms must be > 0".into());
+        p.check(r.max_model_bytes == 0 || r.max_manifest_bytes == 0, "registry.max_model_bytes", OutOfRange, || {
+            "registry.max_model_bytes and registry.max_manifest_bytes must be > 0".into()
+        });
         p.check(!(0.0..=1.0).contains(&r.shadow_min_agreement), "registry.shadow_min_agreement", OutOfRange, || {
             format!("registry.shadow_min_agreement {} must be in [0, 1]", r.shadow_min_agreement)
         });
@@ -511,6 +580,10 @@ impl Config {
             })?,
             max_window: self.engine.max_window,
             backend: self.backend.clone(),
+            limits: FileLimits {
+                max_model_bytes: self.registry.max_model_bytes,
+                max_manifest_bytes: self.registry.max_manifest_bytes,
+            },
         })
     }
 
@@ -553,6 +626,8 @@ impl Config {
             idle_yield: Duration::from_micros(self.engine.idle_yield_us),
             ttl: (self.stream.ttl_ms > 0).then(|| Duration::from_millis(self.stream.ttl_ms)),
             risk: self.risk.clone(),
+            ticks: self.ticks.clone(),
+            symbol_idle: (self.engine.symbol_idle_ms > 0).then(|| Duration::from_millis(self.engine.symbol_idle_ms)),
         }
     }
 }

@@ -35,12 +35,14 @@
 //! signal with `reject_reason` and is counted by reason.
 
 pub mod backtest;
+pub mod clock;
 pub mod config;
 pub mod control_thread;
 pub mod engine;
 pub mod features;
 pub mod int8;
 pub mod model;
+pub mod plausibility;
 pub mod plotting;
 pub mod policy;
 pub mod problem;
@@ -52,6 +54,7 @@ pub mod server;
 pub mod shard;
 pub mod symbols;
 pub mod telemetry;
+pub mod text;
 pub mod tick;
 pub mod tickfile;
 

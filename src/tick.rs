@@ -22,13 +22,16 @@ impl Symbol {
     /// The empty symbol, used only to answer ticks whose symbol was refused.
     pub const EMPTY: Symbol = Symbol { len: 0, bytes: [0; MAX_SYMBOL_LEN] };
 
-    /// Builds a symbol from 1..=32 bytes of UTF-8.
+    /// Builds a symbol from 1..=32 bytes of UTF-8 that [`symbol_is_printable`] accepts.
     pub fn new(s: &str) -> Result<Self, Reject> {
         if s.is_empty() {
             return Err(Reject::EmptySymbol);
         }
         if s.len() > MAX_SYMBOL_LEN {
             return Err(Reject::SymbolTooLong);
+        }
+        if !symbol_is_printable(s) {
+            return Err(Reject::InvalidSymbol);
         }
         let mut bytes = [0u8; MAX_SYMBOL_LEN];
         bytes[..s.len()].copy_from_slice(s.as_bytes());
@@ -39,6 +42,19 @@ impl Symbol {
         // Only ever built from a `&str`, so the prefix is valid UTF-8.
         std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
     }
+}
+
+/// Whether `s` can name a symbol: no control character, no bidi override or isolate, no
+/// zero-width character or byte-order mark, and no whitespace at either end (so not only
+/// whitespace). Such symbols look like another symbol, or like nothing, in logs and dashboards.
+/// Interior spaces are allowed (`"AAPL US"`).
+pub fn symbol_is_printable(s: &str) -> bool {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    let ends_blank = s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace);
+    !ends_blank && !s.chars().any(invisible)
 }
 
 impl fmt::Debug for Symbol {
@@ -116,6 +132,10 @@ pub enum Reject {
     EngineError,
     KillSwitch,
     WrongShard,
+    InvalidSymbol,
+    FutureTimestamp,
+    PriceJump,
+    NonFiniteFeatures,
 }
 
 impl Reject {
@@ -150,6 +170,18 @@ impl Reject {
                 "the risk kill switch holds this symbol flat (the signal's risk field names the trigger)"
             }
             Reject::WrongShard => "this replica does not own the symbol's shard; route it by quantd's shard rule",
+            Reject::InvalidSymbol => {
+                "symbol has a control, bidi-override or zero-width character, or leading, trailing or only whitespace"
+            }
+            Reject::FutureTimestamp => {
+                "exchange_ts_ns is further ahead of the server clock than ticks.max_future_skew_ms (a unit mix-up?)"
+            }
+            Reject::PriceJump => {
+                "a price is further from the symbol's last mid than ticks.max_rel_jump; the symbol's state is unchanged"
+            }
+            Reject::NonFiniteFeatures => {
+                "this tick would make a feature NaN or infinite (an extreme or subnormal price); the symbol's state is unchanged"
+            }
         }
     }
 
@@ -320,6 +352,15 @@ mod tests {
         assert!(Tick::from_proto(&t).is_ok());
         t.kind = 7;
         assert_eq!(Tick::from_proto(&t), Err(Reject::InvalidEnum));
+        t.kind = proto::TickKind::Quote as i32;
+        for bad in ["BTC\0USDT", "BTC\u{202E}USDT", "BTC\u{200B}", "\u{FEFF}BTC", "   ", " BTC", "BTC\t", "\u{2066}X"] {
+            t.symbol = bad.into();
+            assert_eq!(Tick::from_proto(&t), Err(Reject::InvalidSymbol), "{bad:?}");
+        }
+        for good in ["AAPL US", "BTC-USD", "ÉTÉ", "BRK.B"] {
+            t.symbol = good.into();
+            assert!(Tick::from_proto(&t).is_ok(), "{good:?}");
+        }
         let mut tr = q(1.0, 2.0);
         tr.kind = proto::TickKind::Trade as i32;
         tr.trade_px = 10.0;
@@ -354,6 +395,10 @@ mod tests {
             "engine_error",
             "kill_switch",
             "wrong_shard",
+            "invalid_symbol",
+            "future_timestamp",
+            "price_jump",
+            "non_finite_features",
         ];
         assert_eq!(Reject::ALL.iter().map(|r| r.code()).collect::<Vec<_>>(), wire);
     }

@@ -105,16 +105,24 @@ async fn health_turns_not_serving_when_a_drain_starts_while_open_streams_are_sti
     let mut replies = c.stream_ticks(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     assert!(replies.message().await.unwrap().is_some(), "the stream is served");
 
-    // The stream stays open, so the drain lasts until it ends.
+    // A tick the engine holds (paused) keeps the drain open: the stream must answer it first.
+    let engine = server.engine().unwrap();
+    engine.set_paused(true);
+    let held = ticks.next().unwrap();
+    tx.send(held.clone()).await.unwrap();
+    assert_eq!(wait_for_depth(&engine, 1).await, 1);
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
     wait_for_status(&admin, ServingStatus::NotServing).await;
     assert!(!shutdown.is_finished(), "still draining");
-    // A tick sent on the open stream after the drain began is still answered, with the reason.
-    tx.send(ticks.next().unwrap()).await.unwrap();
-    let s = replies.message().await.unwrap().expect("answered during the drain");
-    assert!(s.reject_reason.starts_with("shutting_down"), "{}", s.reject_reason);
+    engine.set_paused(false);
+    let s = replies.message().await.unwrap().expect("the tick read before the drain is answered");
+    assert_eq!(s.seq, held.seq);
+    // Then the stream ends with a status (not a reset) naming the last tick answered.
+    let end = replies.message().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+    assert!(end.message().contains("shutting down"), "{end}");
+    assert_eq!(end.metadata().get("x-quantd-last-seq").unwrap().to_str().unwrap(), held.seq.to_string());
     drop(tx);
-    assert!(replies.message().await.unwrap().is_none(), "the stream ends cleanly");
     shutdown.await.unwrap();
 }
 

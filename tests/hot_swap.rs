@@ -312,8 +312,10 @@ async fn a_model_that_emits_nan_live_is_rolled_back_automatically() {
     add_fixture_model(models.path(), "2", "nan_on_wide_spread.onnx", |f| (50.0f32 - f[6]).sqrt());
     wait_until("the NaN model active", async || active(&server).await == "quantd-mlp@2").await;
     let mut wide = ticks[200].clone();
-    wide.bid_px = 100.0;
-    wide.ask_px = 101.0; // ~100 bps: sqrt(50 - 100) is NaN
+    // ~100 bps around the symbol's price (a price far from it would be refused `price_jump`):
+    // sqrt(50 - 100) is NaN.
+    let mid = 0.5 * (wide.bid_px + wide.ask_px);
+    (wide.bid_px, wide.ask_px) = (mid * 0.995, mid * 1.005);
     let s = c.predict(wide).await.unwrap().into_inner();
     assert!(s.reject_reason.starts_with("model_error: "), "a NaN score is never sent as a position: {s:?}");
     assert_eq!(
@@ -401,8 +403,9 @@ async fn an_onnx_runtime_error_fails_one_batch_and_the_engine_goes_on() {
     let before = stream_all(&mut c, ticks[..150].to_vec()).await;
     assert!(before.iter().all(|s| s.reject_reason.is_empty() && s.score == 0.25));
     let mut wide = ticks[150].clone();
-    wide.bid_px = 100.0;
-    wide.ask_px = 101.0; // ~100 bps: the Gather index is out of bounds, ONNX Runtime errors
+    // ~100 bps around the symbol's price: the Gather index is out of bounds, ONNX Runtime errors.
+    let mid = 0.5 * (wide.bid_px + wide.ask_px);
+    (wide.bid_px, wide.ask_px) = (mid * 0.995, mid * 1.005);
     let failed = c.predict(wide).await.unwrap().into_inner();
     assert!(failed.reject_reason.starts_with("model_error: "), "{failed:?}");
     let after = stream_all(&mut c, ticks[151..].to_vec()).await;

@@ -250,7 +250,9 @@ async fn an_engine_panic_is_answered_reported_and_recovered_from() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_symbols_on_one_stream() {
-    let server = start(&test_config()).await;
+    let mut config = test_config();
+    config.stream.max_symbols_per_stream = 10_000; // the whole engine table from one stream
+    let server = start(&config).await;
     let mut c = client(&server).await;
     let ticks: Vec<Tick> = (0..30_000u64)
         .map(|i| Tick {

@@ -251,7 +251,7 @@ fn kill_switch_triggers_in_replay_code_admin_and_stale() {
     }
     engine.run(&to_ticks(quotes("K", 150, 4_000, 10, 1)), &mut out);
     assert_eq!(out[150].risk.codes().collect::<Vec<_>>(), ["kill_stale"]);
-    engine.control(Control::Kill { symbol: Some(quantd::tick::Symbol::new("K").unwrap()), engaged: true });
+    engine.control(Control::Kill { symbol: Some(quantd::tick::Symbol::new("K").unwrap()), engaged: true, done: None });
     engine.run(&to_ticks(quotes("K", 151, 4_010, 10, 1)), &mut out);
     assert_eq!(out[151].risk.codes().collect::<Vec<_>>(), ["kill_admin"]);
     assert_eq!(out[151].target_position, 0.0);

@@ -259,11 +259,27 @@ async fn shutdown_answers_every_tick_already_read() {
     drop(tx); // the client half-closes; the server still owes every signal
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(5)));
     let mut got = 0;
-    while let Some(s) = replies.message().await.unwrap() {
-        assert!(s.reject_reason.is_empty() || s.reject_reason.starts_with("shutting_down"), "{}", s.reject_reason);
-        got += 1;
-    }
+    let end = loop {
+        match replies.message().await {
+            Ok(Some(s)) => {
+                assert!(
+                    s.reject_reason.is_empty() || s.reject_reason.starts_with("shutting_down"),
+                    "{}",
+                    s.reject_reason
+                );
+                got += 1;
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
     assert_eq!(got, n, "every tick read before shutdown is answered");
+    // Then a status, not a reset: OK if the server saw the half-close first, else UNAVAILABLE
+    // naming the last tick answered.
+    if let Some(status) = end {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert_eq!(status.metadata().get("x-quantd-last-seq").unwrap().to_str().unwrap(), n.to_string());
+    }
     shutdown.await.unwrap();
 }
 

@@ -56,9 +56,24 @@ pub enum Control {
     Swap(Box<ActiveModel>),
     /// Run this model beside the active one without emitting its signals (`None`: stop).
     Shadow(Option<Box<ActiveModel>>),
-    /// Engage or release the risk kill switch for one symbol (`None`: all symbols).
-    Kill { symbol: Option<Symbol>, engaged: bool },
+    /// Engage or release the risk kill switch for one symbol (`None`: all symbols). A symbol
+    /// the engine does not hold is not created: the answer is [`Applied::UnknownSymbol`].
+    Kill { symbol: Option<Symbol>, engaged: bool, done: Option<Ack> },
+    /// Forget one symbol's state (features, window, policy and risk state; its admin kill
+    /// switch stays): it warms up again from its next tick.
+    Reset { symbol: Symbol, done: Option<Ack> },
 }
+
+/// The engine's answer to a control message about one symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// The engine holds no state for this symbol (never seen, or evicted).
+    UnknownSymbol,
+}
+
+/// Where the engine sends its [`Applied`] (sending never blocks the engine).
+pub type Ack = tokio::sync::oneshot::Sender<Applied>;
 
 struct Shared {
     queue: ArrayQueue<WorkItem>,

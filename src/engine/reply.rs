@@ -97,6 +97,11 @@ impl ReplyQueue {
         self.queue.pop()
     }
 
+    /// Whether no reply waits (any thread).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     pub fn pop(&self) -> Option<Reply> {
         self.queue.pop()
     }

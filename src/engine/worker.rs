@@ -14,14 +14,15 @@ use crossbeam_utils::sync::Parker;
 
 use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
-use super::{Control, Engine, EngineHandle, Reply, Shared, WorkItem};
+use super::{Ack, Applied, Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::features::{NUM_FEATURES, SymbolFeatures};
 use crate::model::Scorer;
+use crate::plausibility::{Admitted, JumpGuard, TickChecks};
 use crate::policy::{PolicyParams, Position};
 use crate::risk::{RiskBoard, RiskConfig, RiskFlags, RiskGate, RiskInput, SymbolRisk};
 use crate::symbols::SymbolTable;
-use crate::telemetry::{Outcome, Recorder, Series, Telemetry};
-use crate::tick::Reject;
+use crate::telemetry::{Outcome, Recorder, Series, SymbolEvent, Telemetry};
+use crate::tick::{Reject, Symbol};
 
 /// Engine settings (from the server config).
 #[derive(Clone, Debug)]
@@ -41,6 +42,11 @@ pub struct EngineConfig {
     pub ttl: Option<Duration>,
     /// The risk layer applied after the policy.
     pub risk: RiskConfig,
+    /// The per-symbol plausibility checks (`[ticks]`).
+    pub ticks: TickChecks,
+    /// Evict a symbol not seen for this long (server receive time; None: never). Replay has no
+    /// server clock and never evicts.
+    pub symbol_idle: Option<Duration>,
 }
 
 /// Everything the engine needs to score: the session and how to read its output.
@@ -134,6 +140,8 @@ struct SymbolState {
     risk: SymbolRisk,
     /// The engine pass in which this symbol's newest tick was chosen for scoring (conflation).
     scored_in_pass: u64,
+    /// Refused price jumps, to tell bad prints from a new price level.
+    jump: JumpGuard,
 }
 
 impl SymbolState {
@@ -144,7 +152,15 @@ impl SymbolState {
             position: Position::default(),
             risk: SymbolRisk::default(),
             scored_in_pass: 0,
+            jump: JumpGuard::default(),
         }
+    }
+
+    /// A fresh state that keeps only the admin kill switch (a reset never lifts a kill).
+    fn reset(&mut self) {
+        let admin_killed = self.risk.admin_killed;
+        *self = Self::new();
+        self.risk.admin_killed = admin_killed;
     }
 }
 
@@ -198,6 +214,16 @@ pub(super) struct Worker {
     scores: Vec<f32>,
     max_batch: usize,
     risk: RiskGate,
+    checks: TickChecks,
+    /// `engine.symbol_idle_ms` in ns (0: never evict).
+    symbol_idle_ns: i64,
+    /// The newest server receive time seen (CLOCK_REALTIME ns; 0 in replay): the clock of
+    /// symbol eviction.
+    clock_ns: i64,
+    /// `clock_ns` at which the next eviction sweep is due.
+    next_sweep_ns: i64,
+    /// The feature row of the tick being admitted (scratch).
+    row: [f32; NUM_FEATURES],
 }
 
 /// Builds the engine's state (queues, symbol table, buffers, risk gate) without a thread.
@@ -249,6 +275,11 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         scores: vec![0.0; max_batch],
         max_batch,
         risk,
+        checks: config.ticks.clone(),
+        symbol_idle_ns: config.symbol_idle.map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64),
+        clock_ns: 0,
+        next_sweep_ns: 0,
+        row: [0.0; NUM_FEATURES],
     };
     (worker, parker)
 }
@@ -282,6 +313,8 @@ fn pin(core: usize) {
 impl Worker {
     fn run(&mut self, parker: &Parker, idler: &mut Idler) {
         tracing::info!(model = %self.model.label, max_batch = self.max_batch, "engine started");
+        let mut idle_turns = 0u32;
+        let mut slept = false;
         loop {
             while self.batch.len() < self.max_batch && !self.shared.paused.load(Ordering::Acquire) {
                 match self.shared.queue.pop() {
@@ -298,11 +331,20 @@ impl Worker {
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
+                // An idle engine's clock is the wall clock (streams are quiet, not time): read
+                // after each sleep and every 1024 spins, not on every spin (a batch moves it).
+                idle_turns = idle_turns.wrapping_add(1);
+                if self.symbol_idle_ns > 0 && self.clock_ns > 0 && (slept || idle_turns.is_multiple_of(1024)) {
+                    self.clock_ns = self.clock_ns.max(crate::clock::realtime_ns() as i64);
+                    self.sweep_if_due();
+                }
+                slept = false;
                 let shared = &self.shared;
                 if shared.queue.is_empty() {
                     shared.passes.fetch_add(1, Ordering::Relaxed);
                 }
                 idler.idle(parker, |p| {
+                    slept = true;
                     shared.sleeping.store(true, Ordering::SeqCst);
                     if shared.queue.is_empty() {
                         p.park_timeout(Duration::from_millis(100));
@@ -335,17 +377,36 @@ impl Worker {
                 let old = std::mem::replace(&mut self.model, new);
                 self.retire(old);
             }
-            Control::Kill { symbol: None, engaged } => {
+            Control::Kill { symbol: None, engaged, done } => {
                 tracing::warn!(engaged, "kill switch (all symbols)");
                 self.risk.set_global_kill(engaged);
+                ack(done, Applied::Yes);
             }
-            Control::Kill { symbol: Some(symbol), engaged } => match self.slot(symbol) {
-                Ok(slot) => {
-                    tracing::warn!(%symbol, engaged, "kill switch");
-                    self.symbols.at(slot).risk.admin_killed = engaged;
-                }
-                Err(r) => tracing::error!(%symbol, reject = %r, "kill switch not applied"),
-            },
+            Control::Kill { symbol: Some(symbol), engaged, done } => {
+                let applied = match self.symbols.find(&symbol) {
+                    Some(slot) => {
+                        tracing::warn!(%symbol, engaged, "kill switch");
+                        self.symbols.at(slot).risk.admin_killed = engaged;
+                        Applied::Yes
+                    }
+                    None => {
+                        tracing::warn!(%symbol, engaged, "kill switch not applied: the engine holds no such symbol");
+                        Applied::UnknownSymbol
+                    }
+                };
+                ack(done, applied);
+            }
+            Control::Reset { symbol, done } => {
+                let applied = match self.symbols.find(&symbol) {
+                    Some(slot) => {
+                        tracing::warn!(%symbol, "symbol reset (admin)");
+                        self.reset_symbol(slot, SymbolEvent::ResetAdmin);
+                        Applied::Yes
+                    }
+                    None => Applied::UnknownSymbol,
+                };
+                ack(done, applied);
+            }
             Control::Shadow(new) => {
                 if let Some(s) = new.as_ref().filter(|s| s.scorer.window() != self.model.scorer.window()) {
                     tracing::warn!(shadow = %s.label, "shadow model reads a different window than the active one; it is not compared");
@@ -364,14 +425,35 @@ impl Worker {
         }
     }
 
-    /// The symbol's slot, created (and announced to the risk board) on first sight.
-    fn slot(&mut self, symbol: crate::tick::Symbol) -> Result<usize, Reject> {
-        let known = self.symbols.len();
-        let slot = self.symbols.slot(symbol, SymbolState::new)?;
-        if self.symbols.len() > known {
-            self.risk.board().announce(slot, symbol);
+    /// Forgets `slot`'s state in place (its position leaves the gross total) and counts why.
+    fn reset_symbol(&mut self, slot: usize, why: SymbolEvent) {
+        let state = self.symbols.at(slot);
+        self.risk.forget(&state.risk);
+        state.reset();
+        self.telemetry.counters.symbol_event(why, 1);
+    }
+
+    /// Evicts the symbols idle for `engine.symbol_idle_ms` once the sweep is due (its cadence
+    /// is an eighth of the idle time, at most 100 ms). Symbols held by the admin kill switch
+    /// stay. Runs between batches.
+    fn sweep_if_due(&mut self) {
+        if self.symbol_idle_ns <= 0 || self.clock_ns < self.next_sweep_ns {
+            return;
         }
-        Ok(slot)
+        self.next_sweep_ns = self.clock_ns + (self.symbol_idle_ns / 8).clamp(1_000_000, 100_000_000);
+        let (risk, now) = (&mut self.risk, self.clock_ns);
+        let evicted = self.symbols.evict_idle(now, self.symbol_idle_ns, |slot, _, state| {
+            if state.risk.admin_killed {
+                return false;
+            }
+            risk.forget(&state.risk);
+            risk.board().set_mid(slot, f64::NAN);
+            true
+        });
+        if evicted > 0 {
+            self.telemetry.counters.symbol_event(SymbolEvent::Evicted, evicted as u64);
+            tracing::info!(evicted, symbols = self.symbols.len(), "idle symbols evicted (engine.symbol_idle_ms)");
+        }
     }
 
     /// Takes `item` into the current batch (the synchronous driver's way in; the engine thread
@@ -396,6 +478,11 @@ impl Worker {
             panic!("injected engine panic (fault-injection hook)");
         }
         self.pass += 1;
+        // The clock moves to this batch's newest receive time first, so that a new symbol
+        // arriving at a full table after a quiet spell finds the idle ones already evicted.
+        let newest = self.batch.iter().map(|item| item.recv_ns as i64).max().unwrap_or(0);
+        self.clock_ns = self.clock_ns.max(newest);
+        self.sweep_if_due();
         self.update_features(Instant::now());
         self.conflate();
         let scored = self.score();
@@ -413,31 +500,66 @@ impl Worker {
             let waited = dequeued.saturating_duration_since(self.batch[i].recv);
             self.recorder.record(Series::QueueWait, waited.as_nanos() as u64);
             let t = Instant::now();
-            let step = match self.slot(self.batch[i].tick.symbol) {
+            let step = match self.admit(i) {
                 Err(r) => Step::Rejected(r),
                 Ok(slot) => {
-                    let item = &self.batch[i];
                     let state = self.symbols.at(slot);
-                    if item.tick.exchange_ts_ns < state.features.last_ts_ns() {
-                        Step::Rejected(Reject::StaleTimestamp)
+                    self.mids[i] = state.features.mid();
+                    self.buffers.write_input(i, slot, state.rows_written, &self.row, window);
+                    state.rows_written += 1;
+                    if self.ttl.is_some_and(|ttl| waited > ttl) {
+                        Step::Expired
                     } else {
-                        let mut row = [0f32; NUM_FEATURES];
-                        self.prev_ts[i] = state.features.last_ts_ns();
-                        state.features.update(&item.tick, &mut row);
-                        self.mids[i] = state.features.mid();
-                        self.buffers.write_input(i, slot, state.rows_written, &row, window);
-                        state.rows_written += 1;
-                        if self.ttl.is_some_and(|ttl| waited > ttl) {
-                            Step::Expired
-                        } else {
-                            Step::Scored { slot, row: 0, warm: state.features.ticks() >= warmup }
-                        }
+                        Step::Scored { slot, row: 0, warm: state.features.ticks() >= warmup }
                     }
                 }
             };
             self.recorder.record(Series::Features, t.elapsed().as_nanos() as u64);
             self.steps.push(step);
         }
+    }
+
+    /// Batch position `i`'s tick through its symbol's checks and into its features (the new
+    /// row in `self.row`, the symbol's previous exchange time in `self.prev_ts[i]`). A refused
+    /// tick leaves nothing behind, not even a new symbol's table entry.
+    fn admit(&mut self, i: usize) -> Result<usize, Reject> {
+        let (tick, recv_ns) = (self.batch[i].tick, self.batch[i].recv_ns);
+        self.clock_ns = self.clock_ns.max(recv_ns as i64);
+        let (slot, new) = self.symbols.slot(tick.symbol, SymbolState::new)?;
+        let state = self.symbols.at(slot);
+        let prev_ts = state.features.last_ts_ns();
+        match self.checks.admit(&mut state.features, &mut state.jump, &tick, recv_ns, &mut self.row) {
+            Err(r) => {
+                if new {
+                    self.symbols.remove(slot);
+                }
+                Err(r)
+            }
+            Ok(how) => {
+                if new {
+                    self.risk.board().announce(slot, tick.symbol);
+                }
+                self.prev_ts[i] = prev_ts;
+                if how != Admitted::Updated {
+                    self.restart_symbol(slot, tick.symbol, how);
+                    self.prev_ts[i] = i64::MIN;
+                }
+                if recv_ns > 0 {
+                    self.symbols.touch(slot, recv_ns as i64);
+                }
+                Ok(slot)
+            }
+        }
+    }
+
+    /// The checks reset the symbol's features before taking this tick (a new price level, or a
+    /// state that was not finite): reset the rest of it too, keeping the features just made.
+    fn restart_symbol(&mut self, slot: usize, symbol: Symbol, how: Admitted) {
+        let why = if how == Admitted::NewLevel { SymbolEvent::ResetLevelShift } else { SymbolEvent::ResetNonFinite };
+        tracing::warn!(%symbol, reason = why.label(), "symbol reset; it warms up again");
+        let features = self.symbols.at(slot).features.clone();
+        self.reset_symbol(slot, why);
+        self.symbols.at(slot).features = features;
     }
 
     /// Phase 2: on streams that ask for it, only a symbol's newest tick in this pass is scored.
@@ -615,6 +737,13 @@ impl Worker {
             unanswered,
             "engine panicked inside a batch: its ticks were answered with engine_error, symbol state was reset, the engine goes on"
         );
+    }
+}
+
+/// Answers a control message's sender, if it still waits.
+fn ack(done: Option<Ack>, applied: Applied) {
+    if let Some(done) = done {
+        let _ = done.send(applied);
     }
 }
 

@@ -9,28 +9,29 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::{NUM_FEATURES, SymbolFeatures, names};
+use crate::plausibility::{JumpGuard, TickChecks};
 use crate::symbols::SymbolTable;
 use crate::tick::{Reject, Tick};
 use crate::tickfile::{TickFileError, TickReader};
 
-/// Per-symbol feature state plus the stateful checks, exactly as the engine applies them.
+/// Per-symbol feature state plus the stateful checks, exactly as the engine applies them
+/// ([`TickChecks::admit`] with the default `[ticks]` settings and no server clock, as in replay).
 pub struct FeatureEngine {
-    table: SymbolTable<SymbolFeatures>,
+    table: SymbolTable<(SymbolFeatures, JumpGuard)>,
+    checks: TickChecks,
 }
 
 impl FeatureEngine {
     pub fn new(max_symbols: usize, reserve: usize) -> Self {
-        Self { table: SymbolTable::new(max_symbols, reserve) }
+        Self { table: SymbolTable::new(max_symbols, reserve), checks: TickChecks::default() }
     }
 
-    /// Checks the tick against its symbol's state (timestamp order, symbol cap), folds it in and
-    /// writes the features. Returns the state after the update.
+    /// Checks the tick against its symbol's state (timestamp order, price jump, finiteness,
+    /// symbol cap), folds it in and writes the features. Returns the state after the update; a
+    /// refused tick leaves it unchanged.
     pub fn update(&mut self, tick: &Tick, out: &mut [f32; NUM_FEATURES]) -> Result<&SymbolFeatures, Reject> {
-        let state = self.table.get_or_insert_with(tick.symbol, SymbolFeatures::new)?;
-        if tick.exchange_ts_ns < state.last_ts_ns() {
-            return Err(Reject::StaleTimestamp);
-        }
-        state.update(tick, out);
+        let (state, guard) = self.table.get_or_insert_with(tick.symbol, Default::default)?;
+        self.checks.admit(state, guard, tick, 0, out)?;
         Ok(state)
     }
 

@@ -175,6 +175,29 @@ impl SymbolFeatures {
         self.mid
     }
 
+    /// Whether every number of the state is finite (a state that is not would make every
+    /// later feature row non-finite: the engine never commits one).
+    pub fn is_finite(&self) -> bool {
+        let values = [
+            self.mid,
+            self.bid_px,
+            self.bid_qty,
+            self.ask_px,
+            self.ask_qty,
+            self.ret_100ms,
+            self.ret_1s,
+            self.ret_10s,
+            self.var_1s,
+            self.var_30s,
+            self.flow_signed,
+            self.flow_total,
+            self.trade_count,
+            self.z_mean,
+            self.z_var,
+        ];
+        values.iter().all(|v| v.is_finite())
+    }
+
     /// Folds one tick in and writes the feature vector to `out`. The caller has checked that
     /// `tick.exchange_ts_ns >= self.last_ts_ns()`.
     pub fn update(&mut self, tick: &Tick, out: &mut [f32; NUM_FEATURES]) {

@@ -60,7 +60,8 @@ impl Const {
 
 /// Decodes a model file.
 pub fn read_model(path: &Path) -> Result<pb::ModelProto, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let limit = crate::model::files::FileLimits::default().max_model_bytes;
+    let bytes = crate::model::files::read_regular(path, limit).map_err(|e| format!("{}: {e}", path.display()))?;
     pb::ModelProto::decode(bytes.as_slice()).map_err(|e| format!("{}: not an ONNX model: {e}", path.display()))
 }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::backend::{self, BackendConfig, BackendReport};
+use super::files::{self, FileLimits};
 use super::provider::{self, ExecutionProvider, ProviderConfig};
 use super::scorer::{OrtScorer, Scorer};
 use super::signing;
@@ -192,7 +193,8 @@ impl ModelError {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        let text = files::read_regular_text(path, FileLimits::default().max_manifest_bytes)
+            .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -275,7 +277,18 @@ impl Manifest {
                 format!("saturation.baseline.{stage} = {r} must be a share in 0..=1"),
             );
         }
-        for (i, g) in self.golden.iter().enumerate() {
+        p.check(self.golden.len() > files::MAX_GOLDEN_ROWS, "golden", Golden, || {
+            format!(
+                "manifest has {} golden rows; at most {} are run at load",
+                self.golden.len(),
+                files::MAX_GOLDEN_ROWS
+            )
+        });
+        let shown = self.golden.len().min(files::MAX_GOLDEN_ROWS);
+        for (i, g) in self.golden[..shown].iter().enumerate() {
+            if p.len() >= 16 {
+                break; // enough to say what is wrong; the rest is the same story
+            }
             if g.features.len() != window.max(1) * features::NUM_FEATURES || g.output.len() != 1 {
                 p.push(
                     format!("golden[{i}]"),
@@ -292,7 +305,8 @@ impl Manifest {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let bytes = files::read_regular(path, FileLimits::default().max_model_bytes)
+        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
@@ -308,6 +322,8 @@ pub struct LoadOptions {
     pub max_window: usize,
     /// Which backends may serve, and the native kernel's ISA level.
     pub backend: BackendConfig,
+    /// Size limits on the files read (`registry.max_model_bytes`, `max_manifest_bytes`).
+    pub limits: FileLimits,
 }
 
 impl LoadOptions {
@@ -319,6 +335,7 @@ impl LoadOptions {
             public_key: None,
             max_window: MAX_WINDOW,
             backend: BackendConfig::default(),
+            limits: FileLimits::default(),
         }
     }
 }
@@ -416,7 +433,10 @@ impl LoadedModel {
     pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
         let started = Instant::now();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path)
+        for d in [Some(dir), dir.parent()].into_iter().flatten() {
+            files::real_dir(d).map_err(|source| ModelError::Io { path: d.to_owned(), source })?;
+        }
+        let text = files::read_regular_text(&manifest_path, opts.limits.max_manifest_bytes)
             .map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
         let manifest = Manifest::parse(&manifest_path, &text)?;
         let label = manifest.label();
@@ -443,7 +463,10 @@ impl LoadedModel {
             || format!("manifest says {label} but the directory is {dir_name}/{dir_version}"),
         );
         let model_path = dir.join(&manifest.model_file);
-        let actual = sha256_file(&model_path)?;
+        let model_bytes = files::read_regular(&model_path, opts.limits.max_model_bytes)
+            .map_err(|source| ModelError::Io { path: model_path.clone(), source })?;
+        // What was hashed is what is loaded: ONNX Runtime gets these bytes, not the path.
+        let actual = hex::encode(Sha256::digest(&model_bytes));
         problems.check(actual != manifest.sha256, "sha256", Kind::Sha256, || {
             format!("sha256 of {} is {actual}, manifest says {}", manifest.model_file, manifest.sha256)
         });
@@ -466,7 +489,7 @@ impl LoadedModel {
             problems: vec![Problem::new("execution_provider", Kind::Provider, why)],
         })?;
         let session = builder
-            .commit_from_file(&model_path)
+            .commit_from_memory(&model_bytes)
             .map_err(|e| runtime(format!("cannot load {}: {e}", model_path.display())))?;
         let load_time = load_started.elapsed();
         check_io(&session, &manifest)
@@ -509,7 +532,8 @@ impl LoadedModel {
 
 /// Reads model inputs from a `.npy`: `[rows, width]` f32 (or `[rows, window, features]`).
 pub fn read_rows(path: &Path, width: usize) -> Result<Vec<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = files::read_regular(path, FileLimits::default().max_model_bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{}: {e}", path.display()))?;
     let shape = npy.shape().to_vec();
     let rows: Vec<f32> = npy.into_vec().map_err(|e| format!("{}: not f32: {e}", path.display()))?;

@@ -77,7 +77,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
 /// Signs `dir/manifest.toml` and writes `dir/manifest.toml.sig`.
 pub fn sign(dir: &Path, key: &SigningKey) -> Result<PathBuf, SigningError> {
     let manifest = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&manifest).map_err(|source| SigningError::Io { path: manifest.clone(), source })?;
+    let limit = super::files::FileLimits::default().max_manifest_bytes;
+    let bytes = super::files::read_regular(&manifest, limit)
+        .map_err(|source| SigningError::Io { path: manifest.clone(), source })?;
     let sig = key.sign(&bytes);
     let out = dir.join(SIGNATURE_FILE);
     std::fs::write(&out, format!("{}\n", hex::encode(sig.to_bytes())))

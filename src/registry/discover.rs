@@ -34,7 +34,10 @@ pub const DEFAULT_FILE: &str = "DEFAULT";
 
 /// The model name `models_dir/DEFAULT` names, if the file exists.
 pub fn default_name(models_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(models_dir.join(DEFAULT_FILE)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    crate::model::files::read_regular_text(&models_dir.join(DEFAULT_FILE), 4096)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 /// Version order: numeric where both are numbers, else lexicographic.
@@ -50,7 +53,9 @@ fn subdirs(d: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        // Symlinked directories are listed too, so that loading refuses them with a reason
+        // (quantd does not follow symlinks inside the models directory) instead of hiding them.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || (t.is_symlink() && e.path().is_dir())))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -60,7 +60,7 @@ fn label(k: &Key) -> String {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::clock::realtime_ns() / 1_000_000
 }
 
 struct Entry {
@@ -102,7 +102,9 @@ impl Entry {
 
     fn set(&mut self, state: State, error: impl Into<String>) {
         self.state = state;
-        self.error = error.into();
+        // Bounded: an error quoting a huge file must not break ListModels (4 MB message limit).
+        let error = error.into();
+        self.error = crate::text::clip_to(&error, 4_000).to_cow().into_owned();
         self.changed_unix_ms = now_ms();
     }
 
@@ -604,15 +606,31 @@ pub struct RegistryThread {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How long shutdown waits for the registry thread to finish what it is doing.
+pub const STOP_WITHIN: Duration = Duration::from_secs(2);
+
 impl RegistryThread {
     pub fn shutdown(mut self) {
         self.stop();
     }
 
+    /// Asks the thread to stop and waits for it, but not forever: a load stuck in a file read
+    /// (a hung network filesystem) must not hold up shutdown. After [`STOP_WITHIN`] the thread
+    /// is left to the process exit, logged.
     fn stop(&mut self) {
         let _ = self.tx.send(Request::Stop);
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        let deadline = Instant::now() + STOP_WITHIN;
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
             let _ = t.join();
+        } else {
+            tracing::error!(
+                waited = ?STOP_WITHIN,
+                "the registry thread did not stop (stuck loading a model?); shutdown goes on without it"
+            );
         }
     }
 }

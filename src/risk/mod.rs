@@ -53,9 +53,9 @@ pub struct RiskConfig {
     /// Kill (live only): a tick whose exchange time lags the server's clock by more than this
     /// is stale (0: off; the clocks must be synchronised for it to mean anything).
     pub max_feed_delay_ms: u64,
-    /// Kill when a feature is NaN or outside the manifest's training range widened by this
-    /// fraction of the range on each side (negative, the default: no range check, NaN still
-    /// kills). Off by default because a feed that differs from the training data in kind — a
+    /// Kill when a feature is NaN, infinite or outside the manifest's training range widened
+    /// by this fraction of the range on each side (negative, the default: no range check, a
+    /// non-finite feature still kills). Off by default because a feed that differs from the training data in kind — a
     /// quotes-only stream to a model trained on quotes and trades — is out of range on every
     /// tick; turn it on where the feed matches the training data.
     pub feature_range_slack: f64,
@@ -261,10 +261,15 @@ impl RiskGate {
         self.gross = 0.0;
     }
 
+    /// Takes one symbol's position out of the gross total (the engine forgot the symbol).
+    pub fn forget(&mut self, st: &SymbolRisk) {
+        self.gross = (self.gross - st.notional).max(0.0);
+    }
+
     fn features_bad(&self, row: &[f32]) -> bool {
         match &self.ranges {
-            Some(ranges) => row.iter().zip(ranges).any(|(v, (lo, hi))| !(v >= lo && v <= hi)),
-            None => row.iter().any(|v| v.is_nan()),
+            Some(ranges) => row.iter().zip(ranges).any(|(v, (lo, hi))| !(v >= lo && v <= hi && v.is_finite())),
+            None => row.iter().any(|v| !v.is_finite()),
         }
     }
 

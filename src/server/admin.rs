@@ -53,6 +53,9 @@ pub struct AdminPlane {
     pub watchdog: Option<Duration>,
     /// The thread's nice value (`admin.nice`; 0: unchanged).
     pub nice: i32,
+    /// Connection cap and handshake deadline of the admin gRPC listener.
+    pub conns: super::listen::ConnLimits,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The running admin thread.
@@ -183,6 +186,8 @@ async fn serve(plane: AdminPlane, stopped: oneshot::Receiver<()>) {
         engine,
         watchdog,
         nice: _,
+        conns,
+        telemetry,
     } = plane;
     let (grpc, metrics) = match (tokio::net::TcpListener::from_std(grpc), tokio::net::TcpListener::from_std(metrics)) {
         (Ok(g), Ok(m)) => (g, m),
@@ -213,7 +218,7 @@ async fn serve(plane: AdminPlane, stopped: oneshot::Receiver<()>) {
     }
     let admin = ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), auth.clone());
     let risk = RiskAdminServer::with_interceptor(risk, auth);
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let incoming = super::listen::Incoming::new(grpc, conns, telemetry);
     let served = builder
         .add_service(tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(health)))
         .add_service(admin)

@@ -10,20 +10,21 @@
 
 pub mod admin;
 pub mod admin_service;
+pub mod listen;
 pub mod risk_service;
 pub mod security;
 pub mod signal_service;
 pub mod status;
+pub mod streams;
 pub mod tick_stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::{Config, ConfigError};
@@ -38,12 +39,7 @@ use crate::risk::RiskThread;
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::Exporter;
 
-/// CLOCK_REALTIME in nanoseconds since the Unix epoch (what `server_recv_ns`/`server_send_ns`
-/// carry).
-#[inline]
-pub fn realtime_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
+pub use crate::clock::realtime_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -81,6 +77,8 @@ pub struct Server {
     admin_thread: Option<admin::AdminThread>,
     stop_tx: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// The open tick streams (caps, slow-consumer monitor, drain).
+    streams: Arc<streams::Streams>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -92,6 +90,10 @@ impl Server {
     /// risk and admin threads, binds the three ports (port 0 picks a free one) and starts
     /// serving. Health reports SERVING from the first answer: the model is warm by then.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let st = &config.stream;
+        // One descriptor per connection on both gRPC listeners, plus files, the metrics port and
+        // the runtime's own.
+        listen::check_descriptor_limit((st.max_connections + 256 + 64) as u64);
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         let telemetry = Telemetry::new();
@@ -139,13 +141,34 @@ impl Server {
             engine: handle.clone(),
             watchdog: (config.engine.watchdog_ms > 0).then(|| Duration::from_millis(config.engine.watchdog_ms)),
             nice: config.admin.nice,
+            conns: listen::ConnLimits { max_connections: 256, ..conn_limits(&config.stream) },
+            telemetry: telemetry.clone(),
         })?;
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let on_service_port = config.admin.on_service_port.then(|| (registry.clone(), risk(), auth));
-        let edge = Edge { tls, admin: on_service_port, health, stream: config.stream.clone(), shard: config.shard };
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let streams = streams::Streams::new(
+            streams::Caps {
+                max_streams: st.max_streams,
+                max_streams_per_peer: st.max_streams_per_peer,
+                max_symbols_per_peer: st.max_symbols_per_peer,
+            },
+            ms(st.slow_consumer_ms),
+            telemetry.clone(),
+        );
+        tokio::spawn(streams::Streams::monitor(Arc::downgrade(&streams)));
+        let edge = Edge {
+            tls,
+            admin: on_service_port,
+            health,
+            stream: config.stream.clone(),
+            shard: config.shard,
+            streams: streams.clone(),
+            telemetry: telemetry.clone(),
+        };
         let grpc = serve_grpc(listener, handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);
         tracing::info!(%addr, %metrics_addr, %admin_addr, admin_on_service_port = config.admin.on_service_port, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
@@ -163,6 +186,7 @@ impl Server {
             admin_thread: Some(admin_thread),
             stop_tx: Some(stop_tx),
             grpc: Some(grpc),
+            streams,
         })
     }
 
@@ -208,10 +232,13 @@ impl Server {
         &self.telemetry
     }
 
-    /// Graceful shutdown: refuse new connections and new ticks (answered `shutting_down`), give
-    /// open streams up to `grace` to finish, drain the engine, publish metrics one last time.
+    /// Graceful shutdown: every open stream stops reading, answers every tick it read and ends
+    /// with UNAVAILABLE (trailer `x-quantd-last-seq`); new connections and new ticks are refused
+    /// (answered `shutting_down`); open calls get up to `grace` to finish; then the engine
+    /// drains and metrics are published one last time.
     pub async fn shutdown(mut self, grace: Duration) {
         self.telemetry.readiness.drain();
+        self.streams.drain();
         if let Some(engine) = &self.engine {
             engine.stop_accepting();
         }
@@ -259,6 +286,16 @@ struct Edge {
     health: HealthReporter,
     stream: crate::config::StreamSection,
     shard: crate::shard::ShardConfig,
+    streams: Arc<streams::Streams>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// The connection limits of a gRPC listener, from the stream settings.
+pub fn conn_limits(st: &crate::config::StreamSection) -> listen::ConnLimits {
+    listen::ConnLimits {
+        max_connections: st.max_connections,
+        handshake_timeout: (st.handshake_timeout_ms > 0).then(|| Duration::from_millis(st.handshake_timeout_ms)),
+    }
 }
 
 fn serve_grpc(
@@ -283,7 +320,7 @@ fn serve_grpc(
         idle_timeout: (st.idle_timeout_ms > 0).then(|| Duration::from_millis(st.idle_timeout_ms)),
         shard: edge.shard,
     };
-    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, st.max_streams))
+    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, edge.streams))
         .max_decoding_message_size(st.max_message_bytes);
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     let (admin, risk) = match edge.admin {
@@ -300,6 +337,9 @@ fn serve_grpc(
     Ok(builder
         .http2_keepalive_interval(ms(st.keepalive_interval_ms))
         .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
+        .initial_stream_window_size(st.h2_stream_window_bytes)
+        .initial_connection_window_size(st.h2_connection_window_bytes)
+        .max_concurrent_streams(st.max_streams_per_connection)
         .add_service(health)
         .add_optional_service(admin)
         .add_optional_service(risk)
@@ -307,7 +347,7 @@ fn serve_grpc(
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,
         // and without it Nagle's algorithm holds small signals back by up to a millisecond.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+        .serve_with_incoming_shutdown(listen::Incoming::new(listener, conn_limits(&st), edge.telemetry), async {
             let _ = stop.await;
         }))
 }

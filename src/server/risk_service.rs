@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Control, EngineHandle};
+use crate::engine::{Ack, Applied, Control, EngineHandle};
 use crate::proto;
 use crate::proto::risk_admin_server::RiskAdmin;
 use crate::risk::RiskConfig;
 use crate::telemetry::Telemetry;
+use crate::text::clip;
 use crate::tick::Symbol;
 
 pub struct Risk {
@@ -24,6 +25,33 @@ impl Risk {
     }
 }
 
+/// How long an admin call waits for the engine to confirm a control message.
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Risk {
+    /// Sends a control message and waits for the engine's answer: (applied, reason if not).
+    async fn ask(&self, message: impl FnOnce(Option<Ack>) -> Control) -> Result<(bool, String), Status> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.engine
+            .control(message(Some(done)))
+            .map_err(|_| Status::unavailable("the engine's control queue is full; retry"))?;
+        match tokio::time::timeout(CONFIRM_WITHIN, answer).await {
+            Ok(Ok(Applied::Yes)) => Ok((true, String::new())),
+            Ok(Ok(Applied::UnknownSymbol)) => Ok((
+                false,
+                "the engine holds no state for this symbol (never seen, or evicted); admin calls do not create \
+                 symbols: use the all-symbols kill switch (empty symbol) to hold everything flat"
+                    .into(),
+            )),
+            Ok(Err(_)) => Err(Status::unavailable("the engine stopped before applying the call")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the engine did not confirm within {CONFIRM_WITHIN:?} (stuck or overloaded); the call is queued \
+                 and will apply when it runs"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RiskAdmin for Risk {
     async fn set_kill_switch(
@@ -33,13 +61,23 @@ impl RiskAdmin for Risk {
         let r = req.into_inner();
         let symbol = match r.symbol.as_str() {
             "" => None,
-            s => Some(Symbol::new(s).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            s => Some(Symbol::new(s).map_err(|e| Status::invalid_argument(format!("symbol {}: {e}", clip(s))))?),
         };
-        tracing::warn!(symbol = %r.symbol, engaged = r.engaged, reason = %r.reason, "kill switch requested");
-        self.engine
-            .control(Control::Kill { symbol, engaged: r.engaged })
-            .map_err(|_| Status::unavailable("the engine's control queue is full; retry"))?;
-        Ok(Response::new(proto::KillSwitchResponse { applied: true }))
+        tracing::warn!(symbol = %clip(&r.symbol), engaged = r.engaged, reason = %clip(&r.reason), "kill switch requested");
+        let (applied, reason) = self.ask(|done| Control::Kill { symbol, engaged: r.engaged, done }).await?;
+        Ok(Response::new(proto::KillSwitchResponse { applied, reason }))
+    }
+
+    async fn reset_symbol(
+        &self,
+        req: Request<proto::ResetSymbolRequest>,
+    ) -> Result<Response<proto::ResetSymbolResponse>, Status> {
+        let r = req.into_inner();
+        let symbol =
+            Symbol::new(&r.symbol).map_err(|e| Status::invalid_argument(format!("symbol {}: {e}", clip(&r.symbol))))?;
+        tracing::warn!(%symbol, reason = %clip(&r.reason), "symbol reset requested");
+        let (applied, reason) = self.ask(|done| Control::Reset { symbol, done }).await?;
+        Ok(Response::new(proto::ResetSymbolResponse { applied, reason }))
     }
 
     async fn get_risk(&self, _: Request<proto::GetRiskRequest>) -> Result<Response<proto::RiskStatus>, Status> {

@@ -174,10 +174,11 @@ pub fn admin_problems(a: &AdminSection, tls: &TlsSection, listen: impl IntoItera
     p
 }
 
-/// The admin token from `token` or `token_file` (trimmed).
+/// The admin token from `token` or `token_file`, trimmed either way (a token of spaces is
+/// then too short, and refused).
 pub fn resolve_token(a: &AdminSection) -> Result<Option<String>, String> {
     if let Some(t) = &a.token {
-        return Ok(Some(t.clone()));
+        return Ok(Some(t.trim().to_owned()));
     }
     let Some(path) = &a.token_file else { return Ok(None) };
     std::fs::read_to_string(path)
@@ -287,6 +288,13 @@ mod tests {
         assert!(p.has("admin.token", Kind::OutOfRange), "{p:?}");
         assert!(p.has("admin.nice", Kind::OutOfRange), "{p:?}");
         assert!(!p.has("admin.token", Kind::Exposed), "a token is set: {p:?}");
+        // A token of spaces is trimmed like the token file, and then too short.
+        let blank = AdminSection { token: Some(" ".repeat(30)), ..AdminSection::default() };
+        assert!(admin_problems(&blank, &TlsSection::default(), [loopback]).has("admin.token", Kind::OutOfRange));
+        let padded =
+            AdminSection { token: Some(format!("  {}\n", "t".repeat(MIN_TOKEN_LEN))), ..AdminSection::default() };
+        let auth = AdminAuth::new(&padded, &TlsSection::default()).unwrap();
+        assert!(auth.authorised(&req(Some(&format!("Bearer {}", "t".repeat(MIN_TOKEN_LEN))))));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! library error becomes a `tonic::Status` is [`super::status`].
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,12 +9,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::realtime_ns;
 use super::status::EdgeError;
+use super::streams::{Refused, Streams};
 use super::tick_stream::{StreamLimits, TickStream, finish};
 use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
-use crate::telemetry::{Recorder, Series, Telemetry};
+use crate::telemetry::{Recorder, Series, StreamEvent, Telemetry};
+use crate::text::clip;
 use crate::tick::{Reject, Symbol, Tick};
 
 /// Request metadata a client may set on `StreamTicks` to choose its own back-pressure mode
@@ -26,16 +27,15 @@ pub struct Signals {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     limits: StreamLimits,
-    max_streams: usize,
-    open_streams: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
     /// Unary calls share one recorder (a short lock on the unary path only; streams own theirs).
     unary_recorder: Mutex<Recorder>,
 }
 
 impl Signals {
-    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, limits: StreamLimits, max_streams: usize) -> Self {
+    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, limits: StreamLimits, streams: Arc<Streams>) -> Self {
         let unary_recorder = Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
-        Self { engine, telemetry, limits, max_streams, open_streams: Arc::default(), unary_recorder }
+        Self { engine, telemetry, limits, streams, unary_recorder }
     }
 }
 
@@ -44,28 +44,32 @@ impl SignalService for Signals {
     type StreamTicksStream = TickStream;
 
     async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
-        if self.open_streams.fetch_add(1, Ordering::AcqRel) >= self.max_streams {
-            self.open_streams.fetch_sub(1, Ordering::AcqRel);
-            return Err(EdgeError::TooManyStreams(self.max_streams).into());
-        }
         let mut limits = self.limits;
-        if let Some(mode) = request.metadata().get(BACKPRESSURE_HEADER) {
-            match mode.to_str().ok().and_then(|m| m.parse::<Backpressure>().ok()) {
-                Some(m) => limits.mode = m,
-                None => {
-                    self.open_streams.fetch_sub(1, Ordering::AcqRel);
-                    return Err(EdgeError::BadBackpressure(format!("{mode:?}")).into());
+        let modes = request.metadata().get_all(BACKPRESSURE_HEADER);
+        let mut modes = modes.iter();
+        if let Some(mode) = modes.next() {
+            let repeated = 1 + modes.count();
+            let parsed = mode.to_str().ok().and_then(|m| m.parse::<Backpressure>().ok());
+            let refusal = match parsed {
+                _ if repeated > 1 => Some(EdgeError::RepeatedBackpressure(repeated)),
+                Some(m) => {
+                    limits.mode = m;
+                    None
                 }
+                None => Some(EdgeError::BadBackpressure(clip(&format!("{mode:?}")).to_string())),
+            };
+            if let Some(e) = refusal {
+                self.telemetry.counters.stream_event(StreamEvent::RefusedBadOption, 1);
+                return Err(e.into());
             }
         }
-        let stream = TickStream::new(
-            request.into_inner(),
-            self.engine.clone(),
-            self.telemetry.clone(),
-            limits,
-            self.open_streams.clone(),
-        );
-        Ok(Response::new(stream))
+        let peer = request.remote_addr().map(|a| a.ip());
+        let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
+        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), peer) {
+            Ok(stream) => Ok(Response::new(stream)),
+            Err(Refused::Server(n)) => Err(EdgeError::TooManyStreams(n).into()),
+            Err(Refused::Peer(n)) => Err(EdgeError::TooManyStreamsFromPeer(n).into()),
+        }
     }
 
     async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {

@@ -12,16 +12,24 @@ pub enum EdgeError {
     EngineStopped,
     #[error("the server already has {0} open streams (stream.max_streams)")]
     TooManyStreams(usize),
+    #[error("{0} streams are already open from this address (stream.max_streams_per_peer)")]
+    TooManyStreamsFromPeer(usize),
     #[error("x-quantd-backpressure must be block, reject or conflate, not {0}")]
     BadBackpressure(String),
+    #[error("x-quantd-backpressure is given {0} times; give it once")]
+    RepeatedBackpressure(usize),
 }
 
 impl From<EdgeError> for Status {
     fn from(e: EdgeError) -> Self {
         match e {
             EdgeError::EngineStopped => Status::unavailable(e.to_string()),
-            EdgeError::TooManyStreams(_) => Status::resource_exhausted(e.to_string()),
-            EdgeError::BadBackpressure(_) => Status::invalid_argument(e.to_string()),
+            EdgeError::TooManyStreams(_) | EdgeError::TooManyStreamsFromPeer(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            EdgeError::BadBackpressure(_) | EdgeError::RepeatedBackpressure(_) => {
+                Status::invalid_argument(e.to_string())
+            }
         }
     }
 }

@@ -7,12 +7,22 @@
 //! the stream's back-pressure mode ([`Backpressure`]). Memory per stream is bounded: at most
 //! `outbound_limit` answered-but-unread signals, past which a slow consumer's stream is ended with
 //! RESOURCE_EXHAUSTED rather than buffered without bound.
+//!
+//! Ticks are read only while the stream is polled, and hyper polls it only while the client's
+//! HTTP/2 window has room: a client that stops reading signals stops the reading of its ticks,
+//! and flow control holds its sends back. Such a stream is cut by the monitor in
+//! [`super::streams`] after `stream.slow_consumer_ms`, and ends, when next polled, with
+//! RESOURCE_EXHAUSTED naming how many signals were not delivered and the last seq that was.
+//!
+//! At a graceful shutdown the stream stops reading, answers every tick it read, and ends with
+//! UNAVAILABLE; the trailer `x-quantd-last-seq` names the last tick answered, so the client knows
+//! exactly which ticks to resend elsewhere.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,10 +30,11 @@ use futures_core::Stream;
 use tonic::{Status, Streaming};
 
 use super::realtime_ns;
+use super::streams::{Entered, Probe, Refused, Streams};
 use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::proto;
-use crate::telemetry::{Outcome, Recorder, Series, Telemetry};
+use crate::telemetry::{Outcome, Recorder, Series, StreamEvent, Telemetry};
 use crate::tick::{Reject, Symbol, Tick};
 
 /// Per-stream limits (from the config).
@@ -49,6 +60,8 @@ enum Pending {
 pub struct TickStream {
     inbound: Streaming<proto::Tick>,
     inbound_done: bool,
+    /// The client ended its side (or it failed): every tick it sent was read.
+    client_closed: bool,
     inbound_error: Option<Status>,
     replies: Arc<ReplyQueue>,
     pending: VecDeque<Pending>,
@@ -59,23 +72,39 @@ pub struct TickStream {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     recorder: Recorder,
-    /// Released on drop: the server-wide count of open streams.
-    open_streams: Arc<AtomicUsize>,
+    /// This stream as the monitor sees it; its slot is released on drop.
+    probe: Arc<Probe>,
+    /// The probe as a waker: ticks, replies and timers are polled with it.
+    waker: std::task::Waker,
+    streams: Arc<Streams>,
     /// Fires after `idle_timeout` without a tick.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The seq of the newest signal handed to the transport.
+    last_seq: Option<u64>,
+    /// Stopped reading for a graceful shutdown; ends once everything read is answered.
+    draining: bool,
+    /// Cut as a slow consumer: what it owed was counted `dropped` already.
+    cut: bool,
+    /// The final status was returned: nothing more to poll.
+    finished: bool,
 }
 
 impl TickStream {
-    pub fn new(
+    /// Opens a stream from `peer`, counted against the server's stream caps.
+    pub fn open(
         inbound: Streaming<proto::Tick>,
         engine: EngineHandle,
         telemetry: Arc<Telemetry>,
         limits: StreamLimits,
-        open_streams: Arc<AtomicUsize>,
-    ) -> Self {
-        Self {
+        streams: Arc<Streams>,
+        peer: Option<IpAddr>,
+    ) -> Result<Self, Refused> {
+        let probe = streams.open(peer)?;
+        Ok(Self {
+            waker: probe.waker(),
             inbound,
             inbound_done: false,
+            client_closed: false,
             inbound_error: None,
             replies: ReplyQueue::new(limits.window),
             pending: VecDeque::with_capacity(limits.window),
@@ -85,9 +114,44 @@ impl TickStream {
             engine,
             recorder: telemetry.latency.recorder(&[Series::Egress, Series::Total]),
             telemetry,
-            open_streams,
+            probe,
+            streams,
             idle: limits.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            last_seq: None,
+            draining: false,
+            cut: false,
+            finished: false,
+        })
+    }
+
+    /// A final status with the trailers that say what was answered: `x-quantd-last-seq` (the
+    /// newest signal handed to the transport, if any) and `x-quantd-undelivered`.
+    fn final_status(&mut self, code: tonic::Code, message: String, undelivered: usize) -> Status {
+        self.finished = true;
+        self.inbound_done = true;
+        let mut trailers = tonic::metadata::MetadataMap::new();
+        if let Some(seq) = self.last_seq {
+            trailers.insert("x-quantd-last-seq", seq.into());
         }
+        trailers.insert("x-quantd-undelivered", undelivered.into());
+        Status::with_metadata(code, message, trailers)
+    }
+
+    /// The end of a stream the monitor cut: its client did not read for `slow_consumer_ms`.
+    fn end_cut(&mut self) -> Status {
+        let undelivered = self.pending.len();
+        self.pending.clear();
+        self.cut = true;
+        let last = self.last_seq.map_or("none".to_owned(), |s| s.to_string());
+        let after = self.streams.slow_after().unwrap_or_default();
+        self.final_status(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "slow consumer: no signal read for {after:?} (stream.slow_consumer_ms); {undelivered} signals were not \
+                 delivered (counted dropped); the last delivered was seq {last}; stream ended"
+            ),
+            undelivered,
+        )
     }
 
     /// Whether to read another tick now.
@@ -116,6 +180,12 @@ impl TickStream {
             // Only a symbol new to the stream is hashed; accepted ones are in `symbols`.
             Ok(tick) if !self.symbols.contains(&tick.symbol) && !self.limits.shard.owns(tick.symbol.as_str()) => {
                 Pending::Local(local(Reject::WrongShard, tick.symbol), t.symbol)
+            }
+            // The client address's cap (`stream.max_symbols_per_peer`), over all its streams.
+            Ok(tick)
+                if !self.symbols.contains(&tick.symbol) && !self.streams.admit_symbol(&self.probe, tick.symbol) =>
+            {
+                Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
             }
             Ok(tick) if self.in_flight >= self.limits.window => {
                 Pending::Local(local(Reject::Overloaded, tick.symbol), t.symbol)
@@ -176,64 +246,103 @@ impl Stream for TickStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.probe.enter(cx.waker()) == Entered::Cut {
+            return Poll::Ready(Some(Err(this.end_cut())));
+        }
+        let waker = this.waker.clone();
+        let out = this.poll_signal(&mut Context::from_waker(&waker));
+        this.probe.leave(this.pending.len());
+        out
+    }
+}
+
+impl TickStream {
+    fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<proto::Signal, Status>>> {
+        if !self.draining && self.probe.draining() {
+            // Graceful shutdown: read no more; answer what was read, then end with a status.
+            self.draining = true;
+            self.inbound_done = true;
+        }
         // Read (and submit) everything available first, so the engine sees whole bursts.
-        while this.may_read() {
-            match Pin::new(&mut this.inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(t))) => this.accept(t),
+        while self.may_read() {
+            match Pin::new(&mut self.inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(t))) => self.accept(t),
                 Poll::Ready(Some(Err(status))) => {
-                    this.inbound_done = true;
-                    this.inbound_error = Some(status);
+                    (self.inbound_done, self.client_closed) = (true, true);
+                    self.inbound_error = Some(status);
                 }
-                Poll::Ready(None) => this.inbound_done = true,
+                Poll::Ready(None) => (self.inbound_done, self.client_closed) = (true, true),
                 Poll::Pending => break,
             }
         }
-        if this.limits.mode == Backpressure::Reject && this.pending.len() >= this.limits.outbound_limit {
+        if self.limits.mode == Backpressure::Reject && self.pending.len() >= self.limits.outbound_limit {
             // The client sends but does not read: end its stream rather than buffer without bound.
-            this.telemetry.counters.outcome(Outcome::Dropped, this.pending.len() as u64);
-            this.pending.clear();
-            this.inbound_done = true;
-            return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                "slow consumer: {} signals unread (stream.outbound_limit); stream ended",
-                this.limits.outbound_limit
-            )))));
+            let undelivered = self.pending.len();
+            self.telemetry.counters.outcome(Outcome::Dropped, undelivered as u64);
+            self.telemetry.counters.stream_event(StreamEvent::SlowConsumer, 1);
+            tracing::warn!(undelivered, "slow consumer: stream.outbound_limit signals unread; stream ended");
+            self.pending.clear();
+            self.cut = true;
+            let message = format!(
+                "slow consumer: {undelivered} signals unread (stream.outbound_limit); they were not delivered (counted \
+                 dropped); stream ended"
+            );
+            return Poll::Ready(Some(Err(self.final_status(tonic::Code::ResourceExhausted, message, undelivered))));
         }
-        let (reply, symbol) = match this.pending.pop_front() {
-            None if this.inbound_done => return Poll::Ready(this.inbound_error.take().map(Err)),
+        let (reply, symbol) = match self.pending.pop_front() {
+            // A client that had half-closed had every tick read and answered: a normal end.
+            None if self.draining && !self.client_closed => {
+                self.telemetry.counters.stream_event(StreamEvent::Shutdown, 1);
+                let last = self.last_seq.map_or("none".to_owned(), |s| s.to_string());
+                let message = format!(
+                    "shutting down: every tick this stream sent before the drain was answered (the last was seq {last}); \
+                     reconnect to another replica"
+                );
+                return Poll::Ready(Some(Err(self.final_status(tonic::Code::Unavailable, message, 0))));
+            }
+            None if self.inbound_done => {
+                self.finished = true;
+                return Poll::Ready(self.inbound_error.take().map(Err));
+            }
             None => {
                 // Nothing owed and nothing arriving: end the stream once it has been idle too long.
-                if let Some(idle) = this.idle.as_mut()
+                if let Some(idle) = self.idle.as_mut()
                     && idle.as_mut().poll(cx).is_ready()
                 {
-                    this.inbound_done = true;
-                    let d = this.limits.idle_timeout.unwrap_or_default();
-                    return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                        "no tick for {d:?} (stream.idle_timeout_ms); stream closed, reconnect to resume"
-                    )))));
+                    self.telemetry.counters.stream_event(StreamEvent::IdleTimeout, 1);
+                    let d = self.limits.idle_timeout.unwrap_or_default();
+                    let message =
+                        format!("no tick for {d:?} (stream.idle_timeout_ms); stream closed, reconnect to resume");
+                    return Poll::Ready(Some(Err(self.final_status(tonic::Code::DeadlineExceeded, message, 0))));
                 }
                 return Poll::Pending;
             }
             Some(Pending::Local(r, s)) => (r, Some(s)),
-            Some(Pending::Engine) => match this.replies.poll_pop(cx.waker()) {
+            Some(Pending::Engine) => match self.replies.poll_pop(cx.waker()) {
                 Some(r) => {
-                    this.in_flight -= 1;
+                    self.in_flight -= 1;
                     (r, None)
                 }
                 None => {
-                    this.pending.push_front(Pending::Engine);
+                    self.pending.push_front(Pending::Engine);
                     return Poll::Pending;
                 }
             },
         };
-        Poll::Ready(Some(Ok(finish(reply, symbol, &mut this.recorder, &this.telemetry))))
+        self.last_seq = Some(reply.seq);
+        Poll::Ready(Some(Ok(finish(reply, symbol, &mut self.recorder, &self.telemetry))))
     }
 }
 
 impl Drop for TickStream {
     fn drop(&mut self) {
-        self.open_streams.fetch_sub(1, Ordering::AcqRel);
-        // The client went away: whatever was read but not answered is counted as dropped.
-        if !self.pending.is_empty() {
+        self.streams.release(&self.probe);
+        // The client went away: whatever was read but not answered is counted as dropped (a cut
+        // stream's was counted when it was cut).
+        if !self.pending.is_empty() && !self.cut {
             self.telemetry.counters.outcome(Outcome::Dropped, self.pending.len() as u64);
             tracing::debug!(dropped = self.pending.len(), "stream closed with ticks in flight");
         }

@@ -25,6 +25,11 @@ pub const STAGE: &str = "quantd_stage_seconds";
 pub const BATCH_SIZE: &str = "quantd_inference_batch_size";
 pub const TICKS: &str = "quantd_ticks_total";
 pub const REJECTS: &str = "quantd_rejects_total";
+pub const SYMBOL_RESETS: &str = "quantd_symbol_resets_total";
+pub const STREAM_EVENTS: &str = "quantd_stream_events_total";
+pub const STREAMS_OPEN: &str = "quantd_streams_open";
+pub const CONNECTIONS: &str = "quantd_connections_total";
+pub const CONNECTIONS_OPEN: &str = "quantd_connections_open";
 pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
 pub const QUEUE_CAPACITY: &str = "quantd_engine_queue_capacity";
 pub const MODEL_INFO: &str = "quantd_model_info";
@@ -79,6 +84,20 @@ fn describe() {
     metrics::describe_histogram!(BATCH_SIZE, metrics::Unit::Count, "Ticks scored per model call");
     metrics::describe_counter!(TICKS, "Ticks by final outcome (scored, warming_up, rejected, dropped)");
     metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
+    metrics::describe_counter!(
+        STREAM_EVENTS,
+        "Tick streams refused (server or per-peer cap, bad option) or ended by the server (slow consumer, idle, shutdown)"
+    );
+    metrics::describe_gauge!(STREAMS_OPEN, "Tick streams open now");
+    metrics::describe_counter!(
+        CONNECTIONS,
+        "gRPC connections accepted, refused at the cap, closed for no handshake, and failed accepts (no descriptors, other)"
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "gRPC connections open now (service and admin listeners)");
+    metrics::describe_counter!(
+        SYMBOL_RESETS,
+        "Symbols whose state was dropped: evicted when idle, a new price level, non-finite state, or an admin reset"
+    );
     metrics::describe_gauge!(QUEUE_DEPTH, "Ticks waiting in the engine queue");
     metrics::describe_gauge!(QUEUE_CAPACITY, "Engine queue capacity (a full queue answers queue_full)");
     metrics::describe_gauge!(
@@ -218,6 +237,17 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
     for &r in Reject::ALL {
         metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
     }
+    for &e in crate::telemetry::StreamEvent::ALL {
+        metrics::counter!(STREAM_EVENTS, "event" => e.label()).absolute(t.counters.stream_event_total(e));
+    }
+    metrics::gauge!(STREAMS_OPEN).set(t.counters.streams_open() as f64);
+    for &e in crate::telemetry::ConnEvent::ALL {
+        metrics::counter!(CONNECTIONS, "event" => e.label()).absolute(t.counters.conn_event_total(e));
+    }
+    metrics::gauge!(CONNECTIONS_OPEN).set(t.counters.connections_open() as f64);
+    for &e in crate::telemetry::SymbolEvent::ALL {
+        metrics::counter!(SYMBOL_RESETS, "reason" => e.label()).absolute(t.counters.symbol_event_total(e));
+    }
     for (i, (_, code)) in RiskFlags::ALL.iter().enumerate() {
         metrics::counter!(RISK, "reason" => *code).absolute(t.counters.risk_total(i));
     }
@@ -314,8 +344,9 @@ pub async fn serve_metrics(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors, most likely: wait rather than spin (rate-limited log).
+                    tracing::debug!(error = %e, "metrics listener accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -333,7 +364,12 @@ pub async fn serve_metrics(
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // A client that sends half a request is closed after 5 s, not kept forever.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -35,11 +35,17 @@ def pb(tmp_path_factory):
 class Quantd:
     """A `quantd serve` child process; `addr`/`admin_addr`/`metrics_addr` come from its JSON start-up log."""
 
-    def __init__(self, *extra: str, models: Path | None = None):
+    def __init__(self, *extra: str, models: Path | None = None, nofile: int | None = None, env: dict | None = None):
         assert BINARY.is_file(), f"{BINARY} missing: run `make setup`"
         cmd = [str(BINARY), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                "--models", str(models or REPO / "models"), "--log-json", "true", *extra]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        def limits():
+            if nofile:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})}, preexec_fn=limits)
         self.log: list[str] = []
         self.addr = self.admin_addr = self.metrics_addr = None
         ready = threading.Event()
@@ -60,6 +66,17 @@ class Quantd:
         threading.Thread(target=pump, daemon=True).start()
         ready.wait(timeout=60)
 
+    def io_cpu_seconds(self) -> float:
+        """CPU time (user + system) of the `quantd-io` threads so far, from /proc."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            if name.startswith("quantd-io"):
+                fields = stat[stat.rindex(")") + 2:].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self, sig=signal.SIGTERM, timeout=15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -73,8 +90,8 @@ class Quantd:
 def quantd():
     servers = []
 
-    def start(*extra, models=None):
-        s = Quantd(*extra, models=models)
+    def start(*extra, models=None, nofile=None, env=None):
+        s = Quantd(*extra, models=models, nofile=nofile, env=env)
         servers.append(s)
         return s
 

@@ -1,0 +1,223 @@
+//! Accepting connections safely: the incoming-connection stream of the gRPC listeners (service
+//! and admin), with a connection cap, a handshake deadline, and a back-off when the process is
+//! out of file descriptors. Also the start-up check of the descriptor limit.
+//!
+//! Runs inside the tokio runtime that serves the listener (the data plane's, or the admin
+//! thread's). What it guards against:
+//! - a connection that never sends the HTTP/2 preface (or its TLS hello) holds a descriptor
+//!   forever: it is closed after `stream.handshake_timeout_ms`;
+//! - at the descriptor limit, `accept` fails with `EMFILE` at once, every time: tonic retries
+//!   in a tight loop. Here a failed accept waits (10 ms, doubling to 1 s) before the next, is
+//!   counted, and logged at most every 10 s;
+//! - `stream.max_connections` open connections: a new one is accepted and closed at once
+//!   (counted), so the process keeps descriptors for the ones it serves.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::telemetry::{ConnEvent, Telemetry};
+
+/// Bytes a client sends first on HTTP/2 (the connection preface); over TLS the client hello is
+/// longer. Fewer than this within the deadline: not a client.
+const PREFACE_LEN: usize = 24;
+
+/// How a listener treats its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Most open connections on this listener.
+    pub max_connections: usize,
+    /// Close a connection that has not sent [`PREFACE_LEN`] bytes within this (None: never).
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// The accepted connections of one listener, as tonic's `serve_with_incoming` wants them.
+pub struct Incoming {
+    listener: TcpListener,
+    limits: ConnLimits,
+    open: Arc<AtomicUsize>,
+    telemetry: Arc<Telemetry>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    delay: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, limits: ConnLimits, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            listener,
+            limits,
+            open: Arc::default(),
+            telemetry,
+            backoff: None,
+            delay: Duration::ZERO,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// A failed accept: count it, log it (rate-limited), and wait before the next.
+    fn accept_failed(&mut self, e: &io::Error) {
+        let scarce = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+        self.telemetry
+            .counters
+            .conn_event(if scarce { ConnEvent::AcceptNoDescriptors } else { ConnEvent::AcceptError }, 1);
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(error = %e, suppressed = self.suppressed, open = self.open.load(Ordering::Relaxed), "accept failed; backing off (check the descriptor limit, LimitNOFILE)");
+            self.last_log = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.backoff = Some(Box::pin(tokio::time::sleep(self.delay)));
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = this.backoff.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                this.backoff = None;
+            }
+            match ready!(this.listener.poll_accept(cx)) {
+                Err(e) => this.accept_failed(&e),
+                Ok((stream, peer)) => {
+                    this.delay = Duration::ZERO;
+                    if this.open.load(Ordering::Acquire) >= this.limits.max_connections {
+                        this.telemetry.counters.conn_event(ConnEvent::RefusedCap, 1);
+                        drop(stream); // closed at once: the client sees the refusal
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    this.telemetry.counters.conn_event(ConnEvent::Accepted, 1);
+                    return Poll::Ready(Some(Ok(Conn::new(stream, peer, this))));
+                }
+            }
+        }
+    }
+}
+
+/// One accepted connection: counted while open, closed if it does not start HTTP/2 in time.
+pub struct Conn {
+    stream: TcpStream,
+    open: Arc<AtomicUsize>,
+    telemetry: Arc<Telemetry>,
+    /// Until the preface is in: the deadline, and bytes read so far.
+    handshake: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    peer: SocketAddr,
+}
+
+/// Connections open on all listeners, for the gauge.
+static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+impl Conn {
+    fn new(stream: TcpStream, peer: SocketAddr, incoming: &Incoming) -> Self {
+        incoming.open.fetch_add(1, Ordering::AcqRel);
+        let open = OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
+        incoming.telemetry.counters.set_connections_open(open);
+        let handshake = incoming.limits.handshake_timeout.map(|d| (Box::pin(tokio::time::sleep(d)), 0));
+        Self { stream, open: incoming.open.clone(), telemetry: incoming.telemetry.clone(), handshake, peer }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let open = OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.telemetry.counters.set_connections_open(open);
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some((deadline, got)) = this.handshake.as_mut() {
+            *got += buf.filled().len() - before;
+            if *got >= PREFACE_LEN {
+                this.handshake = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                this.telemetry.counters.conn_event(ConnEvent::HandshakeTimeout, 1);
+                tracing::debug!(peer = %this.peer, "connection closed: no HTTP/2 preface within stream.handshake_timeout_ms");
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, then warns when it is still below what
+/// the configured connection and stream caps can need. Returns the soft limit in force.
+pub fn check_descriptor_limit(needed: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write or read the struct passed, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let soft = lim.rlim_cur;
+    if soft < needed {
+        tracing::warn!(
+            soft_limit = soft,
+            needed,
+            "the open-file limit is below what stream.max_connections needs (one descriptor per connection, plus \
+             models and logs): raise LimitNOFILE (systemd) or the container's nofile ulimit"
+        );
+    }
+    soft
+}
