@@ -159,7 +159,8 @@ pub struct StreamSection {
     /// Most distinct symbols on one stream; more are rejected `too_many_symbols`.
     pub max_symbols_per_stream: usize,
     /// Most distinct symbols the streams from one client address may bring in (over all of
-    /// them, forgotten when its last stream closes); more are rejected `too_many_symbols`.
+    /// them, forgotten when its last stream closes); more are rejected `too_many_symbols`
+    /// (0: no cap of its own; the engine's table and `max_symbols_per_stream` still bound it).
     pub max_symbols_per_peer: usize,
     /// Largest accepted gRPC message, bytes.
     pub max_message_bytes: usize,
@@ -278,7 +279,7 @@ impl Default for StreamSection {
             max_connections: 2_048,
             handshake_timeout_ms: 5_000,
             max_symbols_per_stream: 5_000,
-            max_symbols_per_peer: 10_000,
+            max_symbols_per_peer: 0,
             max_message_bytes: 64 * 1024,
             idle_timeout_ms: 120_000,
             keepalive_interval_ms: 10_000,
@@ -487,10 +488,10 @@ impl Config {
             "stream.max_streams and stream.max_symbols_per_stream must be > 0".into()
         });
         p.check(
-            st.max_streams_per_peer == 0 || st.max_streams_per_connection == 0 || st.max_symbols_per_peer == 0,
+            st.max_streams_per_peer == 0 || st.max_streams_per_connection == 0,
             "stream.max_streams_per_peer",
             OutOfRange,
-            || "stream.max_streams_per_peer, max_streams_per_connection and max_symbols_per_peer must be > 0".into(),
+            || "stream.max_streams_per_peer and max_streams_per_connection must be > 0".into(),
         );
         let windows = 65_535..=(1 << 31) - 1;
         p.check(

@@ -35,6 +35,8 @@ use crate::tick::Symbol;
 const IDLE: u8 = 0;
 const POLLING: u8 = 1;
 const CUT: u8 = 2;
+/// The stream returned its final status: nothing left to cut.
+const DONE: u8 = 3;
 
 /// One stream's state, shared between the stream (hot path: two CAS and a few relaxed stores per
 /// poll) and the monitor.
@@ -94,6 +96,14 @@ impl Probe {
     pub fn leave(&self, owed: usize) {
         self.owed.store(owed, Ordering::Relaxed);
         self.state.store(IDLE, Ordering::Release);
+    }
+
+    /// End of the poll that returned the stream's final status: the monitor leaves it alone
+    /// (a late wake-up for a finished stream is not a slow client).
+    #[inline]
+    pub fn finish(&self) {
+        self.owed.store(0, Ordering::Relaxed);
+        self.state.store(DONE, Ordering::Release);
     }
 
     /// The waker the stream polls its ticks, replies and timers with.
@@ -158,7 +168,7 @@ impl Streams {
             epoch: Instant::now(),
             max_streams: caps.max_streams,
             max_per_peer: caps.max_streams_per_peer.max(1),
-            max_symbols_per_peer: caps.max_symbols_per_peer.max(1),
+            max_symbols_per_peer: caps.max_symbols_per_peer,
             slow_after,
             open: AtomicUsize::new(0),
             inner: Mutex::default(),
@@ -229,9 +239,10 @@ impl Streams {
     }
 
     /// Whether the stream's client address may bring in `symbol` (one it already has, or a new
-    /// one within `stream.max_symbols_per_peer`). Called once per symbol new to a stream.
+    /// one within `stream.max_symbols_per_peer`; always with no cap). Called once per symbol new
+    /// to a stream.
     pub fn admit_symbol(&self, probe: &Probe, symbol: Symbol) -> bool {
-        let Some(peer) = probe.peer else { return true };
+        let Some(peer) = probe.peer.filter(|_| self.max_symbols_per_peer > 0) else { return true };
         let mut inner = self.inner();
         let Some(entry) = inner.per_peer.get_mut(&peer) else { return true };
         if entry.symbols.contains(&symbol) {
@@ -358,11 +369,15 @@ mod tests {
         let stalled = s.open(None).unwrap();
         let quiet = s.open(None).unwrap();
         let polling = s.open(None).unwrap();
+        let finished = s.open(None).unwrap();
         let w = Waker::noop();
-        for p in [&stalled, &quiet, &polling] {
+        for p in [&stalled, &quiet, &polling, &finished] {
             assert_eq!(p.enter(w), Entered::Serve);
             p.leave(5);
         }
+        assert_eq!(finished.enter(w), Entered::Serve);
+        finished.finish(); // returned its final status; a late wake-up is not a slow client
+        finished.waker().wake_by_ref();
         stalled.waker().wake_by_ref(); // a tick arrived; hyper never polled
         polling.waker().wake_by_ref();
         assert_eq!(polling.enter(w), Entered::Serve); // and is being polled during the sweep
@@ -372,7 +387,7 @@ mod tests {
         assert_eq!(stalled.enter(w), Entered::Cut);
         assert_eq!(quiet.enter(w), Entered::Serve, "nothing arrived for it: idle, not slow");
         assert_eq!(t.counters.outcome_total(Outcome::Dropped), 5);
-        assert_eq!(s.open_count(), 2, "a cut stream frees its slot");
+        assert_eq!(s.open_count(), 3, "a cut stream frees its slot");
         polling.leave(5);
     }
 }

@@ -254,7 +254,11 @@ impl Stream for TickStream {
         }
         let waker = this.waker.clone();
         let out = this.poll_signal(&mut Context::from_waker(&waker));
-        this.probe.leave(this.pending.len());
+        if this.finished {
+            this.probe.finish();
+        } else {
+            this.probe.leave(this.pending.len());
+        }
         out
     }
 }
