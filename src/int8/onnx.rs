@@ -62,7 +62,12 @@ impl Const {
 pub fn read_model(path: &Path) -> Result<pb::ModelProto, String> {
     let limit = crate::model::files::FileLimits::default().max_model_bytes;
     let bytes = crate::model::files::read_regular(path, limit).map_err(|e| format!("{}: {e}", path.display()))?;
-    pb::ModelProto::decode(bytes.as_slice()).map_err(|e| format!("{}: not an ONNX model: {e}", path.display()))
+    decode_model(&bytes, path)
+}
+
+/// Decodes a model already read from `path` (named in the error).
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<pb::ModelProto, String> {
+    pb::ModelProto::decode(bytes).map_err(|e| format!("{}: not an ONNX model: {e}", path.display()))
 }
 
 fn le_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {

@@ -504,7 +504,7 @@ impl LoadedModel {
             opts.max_batch.max(1),
         )
         .map_err(|e| runtime(e.to_string()))?;
-        let (mut scorer, backend) = choose_backend(dir, &manifest, opts, &model_path, ort_scorer)?;
+        let (mut scorer, backend) = choose_backend(dir, &manifest, opts, (&model_path, &model_bytes), ort_scorer)?;
         let mut problems = Problems::new();
         // The FP32 sibling reproduced its own golden rows when it was loaded; this model's are
         // the INT8 outputs.
@@ -534,7 +534,12 @@ impl LoadedModel {
 pub fn read_rows(path: &Path, width: usize) -> Result<Vec<f32>, String> {
     let bytes = files::read_regular(path, FileLimits::default().max_model_bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{}: {e}", path.display()))?;
+    rows_from_npy(&bytes, path, width)
+}
+
+/// [`read_rows`] on a `.npy` already read from `path` (named in the errors).
+fn rows_from_npy(bytes: &[u8], path: &Path, width: usize) -> Result<Vec<f32>, String> {
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let shape = npy.shape().to_vec();
     let rows: Vec<f32> = npy.into_vec().map_err(|e| format!("{}: not f32: {e}", path.display()))?;
     let per_row: u64 = shape.iter().skip(1).product();
@@ -544,9 +549,9 @@ pub fn read_rows(path: &Path, width: usize) -> Result<Vec<f32>, String> {
     Ok(rows)
 }
 
-/// Reads a verification set (see [`read_rows`]) of at least [`MIN_VERIFY_ROWS`] rows.
-fn read_verify_set(path: &Path, width: usize) -> Result<Vec<f32>, String> {
-    let rows = read_rows(path, width).map_err(|e| format!("verification set {e}"))?;
+/// A verification set (see [`read_rows`]), read from `path`, of at least [`MIN_VERIFY_ROWS`] rows.
+fn verify_set(bytes: &[u8], path: &Path, width: usize) -> Result<Vec<f32>, String> {
+    let rows = rows_from_npy(bytes, path, width).map_err(|e| format!("verification set {e}"))?;
     if rows.len() / width < MIN_VERIFY_ROWS {
         return Err(format!(
             "verification set {} has {} rows; at least {MIN_VERIFY_ROWS} are needed",
@@ -595,12 +600,13 @@ fn fp32_sibling(
 }
 
 /// The backend that serves the model on this CPU (see [`backend`]), checked on the manifest's
-/// verification set followed by its golden rows.
+/// verification set followed by its golden rows. `model` is the model file's path and the bytes
+/// whose sha256 was checked: the native kernel is planned from those bytes, not a second read.
 fn choose_backend(
     dir: &Path,
     manifest: &Manifest,
     opts: &LoadOptions,
-    model_path: &Path,
+    (model_path, model_bytes): (&Path, &[u8]),
     ort_scorer: OrtScorer,
 ) -> Result<(Scorer, BackendReport), ModelError> {
     let label = manifest.label();
@@ -610,7 +616,7 @@ fn choose_backend(
     };
     let window = manifest.features.window;
     let width = window * features::NUM_FEATURES;
-    let proto = crate::int8::onnx::read_model(model_path);
+    let proto = crate::int8::onnx::decode_model(model_bytes, model_path);
     let plan = match &proto {
         Ok(model) if window == 1 => crate::int8::Plan::from_model(model, width),
         Ok(_) => Err(crate::int8::Unsupported(format!("a window of {window} rows (the native kernel takes one)"))),
@@ -620,7 +626,9 @@ fn choose_backend(
     let mut rows = match &manifest.verify {
         Some(v) => {
             let path = dir.join(&v.file);
-            let actual = sha256_file(&path)?;
+            let bytes = files::read_regular(&path, opts.limits.max_model_bytes)
+                .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            let actual = hex::encode(Sha256::digest(&bytes));
             if actual != v.sha256 {
                 return Err(refused(
                     "verify.sha256",
@@ -628,7 +636,7 @@ fn choose_backend(
                     vec![format!("sha256 of verification set {} is {actual}, manifest says {}", v.file, v.sha256)],
                 ));
             }
-            read_verify_set(&path, width).map_err(|e| refused("verify", Kind::Backend, vec![e]))?
+            verify_set(&bytes, &path, width).map_err(|e| refused("verify", Kind::Backend, vec![e]))?
         }
         None if plan.is_ok() => {
             return Err(refused(
