@@ -111,6 +111,12 @@ impl Probe {
         Waker::from(self.clone())
     }
 
+    /// Whether the monitor cut the stream (its undelivered signals were counted then).
+    #[inline]
+    pub fn was_cut(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CUT
+    }
+
     /// Whether a graceful shutdown asked the stream to stop reading and finish.
     #[inline]
     pub fn draining(&self) -> bool {
@@ -384,6 +390,7 @@ mod tests {
         polling.waker().wake_by_ref();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(s.sweep(), 1);
+        assert!(stalled.was_cut() && !quiet.was_cut());
         assert_eq!(stalled.enter(w), Entered::Cut);
         assert_eq!(quiet.enter(w), Entered::Serve, "nothing arrived for it: idle, not slow");
         assert_eq!(t.counters.outcome_total(Outcome::Dropped), 5);

@@ -83,8 +83,6 @@ pub struct TickStream {
     last_seq: Option<u64>,
     /// Stopped reading for a graceful shutdown; ends once everything read is answered.
     draining: bool,
-    /// Cut as a slow consumer: what it owed was counted `dropped` already.
-    cut: bool,
     /// The final status was returned: nothing more to poll.
     finished: bool,
 }
@@ -119,7 +117,6 @@ impl TickStream {
             idle: limits.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
             last_seq: None,
             draining: false,
-            cut: false,
             finished: false,
         })
     }
@@ -137,12 +134,15 @@ impl TickStream {
         Status::with_metadata(code, message, trailers)
     }
 
+    fn last_seq_text(&self) -> String {
+        self.last_seq.map_or("none".to_owned(), |s| s.to_string())
+    }
+
     /// The end of a stream the monitor cut: its client did not read for `slow_consumer_ms`.
     fn end_cut(&mut self) -> Status {
         let undelivered = self.pending.len();
         self.pending.clear();
-        self.cut = true;
-        let last = self.last_seq.map_or("none".to_owned(), |s| s.to_string());
+        let last = self.last_seq_text();
         let after = self.streams.slow_after().unwrap_or_default();
         self.final_status(
             tonic::Code::ResourceExhausted,
@@ -289,7 +289,6 @@ impl TickStream {
             self.telemetry.counters.stream_event(StreamEvent::SlowConsumer, 1);
             tracing::warn!(undelivered, "slow consumer: stream.outbound_limit signals unread; stream ended");
             self.pending.clear();
-            self.cut = true;
             let message = format!(
                 "slow consumer: {undelivered} signals unread (stream.outbound_limit); they were not delivered (counted \
                  dropped); stream ended"
@@ -300,7 +299,7 @@ impl TickStream {
             // A client that had half-closed had every tick read and answered: a normal end.
             None if self.draining && !self.client_closed => {
                 self.telemetry.counters.stream_event(StreamEvent::Shutdown, 1);
-                let last = self.last_seq.map_or("none".to_owned(), |s| s.to_string());
+                let last = self.last_seq_text();
                 let message = format!(
                     "shutting down: every tick this stream sent before the drain was answered (the last was seq {last}); \
                      reconnect to another replica"
@@ -344,9 +343,9 @@ impl TickStream {
 impl Drop for TickStream {
     fn drop(&mut self) {
         self.streams.release(&self.probe);
-        // The client went away: whatever was read but not answered is counted as dropped (a cut
-        // stream's was counted when it was cut).
-        if !self.pending.is_empty() && !self.cut {
+        // The client went away: whatever was read but not answered is counted as dropped (a
+        // stream the monitor cut had it counted then, even if it was never polled again).
+        if !self.pending.is_empty() && !self.probe.was_cut() {
             self.telemetry.counters.outcome(Outcome::Dropped, self.pending.len() as u64);
             tracing::debug!(dropped = self.pending.len(), "stream closed with ticks in flight");
         }
