@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -122,14 +122,10 @@ pub struct Conn {
     peer: SocketAddr,
 }
 
-/// Connections open on all listeners, for the gauge.
-static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-
 impl Conn {
     fn new(stream: TcpStream, peer: SocketAddr, incoming: &Incoming) -> Self {
         incoming.open.fetch_add(1, Ordering::AcqRel);
-        let open = OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
-        incoming.telemetry.counters.set_connections_open(open);
+        incoming.telemetry.counters.connection_opened();
         let handshake = incoming.limits.handshake_timeout.map(|d| (Box::pin(tokio::time::sleep(d)), 0));
         Self { stream, open: incoming.open.clone(), telemetry: incoming.telemetry.clone(), handshake, peer }
     }
@@ -138,8 +134,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
-        let open = OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.telemetry.counters.set_connections_open(open);
+        self.telemetry.counters.connection_closed();
     }
 }
 

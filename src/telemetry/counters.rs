@@ -155,8 +155,13 @@ impl Counters {
         self.conns[e as usize].load(Ordering::Relaxed)
     }
 
-    pub fn set_connections_open(&self, n: u64) {
-        self.connections_open.store(n, Ordering::Relaxed);
+    /// A connection opened on one of this server's gRPC listeners.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn connections_open(&self) -> u64 {
