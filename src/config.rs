@@ -162,6 +162,14 @@ pub struct StreamSection {
     /// them, forgotten when its last stream closes); more are rejected `too_many_symbols`
     /// (0: no cap of its own; the engine's table and `max_symbols_per_stream` still bound it).
     pub max_symbols_per_peer: usize,
+    /// Most distinct symbols the streams of one connection may bring in (over all of them,
+    /// forgotten when its last stream closes); more are rejected `too_many_symbols` (0: no cap
+    /// of its own). Finer than the per-peer cap where gateways share an address.
+    pub max_symbols_per_connection: usize,
+    /// Largest request headers (metadata) a call may carry, bytes as HTTP/2 counts them; over
+    /// it a call is refused RESOURCE_EXHAUSTED. The transport accepts up to 4 times this, so
+    /// that the refusal can be a gRPC status (beyond: a bare HTTP 431, then GOAWAY).
+    pub max_header_bytes: usize,
     /// Largest accepted gRPC message, bytes.
     pub max_message_bytes: usize,
     /// A stream that sends no tick for this long (and is owed no signal) is closed with
@@ -280,6 +288,8 @@ impl Default for StreamSection {
             handshake_timeout_ms: 5_000,
             max_symbols_per_stream: 5_000,
             max_symbols_per_peer: 0,
+            max_symbols_per_connection: 0,
+            max_header_bytes: 16_384,
             max_message_bytes: 64 * 1024,
             idle_timeout_ms: 120_000,
             keepalive_interval_ms: 10_000,
@@ -506,6 +516,11 @@ impl Config {
         p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
             format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)
         });
+        // Room for an authorization header and the usual gRPC ones; at most 1 GiB, since the
+        // transport is told four times this as a u32.
+        p.check(!(1_024..=1 << 30).contains(&st.max_header_bytes), "stream.max_header_bytes", OutOfRange, || {
+            format!("stream.max_header_bytes {} must be in 1024..=2^30", st.max_header_bytes)
+        });
         p.check(st.window > e.queue_capacity, "stream.window", Conflict, || {
             format!(
                 "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
@@ -682,6 +697,7 @@ mod tests {
         c.stream.window = 0;
         c.metrics_listen = c.listen;
         c.stream.max_message_bytes = 10;
+        c.stream.max_header_bytes = 100;
         c.admin_listen = "0.0.0.0:50052".parse().unwrap();
         let p = c.problems();
         for (field, kind) in [
@@ -690,6 +706,7 @@ mod tests {
             ("stream.window", Kind::OutOfRange),
             ("metrics_listen", Kind::Conflict),
             ("stream.max_message_bytes", Kind::OutOfRange),
+            ("stream.max_header_bytes", Kind::OutOfRange),
             ("admin.token", Kind::Exposed),
         ] {
             assert!(p.has(field, kind), "{field} ({kind}) missing from: {p:#?}");

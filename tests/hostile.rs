@@ -205,9 +205,10 @@ async fn invisible_symbols_and_repeated_stream_options_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn symbols_are_capped_per_client_address_over_all_its_streams() {
+async fn symbols_are_capped_per_connection_and_per_client_address_over_all_their_streams() {
     let mut config = test_config();
     config.stream.max_symbols_per_peer = 3;
+    config.stream.max_symbols_per_connection = 2;
     let server = start(&config).await;
     let (mut one, mut two) = (client(&server).await, client(&server).await);
     let ts = now_ns() - 1_000;
@@ -218,7 +219,12 @@ async fn symbols_are_capped_per_client_address_over_all_its_streams() {
         tx.send(q(s, i as u64)).await.unwrap();
         assert!(open.message().await.unwrap().unwrap().reject_reason.is_empty());
     }
-    // The same address's second connection shares the cap of 3: C fits, D does not; A is known.
+    // A second stream on the same connection shares its cap of 2: E does not fit, B is known.
+    let s = stream_all(&mut one.clone(), vec![q("E", 5), q("B", 6)]).await;
+    assert!(s[0].reject_reason.starts_with("too_many_symbols"), "{:?}", s[0]);
+    assert!(s[1].reject_reason.is_empty(), "{:?}", s[1]);
+    // The same address's second connection shares the address's cap of 3 (E, refused, was not
+    // charged to it): C fits, D does not; A is known to the address and fits the connection's 2.
     let s = stream_all(&mut two, vec![q("C", 10), q("D", 11), q("A", 12)]).await;
     assert!(s[0].reject_reason.is_empty(), "{:?}", s[0]);
     assert!(s[1].reject_reason.starts_with("too_many_symbols"), "{:?}", s[1]);

@@ -39,15 +39,9 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A refusal decided before or instead of the engine's work.
-    pub fn rejected(
-        symbol: Symbol,
-        seq: u64,
-        exchange_ts_ns: i64,
-        reject: Reject,
-        recv: Instant,
-        recv_ns: u64,
-    ) -> Self {
+    /// The answer to a tick with nothing decided yet: no score, flat, no limit, no reject, no
+    /// model (`posted` is the caller's clock reading, so the hot path reads the clock once).
+    pub fn blank(symbol: Symbol, seq: u64, exchange_ts_ns: i64, recv: Instant, recv_ns: u64, posted: Instant) -> Self {
         Self {
             symbol,
             seq,
@@ -58,12 +52,24 @@ impl Reply {
             risk: RiskFlags::default(),
             warming_up: false,
             conflated: false,
-            reject: Some(reject),
+            reject: None,
             model: None,
             recv,
             recv_ns,
-            posted: Instant::now(),
+            posted,
         }
+    }
+
+    /// A refusal decided before or instead of the engine's work.
+    pub fn rejected(
+        symbol: Symbol,
+        seq: u64,
+        exchange_ts_ns: i64,
+        reject: Reject,
+        recv: Instant,
+        recv_ns: u64,
+    ) -> Self {
+        Self { reject: Some(reject), ..Self::blank(symbol, seq, exchange_ts_ns, recv, recv_ns, Instant::now()) }
     }
 }
 

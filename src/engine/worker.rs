@@ -19,7 +19,7 @@ use crate::features::{NUM_FEATURES, SymbolFeatures};
 use crate::model::Scorer;
 use crate::plausibility::{Admitted, JumpGuard, TickChecks};
 use crate::policy::{PolicyParams, Position};
-use crate::risk::{RiskBoard, RiskConfig, RiskFlags, RiskGate, RiskInput, SymbolRisk};
+use crate::risk::{RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
 use crate::symbols::SymbolTable;
 use crate::telemetry::{Outcome, Recorder, Series, SymbolEvent, Telemetry};
 use crate::tick::{Reject, Symbol};
@@ -430,7 +430,7 @@ impl Worker {
         let state = self.symbols.at(slot);
         self.risk.forget(&state.risk);
         state.reset();
-        self.telemetry.counters.symbol_event(why, 1);
+        self.telemetry.counters.symbols.add(why, 1);
     }
 
     /// Evicts the symbols idle for `engine.symbol_idle_ms` once the sweep is due (its cadence
@@ -447,11 +447,11 @@ impl Worker {
                 return false;
             }
             risk.forget(&state.risk);
-            risk.board().set_mid(slot, f64::NAN);
+            risk.board().retire(slot);
             true
         });
         if evicted > 0 {
-            self.telemetry.counters.symbol_event(SymbolEvent::Evicted, evicted as u64);
+            self.telemetry.counters.symbols.add(SymbolEvent::Evicted, evicted as u64);
             tracing::info!(evicted, symbols = self.symbols.len(), "idle symbols evicted (engine.symbol_idle_ms)");
         }
     }
@@ -630,20 +630,8 @@ impl Worker {
             let t = Instant::now();
             let item = &self.batch[i];
             let mut reply = Reply {
-                symbol: item.tick.symbol,
-                seq: item.tick.seq,
-                exchange_ts_ns: item.tick.exchange_ts_ns,
-                score: 0.0,
-                target_position: 0.0,
-                policy_position: 0.0,
-                risk: RiskFlags::default(),
-                warming_up: false,
-                conflated: false,
-                reject: None,
                 model: Some(self.model.label.clone()),
-                recv: item.recv,
-                recv_ns: item.recv_ns,
-                posted: t,
+                ..Reply::blank(item.tick.symbol, item.tick.seq, item.tick.exchange_ts_ns, item.recv, item.recv_ns, t)
             };
             match self.steps[i] {
                 Step::Rejected(r) => reply.reject = Some(r),
@@ -708,7 +696,7 @@ impl Worker {
         if self.batch[i].reply_to.post(reply).is_err() {
             // Cannot happen while streams respect their window; counted, never silent.
             tracing::error!("reply queue full: a stream exceeded its in-flight window");
-            self.telemetry.counters.outcome(Outcome::Dropped, 1);
+            self.telemetry.counters.outcomes.add(Outcome::Dropped, 1);
         }
     }
 

@@ -118,6 +118,8 @@ impl VarConfig {
 #[derive(Clone, Debug)]
 struct SymbolVar {
     symbol: Symbol,
+    /// The board cell's generation when the symbol was announced.
+    generation: u64,
     last_mid: f64,
     returns: VecDeque<f64>,
     ewma_var: f64,
@@ -174,12 +176,14 @@ impl VarEstimator {
 
     /// Takes the symbols the engine announced since the last call.
     fn absorb(&mut self, board: &RiskBoard) {
-        while let Some((slot, symbol)) = board.take_announced() {
+        while let Some(a) = board.take_announced() {
+            let slot = a.slot;
             if slot >= self.symbols.len() {
                 self.symbols.resize(slot + 1, None);
             }
             self.symbols[slot] = Some(SymbolVar {
-                symbol,
+                symbol: a.symbol,
+                generation: a.generation,
                 last_mid: f64::NAN,
                 returns: VecDeque::with_capacity(self.config.history),
                 ewma_var: f64::NAN,
@@ -205,8 +209,12 @@ impl VarEstimator {
         self.samples += 1;
         let horizon = self.config.horizon_samples() as u64;
         let (history, lambda, unit) = (self.config.history, self.config.ewma_lambda, self.unit_qty);
-        for (slot, s) in self.symbols.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
+        for (slot, tracked) in self.symbols.iter_mut().enumerate() {
+            // The slot's symbol was evicted or replaced since it was announced.
+            if tracked.as_ref().is_some_and(|s| s.generation != board.generation(slot)) {
+                *tracked = None;
+            }
+            let Some(s) = tracked else { continue };
             let mid = board.mid(slot);
             if !(mid.is_finite() && mid > 0.0) {
                 continue;
@@ -438,6 +446,28 @@ mod tests {
         assert!((lr - 8.2582).abs() < 1e-3 && (p - 0.004057).abs() < 1e-5, "{lr} {p}");
         let (lr, p) = kupiec(1, 100, 0.01);
         assert!(lr.abs() < 1e-9 && (p - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_evicted_symbol_is_forgotten_even_when_its_slot_is_reused_unseen() {
+        let config = VarConfig { limit: 1e9, min_history: 10, paths: 100, interval_ms: 1_000, ..VarConfig::default() };
+        let board = board_with("OLD");
+        let mut est = VarEstimator::new(config, 1.0, 4);
+        feed(&mut est, &board, 50, 2e-4, 1);
+        assert_eq!(est.report().iter().map(|r| r.symbol.as_str()).collect::<Vec<_>>(), ["OLD"]);
+        board.retire(0);
+        est.sample(&board);
+        assert!(est.report().is_empty(), "{:?}", est.report());
+        assert_eq!((board.scale(0), board.var(0).is_nan()), (1.0, true));
+        // Evicted and reused before the estimator looked: only the new symbol is tracked, afresh.
+        board.announce(0, Symbol::new("MID").unwrap());
+        feed(&mut est, &board, 50, 2e-4, 2);
+        board.retire(0);
+        board.announce(0, Symbol::new("NEW").unwrap());
+        est.sample(&board);
+        let r = est.report();
+        assert_eq!(r.iter().map(|r| r.symbol.as_str()).collect::<Vec<_>>(), ["NEW"]);
+        assert!(r[0].var_per_unit.is_nan(), "{r:?}");
     }
 
     #[test]

@@ -218,8 +218,11 @@ async fn serve(plane: AdminPlane, stopped: oneshot::Receiver<()>) {
     }
     let admin = ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), auth.clone());
     let risk = RiskAdminServer::with_interceptor(risk, auth);
+    let budget = super::headers::HeaderBudget::layer(conns.max_header_bytes, telemetry.clone());
     let incoming = super::listen::Incoming::new(grpc, conns, telemetry);
     let served = builder
+        .http2_max_header_list_size(super::headers::transport_limit(conns.max_header_bytes))
+        .layer(budget)
         .add_service(tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(health)))
         .add_service(admin)
         .add_service(risk)

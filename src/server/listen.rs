@@ -38,6 +38,9 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Close a connection that has not sent [`PREFACE_LEN`] bytes within this (None: never).
     pub handshake_timeout: Option<Duration>,
+    /// The request-header budget of each call (`stream.max_header_bytes`; see
+    /// [`super::headers`]).
+    pub max_header_bytes: usize,
 }
 
 /// The accepted connections of one listener, as tonic's `serve_with_incoming` wants them.
@@ -71,7 +74,8 @@ impl Incoming {
         let scarce = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
         self.telemetry
             .counters
-            .conn_event(if scarce { ConnEvent::AcceptNoDescriptors } else { ConnEvent::AcceptError }, 1);
+            .conns
+            .add(if scarce { ConnEvent::AcceptNoDescriptors } else { ConnEvent::AcceptError }, 1);
         if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             tracing::warn!(error = %e, suppressed = self.suppressed, open = self.open.load(Ordering::Relaxed), "accept failed; backing off (check the descriptor limit, LimitNOFILE)");
             self.last_log = Some(Instant::now());
@@ -99,12 +103,12 @@ impl Stream for Incoming {
                 Ok((stream, peer)) => {
                     this.delay = Duration::ZERO;
                     if this.open.load(Ordering::Acquire) >= this.limits.max_connections {
-                        this.telemetry.counters.conn_event(ConnEvent::RefusedCap, 1);
+                        this.telemetry.counters.conns.add(ConnEvent::RefusedCap, 1);
                         drop(stream); // closed at once: the client sees the refusal
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    this.telemetry.counters.conn_event(ConnEvent::Accepted, 1);
+                    this.telemetry.counters.conns.add(ConnEvent::Accepted, 1);
                     return Poll::Ready(Some(Ok(Conn::new(stream, peer, this))));
                 }
             }
@@ -156,7 +160,7 @@ impl AsyncRead for Conn {
             if *got >= PREFACE_LEN {
                 this.handshake = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
-                this.telemetry.counters.conn_event(ConnEvent::HandshakeTimeout, 1);
+                this.telemetry.counters.conns.add(ConnEvent::HandshakeTimeout, 1);
                 tracing::debug!(peer = %this.peer, "connection closed: no HTTP/2 preface within stream.handshake_timeout_ms");
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
             }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod admin_service;
+pub mod headers;
 pub mod listen;
 pub mod risk_service;
 pub mod security;
@@ -155,6 +156,7 @@ impl Server {
                 max_streams: st.max_streams,
                 max_streams_per_peer: st.max_streams_per_peer,
                 max_symbols_per_peer: st.max_symbols_per_peer,
+                max_symbols_per_connection: st.max_symbols_per_connection,
             },
             ms(st.slow_consumer_ms),
             telemetry.clone(),
@@ -295,6 +297,7 @@ pub fn conn_limits(st: &crate::config::StreamSection) -> listen::ConnLimits {
     listen::ConnLimits {
         max_connections: st.max_connections,
         handshake_timeout: (st.handshake_timeout_ms > 0).then(|| Duration::from_millis(st.handshake_timeout_ms)),
+        max_header_bytes: st.max_header_bytes,
     }
 }
 
@@ -340,6 +343,8 @@ fn serve_grpc(
         .initial_stream_window_size(st.h2_stream_window_bytes)
         .initial_connection_window_size(st.h2_connection_window_bytes)
         .max_concurrent_streams(st.max_streams_per_connection)
+        .http2_max_header_list_size(headers::transport_limit(st.max_header_bytes))
+        .layer(headers::HeaderBudget::layer(st.max_header_bytes, edge.telemetry.clone()))
         .add_service(health)
         .add_optional_service(admin)
         .add_optional_service(risk)

@@ -59,13 +59,13 @@ impl SignalService for Signals {
                 None => Some(EdgeError::BadBackpressure(clip(&format!("{mode:?}")).to_string())),
             };
             if let Some(e) = refusal {
-                self.telemetry.counters.stream_event(StreamEvent::RefusedBadOption, 1);
+                self.telemetry.counters.streams.add(StreamEvent::RefusedBadOption, 1);
                 return Err(e.into());
             }
         }
-        let peer = request.remote_addr().map(|a| a.ip());
+        let client = request.remote_addr();
         let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
-        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), peer) {
+        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client) {
             Ok(stream) => Ok(Response::new(stream)),
             Err(Refused::Server(n)) => Err(EdgeError::TooManyStreams(n).into()),
             Err(Refused::Peer(n)) => Err(EdgeError::TooManyStreamsFromPeer(n).into()),

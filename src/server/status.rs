@@ -18,13 +18,15 @@ pub enum EdgeError {
     BadBackpressure(String),
     #[error("x-quantd-backpressure is given {0} times; give it once")]
     RepeatedBackpressure(usize),
+    #[error("the request headers are {size} bytes, over the server's {limit} (stream.max_header_bytes)")]
+    HeadersTooLarge { size: usize, limit: usize },
 }
 
 impl From<EdgeError> for Status {
     fn from(e: EdgeError) -> Self {
         match e {
             EdgeError::EngineStopped => Status::unavailable(e.to_string()),
-            EdgeError::TooManyStreams(_) | EdgeError::TooManyStreamsFromPeer(_) => {
+            EdgeError::TooManyStreams(_) | EdgeError::TooManyStreamsFromPeer(_) | EdgeError::HeadersTooLarge { .. } => {
                 Status::resource_exhausted(e.to_string())
             }
             EdgeError::BadBackpressure(_) | EdgeError::RepeatedBackpressure(_) => {

@@ -1,6 +1,11 @@
 //! The open tick streams as the edge's control side sees them: how many are open (server-wide
-//! and per peer address), the symbols each peer address has brought in, a [`Probe`] per stream saying when it was last polled and what it
-//! owes, the slow-consumer cut-off, and the drain at shutdown.
+//! and per peer address), the symbols each peer address and each connection has brought in, a
+//! [`Probe`] per stream saying when it was last polled and what it owes, the slow-consumer
+//! cut-off, and the drain at shutdown.
+//!
+//! A connection is known by the client's socket address (address and port): unique while the
+//! connection is open, which is as long as its streams are. (Streams per connection are capped by
+//! HTTP/2 itself: `stream.max_streams_per_connection`.)
 //!
 //! Why a monitor: a stream's body is polled by hyper only while HTTP/2 flow control lets it
 //! send. A client that stops reading stops the polls, so the stream itself can never notice.
@@ -21,7 +26,7 @@
 //! races with a poll and the counts are exact.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Wake, Waker};
@@ -51,7 +56,9 @@ pub struct Probe {
     owed: AtomicUsize,
     /// Whether this stream still counts against the caps (released once: on cut or close).
     holds_slot: AtomicBool,
-    peer: Option<IpAddr>,
+    /// The client's socket (None: not known, e.g. in-process tests): its address is the peer,
+    /// the whole of it the connection.
+    client: Option<SocketAddr>,
     waker: AtomicWaker,
 }
 
@@ -130,6 +137,7 @@ pub struct Caps {
     pub max_streams: usize,
     pub max_streams_per_peer: usize,
     pub max_symbols_per_peer: usize,
+    pub max_symbols_per_connection: usize,
 }
 
 /// Why a stream was not opened.
@@ -147,6 +155,7 @@ pub struct Streams {
     max_streams: usize,
     max_per_peer: usize,
     max_symbols_per_peer: usize,
+    max_symbols_per_connection: usize,
     slow_after: Option<Duration>,
     open: AtomicUsize,
     inner: Mutex<Inner>,
@@ -157,15 +166,40 @@ pub struct Streams {
 #[derive(Default)]
 struct Inner {
     probes: Vec<Weak<Probe>>,
-    per_peer: HashMap<IpAddr, Peer>,
+    per_peer: HashMap<IpAddr, Holder>,
+    per_conn: HashMap<SocketAddr, Holder>,
 }
 
-/// One client address while it has streams open.
+/// One client address, or one connection, while it has streams open.
 #[derive(Default)]
-struct Peer {
+struct Holder {
     streams: usize,
     /// The distinct symbols its streams have sent (forgotten with its last stream).
     symbols: HashSet<Symbol>,
+}
+
+impl Holder {
+    /// Whether `symbol` fits within `cap` distinct symbols (0: no cap).
+    fn fits(&self, symbol: &Symbol, cap: usize) -> bool {
+        cap == 0 || self.symbols.len() < cap || self.symbols.contains(symbol)
+    }
+
+    /// Takes `symbol` (remembered only under a cap).
+    fn take(&mut self, symbol: Symbol, cap: usize) {
+        if cap > 0 {
+            self.symbols.insert(symbol);
+        }
+    }
+}
+
+/// One stream fewer for `key`'s holder, forgotten with its last.
+fn leave<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Holder>, key: K) {
+    if let Some(h) = map.get_mut(&key) {
+        h.streams -= 1;
+        if h.streams == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 impl Streams {
@@ -175,6 +209,7 @@ impl Streams {
             max_streams: caps.max_streams,
             max_per_peer: caps.max_streams_per_peer.max(1),
             max_symbols_per_peer: caps.max_symbols_per_peer,
+            max_symbols_per_connection: caps.max_symbols_per_connection,
             slow_after,
             open: AtomicUsize::new(0),
             inner: Mutex::default(),
@@ -191,9 +226,10 @@ impl Streams {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a new stream from `peer` (counted against both caps), or says which cap refused
-    /// it (counted). Control path: once per stream open.
-    pub fn open(&self, peer: Option<IpAddr>) -> Result<Arc<Probe>, Refused> {
+    /// Admits a new stream from `client` (counted against both caps), or says which cap
+    /// refused it (counted). Control path: once per stream open.
+    pub fn open(&self, client: Option<SocketAddr>) -> Result<Arc<Probe>, Refused> {
+        let peer = client.map(|c| c.ip());
         let mut inner = self.inner();
         let refused = if self.open.load(Ordering::Acquire) >= self.max_streams {
             Some((Refused::Server(self.max_streams), StreamEvent::RefusedServerCap))
@@ -203,12 +239,13 @@ impl Streams {
             None
         };
         if let Some((why, event)) = refused {
-            self.telemetry.counters.stream_event(event, 1);
+            self.telemetry.counters.streams.add(event, 1);
             return Err(why);
         }
         self.open.fetch_add(1, Ordering::AcqRel);
-        if let Some(p) = peer {
-            inner.per_peer.entry(p).or_default().streams += 1;
+        if let Some(c) = client {
+            inner.per_peer.entry(c.ip()).or_default().streams += 1;
+            inner.per_conn.entry(c).or_default().streams += 1;
         }
         let probe = Arc::new(Probe {
             state: AtomicU8::new(IDLE),
@@ -217,7 +254,7 @@ impl Streams {
             woken_ms: AtomicU64::new(0),
             owed: AtomicUsize::new(0),
             holds_slot: AtomicBool::new(true),
-            peer,
+            client,
             waker: AtomicWaker::new(),
         });
         inner.probes.retain(|w| w.strong_count() > 0);
@@ -233,31 +270,29 @@ impl Streams {
         }
         let mut inner = self.inner();
         self.open.fetch_sub(1, Ordering::AcqRel);
-        if let Some(p) = probe.peer
-            && let Some(e) = inner.per_peer.get_mut(&p)
-        {
-            e.streams -= 1;
-            if e.streams == 0 {
-                inner.per_peer.remove(&p);
-            }
+        if let Some(c) = probe.client {
+            leave(&mut inner.per_peer, c.ip());
+            leave(&mut inner.per_conn, c);
         }
         self.telemetry.counters.set_streams_open(self.open.load(Ordering::Acquire));
     }
 
-    /// Whether the stream's client address may bring in `symbol` (one it already has, or a new
-    /// one within `stream.max_symbols_per_peer`; always with no cap). Called once per symbol new
-    /// to a stream.
+    /// Whether the stream's connection and client address may bring in `symbol` (one they
+    /// already have, or a new one within `stream.max_symbols_per_connection` and
+    /// `max_symbols_per_peer`; always with no caps, and then without a lock). Called once per
+    /// symbol new to a stream.
     pub fn admit_symbol(&self, probe: &Probe, symbol: Symbol) -> bool {
-        let Some(peer) = probe.peer.filter(|_| self.max_symbols_per_peer > 0) else { return true };
+        let (per_conn, per_peer) = (self.max_symbols_per_connection, self.max_symbols_per_peer);
+        let Some(client) = probe.client.filter(|_| per_conn > 0 || per_peer > 0) else { return true };
         let mut inner = self.inner();
-        let Some(entry) = inner.per_peer.get_mut(&peer) else { return true };
-        if entry.symbols.contains(&symbol) {
-            return true;
-        }
-        if entry.symbols.len() >= self.max_symbols_per_peer {
+        let Inner { per_peer: peers, per_conn: conns, .. } = &mut *inner;
+        let (Some(conn), Some(peer)) = (conns.get_mut(&client), peers.get_mut(&client.ip())) else { return true };
+        // Both or neither: a symbol the connection may not bring in is not charged to the peer.
+        if !(conn.fits(&symbol, per_conn) && peer.fits(&symbol, per_peer)) {
             return false;
         }
-        entry.symbols.insert(symbol);
+        conn.take(symbol, per_conn);
+        peer.take(symbol, per_peer);
         true
     }
 
@@ -293,10 +328,10 @@ impl Streams {
                 continue; // being polled right now: not stalled
             }
             let owed = probe.owed.load(Ordering::Relaxed);
-            self.telemetry.counters.outcome(Outcome::Dropped, owed as u64);
-            self.telemetry.counters.stream_event(StreamEvent::SlowConsumer, 1);
+            self.telemetry.counters.outcomes.add(Outcome::Dropped, owed as u64);
+            self.telemetry.counters.streams.add(StreamEvent::SlowConsumer, 1);
             tracing::warn!(
-                peer = ?probe.peer,
+                client = ?probe.client,
                 undelivered = owed,
                 quiet_ms = quiet,
                 "slow consumer: the client read no signal for stream.slow_consumer_ms; its stream is cut and its \
@@ -329,48 +364,78 @@ impl Streams {
 mod tests {
     use super::*;
 
+    fn client(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[test]
     fn caps_per_server_and_per_peer_are_counted_and_released_once() {
         let t = Telemetry::new();
-        let caps = Caps { max_streams: 3, max_streams_per_peer: 2, max_symbols_per_peer: 2 };
+        let caps =
+            Caps { max_streams: 3, max_streams_per_peer: 2, max_symbols_per_peer: 2, max_symbols_per_connection: 0 };
         let s = Streams::new(caps, None, t.clone());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = s.open(Some(a)).unwrap();
-        let _p2 = s.open(Some(a)).unwrap();
-        assert_eq!(s.open(Some(a)).err(), Some(Refused::Peer(2)));
-        let _p3 = s.open(Some(b)).unwrap();
-        assert_eq!(s.open(Some(b)).err(), Some(Refused::Server(3)));
+        let p1 = s.open(client("10.0.0.1:5000")).unwrap();
+        let _p2 = s.open(client("10.0.0.1:5001")).unwrap();
+        assert_eq!(s.open(client("10.0.0.1:5002")).err(), Some(Refused::Peer(2)), "any port of the address");
+        let _p3 = s.open(client("10.0.0.2:5000")).unwrap();
+        assert_eq!(s.open(client("10.0.0.2:5000")).err(), Some(Refused::Server(3)));
         s.release(&p1);
         s.release(&p1);
         assert_eq!(s.open_count(), 2);
-        assert!(s.open(Some(a)).is_ok());
-        assert_eq!(t.counters.stream_event_total(StreamEvent::RefusedPeerCap), 1);
-        assert_eq!(t.counters.stream_event_total(StreamEvent::RefusedServerCap), 1);
+        assert!(s.open(client("10.0.0.1:5000")).is_ok());
+        assert_eq!(t.counters.streams.total(StreamEvent::RefusedPeerCap), 1);
+        assert_eq!(t.counters.streams.total(StreamEvent::RefusedServerCap), 1);
     }
 
     #[test]
     fn symbols_per_peer_are_shared_by_its_streams_and_forgotten_with_the_last() {
-        let caps = Caps { max_streams: 8, max_streams_per_peer: 8, max_symbols_per_peer: 2 };
+        let caps =
+            Caps { max_streams: 8, max_streams_per_peer: 8, max_symbols_per_peer: 2, max_symbols_per_connection: 0 };
         let s = Streams::new(caps, None, Telemetry::new());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
         let sym = |x: &str| Symbol::new(x).unwrap();
-        let (one, two) = (s.open(Some(a)).unwrap(), s.open(Some(a)).unwrap());
+        let (one, two) = (s.open(client("10.0.0.1:1")).unwrap(), s.open(client("10.0.0.1:2")).unwrap());
         assert!(s.admit_symbol(&one, sym("X")) && s.admit_symbol(&two, sym("Y")));
         assert!(s.admit_symbol(&two, sym("X")), "a symbol the peer has is free");
         assert!(!s.admit_symbol(&one, sym("Z")), "the peer's third symbol");
-        let other = s.open(Some("10.0.0.2".parse().unwrap())).unwrap();
+        let other = s.open(client("10.0.0.2:1")).unwrap();
         assert!(s.admit_symbol(&other, sym("Z")), "another address has its own");
         s.release(&one);
         s.release(&two);
-        let again = s.open(Some(a)).unwrap();
+        let again = s.open(client("10.0.0.1:3")).unwrap();
         assert!(s.admit_symbol(&again, sym("Z")), "forgotten with the peer's last stream");
+    }
+
+    #[test]
+    fn symbols_per_connection_are_shared_by_its_streams_and_a_refusal_charges_no_peer() {
+        let caps =
+            Caps { max_streams: 8, max_streams_per_peer: 8, max_symbols_per_peer: 3, max_symbols_per_connection: 2 };
+        let s = Streams::new(caps, None, Telemetry::new());
+        let sym = |x: &str| Symbol::new(x).unwrap();
+        let (a1, a2) = (s.open(client("10.0.0.1:1")).unwrap(), s.open(client("10.0.0.1:1")).unwrap());
+        assert!(s.admit_symbol(&a1, sym("X")) && s.admit_symbol(&a2, sym("Y")));
+        assert!(s.admit_symbol(&a1, sym("Y")), "a symbol the connection has is free");
+        assert!(!s.admit_symbol(&a2, sym("Z")), "the connection's third symbol");
+        // Another connection from the same address: its own two, within the address's three.
+        let b = s.open(client("10.0.0.1:2")).unwrap();
+        assert!(s.admit_symbol(&b, sym("Z")), "Z was refused above, so it was not charged to the address");
+        assert!(s.admit_symbol(&b, sym("X")));
+        let c = s.open(client("10.0.0.1:3")).unwrap();
+        assert!(!s.admit_symbol(&c, sym("W")), "the address's fourth symbol");
+        assert!(s.admit_symbol(&c, sym("Y")), "one the address has");
+        s.release(&a1);
+        s.release(&a2);
+        let a3 = s.open(client("10.0.0.1:1")).unwrap();
+        assert!(s.admit_symbol(&a3, sym("X")) && s.admit_symbol(&a3, sym("Z")));
+        assert!(!s.admit_symbol(&a3, sym("Y")), "a fresh connection on the old port starts afresh, with its own cap");
+        let unknown = s.open(None).unwrap();
+        assert!(s.admit_symbol(&unknown, sym("V")), "no socket known: no cap to charge");
     }
 
     #[test]
     fn only_a_stream_woken_but_not_polled_is_cut_and_never_mid_poll() {
         let t = Telemetry::new();
-        let caps = Caps { max_streams: 8, max_streams_per_peer: 8, max_symbols_per_peer: 8 };
+        let caps =
+            Caps { max_streams: 8, max_streams_per_peer: 8, max_symbols_per_peer: 8, max_symbols_per_connection: 8 };
         let s = Streams::new(caps, Some(Duration::ZERO), t.clone());
         let stalled = s.open(None).unwrap();
         let quiet = s.open(None).unwrap();
@@ -393,7 +458,7 @@ mod tests {
         assert!(stalled.was_cut() && !quiet.was_cut());
         assert_eq!(stalled.enter(w), Entered::Cut);
         assert_eq!(quiet.enter(w), Entered::Serve, "nothing arrived for it: idle, not slow");
-        assert_eq!(t.counters.outcome_total(Outcome::Dropped), 5);
+        assert_eq!(t.counters.outcomes.total(Outcome::Dropped), 5);
         assert_eq!(s.open_count(), 3, "a cut stream frees its slot");
         polling.leave(5);
     }

@@ -20,7 +20,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -88,16 +88,17 @@ pub struct TickStream {
 }
 
 impl TickStream {
-    /// Opens a stream from `peer`, counted against the server's stream caps.
+    /// Opens a stream from `client` (its socket address), counted against the server's stream
+    /// caps.
     pub fn open(
         inbound: Streaming<proto::Tick>,
         engine: EngineHandle,
         telemetry: Arc<Telemetry>,
         limits: StreamLimits,
         streams: Arc<Streams>,
-        peer: Option<IpAddr>,
+        client: Option<SocketAddr>,
     ) -> Result<Self, Refused> {
-        let probe = streams.open(peer)?;
+        let probe = streams.open(client)?;
         Ok(Self {
             waker: probe.waker(),
             inbound,
@@ -181,7 +182,8 @@ impl TickStream {
             Ok(tick) if !self.symbols.contains(&tick.symbol) && !self.limits.shard.owns(tick.symbol.as_str()) => {
                 Pending::Local(local(Reject::WrongShard, tick.symbol), t.symbol)
             }
-            // The client address's cap (`stream.max_symbols_per_peer`), over all its streams.
+            // The connection's and the client address's caps (`stream.max_symbols_per_connection`,
+            // `max_symbols_per_peer`), over all their streams.
             Ok(tick)
                 if !self.symbols.contains(&tick.symbol) && !self.streams.admit_symbol(&self.probe, tick.symbol) =>
             {
@@ -217,9 +219,9 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
     counters.risk(reply.risk);
     match reply.reject {
         Some(r) => counters.reject(r),
-        None if reply.conflated => counters.outcome(Outcome::Conflated, 1),
-        None if reply.warming_up => counters.outcome(Outcome::WarmingUp, 1),
-        None => counters.outcome(Outcome::Scored, 1),
+        None if reply.conflated => counters.outcomes.add(Outcome::Conflated, 1),
+        None if reply.warming_up => counters.outcomes.add(Outcome::WarmingUp, 1),
+        None => counters.outcomes.add(Outcome::Scored, 1),
     }
     proto::Signal {
         symbol: symbol.unwrap_or_else(|| reply.symbol.as_str().to_owned()),
@@ -285,8 +287,8 @@ impl TickStream {
         if self.limits.mode == Backpressure::Reject && self.pending.len() >= self.limits.outbound_limit {
             // The client sends but does not read: end its stream rather than buffer without bound.
             let undelivered = self.pending.len();
-            self.telemetry.counters.outcome(Outcome::Dropped, undelivered as u64);
-            self.telemetry.counters.stream_event(StreamEvent::SlowConsumer, 1);
+            self.telemetry.counters.outcomes.add(Outcome::Dropped, undelivered as u64);
+            self.telemetry.counters.streams.add(StreamEvent::SlowConsumer, 1);
             tracing::warn!(undelivered, "slow consumer: stream.outbound_limit signals unread; stream ended");
             self.pending.clear();
             let message = format!(
@@ -298,7 +300,7 @@ impl TickStream {
         let (reply, symbol) = match self.pending.pop_front() {
             // A client that had half-closed had every tick read and answered: a normal end.
             None if self.draining && !self.client_closed => {
-                self.telemetry.counters.stream_event(StreamEvent::Shutdown, 1);
+                self.telemetry.counters.streams.add(StreamEvent::Shutdown, 1);
                 let last = self.last_seq_text();
                 let message = format!(
                     "shutting down: every tick this stream sent before the drain was answered (the last was seq {last}); \
@@ -315,7 +317,7 @@ impl TickStream {
                 if let Some(idle) = self.idle.as_mut()
                     && idle.as_mut().poll(cx).is_ready()
                 {
-                    self.telemetry.counters.stream_event(StreamEvent::IdleTimeout, 1);
+                    self.telemetry.counters.streams.add(StreamEvent::IdleTimeout, 1);
                     let d = self.limits.idle_timeout.unwrap_or_default();
                     let message =
                         format!("no tick for {d:?} (stream.idle_timeout_ms); stream closed, reconnect to resume");
@@ -346,7 +348,7 @@ impl Drop for TickStream {
         // The client went away: whatever was read but not answered is counted as dropped (a
         // stream the monitor cut had it counted then, even if it was never polled again).
         if !self.pending.is_empty() && !self.probe.was_cut() {
-            self.telemetry.counters.outcome(Outcome::Dropped, self.pending.len() as u64);
+            self.telemetry.counters.outcomes.add(Outcome::Dropped, self.pending.len() as u64);
             tracing::debug!(dropped = self.pending.len(), "stream closed with ticks in flight");
         }
     }

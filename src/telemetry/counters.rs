@@ -2,6 +2,7 @@
 //! (the gRPC edge, when its signal is handed to the transport or its stream is gone), read by the
 //! exporter. No locks, no allocation.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::risk::RiskFlags;
@@ -24,16 +25,6 @@ pub enum Outcome {
     Dropped,
 }
 
-impl Outcome {
-    /// Every outcome, in declaration order.
-    pub const ALL: &'static [Outcome] = <Outcome as strum::VariantArray>::VARIANTS;
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        self.into()
-    }
-}
-
 /// Something that happened to a symbol's state as a whole (metric `quantd_symbol_resets_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[repr(u8)]
@@ -52,15 +43,6 @@ pub enum SymbolEvent {
     ResetAdmin,
 }
 
-impl SymbolEvent {
-    pub const ALL: &'static [SymbolEvent] = <SymbolEvent as strum::VariantArray>::VARIANTS;
-
-    /// The metric label (`reason`).
-    pub fn label(self) -> &'static str {
-        self.into()
-    }
-}
-
 /// Something that happened to a stream as a whole (metric `quantd_stream_events_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
@@ -72,20 +54,15 @@ pub enum StreamEvent {
     RefusedPeerCap,
     /// Not opened: a malformed stream option (`x-quantd-backpressure`).
     RefusedBadOption,
+    /// Not served (any call, not only tick streams): its request headers were over
+    /// `stream.max_header_bytes` (RESOURCE_EXHAUSTED).
+    RefusedHeaders,
     /// Ended: the client read nothing for `stream.slow_consumer_ms` (RESOURCE_EXHAUSTED).
     SlowConsumer,
     /// Ended: no tick for `stream.idle_timeout_ms` (DEADLINE_EXCEEDED).
     IdleTimeout,
     /// Ended by a graceful shutdown, every tick read answered (UNAVAILABLE).
     Shutdown,
-}
-
-impl StreamEvent {
-    pub const ALL: &'static [StreamEvent] = <StreamEvent as strum::VariantArray>::VARIANTS;
-
-    pub fn label(self) -> &'static str {
-        self.into()
-    }
 }
 
 /// What happened to a connection at a gRPC listener (metric `quantd_connections_total`).
@@ -104,35 +81,92 @@ pub enum ConnEvent {
     AcceptError,
 }
 
-impl ConnEvent {
-    pub const ALL: &'static [ConnEvent] = <ConnEvent as strum::VariantArray>::VARIANTS;
+/// An enum whose variants are counted by an [`EventCounts`], each under its metric label.
+pub trait Event: Copy + 'static {
+    /// Every variant, in declaration order (its index is its position here).
+    const ALL: &'static [Self];
+    fn index(self) -> usize;
+    /// The metric label.
+    fn label(self) -> &'static str;
+}
 
-    pub fn label(self) -> &'static str {
-        self.into()
+/// `Event` for fieldless enums deriving strum's `VariantArray` and `IntoStaticStr`, plus the
+/// same `ALL` and `label` as inherent items (no trait import at the call sites).
+macro_rules! events {
+    ($($t:ident),*) => {$(
+        impl Event for $t {
+            const ALL: &'static [Self] = <$t as strum::VariantArray>::VARIANTS;
+            fn index(self) -> usize {
+                self as usize
+            }
+            fn label(self) -> &'static str {
+                self.into()
+            }
+        }
+
+        impl $t {
+            pub const ALL: &'static [Self] = <Self as Event>::ALL;
+
+            pub fn label(self) -> &'static str {
+                Event::label(self)
+            }
+        }
+    )*};
+}
+
+events!(Outcome, SymbolEvent, StreamEvent, ConnEvent);
+
+/// One relaxed counter per variant of `E` (`N` is `E::ALL.len()`; a generic array length cannot
+/// be computed from `E` on stable Rust, so the field types spell it).
+pub struct EventCounts<E, const N: usize> {
+    counts: [AtomicU64; N],
+    event: PhantomData<E>,
+}
+
+impl<E: Event, const N: usize> Default for EventCounts<E, N> {
+    fn default() -> Self {
+        assert_eq!(N, E::ALL.len(), "EventCounts sized for another enum");
+        Self { counts: std::array::from_fn(|_| AtomicU64::new(0)), event: PhantomData }
+    }
+}
+
+impl<E: Event, const N: usize> EventCounts<E, N> {
+    #[inline]
+    pub fn add(&self, e: E, n: u64) {
+        self.counts[e.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn total(&self, e: E) -> u64 {
+        self.counts[e.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every variant with its count, in declaration order.
+    pub fn totals(&self) -> impl Iterator<Item = (E, u64)> + '_ {
+        E::ALL.iter().map(|&e| (e, self.total(e)))
     }
 }
 
 #[derive(Default)]
 pub struct Counters {
-    conns: [AtomicU64; ConnEvent::ALL.len()],
+    /// What happened to connections at the gRPC listeners.
+    pub conns: EventCounts<ConnEvent, { ConnEvent::ALL.len() }>,
     connections_open: AtomicU64,
-    outcomes: [AtomicU64; Outcome::ALL.len()],
-    symbols: [AtomicU64; SymbolEvent::ALL.len()],
-    streams: [AtomicU64; StreamEvent::ALL.len()],
+    /// Every tick's outcome.
+    pub outcomes: EventCounts<Outcome, { Outcome::ALL.len() }>,
+    /// Symbols reset or evicted, by reason.
+    pub symbols: EventCounts<SymbolEvent, { SymbolEvent::ALL.len() }>,
+    /// Streams refused or ended by the server.
+    pub streams: EventCounts<StreamEvent, { StreamEvent::ALL.len() }>,
     streams_open: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
     risk: [AtomicU64; RiskFlags::ALL.len()],
 }
 
 impl Counters {
-    pub fn outcome(&self, o: Outcome, n: u64) {
-        self.outcomes[o as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Counts a rejected tick under its reason (and under the `rejected` outcome).
     pub fn reject(&self, r: Reject) {
         self.rejects[r.index()].fetch_add(1, Ordering::Relaxed);
-        self.outcome(Outcome::Rejected, 1);
+        self.outcomes.add(Outcome::Rejected, 1);
     }
 
     /// Counts each risk limit (or kill trigger) that bound a signal.
@@ -145,14 +179,6 @@ impl Counters {
     /// Signals bound by the limit with this index in [`RiskFlags::ALL`].
     pub fn risk_total(&self, index: usize) -> u64 {
         self.risk[index].load(Ordering::Relaxed)
-    }
-
-    pub fn conn_event(&self, e: ConnEvent, n: u64) {
-        self.conns[e as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn conn_event_total(&self, e: ConnEvent) -> u64 {
-        self.conns[e as usize].load(Ordering::Relaxed)
     }
 
     /// A connection opened on one of this server's gRPC listeners.
@@ -168,32 +194,12 @@ impl Counters {
         self.connections_open.load(Ordering::Relaxed)
     }
 
-    pub fn stream_event(&self, e: StreamEvent, n: u64) {
-        self.streams[e as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn stream_event_total(&self, e: StreamEvent) -> u64 {
-        self.streams[e as usize].load(Ordering::Relaxed)
-    }
-
     pub fn set_streams_open(&self, n: usize) {
         self.streams_open.store(n as u64, Ordering::Relaxed);
     }
 
     pub fn streams_open(&self) -> u64 {
         self.streams_open.load(Ordering::Relaxed)
-    }
-
-    pub fn symbol_event(&self, e: SymbolEvent, n: u64) {
-        self.symbols[e as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn symbol_event_total(&self, e: SymbolEvent) -> u64 {
-        self.symbols[e as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn outcome_total(&self, o: Outcome) -> u64 {
-        self.outcomes[o as usize].load(Ordering::Relaxed)
     }
 
     pub fn reject_total(&self, r: Reject) -> u64 {

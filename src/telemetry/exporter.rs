@@ -14,8 +14,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use super::Telemetry;
+use super::counters::{Event, EventCounts};
 use super::latency::{HistogramSet, Series};
-use super::{Outcome, Telemetry};
 use crate::control_thread::ControlThread;
 use crate::risk::RiskFlags;
 use crate::tick::Reject;
@@ -86,7 +87,7 @@ fn describe() {
     metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
     metrics::describe_counter!(
         STREAM_EVENTS,
-        "Tick streams refused (server or per-peer cap, bad option) or ended by the server (slow consumer, idle, shutdown)"
+        "Tick streams refused (server or per-peer cap, bad option), calls refused for oversize headers, or tick streams ended by the server (slow consumer, idle, shutdown)"
     );
     metrics::describe_gauge!(STREAMS_OPEN, "Tick streams open now");
     metrics::describe_counter!(
@@ -217,6 +218,13 @@ fn publish_models(t: &Telemetry, published: &mut Published) {
     metrics::gauge!(SHADOW_AGREEMENT).set(agreement);
 }
 
+/// One counter family: `name{key="<label>"}` per variant.
+fn publish_counts<E: Event, const N: usize>(name: &'static str, key: &'static str, counts: &EventCounts<E, N>) {
+    for (e, n) in counts.totals() {
+        metrics::counter!(name, key => e.label()).absolute(n);
+    }
+}
+
 fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Published) {
     for &s in Series::ALL {
         let Some(h) = delta.get(s) else { continue };
@@ -231,23 +239,16 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
             }
         }
     }
-    for &o in Outcome::ALL {
-        metrics::counter!(TICKS, "outcome" => o.label()).absolute(t.counters.outcome_total(o));
-    }
+    let c = &t.counters;
+    publish_counts(TICKS, "outcome", &c.outcomes);
     for &r in Reject::ALL {
-        metrics::counter!(REJECTS, "reason" => r.code()).absolute(t.counters.reject_total(r));
+        metrics::counter!(REJECTS, "reason" => r.code()).absolute(c.reject_total(r));
     }
-    for &e in crate::telemetry::StreamEvent::ALL {
-        metrics::counter!(STREAM_EVENTS, "event" => e.label()).absolute(t.counters.stream_event_total(e));
-    }
-    metrics::gauge!(STREAMS_OPEN).set(t.counters.streams_open() as f64);
-    for &e in crate::telemetry::ConnEvent::ALL {
-        metrics::counter!(CONNECTIONS, "event" => e.label()).absolute(t.counters.conn_event_total(e));
-    }
-    metrics::gauge!(CONNECTIONS_OPEN).set(t.counters.connections_open() as f64);
-    for &e in crate::telemetry::SymbolEvent::ALL {
-        metrics::counter!(SYMBOL_RESETS, "reason" => e.label()).absolute(t.counters.symbol_event_total(e));
-    }
+    publish_counts(STREAM_EVENTS, "event", &c.streams);
+    metrics::gauge!(STREAMS_OPEN).set(c.streams_open() as f64);
+    publish_counts(CONNECTIONS, "event", &c.conns);
+    metrics::gauge!(CONNECTIONS_OPEN).set(c.connections_open() as f64);
+    publish_counts(SYMBOL_RESETS, "reason", &c.symbols);
     for (i, (_, code)) in RiskFlags::ALL.iter().enumerate() {
         metrics::counter!(RISK, "reason" => *code).absolute(t.counters.risk_total(i));
     }

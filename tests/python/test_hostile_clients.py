@@ -34,8 +34,9 @@ def outcomes(server) -> float:
 
 
 def test_a_paused_reader_is_cut_with_a_count_and_its_neighbour_keeps_every_signal(pb, quantd):
-    """grpcio's transport reads ahead without bound while BDP probing grows its windows (measured:
-    over 8 MB, 80,000 signals, during a 20 s pause, with no stall the server could see); with
+    """grpcio's transport reads ahead as far as BDP probing grows its windows (measured: 53,000
+    signals of a 20 s pause in one run, all 80,000 in another, with no stall the server could see
+    meanwhile; the next test plays that client); with
     `grpc.http2.bdp_probe` off it reads ahead 64 KB, as the HTTP/2 clients of Go, Java and tonic do
     by default, and a paused application really stops the transport. That is the client this
     test plays: the server sees the stall and cuts the stream."""
@@ -88,6 +89,75 @@ def test_a_paused_reader_is_cut_with_a_count_and_its_neighbour_keeps_every_signa
     assert sum(o.values()) == len(got_a) + len(got_b) + undelivered, (o, len(got_a), len(got_b), undelivered)
     assert sum("slow consumer" in line for line in server.log) == 1, "logged once"
     print(f"paused reader: {len(got_a)} delivered up to seq {last}, {undelivered} undelivered; neighbour {len(got_b)}/{len(sent_b)}")
+    assert server.stop() == 0
+
+
+def test_a_paused_default_grpcio_reader_loses_no_signal_without_a_count(pb, quantd):
+    """The same 20 s pause at 4,000 ticks/s with grpcio's default transport, which reads ahead
+    into its own buffer while the application sleeps (how far depends on its BDP estimate). While
+    that buffer has room the server sees a client that reads, and nothing is cut; once it is full
+    the server sees the stall and cuts the stream as above. Either way no signal is lost without
+    a count: the stream ends OK with every tick answered in order, or RESOURCE_EXHAUSTED with
+    every signal up to `x-quantd-last-seq` delivered and the rest counted `dropped`."""
+    pb2, pb2_grpc = pb
+    server = quantd()
+    stop = threading.Event()
+    sent, got = [], []
+    code, trailers = grpc.StatusCode.OK, {}
+    with grpc.insecure_channel(server.addr) as ch:
+        stream = pb2_grpc.SignalServiceStub(ch).StreamTicks(ticks(pb2, "BTCUSDT", 4000, stop, sent), timeout=120)
+        try:
+            for s in stream:
+                got.append(s.seq)
+                if len(got) == 4000:
+                    time.sleep(20)
+                    stop.set()  # the gateway stops sending when it resumes, and reads the rest
+        except grpc.RpcError as e:
+            code, trailers = e.code(), dict(e.trailing_metadata() or ())
+        stop.set()
+    undelivered = int(trailers.get("x-quantd-undelivered", 0))
+    if code == grpc.StatusCode.OK:
+        assert got == sent, (len(got), len(sent), got[-3:], sent[-3:])
+    else:
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code
+        assert got == list(range(1, int(trailers["x-quantd-last-seq"]) + 1)), (got[-3:], trailers)
+    for _ in range(30):
+        o = outcomes(server)
+        if sum(o.values()) >= len(got) + undelivered:
+            break
+        time.sleep(0.1)
+    assert o["dropped"] == undelivered and sum(o.values()) == len(got) + undelivered, (o, len(got), undelivered)
+    print(f"paused default grpcio reader: {code.name}, {len(got)} of {len(sent)} sent delivered, {undelivered} undelivered")
+    assert server.stop() == 0
+
+
+def test_oversize_headers_get_a_grpc_status_and_the_connection_stays_up(pb, quantd):
+    pb2, pb2_grpc = pb
+    server = quantd()
+    tick = pb2.Tick(symbol="BTCUSDT", seq=1, exchange_ts_ns=time.time_ns() - 1_000_000, kind=pb2.TICK_KIND_QUOTE,
+                    bid_px=100.0, bid_qty=1.0, ask_px=100.01, ask_qty=2.0)
+    with grpc.insecure_channel(server.addr) as ch, grpc.insecure_channel(server.admin_addr) as admin:
+        stub = pb2_grpc.SignalServiceStub(ch)
+        assert stub.Predict(tick, metadata=[("x-big", "a" * 15_000)], timeout=10).seq == 1, "within 16 KiB"
+        calls = [lambda md: stub.Predict(tick, metadata=md, timeout=10),
+                 lambda md: list(stub.StreamTicks(iter([tick]), metadata=md, timeout=10)),
+                 lambda md: pb2_grpc.ModelAdminStub(admin).GetActive(pb2.GetActiveRequest(), metadata=md, timeout=10)]
+        for call in calls:
+            for size in (17_000, 60_000):
+                try:
+                    call([("x-big", "a" * size)])
+                    raise AssertionError(f"{size} bytes of headers were served")
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (size, e.code(), e.details())
+                    assert f"{size + 354} bytes" in e.details() or "bytes, over the server's 16384" in e.details(), e.details()
+        # The connections survived: a normal call on each is served.
+        assert stub.Predict(tick, timeout=10).seq == 1
+        for _ in range(30):  # the exporter publishes on its own period
+            text = urllib.request.urlopen(f"http://{server.metrics_addr}/metrics", timeout=5).read().decode()
+            if metric(text, 'quantd_stream_events_total{event="refused_headers"}') == 6:
+                break
+            time.sleep(0.1)
+        assert metric(text, 'quantd_stream_events_total{event="refused_headers"}') == 6
     assert server.stop() == 0
 
 
