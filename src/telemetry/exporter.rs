@@ -62,8 +62,17 @@ pub fn latency_buckets() -> Vec<f64> {
 
 const BATCH_BUCKETS: [f64; 17] = [1., 2., 3., 4., 6., 8., 12., 16., 24., 32., 48., 64., 96., 128., 256., 512., 1024.];
 
-fn build_recorder() -> PrometheusRecorder {
+/// A gauge series not set for this long leaves `/metrics`. The telemetry thread sets every gauge
+/// it still means at each publication, so what expires is what went away: an evicted symbol's
+/// VaR, a model version no longer known. Without it a stream of new symbols (junk included)
+/// would grow the exposition without bound.
+pub fn gauge_idle(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(300))
+}
+
+fn build_recorder(gauge_idle: Duration) -> PrometheusRecorder {
     let builder = PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(gauge_idle))
         .set_buckets_for_metric(Matcher::Full(TICK_TO_SIGNAL.into()), &latency_buckets())
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STAGE.into()), &latency_buckets()))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS))
@@ -150,37 +159,43 @@ fn publish_histogram(h: &Histogram<u64>, f: impl Fn(f64, usize)) {
 
 type Versions = Vec<(String, String, &'static str, &'static str)>;
 
+/// One model's saturation counters as last exported: the snapshot at the last interval that had
+/// rows (rows, clamped values per stage), and that interval's ratios.
+type Saturation = ((u64, Vec<u64>), Option<Vec<f64>>);
+
 /// What the last publication of the models exported, to clear series that went away and to rate
 /// the saturation counters over each interval.
 #[derive(Default)]
 struct Published {
     versions: Versions,
     backends: Vec<(String, &'static str, &'static str)>,
-    saturation: std::collections::HashMap<String, (u64, Vec<u64>)>,
+    saturation: std::collections::HashMap<String, Saturation>,
 }
 
 fn publish_backends(view: &crate::telemetry::ModelsView, last: &mut Published) {
+    let info = |(model, backend, isa): &(String, &'static str, &'static str)| metrics::gauge!(MODEL_BACKEND, "model" => model.clone(), "backend" => *backend, "isa" => *isa);
     if view.backends != last.backends {
-        let info = |(model, backend, isa): &(String, &'static str, &'static str)| metrics::gauge!(MODEL_BACKEND, "model" => model.clone(), "backend" => *backend, "isa" => *isa);
+        // Gone ones read 0 until they expire.
         for b in last.backends.drain(..) {
             info(&b).set(0.0);
         }
-        for b in &view.backends {
-            info(b).set(1.0);
-        }
         last.backends = view.backends.clone();
+    }
+    for b in &view.backends {
+        info(b).set(1.0);
     }
     for (model, handle) in &view.saturation {
         for (stage, ratio) in &handle.baseline {
             metrics::gauge!(SATURATION_BASELINE, "model" => model.clone(), "layer" => stage.clone()).set(*ratio);
         }
         let now = handle.counters.snapshot();
-        let before = last.saturation.entry(model.clone()).or_insert_with(|| (0, vec![0; now.1.len()]));
-        if let Some(ratios) = handle.counters.ratios(before, &now) {
-            for (stage, ratio) in handle.counters.stages.iter().zip(ratios) {
-                metrics::gauge!(SATURATION, "model" => model.clone(), "layer" => stage.clone()).set(ratio);
-            }
-            *before = now;
+        let seen = last.saturation.entry(model.clone()).or_insert_with(|| ((0, vec![0; now.1.len()]), None));
+        // An interval with no rows keeps the last ratios (re-set, so they do not expire).
+        if let Some(ratios) = handle.counters.ratios(&seen.0, &now) {
+            *seen = (now, Some(ratios));
+        }
+        for (stage, ratio) in handle.counters.stages.iter().zip(seen.1.iter().flatten()) {
+            metrics::gauge!(SATURATION, "model" => model.clone(), "layer" => stage.clone()).set(*ratio);
         }
     }
 }
@@ -189,19 +204,20 @@ fn publish_models(t: &Telemetry, published: &mut Published) {
     let view = t.models();
     publish_backends(&view, published);
     let last = &mut published.versions;
+    let info = |(name, version, state, provider): &(String, String, &'static str, &'static str)| {
+        let labels = [("name", name.clone()), ("version", version.clone()), ("state", state.to_string())];
+        let provider = ("provider", if provider.is_empty() { "none" } else { provider }.to_string());
+        metrics::gauge!(MODEL_INFO, &labels.into_iter().chain([provider]).collect::<Vec<_>>())
+    };
     if view.versions != *last {
-        let info = |(name, version, state, provider): &(String, String, &'static str, &'static str)| {
-            let labels = [("name", name.clone()), ("version", version.clone()), ("state", state.to_string())];
-            let provider = ("provider", if provider.is_empty() { "none" } else { provider }.to_string());
-            metrics::gauge!(MODEL_INFO, &labels.into_iter().chain([provider]).collect::<Vec<_>>())
-        };
+        // Gone ones (a version's old state included) read 0 until they expire.
         for v in last.drain(..) {
             info(&v).set(0.0);
         }
-        for v in &view.versions {
-            info(v).set(1.0);
-        }
         *last = view.versions.clone();
+    }
+    for v in &view.versions {
+        info(v).set(1.0);
     }
     metrics::counter!(MODEL_SWAPS).absolute(view.swaps);
     metrics::counter!(MODEL_ROLLBACKS).absolute(view.rollbacks);
@@ -225,7 +241,13 @@ fn publish_counts<E: Event, const N: usize>(name: &'static str, key: &'static st
     }
 }
 
-fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models: &mut Published) {
+/// One publication. Every gauge that still holds is set each time (see [`gauge_idle`]).
+fn publish(
+    t: &Telemetry,
+    delta: &HistogramSet,
+    (queue_depth, queue_capacity): (usize, usize),
+    last_models: &mut Published,
+) {
     for &s in Series::ALL {
         let Some(h) = delta.get(s) else { continue };
         match s {
@@ -253,6 +275,7 @@ fn publish(t: &Telemetry, delta: &HistogramSet, queue_depth: usize, last_models:
         metrics::counter!(RISK, "reason" => *code).absolute(t.counters.risk_total(i));
     }
     metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
+    metrics::gauge!(QUEUE_CAPACITY).set(queue_capacity as f64);
     let (vars, global_kill) = t.risk();
     for v in vars {
         metrics::gauge!(VAR, "symbol" => v.symbol.clone()).set(v.var_per_unit);
@@ -283,7 +306,7 @@ impl Exporter {
         queue_capacity: usize,
         interval: Duration,
     ) -> std::io::Result<Self> {
-        let recorder = build_recorder();
+        let recorder = build_recorder(gauge_idle(interval));
         let handle = recorder.handle();
         let totals = Arc::new(Mutex::new(telemetry.latency.new_set()));
         let (t, tot) = (telemetry, totals.clone());
@@ -291,14 +314,12 @@ impl Exporter {
         let thread = ControlThread::spawn("quantd-telemetry", move |s| {
             let mut delta = t.latency.new_set();
             let mut last_models = Published::default();
-            metrics::with_local_recorder(&recorder, || {
-                describe();
-                metrics::gauge!(QUEUE_CAPACITY).set(queue_capacity as f64);
-            });
+            metrics::with_local_recorder(&recorder, describe);
             loop {
                 let stopping = s.load(Ordering::Acquire);
                 t.latency.collect(&mut delta);
-                metrics::with_local_recorder(&recorder, || publish(&t, &delta, queue_depth(), &mut last_models));
+                let queue = (queue_depth(), queue_capacity);
+                metrics::with_local_recorder(&recorder, || publish(&t, &delta, queue, &mut last_models));
                 tot.lock().unwrap_or_else(|e| e.into_inner()).add(&delta);
                 delta.reset();
                 upkeep.run_upkeep();
@@ -372,5 +393,29 @@ pub async fn serve_metrics(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gauge_no_longer_set_leaves_the_exposition_and_counters_stay() {
+        let recorder = build_recorder(Duration::from_millis(50));
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!(VAR, "symbol" => "EVICTED").set(1.5);
+            metrics::gauge!(VAR, "symbol" => "LIVE").set(2.5);
+            metrics::counter!(TICKS, "outcome" => "scored").absolute(7);
+        });
+        assert!(handle.render().contains("EVICTED"));
+        std::thread::sleep(Duration::from_millis(120));
+        metrics::with_local_recorder(&recorder, || metrics::gauge!(VAR, "symbol" => "LIVE").set(2.5));
+        handle.run_upkeep();
+        let text = handle.render();
+        assert!(!text.contains("EVICTED"), "{text}");
+        assert!(text.contains("LIVE") && text.contains("outcome=\"scored\"} 7"), "{text}");
+        assert_eq!(gauge_idle(Duration::from_secs(1)), Duration::from_secs(300));
     }
 }
