@@ -72,9 +72,13 @@ default-model: setup
 	$(PY) training/make_default_model.py --quantd target/release/quantd --data $(TICKS) --out models
 	$(PY) training/add_verify_sets.py --quantd target/release/quantd --models models
 
+## lint: rustfmt, clippy (warnings are errors) and rustdoc (a broken intra-doc link or bad doc HTML is
+## an error; private items are documented, so links to them are fine). CI runs it after the tests.
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" \
+	  $(CARGO) doc --locked --no-deps --workspace --document-private-items
 
 clean:
 	$(CARGO) clean

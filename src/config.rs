@@ -309,7 +309,7 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     #[arg(long, env = "QUANTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Model repository (<dir>/<name>/<version>/).
+    /// Model repository (`<dir>/<name>/<version>/`).
     #[arg(long = "models", env = "QUANTD_MODELS")]
     pub models_dir: Option<PathBuf>,
     /// Model to serve: name or name@version.

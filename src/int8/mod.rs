@@ -1,5 +1,5 @@
 //! quantd's own INT8 path: what a quantd INT8 model computes, written down in code ([`plan`],
-//! read from the ONNX QDQ graph with the generated [`onnx`] types), a portable [`reference`] that
+//! read from the ONNX QDQ graph with the generated [`onnx`] types), a portable [`reference`](mod@reference) that
 //! executes it, and the native [`kernel`] with runtime ISA dispatch ([`isa`]) that the engine
 //! thread calls where it is exact and faster than ONNX Runtime.
 //!

@@ -8,7 +8,7 @@
 //!    (bias - mean * that)`), each one f32 operation, correctly rounded, no fused multiply-add.
 //! 2. **Input quantization** (`QuantizeLinear`, u8, per tensor):
 //!    `q = clamp(round_half_even(x / s), -z, 255 - z) + z`; NaN gives 0 (MLAS's MAXPS semantics).
-//! 3. **Dense layers** (`DequantizeLinear` → `Gemm` → [`Relu`] → `QuantizeLinear`), with u8
+//! 3. **Dense layers** (`DequantizeLinear` → `Gemm` → `Relu` → `QuantizeLinear`), with u8
 //!    activations `a` (zero point `za`), int8 per-output-channel symmetric weights `w` (zero point 0):
 //!    - exact int32 accumulation `acc[c] = Σ_k (a[k] - za) · w[c][k] + bias_q[c]`;
 //!    - `bias_q[c]` is the graph's int32 bias when it is a `DequantizeLinear` of int32 with scale

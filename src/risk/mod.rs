@@ -107,24 +107,29 @@ impl RiskConfig {
     }
 }
 
-/// The limits that bound a signal, as bits; [`RiskFlags::codes`] names them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RiskFlags(pub u16);
+bitflags::bitflags! {
+    /// The limits that bound a signal; [`RiskFlags::codes`] names them.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RiskFlags: u16 {
+        const KILL_ADMIN = 1 << 0;
+        const KILL_STALE = 1 << 1;
+        const KILL_FEED_DELAY = 1 << 2;
+        const KILL_FEATURES = 1 << 3;
+        const KILL_MODEL = 1 << 4;
+        const VAR_SCALE = 1 << 5;
+        const POSITION_LIMIT = 1 << 6;
+        const CHANGE_RATE = 1 << 7;
+        const GROSS_NOTIONAL = 1 << 8;
+        /// Every kill-switch trigger.
+        const KILLS = Self::KILL_ADMIN.bits() | Self::KILL_STALE.bits() | Self::KILL_FEED_DELAY.bits()
+            | Self::KILL_FEATURES.bits() | Self::KILL_MODEL.bits();
+    }
+}
 
 impl RiskFlags {
-    pub const KILL_ADMIN: u16 = 1 << 0;
-    pub const KILL_STALE: u16 = 1 << 1;
-    pub const KILL_FEED_DELAY: u16 = 1 << 2;
-    pub const KILL_FEATURES: u16 = 1 << 3;
-    pub const KILL_MODEL: u16 = 1 << 4;
-    pub const VAR_SCALE: u16 = 1 << 5;
-    pub const POSITION_LIMIT: u16 = 1 << 6;
-    pub const CHANGE_RATE: u16 = 1 << 7;
-    pub const GROSS_NOTIONAL: u16 = 1 << 8;
-    const KILLS: u16 = 0b1_1111;
-
-    /// (bit, code) of every flag, in the order they are applied.
-    pub const ALL: [(u16, &'static str); 9] = [
+    /// (flag, wire code) of every flag, in the order they are applied (the codes are part of the
+    /// API: `Signal.risk`, the `quantd_risk_total` reason label).
+    pub const ALL: [(RiskFlags, &'static str); 9] = [
         (Self::KILL_ADMIN, "kill_admin"),
         (Self::KILL_STALE, "kill_stale"),
         (Self::KILL_FEED_DELAY, "kill_feed_delay"),
@@ -136,27 +141,19 @@ impl RiskFlags {
         (Self::GROSS_NOTIONAL, "gross_notional"),
     ];
 
-    pub fn has(self, bit: u16) -> bool {
-        self.0 & bit != 0
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
     /// True when a kill-switch trigger fired.
     pub fn killed(self) -> bool {
-        self.0 & Self::KILLS != 0
+        self.intersects(Self::KILLS)
     }
 
     /// The codes of the set flags, in application order.
     pub fn codes(self) -> impl Iterator<Item = &'static str> {
-        Self::ALL.into_iter().filter(move |(b, _)| self.has(*b)).map(|(_, c)| c)
+        Self::ALL.into_iter().filter(move |(f, _)| self.contains(*f)).map(|(_, c)| c)
     }
 
     /// The index of each flag in [`RiskFlags::ALL`] (for counters).
     pub fn indices(self) -> impl Iterator<Item = usize> {
-        (0..Self::ALL.len()).filter(move |&i| self.has(Self::ALL[i].0))
+        (0..Self::ALL.len()).filter(move |&i| self.contains(Self::ALL[i].0))
     }
 
     /// The first kill trigger's explanation, for the reject reason (after `kill_switch: `).
@@ -169,7 +166,7 @@ impl RiskFlags {
             (Self::KILL_MODEL, "the model failed on this tick"),
         ]
         .into_iter()
-        .find(|(b, _)| self.has(*b))
+        .find(|(f, _)| self.contains(*f))
         .map(|(_, d)| d)
     }
 }
@@ -274,8 +271,8 @@ impl RiskGate {
     }
 
     /// The kill triggers that hold for this tick.
-    fn kills(&self, st: &SymbolRisk, t: &RiskInput) -> u16 {
-        let mut k = 0;
+    fn kills(&self, st: &SymbolRisk, t: &RiskInput) -> RiskFlags {
+        let mut k = RiskFlags::empty();
         if st.admin_killed || self.board.global_kill() {
             k |= RiskFlags::KILL_ADMIN;
         }
@@ -303,7 +300,7 @@ impl RiskGate {
             self.board.set_mid(t.slot, t.mid);
         }
         let mut flags = self.kills(st, t);
-        let mut pos = if flags != 0 { 0.0 } else { target };
+        let mut pos = if flags.is_empty() { target } else { 0.0 };
         // VaR sizing.
         let scale = self.board.scale(t.slot);
         if scale < 1.0 && pos != 0.0 {
@@ -344,7 +341,7 @@ impl RiskGate {
         st.position = pos;
         st.notional = pos.abs() * unit;
         self.gross = others + st.notional;
-        (pos, RiskFlags(flags))
+        (pos, flags)
     }
 }
 

@@ -39,7 +39,7 @@ fn nothing_binds_under_default_limits() {
 fn position_limit_clamps_both_sides() {
     let mut g = gate(RiskConfig { max_position: 0.5, ..RiskConfig::default() });
     let mut s = SymbolRisk::default();
-    assert_eq!(g.apply(&mut s, &tick(0, 1, 100.0), 0.8), (0.5, RiskFlags(RiskFlags::POSITION_LIMIT)));
+    assert_eq!(g.apply(&mut s, &tick(0, 1, 100.0), 0.8), (0.5, RiskFlags::POSITION_LIMIT));
     assert_eq!(g.apply(&mut s, &tick(0, 2, 100.0), -0.9).0, -0.5);
     assert_eq!(g.apply(&mut s, &tick(0, 3, 100.0), 0.2), (0.2, RiskFlags::default()));
 }
@@ -94,11 +94,11 @@ fn kill_switch_triggers_flatten_with_a_reason() {
     // Features: range [0, 1] widened by 1.0 × range → [-1, 2]; NaN always kills.
     for (row, killed) in [([1.9f32, 0.0], false), ([2.1, 0.0], true), ([0.5, f32::NAN], true)] {
         let t = RiskInput { features: Some(&row), ..tick(0, 800, 100.0) };
-        assert_eq!(g.apply(&mut s, &t, 0.5).1.has(RiskFlags::KILL_FEATURES), killed, "{row:?}");
+        assert_eq!(g.apply(&mut s, &t, 0.5).1.contains(RiskFlags::KILL_FEATURES), killed, "{row:?}");
     }
     // Model failure.
     let failed = RiskInput { model_failed: true, ..tick(0, 900, 100.0) };
-    assert_eq!(g.apply(&mut s, &failed, 0.5), (0.0, RiskFlags(RiskFlags::KILL_MODEL)));
+    assert_eq!(g.apply(&mut s, &failed, 0.5), (0.0, RiskFlags::KILL_MODEL));
     // Admin: one symbol, then all.
     s.admin_killed = true;
     assert_eq!(codes(g.apply(&mut s, &tick(0, 1_000, 100.0), 0.5).1), vec!["kill_admin"]);
