@@ -277,7 +277,9 @@ fn publish(
     metrics::gauge!(QUEUE_DEPTH).set(queue_depth as f64);
     metrics::gauge!(QUEUE_CAPACITY).set(queue_capacity as f64);
     let (vars, global_kill) = t.risk();
-    for v in vars {
+    // Only symbols with an estimate or a back-test: one not yet sized (fewer returns than
+    // `min_history`, junk included) would be four NaN series, and its scale is 1 anyway.
+    for v in vars.into_iter().filter(|v| v.var_per_unit.is_finite() || v.checks > 0) {
         metrics::gauge!(VAR, "symbol" => v.symbol.clone()).set(v.var_per_unit);
         metrics::gauge!(VAR_SCALE, "symbol" => v.symbol.clone()).set(v.scale);
         metrics::gauge!(VAR_CHECKS, "symbol" => v.symbol.clone()).set(v.checks as f64);
@@ -417,5 +419,27 @@ mod tests {
         assert!(!text.contains("EVICTED"), "{text}");
         assert!(text.contains("LIVE") && text.contains("outcome=\"scored\"} 7"), "{text}");
         assert_eq!(gauge_idle(Duration::from_secs(1)), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn only_symbols_with_a_var_estimate_are_exported() {
+        let t = Telemetry::new();
+        let report = |symbol: &str, var_per_unit: f64| crate::risk::SymbolVarReport {
+            symbol: symbol.into(),
+            var_per_unit,
+            scale: 1.0,
+            checks: 0,
+            exceedances: 0,
+            expected_rate: 0.01,
+            kupiec_lr: f64::NAN,
+            kupiec_p: f64::NAN,
+        };
+        t.set_risk(vec![report("SIZED", 12.5), report("WARMING", f64::NAN)], false);
+        let recorder = build_recorder(Duration::from_secs(300));
+        let delta = t.latency.new_set();
+        metrics::with_local_recorder(&recorder, || publish(&t, &delta, (0, 1), &mut Published::default()));
+        let text = recorder.handle().render();
+        assert!(text.contains("quantd_var_per_unit{symbol=\"SIZED\"} 12.5"), "{text}");
+        assert!(!text.contains("WARMING"), "{text}");
     }
 }
