@@ -305,9 +305,15 @@ impl Manifest {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let bytes = files::read_regular(path, FileLimits::default().max_model_bytes)
-        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    read_hashed(path, FileLimits::default().max_model_bytes).map(|(_, sha256)| sha256)
+}
+
+/// A file from a model directory, read once under `limit`, with its sha256 (hex): what is
+/// checked against the manifest is what is then used.
+fn read_hashed(path: &Path, limit: u64) -> Result<(Vec<u8>, String), ModelError> {
+    let bytes = files::read_regular(path, limit).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok((bytes, sha256))
 }
 
 /// How every model of a server is loaded.
@@ -463,10 +469,8 @@ impl LoadedModel {
             || format!("manifest says {label} but the directory is {dir_name}/{dir_version}"),
         );
         let model_path = dir.join(&manifest.model_file);
-        let model_bytes = files::read_regular(&model_path, opts.limits.max_model_bytes)
-            .map_err(|source| ModelError::Io { path: model_path.clone(), source })?;
         // What was hashed is what is loaded: ONNX Runtime gets these bytes, not the path.
-        let actual = hex::encode(Sha256::digest(&model_bytes));
+        let (model_bytes, actual) = read_hashed(&model_path, opts.limits.max_model_bytes)?;
         problems.check(actual != manifest.sha256, "sha256", Kind::Sha256, || {
             format!("sha256 of {} is {actual}, manifest says {}", manifest.model_file, manifest.sha256)
         });
@@ -626,9 +630,7 @@ fn choose_backend(
     let mut rows = match &manifest.verify {
         Some(v) => {
             let path = dir.join(&v.file);
-            let bytes = files::read_regular(&path, opts.limits.max_model_bytes)
-                .map_err(|source| ModelError::Io { path: path.clone(), source })?;
-            let actual = hex::encode(Sha256::digest(&bytes));
+            let (bytes, actual) = read_hashed(&path, opts.limits.max_model_bytes)?;
             if actual != v.sha256 {
                 return Err(refused(
                     "verify.sha256",
