@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control default-model fuzz soak lint clean
+.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -36,6 +36,13 @@ test-python:
 
 test-training:
 	training/.venv/bin/python -m pytest -q training/tests
+
+## test-deploy: the container image built (podman, local Debian base, no registry), run, streamed into,
+## scraped, hot-swapped and stopped with SIGTERM; the k8s pod and the compose stack (quantd + Prometheus)
+## through `podman kube play` (~2 min; skips without podman, fails then under QUANTD_DEPLOY_REQUIRE=1)
+test-deploy: setup
+	./scripts/deploy-setup.sh
+	$(PY) scripts/test-deploy.py
 
 ## bench: criterion hot paths, then quantd, the echo floor and the Python peer at 1k/10k/50k ticks/s
 ## (3 runs each) and at their highest sustained rate; rewrites BENCHMARKS.md's suite section (~12 min)
