@@ -10,9 +10,9 @@ TICKS ?= ../shared/data/ticks
 setup:
 	./scripts/setup.sh
 
-## run: set up, then serve the committed default model on 127.0.0.1:50051 (metrics :9100)
+## run: set up, then serve the committed default model on 127.0.0.1:50051 (metrics :9100), journal in journal/
 run: setup
-	./target/release/quantd serve --models models
+	./target/release/quantd serve --models models --journal journal
 
 ## train-setup: training/.venv with PyTorch, torchao, ONNX, ONNX Runtime (idempotent; ~5 GB)
 train-setup:

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineConfig, IdleStrategy};
+use crate::journal::JournalConfig;
 use crate::model::files::FileLimits;
 use crate::model::{BackendConfig, ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
 use crate::plausibility::TickChecks;
@@ -72,6 +73,8 @@ pub struct Config {
     /// Which shard of the symbols this replica serves (ticks of other symbols are rejected
     /// `wrong_shard`).
     pub shard: ShardConfig,
+    /// The journal of every tick and signal (Arrow IPC files).
+    pub journal: JournalConfig,
     /// Which backend serves each model (native INT8 kernel, ONNX Runtime, or `auto`) and the
     /// native kernel's ISA level.
     pub backend: BackendConfig,
@@ -248,6 +251,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             admin: AdminSection::default(),
             shard: ShardConfig::default(),
+            journal: JournalConfig::default(),
             backend: BackendConfig::default(),
         }
     }
@@ -343,6 +347,9 @@ pub struct Overrides {
     /// Number of shards (replicas).
     #[arg(long, env = "QUANTD_SHARD_COUNT")]
     pub shard_count: Option<u32>,
+    /// Journal every tick and signal into this directory (turns `journal.enabled` on).
+    #[arg(long = "journal", env = "QUANTD_JOURNAL")]
+    pub journal_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -443,6 +450,10 @@ impl Config {
         }
         if let Some(v) = o.shard_count {
             self.shard.count = v;
+        }
+        if let Some(v) = o.journal_dir {
+            self.journal.enabled = true;
+            self.journal.dir = v;
         }
     }
 
@@ -571,6 +582,7 @@ impl Config {
             format!("gpu_device_id {} must be >= 0", self.gpu_device_id)
         });
         p.extend(self.shard.problems());
+        p.extend(self.journal.problems());
         p.extend(self.backend.validate());
         p.extend(security::tls_problems(&self.tls));
         let admin_on = [Some(self.admin_listen), self.admin.on_service_port.then_some(self.listen)];

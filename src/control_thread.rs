@@ -1,4 +1,4 @@
-//! A control-path thread with a stop flag (the telemetry and risk threads): spawned with a name
+//! A control-path thread with a stop flag (the telemetry, risk and journal threads): spawned with a name
 //! and a body that polls the flag between rounds of work; stopped — flag set, thread unparked,
 //! joined — by [`ControlThread::stop`] or on drop.
 

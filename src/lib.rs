@@ -23,6 +23,7 @@
 //! | `quantd-registry` | model discovery, load, verify, backend choice, the swap/shadow/rollback state machine | control messages to the engine; answers admin requests on oneshot channels ([`registry`]) |
 //! | `quantd-telemetry` | merging the histograms, the Prometheus recorder | reads counters and histograms the others write without locks ([`telemetry::exporter`]) |
 //! | `quantd-risk` | the Monte Carlo VaR estimator | mids in, scales out through the lock-free [`risk::RiskBoard`] ([`risk::var`]) |
+//! | `quantd-journal` (when `journal.enabled`) | the journal files: Arrow IPC streams of every tick and signal, flush, fsync, rotation, retention | the I/O tasks push records into one bounded lock-free ring and never wait; a full ring is counted or refuses ticks ([`journal`]) |
 //!
 //! `quantd replay` runs the same engine code synchronously on recorded ticks
 //! ([`engine::SyncEngine`]), with the VaR estimator driven by exchange time, and scores the
@@ -41,6 +42,7 @@ pub mod control_thread;
 pub mod engine;
 pub mod features;
 pub mod int8;
+pub mod journal;
 pub mod model;
 pub mod plausibility;
 pub mod plotting;

@@ -38,6 +38,18 @@ impl Symbol {
         Ok(Self { len: s.len() as u8, bytes })
     }
 
+    /// `s` cut to at most 32 bytes at a character boundary, unchecked: how the journal records
+    /// a symbol as it was sent, also one that [`Symbol::new`] refuses.
+    pub fn truncated(s: &str) -> Self {
+        let mut end = s.len().min(MAX_SYMBOL_LEN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; MAX_SYMBOL_LEN];
+        bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self { len: end as u8, bytes }
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ever built from a `&str`, so the prefix is valid UTF-8.
         std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
@@ -136,6 +148,7 @@ pub enum Reject {
     FutureTimestamp,
     PriceJump,
     NonFiniteFeatures,
+    JournalUnavailable,
 }
 
 impl Reject {
@@ -181,6 +194,9 @@ impl Reject {
             }
             Reject::NonFiniteFeatures => {
                 "this tick would make a feature NaN or infinite (an extreme or subnormal price); the symbol's state is unchanged"
+            }
+            Reject::JournalUnavailable => {
+                "the journal cannot record this tick (its ring is full or its disk refuses writes; journal.on_full = refuse_ticks); the tick was not processed"
             }
         }
     }
@@ -399,6 +415,7 @@ mod tests {
             "future_timestamp",
             "price_jump",
             "non_finite_features",
+            "journal_unavailable",
         ];
         assert_eq!(Reject::ALL.iter().map(|r| r.code()).collect::<Vec<_>>(), wire);
     }

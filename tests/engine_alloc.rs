@@ -1,11 +1,10 @@
 //! The engine makes no heap allocation per tick after warm-up: real recorded ticks go through
-//! the real engine thread and real models (a plain MLP and a windowed TCN) while a counting global allocator watches
-//! the whole process. (ONNX Runtime's own C++ allocations do not pass through Rust's allocator;
+//! the real engine thread and real models (a plain MLP and a windowed TCN) while a counting global
+//! allocator (`stats_alloc`) watches the whole process. (ONNX Runtime's own C++ allocations do not pass through Rust's allocator;
 //! this checks quantd's code: queue, features, scorer call, policy, replies, latency hand-over.)
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use quantd::config::Config;
@@ -13,26 +12,10 @@ use quantd::engine::worker::ActiveModel;
 use quantd::engine::{EngineConfig, IdleStrategy, ReplyQueue, WorkItem};
 use quantd::model::LoadedModel;
 use quantd::telemetry::Telemetry;
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[test]
 fn engine_hot_path_does_not_allocate_after_warm_up() {
@@ -96,15 +79,14 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
     };
 
     run(0..5_000); // warm-up: symbols, ORT arenas, every batch size seen so far
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let region = Region::new(GLOBAL);
     let scored = run(5_000..25_000);
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let change = region.change();
     assert!(scored > 19_000, "{model}: the window really scored ticks ({scored})");
     assert_eq!(
-        after - before,
+        change.allocations + change.reallocations,
         0,
-        "{model}: {} heap allocations while the engine processed 20000 ticks",
-        after - before
+        "{model}: heap allocations while the engine processed 20000 ticks: {change:?}"
     );
     telemetry.latency.collect(&mut totals);
     assert!(!totals.get(quantd::telemetry::Series::Inference).unwrap().is_empty());

@@ -8,15 +8,17 @@
 //! backtest but never feeds a decision; with `--latency-from` the backtest charges latencies drawn
 //! from a live run's end-to-end distribution instead ([`latency::LatencyProfile`]).
 //!
-//! Outputs, written to a staging directory renamed into place only when complete:
+//! Outputs ([`output`]), written to a staging directory renamed into place only when complete:
 //! `signals-<model>.csv` per model, `summary.json`, and `equity.png` (equity and drawdown, every
-//! model, zero and realistic latency).
+//! model, zero and realistic latency); and the summary table on stdout.
 
 pub mod latency;
+mod output;
 mod plot;
 
+pub use output::{print_table, write_signals};
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -167,7 +169,7 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         agreement,
     };
     if let Some(out) = &opts.out {
-        write_outputs(out, &report)?;
+        output::write_outputs(out, &report)?;
     }
     Ok(report)
 }
@@ -310,134 +312,4 @@ fn progress_bar(show: bool, n: usize, label: &str) -> indicatif::ProgressBar {
     }
     bar.set_message(label.to_owned());
     bar
-}
-
-/// The signals of one model as CSV (the deterministic part of the output).
-pub fn write_signals<W: Write>(mut w: W, rows: &[Reply]) -> std::io::Result<()> {
-    writeln!(w, "symbol,seq,exchange_ts_ns,score,policy_position,target_position,warming_up,reject,risk")?;
-    for r in rows {
-        let risk: Vec<&str> = r.risk.codes().collect();
-        writeln!(
-            w,
-            "{},{},{},{},{},{},{},{},{}",
-            r.symbol,
-            r.seq,
-            r.exchange_ts_ns,
-            r.score,
-            r.policy_position,
-            r.target_position,
-            r.warming_up,
-            r.reject.map_or("", Reject::code),
-            risk.join("|")
-        )?;
-    }
-    Ok(())
-}
-
-fn file_name(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
-}
-
-/// Writes everything into `<out>.partial`, then renames it to `out`: a directory named `out`
-/// is always complete.
-fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayError> {
-    let staging = out.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let result = (|| {
-        for m in &report.models {
-            let path = staging.join(format!("signals-{}.csv", file_name(&m.label)));
-            let f = std::fs::File::create(&path).map_err(io(&path))?;
-            write_signals(std::io::BufWriter::new(f), &m.signals).map_err(io(&path))?;
-        }
-        let path = staging.join("summary.json");
-        let json = serde_json::to_string_pretty(report).map_err(|e| ReplayError::Plot(e.to_string()))?;
-        std::fs::write(&path, json).map_err(io(&path))?;
-        plot::equity_and_drawdown(&staging, report)?;
-        std::fs::rename(&staging, out).map_err(io(out))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
-}
-
-/// The printed table: one row per model and latency setting.
-pub fn print_table(report: &ReplayReport) {
-    let charged = match &report.latency_from {
-        Some(p) => format!("end-to-end drawn from the live run {}", p.display()),
-        None => "engine".to_owned(),
-    };
-    println!(
-        "{} ticks, symbols {:?}; metrics from exchange time {} on; fee {} bps, latency = {charged} + feed {} µs + order {} µs",
-        report.ticks,
-        report.symbols,
-        report.eval_from_ns,
-        report.cost.fee_bps,
-        report.cost.feed_latency_ns / 1000,
-        report.cost.order_latency_ns / 1000
-    );
-    println!(
-        "{:<26} {:>7} {:>11} {:>11} {:>8} {:>8} {:>10} {:>8} {:>12} {:>7} {:>6} {:>8} {:>6} {:>7}",
-        "model",
-        "latency",
-        "pnl",
-        "pre-cost",
-        "sharpe",
-        "sortino",
-        "max dd",
-        "calmar",
-        "turnover/d",
-        "changes",
-        "hit",
-        "hold s",
-        "IC",
-        "rank IC"
-    );
-    for m in &report.models {
-        for (name, x) in [("zero", &m.zero_latency), ("real", &m.with_latency)] {
-            println!(
-                "{:<26} {:>7} {:>11.2} {:>11.2} {:>8.2} {:>8.2} {:>10.2} {:>8.1} {:>12.0} {:>7} {:>6.2} {:>8.1} {:>6.3} {:>7.3}",
-                m.label,
-                name,
-                x.pnl,
-                x.pnl_before_costs,
-                x.sharpe,
-                x.sortino,
-                x.max_drawdown,
-                x.calmar,
-                x.turnover_per_day,
-                x.position_changes,
-                x.hit_rate,
-                x.avg_holding_s,
-                x.ic,
-                x.rank_ic
-            );
-        }
-        println!(
-            "{:<26} replay {:.0} ticks/s; engine time p50 {:.1} µs, p99 {:.1} µs; risk {:?}; rejects {:?}",
-            "",
-            m.ticks_per_second,
-            m.engine_ns_p50 as f64 / 1e3,
-            m.engine_ns_p99 as f64 / 1e3,
-            m.risk_bindings,
-            m.rejects
-        );
-        for v in &m.var {
-            println!(
-                "{:<26} VaR {}: {:.4} per unit, scale {:.3}; back-test {} of {} horizons exceeded (expected {:.0}%), Kupiec p = {:.3}",
-                "",
-                v.symbol,
-                v.var_per_unit,
-                v.scale,
-                v.exceedances,
-                v.checks,
-                v.expected_rate * 100.0,
-                v.kupiec_p
-            );
-        }
-    }
-    for (a, b, f) in &report.agreement {
-        println!("positions of {a} and {b} on the same side on {:.1}% of ticks", f * 100.0);
-    }
 }

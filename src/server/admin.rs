@@ -61,6 +61,9 @@ pub struct AdminPlane {
 /// The running admin thread.
 pub struct AdminThread {
     runtime: tokio::runtime::Handle,
+    /// SIGTERM and SIGINT, registered when the thread starts (before the server says it is
+    /// serving, so a signal sent right after is never lost); taken by [`AdminThread::watch_signals`].
+    signals: std::sync::Mutex<Option<Signals>>,
     readiness: Arc<Readiness>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -83,6 +86,10 @@ impl AdminThread {
             .build()
             .map_err(StartError::Thread)?;
         let handle = runtime.handle().clone();
+        let signals = std::sync::Mutex::new(Some({
+            let _context = handle.enter();
+            Signals::register()
+        }));
         let readiness = plane.readiness.clone();
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -94,16 +101,22 @@ impl AdminThread {
                 runtime.block_on(serve(plane, stopped))
             })
             .map_err(StartError::Thread)?;
-        Ok(Self { runtime: handle, readiness, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { runtime: handle, signals, readiness, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Handles SIGTERM and SIGINT on the admin thread: readiness goes to draining at once, then
-    /// the returned receiver resolves (the caller starts [`super::Server::shutdown`]).
+    /// the returned receiver resolves (the caller starts [`super::Server::shutdown`]). The
+    /// handlers were registered when the thread started, so a signal sent as soon as the server
+    /// logs `serving` is kept, not fatal; only the first call gets them.
     pub fn watch_signals(&self) -> oneshot::Receiver<&'static str> {
         let (tx, rx) = oneshot::channel();
         let readiness = self.readiness.clone();
+        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.runtime.spawn(async move {
-            let name = wait_for_signal().await;
+            let name = match signals {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            };
             readiness.drain();
             tracing::info!(signal = name, "shutdown requested: health NOT_SERVING, draining");
             let _ = tx.send(name);
@@ -150,25 +163,48 @@ fn renice(nice: i32) {
     tracing::warn!(nice, "admin.nice is only applied on Linux");
 }
 
-async fn wait_for_signal() -> &'static str {
+/// SIGTERM and SIGINT as streams of the admin runtime (ctrl-c elsewhere than Unix).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot handle SIGTERM/SIGINT; the server stops only when killed");
-                std::future::pending().await
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Registers the handlers now (call inside the admin runtime's context): a signal that
+    /// arrives before anyone waits is kept for [`Signals::next`].
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Self { streams: Some((term, int)) },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot handle SIGTERM/SIGINT; the server stops only when killed");
+                    Self { streams: None }
+                }
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "ctrl-c"
+
+    /// The first signal's name.
+    async fn next(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            match self.streams {
+                Some((mut term, mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                None => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
     }
 }
 

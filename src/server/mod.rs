@@ -2,7 +2,7 @@
 //! through the registry, start the engine, registry, telemetry, risk and admin threads, bind the
 //! ports), serving the tick path on the data plane's tokio runtime (the caller's), and graceful
 //! shutdown (health NOT_SERVING, stop accepting, drain the engine, answer every tick already
-//! read).
+//! read, drain the journal).
 //!
 //! The admin services, `/metrics` and the watchdog run on the `quantd-admin` thread
 //! ([`admin`]); the data plane's runtime serves `SignalService`, reflection and the same health
@@ -30,6 +30,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineHandle};
+use crate::journal::{Journal, JournalThread};
 use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
 use crate::proto::model_admin_server::ModelAdminServer;
@@ -58,6 +59,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("journal directory {dir}: {source}")]
+    Journal { dir: std::path::PathBuf, source: std::io::Error },
 }
 
 /// The encoded file descriptor set of `quantd.v1`, for server reflection.
@@ -80,6 +83,8 @@ pub struct Server {
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// The open tick streams (caps, slow-consumer monitor, drain).
     streams: Arc<streams::Streams>,
+    /// The `quantd-journal` thread, when the journal is on.
+    journal_thread: Option<JournalThread>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -120,6 +125,13 @@ impl Server {
         .map_err(StartError::Thread)?;
         let risk_thread =
             RiskThread::start(&config.risk, handle.risk_board(), telemetry.clone()).map_err(StartError::Thread)?;
+        let journal_thread = match config.journal.enabled {
+            true => Some(
+                JournalThread::start(&config.journal, telemetry.clone())
+                    .map_err(|source| StartError::Journal { dir: config.journal.dir.clone(), source })?,
+            ),
+            false => None,
+        };
 
         telemetry.readiness.started();
         let health = HealthReporter::new();
@@ -170,6 +182,7 @@ impl Server {
             shard: config.shard,
             streams: streams.clone(),
             telemetry: telemetry.clone(),
+            journal: journal_thread.as_ref().map(JournalThread::handle),
         };
         let grpc = serve_grpc(listener, handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);
@@ -189,6 +202,7 @@ impl Server {
             stop_tx: Some(stop_tx),
             grpc: Some(grpc),
             streams,
+            journal_thread,
         })
     }
 
@@ -259,6 +273,10 @@ impl Server {
         if let Some(engine) = self.engine.take() {
             tokio::task::spawn_blocking(move || engine.shutdown()).await.ok();
         }
+        // Every tick read has been answered (or its stream is gone): drain the journal.
+        if let Some(journal) = self.journal_thread.take() {
+            tokio::task::spawn_blocking(move || journal.shutdown()).await.ok();
+        }
         if let Some(risk) = self.risk_thread.take() {
             tokio::task::spawn_blocking(move || risk.shutdown()).await.ok();
         }
@@ -290,6 +308,7 @@ struct Edge {
     shard: crate::shard::ShardConfig,
     streams: Arc<streams::Streams>,
     telemetry: Arc<Telemetry>,
+    journal: Option<Journal>,
 }
 
 /// The connection limits of a gRPC listener, from the stream settings.
@@ -323,8 +342,9 @@ fn serve_grpc(
         idle_timeout: (st.idle_timeout_ms > 0).then(|| Duration::from_millis(st.idle_timeout_ms)),
         shard: edge.shard,
     };
-    let signals = SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, edge.streams))
-        .max_decoding_message_size(st.max_message_bytes);
+    let signals =
+        SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, edge.streams, edge.journal))
+            .max_decoding_message_size(st.max_message_bytes);
     let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     let (admin, risk) = match edge.admin {
         Some((registry, risk, auth)) => (

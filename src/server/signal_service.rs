@@ -13,6 +13,7 @@ use super::streams::{Refused, Streams};
 use super::tick_stream::{StreamLimits, TickStream, finish};
 use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
+use crate::journal::{Journal, SignalRecord};
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
 use crate::telemetry::{Recorder, Series, StreamEvent, Telemetry};
@@ -30,12 +31,19 @@ pub struct Signals {
     streams: Arc<Streams>,
     /// Unary calls share one recorder (a short lock on the unary path only; streams own theirs).
     unary_recorder: Mutex<Recorder>,
+    journal: Option<Journal>,
 }
 
 impl Signals {
-    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, limits: StreamLimits, streams: Arc<Streams>) -> Self {
+    pub fn new(
+        engine: EngineHandle,
+        telemetry: Arc<Telemetry>,
+        limits: StreamLimits,
+        streams: Arc<Streams>,
+        journal: Option<Journal>,
+    ) -> Self {
         let unary_recorder = Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
-        Self { engine, telemetry, limits, streams, unary_recorder }
+        Self { engine, telemetry, limits, streams, unary_recorder, journal }
     }
 }
 
@@ -65,7 +73,8 @@ impl SignalService for Signals {
         }
         let client = request.remote_addr();
         let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
-        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client) {
+        let journal = self.journal.clone();
+        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal) {
             Ok(stream) => Ok(Response::new(stream)),
             Err(Refused::Server(n)) => Err(EdgeError::TooManyStreams(n).into()),
             Err(Refused::Peer(n)) => Err(EdgeError::TooManyStreamsFromPeer(n).into()),
@@ -76,7 +85,14 @@ impl SignalService for Signals {
         let t = request.into_inner();
         let recv = Instant::now();
         let recv_ns = realtime_ns();
+        // A unary call is a stream of one tick in the journal.
+        let stream = self.journal.as_ref().map(Journal::open_stream);
+        let journal_refuses =
+            self.journal.as_ref().zip(stream).is_some_and(|(j, id)| !j.record_tick(&t, id, 0, recv_ns));
         let reply = match Tick::from_proto(&t) {
+            _ if journal_refuses => {
+                Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, Reject::JournalUnavailable, recv, recv_ns)
+            }
             Err(reject) => Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
             Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => {
                 Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, Reject::WrongShard, recv, recv_ns)
@@ -89,8 +105,16 @@ impl SignalService for Signals {
                 }
             }
         };
-        let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Response::new(finish(reply, Some(t.symbol), &mut recorder, &self.telemetry)))
+        let record = stream.map(|id| SignalRecord::new(&reply, Some(&t.symbol), id, 0, 0));
+        let signal = {
+            let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
+            finish(reply, Some(t.symbol), &mut recorder, &self.telemetry)
+        };
+        if let (Some(j), Some(mut r)) = (&self.journal, record) {
+            r.send_ns = signal.server_send_ns;
+            j.signal(r);
+        }
+        Ok(Response::new(signal))
     }
 }
 

@@ -33,6 +33,7 @@ use super::realtime_ns;
 use super::streams::{Entered, Probe, Refused, Streams};
 use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
+use crate::journal::{Journal, SignalRecord};
 use crate::proto;
 use crate::telemetry::{Outcome, Recorder, Series, StreamEvent, Telemetry};
 use crate::tick::{Reject, Symbol, Tick};
@@ -83,6 +84,14 @@ pub struct TickStream {
     last_seq: Option<u64>,
     /// Stopped reading for a graceful shutdown; ends once everything read is answered.
     draining: bool,
+    /// Where every tick and signal is recorded, when the journal is on.
+    journal: Option<Journal>,
+    /// This stream's id in the journal.
+    journal_stream: u64,
+    /// Ticks read so far (the next tick's index in the journal).
+    ticks_read: u64,
+    /// Signals sent so far (the next signal's index).
+    signals_sent: u64,
     /// The final status was returned: nothing more to poll.
     finished: bool,
 }
@@ -97,9 +106,14 @@ impl TickStream {
         limits: StreamLimits,
         streams: Arc<Streams>,
         client: Option<SocketAddr>,
+        journal: Option<Journal>,
     ) -> Result<Self, Refused> {
         let probe = streams.open(client)?;
         Ok(Self {
+            journal_stream: journal.as_ref().map_or(0, Journal::open_stream),
+            journal,
+            ticks_read: 0,
+            signals_sent: 0,
             waker: probe.waker(),
             inbound,
             inbound_done: false,
@@ -172,8 +186,13 @@ impl TickStream {
             idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
         }
         let recv_ns = realtime_ns();
+        let index = self.ticks_read;
+        self.ticks_read += 1;
+        let journal_refuses =
+            self.journal.as_ref().is_some_and(|j| !j.record_tick(&t, self.journal_stream, index, recv_ns));
         let local = |reject, symbol| Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns);
         let entry = match Tick::from_proto(&t) {
+            _ if journal_refuses => Pending::Local(local(Reject::JournalUnavailable, Symbol::EMPTY), t.symbol),
             Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
             Ok(tick) if !self.symbols.contains(&tick.symbol) && self.symbols.len() >= self.limits.max_symbols => {
                 Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
@@ -338,7 +357,17 @@ impl TickStream {
             },
         };
         self.last_seq = Some(reply.seq);
-        Poll::Ready(Some(Ok(finish(reply, symbol, &mut self.recorder, &self.telemetry))))
+        let record = self
+            .journal
+            .as_ref()
+            .map(|_| SignalRecord::new(&reply, symbol.as_deref(), self.journal_stream, self.signals_sent, 0));
+        self.signals_sent += 1;
+        let signal = finish(reply, symbol, &mut self.recorder, &self.telemetry);
+        if let (Some(j), Some(mut r)) = (&self.journal, record) {
+            r.send_ns = signal.server_send_ns;
+            j.signal(r);
+        }
+        Poll::Ready(Some(Ok(signal)))
     }
 }
 

@@ -81,6 +81,27 @@ pub enum ConnEvent {
     AcceptError,
 }
 
+/// What happened to journal records (metric `quantd_journal_events_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+#[repr(u8)]
+pub enum JournalEvent {
+    /// A tick record written to a journal file.
+    TickWritten,
+    /// A signal record written.
+    SignalWritten,
+    /// A tick record lost: the ring was full (`journal.on_full = drop_and_count`) or its write failed.
+    TickDropped,
+    /// A signal record lost, likewise.
+    SignalDropped,
+    /// A tick refused `journal_unavailable` (`journal.on_full = refuse_ticks`).
+    TickRefused,
+    /// A write, fsync or rotation failed (a full disk, a file-size limit).
+    WriteError,
+    /// A file closed at its size or age and a new one begun.
+    FileRotated,
+}
+
 /// An enum whose variants are counted by an [`EventCounts`], each under its metric label.
 pub trait Event: Copy + 'static {
     /// Every variant, in declaration order (its index is its position here).
@@ -114,7 +135,7 @@ macro_rules! events {
     )*};
 }
 
-events!(Outcome, SymbolEvent, StreamEvent, ConnEvent);
+events!(Outcome, SymbolEvent, StreamEvent, ConnEvent, JournalEvent);
 
 /// One relaxed counter per variant of `E` (`N` is `E::ALL.len()`; a generic array length cannot
 /// be computed from `E` on stable Rust, so the field types spell it).
@@ -157,6 +178,8 @@ pub struct Counters {
     pub symbols: EventCounts<SymbolEvent, { SymbolEvent::ALL.len() }>,
     /// Streams refused or ended by the server.
     pub streams: EventCounts<StreamEvent, { StreamEvent::ALL.len() }>,
+    /// Journal records written, lost or refused, and journal file events.
+    pub journal: EventCounts<JournalEvent, { JournalEvent::ALL.len() }>,
     streams_open: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
     risk: [AtomicU64; RiskFlags::ALL.len()],

@@ -28,6 +28,7 @@ pub const TICKS: &str = "quantd_ticks_total";
 pub const REJECTS: &str = "quantd_rejects_total";
 pub const SYMBOL_RESETS: &str = "quantd_symbol_resets_total";
 pub const STREAM_EVENTS: &str = "quantd_stream_events_total";
+pub const JOURNAL_EVENTS: &str = "quantd_journal_events_total";
 pub const STREAMS_OPEN: &str = "quantd_streams_open";
 pub const CONNECTIONS: &str = "quantd_connections_total";
 pub const CONNECTIONS_OPEN: &str = "quantd_connections_open";
@@ -99,6 +100,10 @@ fn describe() {
         "Tick streams refused (server or per-peer cap, bad option), calls refused for oversize headers, or tick streams ended by the server (slow consumer, idle, shutdown)"
     );
     metrics::describe_gauge!(STREAMS_OPEN, "Tick streams open now");
+    metrics::describe_counter!(
+        JOURNAL_EVENTS,
+        "Journal records written, dropped (ring full or write failed) or refused (on_full = refuse_ticks), write errors and file rotations"
+    );
     metrics::describe_counter!(
         CONNECTIONS,
         "gRPC connections accepted, refused at the cap, closed for no handshake, and failed accepts (no descriptors, other)"
@@ -267,6 +272,7 @@ fn publish(
         metrics::counter!(REJECTS, "reason" => r.code()).absolute(c.reject_total(r));
     }
     publish_counts(STREAM_EVENTS, "event", &c.streams);
+    publish_counts(JOURNAL_EVENTS, "event", &c.journal);
     metrics::gauge!(STREAMS_OPEN).set(c.streams_open() as f64);
     publish_counts(CONNECTIONS, "event", &c.conns);
     metrics::gauge!(CONNECTIONS_OPEN).set(c.connections_open() as f64);

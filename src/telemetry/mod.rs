@@ -9,7 +9,7 @@ pub mod exporter;
 pub mod latency;
 pub mod logging;
 
-pub use counters::{ConnEvent, Counters, Event, EventCounts, Outcome, StreamEvent, SymbolEvent};
+pub use counters::{ConnEvent, Counters, Event, EventCounts, JournalEvent, Outcome, StreamEvent, SymbolEvent};
 pub use latency::{LatencyHub, Recorder, Series};
 
 use std::sync::{Arc, Mutex};

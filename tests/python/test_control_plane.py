@@ -91,3 +91,12 @@ def test_sigterm_turns_health_not_serving_while_the_drain_is_under_way(pb, quant
         outbox.put(None)
     assert server.wait_exit() == 0
     stuck.close()
+
+
+def test_sigterm_right_after_serving_is_a_clean_shutdown(quantd):
+    """The handlers are registered before the server logs `serving`: a SIGTERM sent the moment it
+    does is a graceful stop (exit 0), never the default action that kills the process."""
+    for _ in range(5):
+        server = quantd()
+        assert server.addr, "".join(server.log)
+        assert server.stop() == 0, "".join(server.log)

@@ -1,0 +1,363 @@
+//! The journal: every tick as it was received and every signal as it was sent, written as Arrow
+//! IPC streams that pandas, polars and pyarrow open directly.
+//!
+//! The gRPC I/O tasks (`quantd-io`) hand records over through one bounded lock-free ring
+//! ([`Journal::tick`], [`Journal::signal`]); they never wait on the journal. The `quantd-journal`
+//! thread ([`JournalThread`]) pops them, writes Arrow record batches ([`writer`]), flushes and
+//! fsyncs on its own intervals, rotates files by size and age and keeps the configured number of
+//! them. On shutdown it drains the ring before it exits.
+//!
+//! Files: `<dir>/ticks-<start>-<n>.arrows` and `<dir>/signals-<start>-<n>.arrows` (Arrow IPC
+//! stream format, one record batch per flush). A file being written ends in `.partial` and is
+//! renamed when closed, so after a crash the one partly written file is recognisable: everything
+//! up to its last complete batch reads back, and the end-of-stream marker is missing.
+//!
+//! A full ring or a failing disk is a configured, counted outcome ([`OnFull`]):
+//! `drop_and_count` keeps serving and counts each record not journaled;
+//! `refuse_ticks` refuses new ticks (`journal_unavailable`) while the ring has no room for a tick
+//! and its signal, or while the last write failed.
+
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use serde::{Deserialize, Serialize};
+
+use crate::control_thread::ControlThread;
+use crate::engine::Reply;
+use crate::problem::{Kind, Problems};
+use crate::proto;
+use crate::risk::RiskFlags;
+use crate::telemetry::{JournalEvent, Telemetry};
+use crate::tick::{Reject, Symbol};
+
+/// What happens when a record finds the ring full, or the disk refuses writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Keep serving; each record not journaled is counted (`quantd_journal_events_total`).
+    #[default]
+    DropAndCount,
+    /// Refuse new ticks (`journal_unavailable`) until the journal keeps up again.
+    RefuseTicks,
+}
+
+/// `[journal]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Journal every tick and signal (`make run` turns it on, into `journal/`).
+    pub enabled: bool,
+    /// Where the files go (created if missing).
+    pub dir: PathBuf,
+    /// Records the ring holds between the I/O threads and the journal thread.
+    pub ring_capacity: usize,
+    /// Rows per Arrow record batch at most; a batch is also written every `flush_ms`.
+    pub batch_rows: usize,
+    /// A batch is written (and the file flushed) at least this often, ms.
+    pub flush_ms: u64,
+    /// The files are fsynced at least this often, ms (0: at every flush).
+    pub fsync_ms: u64,
+    /// A file is closed and a new one begun past this many bytes.
+    pub rotate_bytes: u64,
+    /// ... or past this age, seconds.
+    pub rotate_secs: u64,
+    /// Closed files kept per kind (ticks, signals); older ones are deleted (0: keep all).
+    pub retention_files: usize,
+    /// A full ring or a failing disk: `drop_and_count` or `refuse_ticks`.
+    pub on_full: OnFull,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::from("journal"),
+            ring_capacity: 1 << 16,
+            batch_rows: 4096,
+            flush_ms: 100,
+            fsync_ms: 1000,
+            rotate_bytes: 256 << 20,
+            rotate_secs: 3600,
+            retention_files: 0,
+            on_full: OnFull::DropAndCount,
+        }
+    }
+}
+
+impl JournalConfig {
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
+        p.check(self.ring_capacity < 2, "journal.ring_capacity", Kind::OutOfRange, || {
+            format!("journal.ring_capacity {} must be at least 2 (a tick and its signal)", self.ring_capacity)
+        });
+        p.check(self.batch_rows == 0, "journal.batch_rows", Kind::OutOfRange, || {
+            "journal.batch_rows must be > 0".into()
+        });
+        p.check(self.flush_ms == 0, "journal.flush_ms", Kind::OutOfRange, || "journal.flush_ms must be > 0".into());
+        p.check(self.rotate_bytes < 4096, "journal.rotate_bytes", Kind::OutOfRange, || {
+            format!("journal.rotate_bytes {} must be at least 4096", self.rotate_bytes)
+        });
+        p.check(self.rotate_secs == 0, "journal.rotate_secs", Kind::OutOfRange, || {
+            "journal.rotate_secs must be > 0".into()
+        });
+        p.check(self.enabled && self.dir.as_os_str().is_empty(), "journal.dir", Kind::OutOfRange, || {
+            "journal.dir must be set when the journal is enabled".into()
+        });
+        p
+    }
+}
+
+/// A tick as the server received it, before any check: the wire values as they came (a refused
+/// tick is journaled too), where and when it arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct TickRecord {
+    /// Arrival order over all streams (one counter for the server).
+    pub arrival: u64,
+    /// The stream (or unary call) it came on.
+    pub stream: u64,
+    /// Its index in that stream, from 0; its signal has the same index.
+    pub index: u64,
+    /// CLOCK_REALTIME ns when the edge decoded it (the signal's `server_recv_ns`).
+    pub recv_ns: u64,
+    /// The symbol as sent, cut at 32 bytes (a longer one is refused `symbol_too_long`).
+    pub symbol: Symbol,
+    pub seq: u64,
+    pub exchange_ts_ns: i64,
+    /// Wire values of `TickKind` and `Aggressor`.
+    pub kind: i32,
+    pub aggressor: i32,
+    pub bid_px: f64,
+    pub bid_qty: f64,
+    pub ask_px: f64,
+    pub ask_qty: f64,
+    pub trade_px: f64,
+    pub trade_qty: f64,
+}
+
+impl TickRecord {
+    pub fn new(t: &proto::Tick, stream: u64, index: u64, arrival: u64, recv_ns: u64) -> Self {
+        Self {
+            arrival,
+            stream,
+            index,
+            recv_ns,
+            symbol: Symbol::truncated(&t.symbol),
+            seq: t.seq,
+            exchange_ts_ns: t.exchange_ts_ns,
+            kind: t.kind,
+            aggressor: t.aggressor,
+            bid_px: t.bid_px,
+            bid_qty: t.bid_qty,
+            ask_px: t.ask_px,
+            ask_qty: t.ask_qty,
+            trade_px: t.trade_px,
+            trade_qty: t.trade_qty,
+        }
+    }
+}
+
+/// A signal as the server sent it, and the decision behind it.
+#[derive(Clone, Debug)]
+pub struct SignalRecord {
+    pub stream: u64,
+    /// The index of its tick in the stream.
+    pub index: u64,
+    /// CLOCK_REALTIME ns when it was handed to the transport (`server_send_ns`).
+    pub send_ns: u64,
+    pub recv_ns: u64,
+    pub symbol: Symbol,
+    pub seq: u64,
+    pub exchange_ts_ns: i64,
+    /// `name@version` of the model that scored it (none for a tick refused before scoring).
+    pub model: Option<Arc<str>>,
+    pub score: f64,
+    pub policy_position: f64,
+    pub target_position: f64,
+    pub risk: RiskFlags,
+    pub warming_up: bool,
+    pub conflated: bool,
+    pub reject: Option<Reject>,
+}
+
+impl SignalRecord {
+    /// The record of `reply`, sent on `stream` as its `index`th signal; `raw_symbol` is the
+    /// symbol as the client sent it when the edge answered the tick itself.
+    pub fn new(reply: &Reply, raw_symbol: Option<&str>, stream: u64, index: u64, send_ns: u64) -> Self {
+        Self {
+            stream,
+            index,
+            send_ns,
+            recv_ns: reply.recv_ns,
+            symbol: raw_symbol.map_or(reply.symbol, Symbol::truncated),
+            seq: reply.seq,
+            exchange_ts_ns: reply.exchange_ts_ns,
+            model: reply.model.clone(),
+            score: reply.score,
+            policy_position: reply.policy_position,
+            target_position: reply.target_position,
+            risk: reply.risk,
+            warming_up: reply.warming_up,
+            conflated: reply.conflated,
+            reject: reply.reject,
+        }
+    }
+}
+
+/// What the ring carries.
+pub enum Record {
+    Tick(TickRecord),
+    Signal(SignalRecord),
+}
+
+struct Shared {
+    ring: ArrayQueue<Record>,
+    arrival: AtomicU64,
+    streams: AtomicU64,
+    /// The last write failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
+    on_full: OnFull,
+    telemetry: Arc<Telemetry>,
+}
+
+/// The I/O threads' side of the journal: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+impl Journal {
+    /// A new stream (or unary call) id.
+    pub fn open_stream(&self) -> u64 {
+        self.shared.streams.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next arrival number.
+    pub fn arrival(&self) -> u64 {
+        self.shared.arrival.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Under `refuse_ticks`: whether a new tick may be accepted (room for it and its signal,
+    /// and the disk is taking writes). Always true under `drop_and_count`.
+    pub fn admits(&self) -> bool {
+        let s = &self.shared;
+        if s.on_full == OnFull::DropAndCount {
+            return true;
+        }
+        let ok = !s.failing.load(Ordering::Relaxed) && s.ring.len() + 2 <= s.ring.capacity();
+        if !ok {
+            s.telemetry.counters.journal.add(JournalEvent::TickRefused, 1);
+        }
+        ok
+    }
+
+    pub fn tick(&self, r: TickRecord) {
+        self.push(Record::Tick(r), JournalEvent::TickDropped);
+    }
+
+    /// Journals a tick as received: `false` when `refuse_ticks` refuses it (nothing recorded;
+    /// answer it `journal_unavailable`).
+    pub fn record_tick(&self, t: &proto::Tick, stream: u64, index: u64, recv_ns: u64) -> bool {
+        if !self.admits() {
+            return false;
+        }
+        self.tick(TickRecord::new(t, stream, index, self.arrival(), recv_ns));
+        true
+    }
+
+    pub fn signal(&self, r: SignalRecord) {
+        self.push(Record::Signal(r), JournalEvent::SignalDropped);
+    }
+
+    fn push(&self, r: Record, dropped: JournalEvent) {
+        if self.shared.ring.push(r).is_err() {
+            self.shared.telemetry.counters.journal.add(dropped, 1);
+        }
+    }
+}
+
+/// The `quantd-journal` thread.
+pub struct JournalThread {
+    journal: Journal,
+    thread: ControlThread,
+}
+
+impl JournalThread {
+    /// Creates the directory, reports files a crash left partly written, and starts the thread.
+    pub fn start(config: &JournalConfig, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&config.dir)?;
+        for partial in writer::partial_files(&config.dir)? {
+            tracing::warn!(file = %partial.display(), "journal file left partly written by an earlier run (readable up to its last complete batch)");
+        }
+        let shared = Arc::new(Shared {
+            ring: ArrayQueue::new(config.ring_capacity),
+            arrival: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            on_full: config.on_full,
+            telemetry,
+        });
+        let journal = Journal { shared: shared.clone() };
+        tracing::info!(dir = %config.dir.display(), on_full = ?config.on_full, "journal on");
+        let config = config.clone();
+        let thread = ControlThread::spawn("quantd-journal", move |stop| run(&config, &shared, &stop))?;
+        Ok(Self { journal, thread })
+    }
+
+    pub fn handle(&self) -> Journal {
+        self.journal.clone()
+    }
+
+    /// Drains the ring, writes and closes the files, and joins the thread. Call after every
+    /// stream has been answered.
+    pub fn shutdown(mut self) {
+        self.thread.stop();
+    }
+}
+
+/// The thread's loop: pop, batch, write, flush, fsync, rotate; drain on stop.
+fn run(config: &JournalConfig, shared: &Shared, stop: &AtomicBool) {
+    let counters = &shared.telemetry.counters;
+    let mut files = writer::Files::new(config);
+    let flush_every = Duration::from_millis(config.flush_ms);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let mut popped = 0;
+        while let Some(r) = shared.ring.pop() {
+            files.push(r);
+            popped += 1;
+            if files.pending() >= config.batch_rows {
+                break;
+            }
+        }
+        if files.pending() >= config.batch_rows || files.since_flush() >= flush_every || (stopping && popped == 0) {
+            let outcome = files.write_pending();
+            counters.journal.add(JournalEvent::TickWritten, outcome.ticks_written);
+            counters.journal.add(JournalEvent::SignalWritten, outcome.signals_written);
+            counters.journal.add(JournalEvent::TickDropped, outcome.ticks_lost);
+            counters.journal.add(JournalEvent::SignalDropped, outcome.signals_lost);
+            if let Some(e) = &outcome.error {
+                counters.journal.add(JournalEvent::WriteError, 1);
+                if !shared.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "journal write failed; records are counted dropped until a write succeeds");
+                }
+            } else if outcome.ticks_written + outcome.signals_written > 0
+                && shared.failing.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!("journal writes succeed again");
+            }
+            counters.journal.add(JournalEvent::FileRotated, outcome.rotated);
+        }
+        if stopping && popped == 0 && shared.ring.is_empty() && files.pending() == 0 {
+            files.close();
+            return;
+        }
+        if popped == 0 {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+}
