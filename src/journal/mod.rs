@@ -7,8 +7,9 @@
 //! fsyncs on its own intervals, rotates files by size and age and keeps the configured number of
 //! them. On shutdown it drains the ring before it exits.
 //!
-//! Files: `<dir>/ticks-<start>-<n>.arrows` and `<dir>/signals-<start>-<n>.arrows` (Arrow IPC
-//! stream format, one record batch per flush). A file being written ends in `.partial` and is
+//! Files: `<dir>/ticks-<start>-<n>.arrows`, `<dir>/signals-<start>-<n>.arrows` and
+//! `<dir>/models-<start>-<n>.arrows` (each model a signal names: its file's sha256 and feature
+//! schema; Arrow IPC stream format, one record batch per flush). A file being written ends in `.partial` and is
 //! renamed when closed, so after a crash the one partly written file is recognisable: everything
 //! up to its last complete batch reads back, and the end-of-stream marker is missing.
 //!
@@ -20,8 +21,8 @@
 pub mod writer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -208,6 +209,22 @@ impl SignalRecord {
     }
 }
 
+/// A model as it was loaded, what a signal's `model` (`name@version`) stands for: the model
+/// file's sha256, the feature schema, the directory and the backend. Written to `models-*.arrows`
+/// when the registry loads a version (at start-up, for a swap, a shadow, a rollback target).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRecord {
+    /// CLOCK_REALTIME ns of the load.
+    pub loaded_ns: u64,
+    pub model: String,
+    pub sha256: String,
+    pub schema_version: String,
+    pub schema_hash: String,
+    pub dir: String,
+    /// `native` or `ort`, and the ISA level.
+    pub backend: String,
+}
+
 /// What the ring carries.
 pub enum Record {
     Tick(TickRecord),
@@ -220,6 +237,9 @@ struct Shared {
     streams: AtomicU64,
     /// The last write failed (cleared by the next one that succeeds).
     failing: AtomicBool,
+    /// Models loaded since the last write (the control path's, rare; not on the ring so that a
+    /// full ring never loses one).
+    models: Mutex<Vec<ModelRecord>>,
     on_full: OnFull,
     telemetry: Arc<Telemetry>,
 }
@@ -273,6 +293,11 @@ impl Journal {
         self.push(Record::Signal(r), JournalEvent::SignalDropped);
     }
 
+    /// Records a model load (registry thread).
+    pub fn model(&self, r: ModelRecord) {
+        self.shared.models.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+
     fn push(&self, r: Record, dropped: JournalEvent) {
         if self.shared.ring.push(r).is_err() {
             self.shared.telemetry.counters.journal.add(dropped, 1);
@@ -298,6 +323,7 @@ impl JournalThread {
             arrival: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            models: Mutex::new(Vec::new()),
             on_full: config.on_full,
             telemetry,
         });
@@ -327,6 +353,12 @@ fn run(config: &JournalConfig, shared: &Shared, stop: &AtomicBool) {
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let mut popped = 0;
+        if let Ok(mut models) = shared.models.try_lock() {
+            for m in models.drain(..) {
+                files.push_model(m);
+                popped += 1;
+            }
+        }
         while let Some(r) = shared.ring.pop() {
             files.push(r);
             popped += 1;

@@ -13,7 +13,7 @@ use arrow_array::{
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::{JournalConfig, Record, SignalRecord, TickRecord};
+use super::{JournalConfig, ModelRecord, Record, SignalRecord, TickRecord};
 use crate::tick::Reject;
 
 /// The file name suffix of a closed journal file; one being written has `.partial` after it.
@@ -66,6 +66,36 @@ pub fn signal_schema() -> SchemaRef {
         b("conflated"),
         Field::new("reject", DataType::Utf8, true),
     ]))
+}
+
+/// The columns of `models-*.arrows`.
+pub fn model_schema() -> SchemaRef {
+    let t = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        Field::new("loaded_ns", DataType::UInt64, false),
+        t("model"),
+        t("sha256"),
+        t("schema_version"),
+        t("schema_hash"),
+        t("dir"),
+        t("backend"),
+    ]))
+}
+
+fn model_batch(schema: &SchemaRef, rows: &[ModelRecord]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let t = |f: fn(&ModelRecord) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.loaded_ns))),
+            t(|r| &r.model),
+            t(|r| &r.sha256),
+            t(|r| &r.schema_version),
+            t(|r| &r.schema_hash),
+            t(|r| &r.dir),
+            t(|r| &r.backend),
+        ],
+    )
 }
 
 fn tick_batch(schema: &SchemaRef, rows: &[TickRecord]) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -256,6 +286,7 @@ pub struct Files {
     start: u64,
     ticks: Stream<TickRecord>,
     signals: Stream<SignalRecord>,
+    models: Stream<ModelRecord>,
     last_flush: Instant,
     last_sync: Instant,
 }
@@ -267,6 +298,7 @@ impl Files {
             start: crate::clock::realtime_ns(),
             ticks: Stream::new("ticks", tick_schema(), tick_batch),
             signals: Stream::new("signals", signal_schema(), signal_batch),
+            models: Stream::new("models", model_schema(), model_batch),
             last_flush: Instant::now(),
             last_sync: Instant::now(),
         }
@@ -279,9 +311,13 @@ impl Files {
         }
     }
 
-    /// Rows waiting for the next batch (both kinds).
+    pub fn push_model(&mut self, m: ModelRecord) {
+        self.models.pending.push(m);
+    }
+
+    /// Rows waiting for the next batch (every kind).
     pub fn pending(&self) -> usize {
-        self.ticks.pending.len() + self.signals.pending.len()
+        self.ticks.pending.len() + self.signals.pending.len() + self.models.pending.len()
     }
 
     pub fn since_flush(&self) -> Duration {
@@ -301,9 +337,16 @@ impl Files {
             Ok(n) => out.signals_written = n,
             Err(e) => (out.signals_lost, out.error) = (s, Some(e)),
         }
+        // A model record is written at once and its file kept open (a handful per day); a failed
+        // one is kept for the next write rather than lost.
+        let models = self.models.pending.clone();
+        if let Err(e) = self.models.write(&dir, start) {
+            self.models.pending = models;
+            out.error = Some(e);
+        }
         self.last_flush = Instant::now();
         if self.config.fsync_ms == 0 || self.last_sync.elapsed() >= Duration::from_millis(self.config.fsync_ms) {
-            for r in [self.ticks.sync(), self.signals.sync()] {
+            for r in [self.ticks.sync(), self.signals.sync(), self.models.sync()] {
                 if let Err(e) = r {
                     out.error = Some(e);
                 }
@@ -330,7 +373,13 @@ impl Files {
 
     /// Closes both files (end-of-stream marker, fsync, final names).
     pub fn close(&mut self) {
-        for r in [self.ticks.close(), self.signals.close()] {
+        if !self.models.pending.is_empty() {
+            let (dir, start) = (self.config.dir.clone(), self.start);
+            if let Err(e) = self.models.write(&dir, start) {
+                tracing::error!(error = %e, "journal: writing the model records failed");
+            }
+        }
+        for r in [self.ticks.close(), self.signals.close(), self.models.close()] {
             if let Err(e) = r {
                 tracing::error!(error = %e, "journal: closing a file failed");
             }
@@ -450,6 +499,32 @@ mod tests {
         assert_eq!(risk.as_any().downcast_ref::<StringArray>().unwrap().value(0), "kill_admin");
         let score = col("score");
         assert_eq!(score.as_any().downcast_ref::<Float64Array>().unwrap().value(9), 4.5);
+    }
+
+    #[test]
+    fn model_records_are_written_at_once_and_survive_a_failed_write() {
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("gone");
+        let mut f = Files::new(&config(&gone));
+        let model = ModelRecord {
+            loaded_ns: 1,
+            model: "quantd-mlp@2".into(),
+            sha256: "ab".repeat(32),
+            schema_version: "quantd-features/v1".into(),
+            schema_hash: "cd".repeat(32),
+            dir: "models/quantd-mlp/2".into(),
+            backend: "native (avx2)".into(),
+        };
+        f.push_model(model.clone());
+        assert!(f.write_pending().error.is_some(), "no directory yet");
+        std::fs::create_dir(&gone).unwrap();
+        assert_eq!(f.write_pending().error, None);
+        f.close();
+        let (batches, end) = read_all(&files(&gone, "models-", ".arrows")[0]);
+        end.unwrap();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "kept for the next write, once");
+        let sha = batches[0].column_by_name("sha256").unwrap().clone();
+        assert_eq!(sha.as_any().downcast_ref::<StringArray>().unwrap().value(0), model.sha256);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::discover::{Found, default_name, is_release, scan, version_cmp};
 use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth};
+use crate::journal::{Journal, ModelRecord};
 use crate::model::{LoadOptions, LoadedModel, ModelError};
 use crate::policy::PolicyParams;
 use crate::telemetry::{ModelsView, Telemetry};
@@ -146,12 +147,19 @@ pub struct Registry {
     rollbacks: u64,
     failures: BTreeMap<&'static str, u64>,
     last_load: Option<[f64; 3]>,
+    /// Where each load is recorded (what the signals' `model` names stand for).
+    journal: Option<Journal>,
 }
 
 impl Registry {
     /// Scans the models directory and loads the model to start with: the pinned version, or the
     /// highest version that passes every check (failed ones are reported and skipped).
-    pub fn start(cfg: RegistryConfig, telemetry: Arc<Telemetry>) -> Result<(Self, Box<ActiveModel>), ModelError> {
+    /// Each version loaded is recorded in `journal`, when there is one.
+    pub fn start(
+        cfg: RegistryConfig,
+        telemetry: Arc<Telemetry>,
+        journal: Option<Journal>,
+    ) -> Result<(Self, Box<ActiveModel>), ModelError> {
         let found = scan(&cfg.models_dir);
         let served = match &cfg.name {
             Some(n) => n.clone(),
@@ -195,6 +203,7 @@ impl Registry {
             rollbacks: 0,
             failures: BTreeMap::new(),
             last_load: None,
+            journal,
         };
         let mut last_err = None;
         for key in candidates {
@@ -357,6 +366,17 @@ impl Registry {
                     counters,
                     baseline: m.manifest.saturation.iter().flat_map(|s| s.baseline.clone()).collect(),
                 });
+                if let Some(j) = &self.journal {
+                    j.model(ModelRecord {
+                        loaded_ns: crate::clock::realtime_ns(),
+                        model: m.manifest.label(),
+                        sha256: m.manifest.sha256.clone(),
+                        schema_version: m.manifest.features.schema_version.clone(),
+                        schema_hash: m.manifest.features.schema_hash.clone(),
+                        dir: entry.found.dir.display().to_string(),
+                        backend: format!("{} ({})", m.backend.backend, m.backend.isa),
+                    });
+                }
                 entry.loaded = Some(m);
                 entry.failed_signature = None;
                 entry.set(State::Loaded, "");

@@ -103,7 +103,15 @@ impl Server {
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         let telemetry = Telemetry::new();
-        let (registry, active) = Registry::start(config.registry_config()?, telemetry.clone())?;
+        let journal_thread = match config.journal.enabled {
+            true => Some(
+                JournalThread::start(&config.journal, telemetry.clone())
+                    .map_err(|source| StartError::Journal { dir: config.journal.dir.clone(), source })?,
+            ),
+            false => None,
+        };
+        let journal = journal_thread.as_ref().map(JournalThread::handle);
+        let (registry, active) = Registry::start(config.registry_config()?, telemetry.clone(), journal.clone())?;
         let label = active.label.to_string();
         tracing::info!(model = %label, "model verified, loaded and warm");
         let auth = security::AdminAuth::new(&config.admin, &config.tls).map_err(StartError::Tls)?;
@@ -125,13 +133,6 @@ impl Server {
         .map_err(StartError::Thread)?;
         let risk_thread =
             RiskThread::start(&config.risk, handle.risk_board(), telemetry.clone()).map_err(StartError::Thread)?;
-        let journal_thread = match config.journal.enabled {
-            true => Some(
-                JournalThread::start(&config.journal, telemetry.clone())
-                    .map_err(|source| StartError::Journal { dir: config.journal.dir.clone(), source })?,
-            ),
-            false => None,
-        };
 
         telemetry.readiness.started();
         let health = HealthReporter::new();
@@ -182,7 +183,7 @@ impl Server {
             shard: config.shard,
             streams: streams.clone(),
             telemetry: telemetry.clone(),
-            journal: journal_thread.as_ref().map(JournalThread::handle),
+            journal,
         };
         let grpc = serve_grpc(listener, handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);

@@ -7,6 +7,7 @@ import math
 import signal
 import subprocess
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
+from conftest import REPO
 from test_grpc_interop import recorded_ticks
 
 
@@ -80,6 +82,14 @@ def test_every_tick_and_signal_is_journaled_and_reads_back_with_pyarrow(pb, quan
     assert s["model"][0].startswith("quantd-mlp@")
     # The unary call is a stream of one.
     assert s["stream"][-1] != s["stream"][0] and s["score"][-1] == one.score and t["seq"][-1] == ticks[0].seq
+    # Every model a signal names is in models-*.arrows with its file's sha256 and feature schema.
+    models, open_m = read_kind(journal, "models")
+    assert not open_m and models.num_rows >= 1
+    m = models.to_pylist()[0]
+    name, _, version = s["model"][0].partition("@")
+    manifest = tomllib.loads((REPO / "models" / name / version / "manifest.toml").read_text())
+    assert m["model"] == s["model"][0] and m["sha256"] == manifest["sha256"]
+    assert m["schema_hash"] == manifest["features"]["schema_hash"] and m["backend"].split()[0] in ("native", "ort")
 
 
 def test_after_kill_9_every_flushed_record_reads_back_and_the_open_files_are_recognised(pb, quantd, tmp_path):
