@@ -233,6 +233,18 @@ impl<R> Stream<R> {
         })
     }
 
+    /// Closes the current file past its size or age and applies the retention.
+    fn rotate_if_due(&mut self, config: &JournalConfig, out: &mut Outcome) {
+        if !self.due(config) {
+            return;
+        }
+        out.rotated += 1;
+        if let Err(e) = self.close() {
+            out.error = Some(e);
+        }
+        self.retain(&config.dir, config.retention_files);
+    }
+
     /// Ends the current file (end-of-stream marker, fsync) and renames it to its final name.
     fn close(&mut self) -> Result<(), String> {
         let Some(mut o) = self.open.take() else { return Ok(()) };
@@ -353,21 +365,8 @@ impl Files {
             }
             self.last_sync = Instant::now();
         }
-        let keep = self.config.retention_files;
-        if self.ticks.due(&self.config) {
-            out.rotated += 1;
-            if let Err(e) = self.ticks.close() {
-                out.error = Some(e);
-            }
-            self.ticks.retain(&dir, keep);
-        }
-        if self.signals.due(&self.config) {
-            out.rotated += 1;
-            if let Err(e) = self.signals.close() {
-                out.error = Some(e);
-            }
-            self.signals.retain(&dir, keep);
-        }
+        self.ticks.rotate_if_due(&self.config, &mut out);
+        self.signals.rotate_if_due(&self.config, &mut out);
         out
     }
 

@@ -10,10 +10,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::realtime_ns;
 use super::status::EdgeError;
 use super::streams::{Refused, Streams};
-use super::tick_stream::{StreamLimits, TickStream, finish};
+use super::tick_stream::{StreamLimits, TickStream, finish_journaled};
 use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
-use crate::journal::{Journal, SignalRecord};
+use crate::journal::Journal;
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
 use crate::telemetry::{Recorder, Series, StreamEvent, Telemetry};
@@ -105,16 +105,9 @@ impl SignalService for Signals {
                 }
             }
         };
-        let record = stream.map(|id| SignalRecord::new(&reply, Some(&t.symbol), id, 0, 0));
-        let signal = {
-            let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
-            finish(reply, Some(t.symbol), &mut recorder, &self.telemetry)
-        };
-        if let (Some(j), Some(mut r)) = (&self.journal, record) {
-            r.send_ns = signal.server_send_ns;
-            j.signal(r);
-        }
-        Ok(Response::new(signal))
+        let journal = self.journal.as_ref().zip(stream).map(|(j, id)| (j, id, 0));
+        let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Response::new(finish_journaled(reply, Some(t.symbol), &mut recorder, &self.telemetry, journal)))
     }
 }
 

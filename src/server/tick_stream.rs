@@ -262,6 +262,24 @@ pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, tel
     }
 }
 
+/// [`finish`], and the signal recorded in the journal, when there is one, as the `index`th
+/// signal of journal stream `stream` (with the send time `finish` stamped).
+pub fn finish_journaled(
+    reply: Reply,
+    symbol: Option<String>,
+    recorder: &mut Recorder,
+    telemetry: &Telemetry,
+    journal: Option<(&Journal, u64, u64)>,
+) -> proto::Signal {
+    let record = journal.map(|(j, stream, index)| (j, SignalRecord::new(&reply, symbol.as_deref(), stream, index, 0)));
+    let signal = finish(reply, symbol, recorder, telemetry);
+    if let Some((j, mut r)) = record {
+        r.send_ns = signal.server_send_ns;
+        j.signal(r);
+    }
+    signal
+}
+
 impl Stream for TickStream {
     type Item = Result<proto::Signal, Status>;
 
@@ -357,17 +375,9 @@ impl TickStream {
             },
         };
         self.last_seq = Some(reply.seq);
-        let record = self
-            .journal
-            .as_ref()
-            .map(|_| SignalRecord::new(&reply, symbol.as_deref(), self.journal_stream, self.signals_sent, 0));
+        let journal = self.journal.as_ref().map(|j| (j, self.journal_stream, self.signals_sent));
         self.signals_sent += 1;
-        let signal = finish(reply, symbol, &mut self.recorder, &self.telemetry);
-        if let (Some(j), Some(mut r)) = (&self.journal, record) {
-            r.send_ns = signal.server_send_ns;
-            j.signal(r);
-        }
-        Poll::Ready(Some(Ok(signal)))
+        Poll::Ready(Some(Ok(finish_journaled(reply, symbol, &mut self.recorder, &self.telemetry, journal))))
     }
 }
 

@@ -17,7 +17,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 from conftest import REPO
-from test_grpc_interop import recorded_ticks
+from test_grpc_interop import metric, recorded_ticks
 
 
 def read_kind(d: Path, kind: str) -> tuple[pa.Table, list[Path]]:
@@ -37,13 +37,10 @@ def read_kind(d: Path, kind: str) -> tuple[pa.Table, list[Path]]:
     return (pa.Table.from_batches(batches, schema) if batches else None), sorted(set(unterminated))
 
 
-def metric(addr: str, name: str, **labels) -> float:
+def journal_metric(addr: str, name: str, key: str, value: str) -> float | None:
+    """One labelled series of the server's `/metrics` (test_grpc_interop's parser)."""
     text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}}"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(text, f'{name}{{{key}="{value}"}} ')
 
 
 def test_every_tick_and_signal_is_journaled_and_reads_back_with_pyarrow(pb, quantd, tmp_path):
@@ -154,14 +151,14 @@ def test_a_full_disk_is_a_counted_outcome_under_each_policy(pb, quantd, tiny_dis
             time.sleep(0.05)
     assert len(signals) == len(ticks), "the stream stays up and every tick is answered"
     time.sleep(1.2)  # a metrics publication
-    errors = metric(server.metrics_addr, "quantd_journal_events_total", event="write_error")
+    errors = journal_metric(server.metrics_addr, "quantd_journal_events_total", "event", "write_error")
     assert errors > 0, "128 KiB cannot hold 6000 ticks and signals"
     refused = [s for s in signals if s.reject_reason.startswith("journal_unavailable")]
     if policy == "drop_and_count":
         assert not refused
-        assert metric(server.metrics_addr, "quantd_journal_events_total", event="tick_dropped") > 0
+        assert journal_metric(server.metrics_addr, "quantd_journal_events_total", "event", "tick_dropped") > 0
     else:
         assert refused, "refuse_ticks refuses ticks while the disk refuses writes"
-        assert metric(server.metrics_addr, "quantd_journal_events_total", event="tick_refused") == len(refused)
-        assert metric(server.metrics_addr, "quantd_rejects_total", reason="journal_unavailable") == len(refused)
+        assert journal_metric(server.metrics_addr, "quantd_journal_events_total", "event", "tick_refused") == len(refused)
+        assert journal_metric(server.metrics_addr, "quantd_rejects_total", "reason", "journal_unavailable") == len(refused)
     assert server.stop() == 0
