@@ -18,8 +18,8 @@ fi
 if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.requirements; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
-  .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -r requirements-dev.txt
+  .venv/bin/pip install --quiet --no-cache-dir --upgrade pip
+  .venv/bin/pip install --quiet --no-cache-dir -r requirements-dev.txt
   cp requirements-dev.txt .venv/.requirements
 fi
 
