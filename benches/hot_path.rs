@@ -70,7 +70,7 @@ fn bench_engine(c: &mut Criterion) {
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::BusySpin, ..Config::default().engine_config() };
     let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
-    let engine = quantd::engine::spawn(&cfg, active, telemetry).unwrap();
+    let engine = quantd::engine::spawn(&cfg, active, telemetry, &[]).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(1);
     let ticks = ticks();

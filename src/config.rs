@@ -107,6 +107,23 @@ pub struct EngineSection {
     /// that stopped ticking, or junk, free their slots for new ones. Symbols held by the admin
     /// kill switch stay. An evicted symbol warms up again when it returns.
     pub symbol_idle_ms: u64,
+    /// `journal`: at start-up, rebuild each symbol's feature state from the tail of the journal
+    /// (its last `warm_start_max_ticks` ticks received within `warm_start_max_age_ms`), so a
+    /// restart does not send every symbol back to warm-up; `off`: start cold.
+    pub warm_start: WarmStart,
+    pub warm_start_max_age_ms: u64,
+    pub warm_start_max_ticks: usize,
+}
+
+/// Where the engine's per-symbol state comes from at start-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmStart {
+    /// Every symbol starts cold and warms up on its live ticks.
+    #[default]
+    Off,
+    /// From the journal's newest ticks (`journal.dir`).
+    Journal,
 }
 
 /// What a stream does when it has `window` ticks in flight to the engine.
@@ -271,6 +288,9 @@ impl Default for EngineSection {
             idle_yield_us: 2_000,
             watchdog_ms: 1_000,
             symbol_idle_ms: 900_000,
+            warm_start: WarmStart::Off,
+            warm_start_max_age_ms: 900_000,
+            warm_start_max_ticks: 200,
         }
     }
 }
@@ -500,6 +520,15 @@ impl Config {
             format!("engine.max_window {} must be in 1..={max_window}", e.max_window)
         });
         p.check(e.max_symbols == 0, "engine.max_symbols", OutOfRange, || "engine.max_symbols must be > 0".into());
+        p.check(e.warm_start == WarmStart::Journal && !self.journal.enabled, "engine.warm_start", Conflict, || {
+            "engine.warm_start = \"journal\" needs the journal on (journal.enabled, or --journal DIR)".into()
+        });
+        p.check(
+            e.warm_start == WarmStart::Journal && e.warm_start_max_ticks == 0,
+            "engine.warm_start_max_ticks",
+            OutOfRange,
+            || "engine.warm_start_max_ticks must be > 0".into(),
+        );
         let st = &self.stream;
         p.check(st.window == 0, "stream.window", OutOfRange, || "stream.window must be > 0".into());
         p.check(st.outbound_limit < st.window, "stream.outbound_limit", Conflict, || {

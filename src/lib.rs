@@ -25,6 +25,9 @@
 //! | `quantd-risk` | the Monte Carlo VaR estimator | mids in, scales out through the lock-free [`risk::RiskBoard`] ([`risk::var`]) |
 //! | `quantd-journal` (when `journal.enabled`) | the journal files: Arrow IPC streams of every tick and signal, flush, fsync, rotation, retention | the I/O tasks push records into one bounded lock-free ring and never wait; a full ring is counted or refuses ticks ([`journal`]) |
 //!
+//! `quantd audit` ([`audit`]) re-runs a journal's ticks through the same engine code in the live
+//! engine's batches and proves every journaled signal bit for bit.
+//!
 //! `quantd replay` runs the same engine code synchronously on recorded ticks
 //! ([`engine::SyncEngine`]), with the VaR estimator driven by exchange time, and scores the
 //! signals with [`backtest`].
@@ -35,6 +38,7 @@
 //! elsewhere. Bad input never takes a stream down: each refused tick gets a
 //! signal with `reject_reason` and is counted by reason.
 
+pub mod audit;
 pub mod backtest;
 pub mod clock;
 pub mod config;

@@ -80,6 +80,28 @@ enum Command {
         #[arg(long, env = "ORT_DYLIB_PATH")]
         ort_dylib_path: Option<PathBuf>,
     },
+    /// Prove a journal: re-run its ticks through the engine's code and the models that served
+    /// them, in the live engine's batches, and check every signal bit for bit (exit 1 on any
+    /// mismatch or gap).
+    Audit {
+        /// The journal directory (`serve --journal DIR`).
+        #[arg(long)]
+        journal: PathBuf,
+        /// The models directory the server loaded from.
+        #[arg(long, default_value = "models")]
+        models: PathBuf,
+        /// The server's config (TOML): engine, [ticks], [risk] and policy settings.
+        #[arg(long, env = "QUANTD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Mismatches reported in full (all are counted).
+        #[arg(long, default_value_t = 10)]
+        keep: usize,
+        /// Write the report as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib_path: Option<PathBuf>,
+    },
     /// Verify a model directory as the server would at load (signature, sha256, schema, shapes,
     /// the verification set on every backend on this CPU, golden rows).
     VerifyModel {
@@ -197,6 +219,21 @@ fn main() -> anyhow::Result<()> {
                 println!("names = {:?}", quantd::features::names().collect::<Vec<_>>());
             } else {
                 println!("{}# sha256 {}", quantd::features::schema_text(), quantd::features::schema_hash());
+            }
+            Ok(())
+        }
+        Command::Audit { journal, models, config, keep, json, ort_dylib_path } => {
+            let config = Config::load(config.as_deref(), Overrides::default())?;
+            quantd::model::runtime::init(ort_dylib_path.as_deref().or(config.ort_dylib_path.as_deref()))?;
+            let opts = quantd::audit::AuditOptions { journal, models, config, keep_mismatches: keep };
+            let report = quantd::audit::run(&opts)?;
+            quantd::audit::print(&report);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !report.passed() {
+                std::process::exit(1);
             }
             Ok(())
         }

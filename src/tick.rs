@@ -160,6 +160,11 @@ impl Reject {
         self.into()
     }
 
+    /// The reason whose [`Reject::code`] is `code` (the journal reads its records back by it).
+    pub fn from_code(code: &str) -> Option<Reject> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
     /// Human-readable explanation, sent after the code.
     pub fn detail(self) -> &'static str {
         match self {

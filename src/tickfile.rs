@@ -1,5 +1,6 @@
-//! Reading recorded ticks from files: quantd's canonical CSV and the Binance quote and trade
-//! captures in `shared/data/ticks` as they are, plain or gzip (detected by magic bytes).
+//! Reading recorded ticks from files: quantd's canonical CSV, the Binance quote and trade
+//! captures in `shared/data/ticks` as they are, plain or gzip (detected by magic bytes), and the
+//! journal's `ticks-*.arrows` files (live capture: what the server received).
 //!
 //! Used by `quantd features`, replay, benches, tests and the load generator, on whatever thread
 //! calls it (never the engine thread). Several files are merged by exchange timestamp (ties keep
@@ -16,6 +17,14 @@
 //! capture has no exchange time (Binance spot bookTicker); trades (`local_ts_ns,exch_event_ts_ms,
 //! trade_ts_ms,symbol,trade_id,price,qty,buyer_is_maker`) with `trade_ts_ms`, aggressor SELL when
 //! `buyer_is_maker` is true. Their `seq` is the row's position in the merged output (1-based).
+//!
+//! Journal files (Arrow IPC streams, detected by their first bytes) come out in the order the
+//! server received the ticks, over every stream, with the client's `seq`: they are what the
+//! engine was fed, so they are not merged by exchange time, and cannot be mixed with captures.
+//! Given in any order, they are read in the order the journal wrote them; a file a crash left
+//! open reads up to its last complete batch; the copies a warm start journaled are left out. A
+//! tick the server refused at its edge as malformed
+//! (it was journaled as received) is skipped and counted ([`TickReader::journal_refused`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -50,6 +59,12 @@ pub enum TickFileError {
     Unsorted { path: PathBuf, line: u64, ts: i64, prev: i64 },
     #[error("no tick files given")]
     NoFiles,
+    #[error(transparent)]
+    Journal(#[from] crate::journal::read::JournalReadError),
+    #[error(
+        "{0}: journal files (Arrow) and tick captures (CSV) cannot be read together: the journal is in arrival order, captures are merged by exchange time"
+    )]
+    MixedJournal(PathBuf),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +238,9 @@ pub struct TickReader {
     files: Vec<FileReader>,
     emitted: u64,
     failed: bool,
+    /// Journal input: its ticks in arrival order (the files were read at open).
+    journal: Option<std::vec::IntoIter<Tick>>,
+    journal_refused: u64,
 }
 
 impl TickReader {
@@ -230,11 +248,54 @@ impl TickReader {
         if paths.is_empty() {
             return Err(TickFileError::NoFiles);
         }
+        let journal: Vec<bool> = paths.iter().map(|p| crate::journal::read::is_journal_file(p.as_ref())).collect();
+        if journal.iter().any(|&j| j) {
+            if let Some(i) = journal.iter().position(|&j| !j) {
+                return Err(TickFileError::MixedJournal(paths[i].as_ref().to_owned()));
+            }
+            return Self::open_journal(paths);
+        }
         let files = paths.iter().map(|p| FileReader::new(p.as_ref())).collect::<Result<_, _>>()?;
-        Ok(Self { files, emitted: 0, failed: false })
+        Ok(Self { files, emitted: 0, failed: false, journal: None, journal_refused: 0 })
+    }
+
+    fn open_journal<P: AsRef<Path>>(paths: &[P]) -> Result<Self, TickFileError> {
+        let mut paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_owned()).collect();
+        crate::journal::read::sort_files(&mut paths);
+        let read = crate::journal::read::ticks(&paths)?;
+        for p in &read.unterminated {
+            tracing::warn!(file = %p.display(), "journal file ends early (a crash?): read up to its last complete batch");
+        }
+        let mut refused = 0;
+        // A warm start's copies of earlier ticks are not new input.
+        let ticks: Vec<Tick> = read
+            .records
+            .iter()
+            .filter(|r| r.stream != crate::journal::warm::WARM_STREAM)
+            .filter_map(|r| {
+                let tick = Tick::from_proto(&r.to_proto()).ok();
+                refused += u64::from(tick.is_none());
+                tick
+            })
+            .collect();
+        Ok(Self {
+            files: Vec::new(),
+            emitted: 0,
+            failed: false,
+            journal: Some(ticks.into_iter()),
+            journal_refused: refused,
+        })
+    }
+
+    /// Journal input: the ticks skipped because the server had refused them as malformed.
+    pub fn journal_refused(&self) -> u64 {
+        self.journal_refused
     }
 
     fn next_inner(&mut self) -> Result<Option<Tick>, TickFileError> {
+        if let Some(journal) = self.journal.as_mut() {
+            return Ok(journal.next());
+        }
         let mut best: Option<(usize, i64)> = None;
         for i in 0..self.files.len() {
             if let Some((t, _)) = self.files[i].peek()?
@@ -266,9 +327,17 @@ impl Iterator for TickReader {
     }
 }
 
-/// Reads every tick of `paths`, merged by time.
+/// Reads every tick of `paths`, merged by time (journal files: in arrival order).
 pub fn read_all<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Tick>, TickFileError> {
-    TickReader::open(paths)?.collect()
+    let mut reader = TickReader::open(paths)?;
+    let ticks = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
+    if reader.journal_refused() > 0 {
+        tracing::info!(
+            skipped = reader.journal_refused(),
+            "journal ticks the server had refused as malformed were skipped"
+        );
+    }
+    Ok(ticks)
 }
 
 /// Writes ticks in the canonical CSV format.

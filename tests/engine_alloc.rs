@@ -45,7 +45,7 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
     let telemetry = Telemetry::new();
     let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
     let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
-    let engine = quantd::engine::spawn(&cfg, active, telemetry.clone()).unwrap();
+    let engine = quantd::engine::spawn(&cfg, active, telemetry.clone(), &[]).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(4096);
     let mut totals = telemetry.latency.new_set();

@@ -18,7 +18,7 @@ pub mod idle;
 pub mod reply;
 pub mod worker;
 
-pub use sync::SyncEngine;
+pub use sync::{RecordedTick, SyncEngine};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ use crossbeam_utils::sync::Unparker;
 
 pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
-pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, ShadowStats, spawn};
+pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, features_hash, spawn};
 
 use crate::risk::RiskBoard;
 use crate::telemetry::Telemetry;
@@ -232,6 +232,16 @@ impl Drop for Engine {
 mod sync {
     use super::*;
 
+    /// A journaled tick as `quantd audit` feeds it back: the tick, the server time it was
+    /// received, its stream's conflation mode, and the outside inputs the live engine saw.
+    #[derive(Clone, Copy, Debug)]
+    pub struct RecordedTick {
+        pub tick: Tick,
+        pub recv_ns: u64,
+        pub conflate: bool,
+        pub recorded: worker::Recorded,
+    }
+
     /// The engine's code driven synchronously: the caller hands it batches of ticks and gets the
     /// replies back in order. Same symbol state, features, model call, policy and risk gate as
     /// the engine thread; the time-to-live is off (there is no queue to wait in).
@@ -270,6 +280,35 @@ mod sync {
             for t in ticks {
                 self.worker.push(WorkItem { tick: *t, reply_to: self.replies.clone(), recv, recv_ns, conflate: false });
             }
+            self.finish(out);
+        }
+
+        /// Processes `ticks` (at most `max_batch`) as one batch, as the live engine did: with
+        /// their receive times (the clock of the future-timestamp check, the feed-delay kill
+        /// and symbol eviction), their streams' conflation, and the recorded outside inputs.
+        pub fn run_recorded(&mut self, ticks: &[RecordedTick], out: &mut Vec<Reply>) {
+            assert!(ticks.len() <= self.max_batch(), "batch larger than max_batch");
+            let recv = Instant::now();
+            for t in ticks {
+                let (tick, recv_ns, conflate) = (t.tick, t.recv_ns, t.conflate);
+                self.worker.push(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate });
+            }
+            let recorded: Vec<worker::Recorded> = ticks.iter().map(|t| t.recorded).collect();
+            self.worker.set_recorded(&recorded);
+            self.finish(out);
+        }
+
+        /// Warm start: rebuilds symbol state from `ticks` as the server's start-up does.
+        pub fn warm(&mut self, ticks: &[(Tick, u64)]) {
+            self.worker.warm(ticks);
+        }
+
+        /// The engine pass counter: the `batch` of the last batch's replies.
+        pub fn pass(&self) -> u64 {
+            self.worker.pass()
+        }
+
+        fn finish(&mut self, out: &mut Vec<Reply>) {
             self.worker.process_batch();
             while let Some(r) = self.replies.pop() {
                 out.push(r);

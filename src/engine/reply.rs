@@ -10,7 +10,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
-use crate::risk::RiskFlags;
+use crate::risk::{External, RiskFlags};
 use crate::tick::{Reject, Symbol};
 
 /// The engine's answer to one tick, before it becomes a `proto::Signal` on the edge.
@@ -32,6 +32,16 @@ pub struct Reply {
     pub reject: Option<Reject>,
     /// `name@version` of the model that scored it (shared, not copied).
     pub model: Option<Arc<str>>,
+    /// The engine pass that answered it (from 1; 0: answered at the edge, never in a batch)
+    /// and its position in that pass: the journal records both so that `quantd audit` re-runs
+    /// the ticks in the engine's own order and batches.
+    pub batch: u64,
+    pub batch_pos: u32,
+    /// The risk inputs from outside the tick stream that the gate applied (VaR scale 1 and no
+    /// admin kill where the tick never reached the gate).
+    pub external: External,
+    /// FNV-1a of the newest feature row's bits (0: no row was made).
+    pub features_hash: u64,
     pub recv: Instant,
     pub recv_ns: u64,
     /// When the engine posted the reply (start of the egress stage).
@@ -54,6 +64,10 @@ impl Reply {
             conflated: false,
             reject: None,
             model: None,
+            batch: 0,
+            batch_pos: 0,
+            external: External { var_scale: 1.0, admin_kill: false },
+            features_hash: 0,
             recv,
             recv_ns,
             posted,

@@ -16,13 +16,13 @@ use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
 use super::{Ack, Applied, Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::features::{NUM_FEATURES, SymbolFeatures};
-use crate::model::Scorer;
+use crate::model::{LoadedModel, Scorer};
 use crate::plausibility::{Admitted, JumpGuard, TickChecks};
 use crate::policy::{PolicyParams, Position};
-use crate::risk::{RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
+use crate::risk::{External, RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
 use crate::symbols::SymbolTable;
 use crate::telemetry::{Outcome, Recorder, Series, SymbolEvent, Telemetry};
-use crate::tick::{Reject, Symbol};
+use crate::tick::{Reject, Symbol, Tick};
 
 /// Engine settings (from the server config).
 #[derive(Clone, Debug)]
@@ -69,6 +69,13 @@ impl ActiveModel {
     pub fn with_feature_ranges(mut self, ranges: Option<Vec<(f32, f32)>>) -> Self {
         self.feature_ranges = ranges;
         self
+    }
+
+    /// A verified model as the engine runs it: its manifest's policy (or `policy_override`)
+    /// and training ranges. The one way `serve`, `replay` and `audit` make an active model.
+    pub fn from_loaded(m: LoadedModel, policy_override: Option<PolicyParams>) -> Self {
+        let policy = policy_override.unwrap_or(m.manifest.policy);
+        Self::new(m.scorer, &m.manifest.label(), policy).with_feature_ranges(m.manifest.features.ranges())
     }
 }
 
@@ -224,6 +231,18 @@ pub(super) struct Worker {
     next_sweep_ns: i64,
     /// The feature row of the tick being admitted (scratch).
     row: [f32; NUM_FEATURES],
+    /// What the live engine took from outside the tick stream for each tick of the batch, as
+    /// the journal recorded it (`quantd audit` only; empty live).
+    recorded: Vec<Recorded>,
+}
+
+/// One tick's inputs from outside the tick stream, as the journal recorded them: the risk
+/// gate's external inputs, and whether the tick had waited past its time-to-live. The audit
+/// hands them to [`super::SyncEngine::run_recorded`] so that a re-run decides as live did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recorded {
+    pub external: External,
+    pub expired: bool,
 }
 
 /// Builds the engine's state (queues, symbol table, buffers, risk gate) without a thread.
@@ -280,14 +299,22 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         clock_ns: 0,
         next_sweep_ns: 0,
         row: [0.0; NUM_FEATURES],
+        recorded: Vec::new(),
     };
     (worker, parker)
 }
 
-/// Starts the engine thread with its model. The thread is pinned to `config.core` if given; a
-/// refused pin is logged and the engine runs unpinned.
-pub fn spawn(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> std::io::Result<Engine> {
+/// Starts the engine thread with its model, after rebuilding per-symbol state from `warm`
+/// (ticks with their server receive times, oldest first; see [`Worker::warm`]). The thread is
+/// pinned to `config.core` if given; a refused pin is logged and the engine runs unpinned.
+pub fn spawn(
+    config: &EngineConfig,
+    model: Box<ActiveModel>,
+    telemetry: Arc<Telemetry>,
+    warm: &[(Tick, u64)],
+) -> std::io::Result<Engine> {
     let (mut worker, parker) = build(config, model, telemetry);
+    worker.warm(warm);
     let (shared, stop) = (worker.shared.clone(), worker.stop.clone());
     let mut idler = Idler::new(config.idle, config.idle_spin, config.idle_yield);
     let core = config.core;
@@ -456,11 +483,43 @@ impl Worker {
         }
     }
 
+    /// Warm start: takes `ticks` (with their server receive times, oldest first) into their
+    /// symbols' checks, features and windows, in batches of `max_batch` as the engine would, but
+    /// scores nothing and answers nothing: afterwards each symbol is as warm as those ticks make
+    /// it. Runs before the engine serves (on the starting thread, or the audit's).
+    pub(super) fn warm(&mut self, ticks: &[(Tick, u64)]) {
+        let replies = super::ReplyQueue::new(1);
+        for chunk in ticks.chunks(self.max_batch) {
+            let recv = Instant::now();
+            for &(tick, recv_ns) in chunk {
+                self.batch.push(WorkItem { tick, reply_to: replies.clone(), recv, recv_ns, conflate: false });
+            }
+            let newest = chunk.iter().map(|&(_, ns)| ns as i64).max().unwrap_or(0);
+            self.clock_ns = self.clock_ns.max(newest);
+            self.sweep_if_due();
+            self.update_features(recv);
+            self.batch.clear();
+            self.steps.clear();
+        }
+    }
+
     /// Takes `item` into the current batch (the synchronous driver's way in; the engine thread
     /// pops its queue instead). The caller keeps batches within `max_batch`.
     pub(super) fn push(&mut self, item: WorkItem) {
         assert!(self.batch.len() < self.max_batch, "batch larger than max_batch");
         self.batch.push(item);
+    }
+
+    /// Sets the recorded outside inputs of the batch being pushed, one per tick (the audit's
+    /// way in); cleared after the batch.
+    pub(super) fn set_recorded(&mut self, recorded: &[Recorded]) {
+        self.recorded.clear();
+        self.recorded.extend_from_slice(recorded);
+    }
+
+    /// The engine pass counter (the `batch` of the replies of the last batch).
+    pub(super) fn pass(&self) -> u64 {
+        self.pass
     }
 
     pub(super) fn max_batch(&self) -> usize {
@@ -488,6 +547,7 @@ impl Worker {
         let scored = self.score();
         self.answer(scored);
         self.batch.clear();
+        self.recorded.clear();
     }
 
     /// Phase 1: stateful checks and feature updates, tick by tick, in arrival order. Every
@@ -507,7 +567,8 @@ impl Worker {
                     self.mids[i] = state.features.mid();
                     self.buffers.write_input(i, slot, state.rows_written, &self.row, window);
                     state.rows_written += 1;
-                    if self.ttl.is_some_and(|ttl| waited > ttl) {
+                    let recorded_expired = self.recorded.get(i).is_some_and(|r| r.expired);
+                    if recorded_expired || self.ttl.is_some_and(|ttl| waited > ttl) {
                         Step::Expired
                     } else {
                         Step::Scored { slot, row: 0, warm: state.features.ticks() >= warmup }
@@ -631,6 +692,8 @@ impl Worker {
             let item = &self.batch[i];
             let mut reply = Reply {
                 model: Some(self.model.label.clone()),
+                batch: self.pass,
+                batch_pos: i as u32,
                 ..Reply::blank(item.tick.symbol, item.tick.seq, item.tick.exchange_ts_ns, item.recv, item.recv_ns, t)
             };
             match self.steps[i] {
@@ -670,14 +733,22 @@ impl Worker {
                 reply.warming_up = true;
             }
         }
+        let external = match self.recorded.get(i) {
+            Some(r) => r.external,
+            None => self.risk.external(&state.risk, slot),
+        };
+        let features = self.buffers.newest_row(i, self.model.scorer.width());
+        reply.features_hash = features_hash(features);
+        reply.external = external;
         let input = RiskInput {
             slot,
             exchange_ts_ns: reply.exchange_ts_ns,
             prev_ts_ns: self.prev_ts[i],
             mid: self.mids[i],
             recv_ns: reply.recv_ns,
-            features: Some(self.buffers.newest_row(i, self.model.scorer.width())),
+            features: Some(features),
             model_failed: failed,
+            external: Some(external),
         };
         let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
         reply.policy_position = target;
@@ -719,6 +790,7 @@ impl Worker {
         }
         self.batch.clear();
         self.steps.clear();
+        self.recorded.clear();
         self.symbols.clear();
         self.risk.reset();
         tracing::error!(
@@ -726,6 +798,18 @@ impl Worker {
             "engine panicked inside a batch: its ticks were answered with engine_error, symbol state was reset, the engine goes on"
         );
     }
+}
+
+/// FNV-1a over a feature row's bits: the journal's fingerprint of the row a signal was scored
+/// on (cheap enough for every tick; the audit compares it bit for bit).
+pub fn features_hash(row: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in row {
+        for b in v.to_bits().to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Answers a control message's sender, if it still waits.

@@ -18,6 +18,8 @@
 //! `refuse_ticks` refuses new ticks (`journal_unavailable`) while the ring has no room for a tick
 //! and its signal, or while the last write failed.
 
+pub mod read;
+pub mod warm;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -138,11 +140,15 @@ pub struct TickRecord {
     pub ask_qty: f64,
     pub trade_px: f64,
     pub trade_qty: f64,
+    /// The stream's back-pressure mode was `conflate` (the engine scores only a symbol's
+    /// newest tick of a pass from such streams).
+    pub conflate: bool,
 }
 
 impl TickRecord {
-    pub fn new(t: &proto::Tick, stream: u64, index: u64, arrival: u64, recv_ns: u64) -> Self {
+    pub fn new(t: &proto::Tick, stream: u64, index: u64, arrival: u64, recv_ns: u64, conflate: bool) -> Self {
         Self {
+            conflate,
             arrival,
             stream,
             index,
@@ -158,6 +164,25 @@ impl TickRecord {
             ask_qty: t.ask_qty,
             trade_px: t.trade_px,
             trade_qty: t.trade_qty,
+        }
+    }
+}
+
+impl TickRecord {
+    /// The tick as it came over the wire (the journal keeps the wire values).
+    pub fn to_proto(&self) -> proto::Tick {
+        proto::Tick {
+            symbol: self.symbol.as_str().to_owned(),
+            seq: self.seq,
+            exchange_ts_ns: self.exchange_ts_ns,
+            kind: self.kind,
+            aggressor: self.aggressor,
+            bid_px: self.bid_px,
+            bid_qty: self.bid_qty,
+            ask_px: self.ask_px,
+            ask_qty: self.ask_qty,
+            trade_px: self.trade_px,
+            trade_qty: self.trade_qty,
         }
     }
 }
@@ -183,6 +208,13 @@ pub struct SignalRecord {
     pub warming_up: bool,
     pub conflated: bool,
     pub reject: Option<Reject>,
+    /// The engine pass that answered it (0: answered at the edge) and its place in the pass.
+    pub batch: u64,
+    pub batch_pos: u32,
+    /// The VaR scale the risk gate applied (1: none, or the tick never reached the gate).
+    pub var_scale: f64,
+    /// FNV-1a of the feature row it was scored on (0: none).
+    pub features_hash: u64,
 }
 
 impl SignalRecord {
@@ -205,6 +237,10 @@ impl SignalRecord {
             warming_up: reply.warming_up,
             conflated: reply.conflated,
             reject: reply.reject,
+            batch: reply.batch,
+            batch_pos: reply.batch_pos,
+            var_scale: reply.external.var_scale,
+            features_hash: reply.features_hash,
         }
     }
 }
@@ -240,6 +276,9 @@ struct Shared {
     /// Models loaded since the last write (the control path's, rare; not on the ring so that a
     /// full ring never loses one).
     models: Mutex<Vec<ModelRecord>>,
+    /// A warm start's ticks, to journal at the head of this run (start-up only; written in
+    /// batches, never through the ring).
+    warm: Mutex<std::collections::VecDeque<TickRecord>>,
     on_full: OnFull,
     telemetry: Arc<Telemetry>,
 }
@@ -281,16 +320,30 @@ impl Journal {
 
     /// Journals a tick as received: `false` when `refuse_ticks` refuses it (nothing recorded;
     /// answer it `journal_unavailable`).
-    pub fn record_tick(&self, t: &proto::Tick, stream: u64, index: u64, recv_ns: u64) -> bool {
+    pub fn record_tick(&self, t: &proto::Tick, stream: u64, index: u64, recv_ns: u64, conflate: bool) -> bool {
         if !self.admits() {
             return false;
         }
-        self.tick(TickRecord::new(t, stream, index, self.arrival(), recv_ns));
+        self.tick(TickRecord::new(t, stream, index, self.arrival(), recv_ns, conflate));
         true
     }
 
     pub fn signal(&self, r: SignalRecord) {
         self.push(Record::Signal(r), JournalEvent::SignalDropped);
+    }
+
+    /// Journals the ticks a warm start rebuilt the engine from, as stream [`warm::WARM_STREAM`]
+    /// (index in rebuild order, new arrival numbers), before any live tick arrives.
+    pub fn warm_ticks(&self, ticks: &[TickRecord]) {
+        let mut warm = self.shared.warm.lock().unwrap_or_else(|e| e.into_inner());
+        for (index, t) in ticks.iter().enumerate() {
+            warm.push_back(TickRecord {
+                stream: warm::WARM_STREAM,
+                index: index as u64,
+                arrival: self.arrival(),
+                ..*t
+            });
+        }
     }
 
     /// Records a model load (registry thread).
@@ -324,6 +377,7 @@ impl JournalThread {
             streams: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             models: Mutex::new(Vec::new()),
+            warm: Mutex::new(std::collections::VecDeque::new()),
             on_full: config.on_full,
             telemetry,
         });
@@ -356,6 +410,13 @@ fn run(config: &JournalConfig, shared: &Shared, stop: &AtomicBool) {
         if let Ok(mut models) = shared.models.try_lock() {
             for m in models.drain(..) {
                 files.push_model(m);
+                popped += 1;
+            }
+        }
+        if let Ok(mut warm) = shared.warm.try_lock() {
+            let n = warm.len().min(config.batch_rows);
+            for t in warm.drain(..n) {
+                files.push(Record::Tick(t));
                 popped += 1;
             }
         }

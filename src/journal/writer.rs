@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
+    UInt64Array,
 };
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -40,6 +41,7 @@ pub fn tick_schema() -> SchemaRef {
         f("ask_qty"),
         f("trade_px"),
         f("trade_qty"),
+        Field::new("conflate", DataType::Boolean, false),
     ]))
 }
 
@@ -65,6 +67,10 @@ pub fn signal_schema() -> SchemaRef {
         b("warming_up"),
         b("conflated"),
         Field::new("reject", DataType::Utf8, true),
+        Field::new("batch", DataType::UInt64, true),
+        Field::new("batch_pos", DataType::UInt32, true),
+        f("var_scale"),
+        u("features_hash"),
     ]))
 }
 
@@ -120,6 +126,7 @@ fn tick_batch(schema: &SchemaRef, rows: &[TickRecord]) -> Result<RecordBatch, ar
             f(|r| r.ask_qty),
             f(|r| r.trade_px),
             f(|r| r.trade_qty),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.conflate)))),
         ],
     )
 }
@@ -149,6 +156,10 @@ fn signal_batch(schema: &SchemaRef, rows: &[SignalRecord]) -> Result<RecordBatch
             b(|r| r.warming_up),
             b(|r| r.conflated),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.reject.map(Reject::code)))),
+            Arc::new(UInt64Array::from_iter(rows.iter().map(|r| (r.batch > 0).then_some(r.batch)))),
+            Arc::new(UInt32Array::from_iter(rows.iter().map(|r| (r.batch > 0).then_some(r.batch_pos)))),
+            f(|r| r.var_scale),
+            u(|r| r.features_hash),
         ],
     )
 }
@@ -419,6 +430,7 @@ mod tests {
             ask_qty: 2.0,
             trade_px: 0.0,
             trade_qty: 0.0,
+            conflate: false,
         }
     }
 
@@ -439,6 +451,10 @@ mod tests {
             warming_up: i < 3,
             conflated: false,
             reject: (i == 4).then_some(Reject::PriceJump),
+            batch: if i == 4 { 0 } else { 1 + i / 4 },
+            batch_pos: (i % 4) as u32,
+            var_scale: 1.0,
+            features_hash: 0xfeed + i,
         }
     }
 

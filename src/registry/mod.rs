@@ -396,10 +396,7 @@ impl Registry {
     fn take_active_model(&mut self, key: &Key) -> Box<ActiveModel> {
         let entry = self.entries.get_mut(key).expect("known entry");
         let m = entry.loaded.take().expect("model is loaded");
-        let policy = self.cfg.policy_override.unwrap_or(m.manifest.policy);
-        Box::new(
-            ActiveModel::new(m.scorer, &m.manifest.label(), policy).with_feature_ranges(m.manifest.features.ranges()),
-        )
+        Box::new(ActiveModel::from_loaded(m, self.cfg.policy_override))
     }
 
     /// Hands `model` to the engine; the model it replaces comes back and becomes the previous.

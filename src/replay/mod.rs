@@ -200,8 +200,8 @@ fn replay_model(
     mut profile: Option<latency::LatencyProfile>,
 ) -> ModelReport {
     let label = m.manifest.label();
-    let policy = opts.config.policy.unwrap_or(m.manifest.policy);
-    let active = ActiveModel::new(m.scorer, &label, policy).with_feature_ranges(m.manifest.features.ranges());
+    let (dir, quantization) = (m.dir.clone(), m.manifest.quantization.method.clone());
+    let active = ActiveModel::from_loaded(m, opts.config.policy);
     let mut engine = SyncEngine::new(&opts.config.engine_config(), Box::new(active), Telemetry::new());
     let board = engine.risk_board();
     let risk = &opts.config.risk;
@@ -251,8 +251,8 @@ fn replay_model(
     let (zero_latency, with_latency) = score(&replies, &charged, quotes, &cost(opts), eval_from_ns);
     ModelReport {
         label,
-        dir: m.dir.clone(),
-        quantization: m.manifest.quantization.method.clone(),
+        dir,
+        quantization,
         zero_latency,
         with_latency,
         engine_ns_p50: pct(0.5),

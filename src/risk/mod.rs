@@ -206,6 +206,21 @@ pub struct RiskInput<'a> {
     pub features: Option<&'a [f32]>,
     /// The model failed on this tick (error or non-finite score).
     pub model_failed: bool,
+    /// The inputs from outside the tick stream, as the engine read them for this tick (None:
+    /// the gate reads them itself, from the board and the symbol's state).
+    pub external: Option<External>,
+}
+
+/// What the gate takes from outside the tick stream: the VaR estimator's scale and the admin
+/// kill switch. Live, the engine reads them once per tick ([`RiskGate::external`]) and the
+/// journal records them with the signal; `quantd audit` feeds the recorded values back, so a
+/// re-run applies exactly the limits the live tick saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct External {
+    /// The VaR scale factor (1: no cut).
+    pub var_scale: f64,
+    /// The admin kill switch, this symbol's or the all-symbols one.
+    pub admin_kill: bool,
 }
 
 /// The risk gate: settings and the gross total; the all-symbols kill switch lives on the board.
@@ -270,10 +285,15 @@ impl RiskGate {
         }
     }
 
+    /// The inputs from outside the tick stream that hold now for the symbol in `slot`.
+    pub fn external(&self, st: &SymbolRisk, slot: usize) -> External {
+        External { var_scale: self.board.scale(slot), admin_kill: st.admin_killed || self.board.global_kill() }
+    }
+
     /// The kill triggers that hold for this tick.
-    fn kills(&self, st: &SymbolRisk, t: &RiskInput) -> RiskFlags {
+    fn kills(&self, t: &RiskInput, external: External) -> RiskFlags {
         let mut k = RiskFlags::empty();
-        if st.admin_killed || self.board.global_kill() {
+        if external.admin_kill {
             k |= RiskFlags::KILL_ADMIN;
         }
         let stale_ns = self.config.stale_after_ms as i64 * 1_000_000;
@@ -299,10 +319,11 @@ impl RiskGate {
         if t.mid.is_finite() {
             self.board.set_mid(t.slot, t.mid);
         }
-        let mut flags = self.kills(st, t);
+        let external = t.external.unwrap_or_else(|| self.external(st, t.slot));
+        let mut flags = self.kills(t, external);
         let mut pos = if flags.is_empty() { target } else { 0.0 };
         // VaR sizing.
-        let scale = self.board.scale(t.slot);
+        let scale = external.var_scale;
         if scale < 1.0 && pos != 0.0 {
             pos *= scale;
             flags |= RiskFlags::VAR_SCALE;

@@ -18,6 +18,7 @@ fn tick(slot: usize, ts_ms: i64, mid: f64) -> RiskInput<'static> {
         recv_ns: 0,
         features: None,
         model_failed: false,
+        external: None,
     }
 }
 
@@ -119,6 +120,22 @@ fn the_var_scale_from_the_board_cuts_the_target() {
     assert!((pos + 0.2).abs() < 1e-12 && codes(flags) == ["var_scale"], "{pos} {flags:?}");
     assert_eq!(g.apply(&mut s, &tick(0, 2, 100.0), 0.0), (0.0, RiskFlags::default()), "flat needs no cut");
     assert_eq!(g.board().mid(0), 100.0, "the gate keeps the board's mid current");
+}
+
+#[test]
+fn recorded_external_inputs_replace_the_board_and_the_symbol_state() {
+    let mut g = gate(RiskConfig::default());
+    let mut s = SymbolRisk::default();
+    g.board().publish(0, 4.0, 0.25);
+    let recorded =
+        |var_scale, admin_kill| RiskInput { external: Some(External { var_scale, admin_kill }), ..tick(0, 1, 100.0) };
+    assert_eq!(
+        g.apply(&mut s, &recorded(0.5, false), 0.8),
+        (0.4, RiskFlags::VAR_SCALE),
+        "the recorded scale, not the board's"
+    );
+    assert_eq!(g.apply(&mut s, &recorded(1.0, true), 0.8), (0.0, RiskFlags::KILL_ADMIN));
+    assert_eq!(g.external(&s, 0), External { var_scale: 0.25, admin_kill: false });
 }
 
 #[test]

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, WarmStart};
 use crate::engine::{Engine, EngineHandle};
 use crate::journal::{Journal, JournalThread};
 use crate::model::manifest::ModelError;
@@ -40,6 +40,7 @@ use crate::registry::{Registry, RegistryHandle, RegistryThread};
 use crate::risk::RiskThread;
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::Exporter;
+use crate::tick::Tick;
 
 pub use crate::clock::realtime_ns;
 
@@ -103,6 +104,11 @@ impl Server {
         let lib = runtime::init(config.ort_dylib_path.as_deref())?;
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         let telemetry = Telemetry::new();
+        // Read before this run's journal files exist.
+        let warm = match config.engine.warm_start {
+            WarmStart::Journal => warm_start_ticks(config),
+            WarmStart::Off => Vec::new(),
+        };
         let journal_thread = match config.journal.enabled {
             true => Some(
                 JournalThread::start(&config.journal, telemetry.clone())
@@ -119,8 +125,23 @@ impl Server {
         if !auth.enforced() {
             tracing::warn!("admin services need no token or client certificate (loopback listener only)");
         }
-        let engine =
-            crate::engine::spawn(&config.engine_config(), active, telemetry.clone()).map_err(StartError::Thread)?;
+        if let Some(j) = &journal {
+            j.warm_ticks(&warm);
+        }
+        let rebuild: Vec<(Tick, u64)> =
+            warm.iter().filter_map(|r| Tick::from_proto(&r.to_proto()).ok().map(|t| (t, r.recv_ns))).collect();
+        let started = std::time::Instant::now();
+        let engine = crate::engine::spawn(&config.engine_config(), active, telemetry.clone(), &rebuild)
+            .map_err(StartError::Thread)?;
+        if config.engine.warm_start == WarmStart::Journal {
+            let symbols = rebuild.iter().map(|(t, _)| t.symbol).collect::<std::collections::HashSet<_>>().len();
+            tracing::info!(
+                ticks = rebuild.len(),
+                symbols,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "warm start: symbol state rebuilt from the journal"
+            );
+        }
         let handle = engine.handle();
         let (registry, registry_thread) = registry.spawn(handle.clone()).map_err(StartError::Thread)?;
         let depth_handle = handle.clone();
@@ -376,4 +397,22 @@ fn serve_grpc(
         .serve_with_incoming_shutdown(listen::Incoming::new(listener, conn_limits(&st), edge.telemetry), async {
             let _ = stop.await;
         }))
+}
+
+/// The journal's newest ticks per symbol for a warm start (`engine.warm_start = "journal"`). A
+/// journal that cannot be read is logged and the server starts cold: serving beats waiting.
+fn warm_start_ticks(config: &Config) -> Vec<crate::journal::TickRecord> {
+    let e = &config.engine;
+    let since = crate::clock::realtime_ns().saturating_sub(e.warm_start_max_age_ms.saturating_mul(1_000_000));
+    let started = std::time::Instant::now();
+    match crate::journal::warm::tail(&config.journal.dir, since, e.warm_start_max_ticks) {
+        Ok(ticks) => {
+            tracing::info!(ticks = ticks.len(), dir = %config.journal.dir.display(), read_ms = started.elapsed().as_secs_f64() * 1e3, "warm start: journal tail read");
+            ticks
+        }
+        Err(error) => {
+            tracing::error!(%error, "warm start: the journal cannot be read; every symbol starts cold");
+            Vec::new()
+        }
+    }
 }

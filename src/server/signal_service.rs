@@ -88,7 +88,7 @@ impl SignalService for Signals {
         // A unary call is a stream of one tick in the journal.
         let stream = self.journal.as_ref().map(Journal::open_stream);
         let journal_refuses =
-            self.journal.as_ref().zip(stream).is_some_and(|(j, id)| !j.record_tick(&t, id, 0, recv_ns));
+            self.journal.as_ref().zip(stream).is_some_and(|(j, id)| !j.record_tick(&t, id, 0, recv_ns, false));
         let reply = match Tick::from_proto(&t) {
             _ if journal_refuses => {
                 Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, Reject::JournalUnavailable, recv, recv_ns)

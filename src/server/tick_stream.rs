@@ -188,8 +188,9 @@ impl TickStream {
         let recv_ns = realtime_ns();
         let index = self.ticks_read;
         self.ticks_read += 1;
+        let conflate = self.limits.mode == Backpressure::Conflate;
         let journal_refuses =
-            self.journal.as_ref().is_some_and(|j| !j.record_tick(&t, self.journal_stream, index, recv_ns));
+            self.journal.as_ref().is_some_and(|j| !j.record_tick(&t, self.journal_stream, index, recv_ns, conflate));
         let local = |reject, symbol| Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns);
         let entry = match Tick::from_proto(&t) {
             _ if journal_refuses => Pending::Local(local(Reject::JournalUnavailable, Symbol::EMPTY), t.symbol),
@@ -213,7 +214,6 @@ impl TickStream {
             }
             Ok(tick) => {
                 self.symbols.insert(tick.symbol);
-                let conflate = self.limits.mode == Backpressure::Conflate;
                 match self.engine.submit(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate }) {
                     Ok(()) => {
                         self.in_flight += 1;

@@ -3,7 +3,9 @@ per tick after a SIGTERM; after kill -9, every complete batch readable and the o
 recognisable; a full disk (a tiny tmpfs) under each `journal.on_full` policy."""
 from __future__ import annotations
 
+import json
 import math
+import re
 import signal
 import subprocess
 import time
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from conftest import REPO
+from conftest import BINARY, REPO
 from test_grpc_interop import metric, recorded_ticks
 
 
@@ -125,6 +127,11 @@ def test_after_kill_9_every_flushed_record_reads_back_and_the_open_files_are_rec
     again = quantd("--journal", str(journal))
     assert any("partly written" in line for line in again.log), "".join(again.log)
     assert again.stop() == 0
+    # The audit proves what the crash left: every batch journaled whole, bit for bit.
+    r = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"))
+    assert r.returncode == 0 and "audit PASS" in r.stdout and "ends early" in r.stdout, r.stdout + r.stderr
+    reproduced = int(re.search(r"PASS: (\d+) of", r.stdout).group(1))
+    assert reproduced + 64 >= answered, (reproduced, answered)  # at most the batch the crash cut (max_batch)
 
 
 @pytest.fixture
@@ -162,3 +169,124 @@ def test_a_full_disk_is_a_counted_outcome_under_each_policy(pb, quantd, tiny_dis
         assert journal_metric(server.metrics_addr, "quantd_journal_events_total", "event", "tick_refused") == len(refused)
         assert journal_metric(server.metrics_addr, "quantd_rejects_total", "reason", "journal_unavailable") == len(refused)
     assert server.stop() == 0
+
+
+def quantd_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The `quantd` binary's tool commands (audit, features, replay), as a user runs them."""
+    return subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_audit_reproduces_every_signal_across_a_hot_swap_and_a_kill_switch_and_finds_a_tampered_one(pb, quantd, tmp_path):
+    pb2, pb2_grpc = pb
+    journal = tmp_path / "journal"
+    server = quantd("--journal", str(journal))
+    assert server.addr, "".join(server.log)
+    ticks = list(recorded_ticks(pb2, 6000))
+    with grpc.insecure_channel(server.addr) as ch, grpc.insecure_channel(server.admin_addr) as admin:
+        stub, models, risk = (pb2_grpc.SignalServiceStub(ch), pb2_grpc.ModelAdminStub(admin),
+                              pb2_grpc.RiskAdminStub(admin))
+        signals = list(stub.StreamTicks(iter(ticks[:2500]), timeout=60))
+        before = models.GetActive(pb2.GetActiveRequest(), timeout=10).active
+        # A hot swap to another version, and an admin kill switch on the symbol, mid-session.
+        models.ActivateModel(pb2.ModelRef(name="quantd-mlp", version="1"), timeout=60)
+        assert risk.SetKillSwitch(pb2.KillSwitchRequest(symbol="ETHUSDT", engaged=True, reason="audit"), timeout=5).applied
+        signals += list(stub.StreamTicks(iter(ticks[2500:3500]), timeout=60))
+        assert risk.SetKillSwitch(pb2.KillSwitchRequest(symbol="ETHUSDT", engaged=False), timeout=5).applied
+        signals += list(stub.StreamTicks(iter(ticks[3500:]), timeout=60))
+    assert len(signals) == len(ticks)
+    assert server.stop() == 0
+    served = {s.model for s in signals}
+    assert served == {f"{before.name}@{before.version}", "quantd-mlp@1"}, served
+    assert any("kill_admin" in s.risk for s in signals)
+
+    report = tmp_path / "audit.json"
+    ok = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"), "--json", str(report))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "audit PASS: 6000 of 6000 engine signals reproduced bit for bit" in ok.stdout, ok.stdout
+    audit = json.loads(report.read_text())
+    assert audit["mismatched"] == 0 and audit["missing_ticks"] == 0
+    assert set(audit["by_model"]) == served and sum(m["reproduced"] for m in audit["by_model"].values()) == 6000
+
+    # One record changed by one bit of its score: the audit finds it and says where.
+    files = sorted(journal.glob("signals-*.arrows"))
+    table = pa.ipc.open_stream(pa.OSFile(str(files[0]))).read_all()
+    rows = table.to_pydict()
+    k = next(i for i, (w, r) in enumerate(zip(rows["warming_up"], rows["reject"])) if not w and r is None and i > 500)
+    rows["score"][k] = math.nextafter(rows["score"][k], math.inf)
+    with ipc.new_stream(str(files[0]), table.schema) as w:
+        w.write_table(pa.Table.from_pydict(rows, table.schema))
+    bad = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "audit FAIL" in bad.stdout and "1 mismatched" in bad.stdout, bad.stdout
+    assert f"stream {rows['stream'][k]} index {rows['index'][k]}" in bad.stdout and "score:" in bad.stdout, bad.stdout
+
+
+def test_journal_files_feed_features_and_replay_with_the_rows_of_the_original_capture(pb, quantd, tmp_path):
+    pb2, pb2_grpc = pb
+    journal = tmp_path / "journal"
+    server = quantd("--journal", str(journal), env={"QUANTD_JOURNAL__ROTATE_BYTES": "65536"})
+    assert server.addr, "".join(server.log)
+    ticks = list(recorded_ticks(pb2, 3000))
+    bad = pb2.Tick(symbol="ETHUSDT", seq=99_999, exchange_ts_ns=ticks[-1].exchange_ts_ns, kind=pb2.TICK_KIND_QUOTE,
+                   bid_px=float("nan"), bid_qty=1.0, ask_px=2.0, ask_qty=1.0)
+    with grpc.insecure_channel(server.addr) as ch:
+        signals = list(pb2_grpc.SignalServiceStub(ch).StreamTicks(iter(ticks + [bad]), timeout=60))
+    assert len(signals) == len(ticks) + 1
+    assert server.stop() == 0
+    journaled = sorted(journal.glob("ticks-*.arrows"))
+    assert len(journaled) > 1, "the small rotation size splits the ticks over several files"
+    # The same ticks as a capture file (quantd's canonical CSV).
+    capture = tmp_path / "capture.csv"
+    capture.write_text("seq,exchange_ts_ns,symbol,kind,bid_px,bid_qty,ask_px,ask_qty,trade_px,trade_qty,aggressor\n" + "".join(
+        f"{t.seq},{t.exchange_ts_ns},{t.symbol},quote,{t.bid_px!r},{t.bid_qty!r},{t.ask_px!r},{t.ask_qty!r},0,0,\n" for t in ticks))
+    a, b = tmp_path / "from_capture.csv", tmp_path / "from_journal.csv"
+    r = quantd_cli("features", "--ticks", str(capture), "--out", str(a))
+    assert r.returncode == 0, r.stderr
+    # Given newest first: the reader puts journal files back in the order they were written.
+    r = quantd_cli("features", "--ticks", *map(str, reversed(journaled)), "--out", str(b))
+    assert r.returncode == 0, r.stderr
+    assert a.read_text() == b.read_text() and len(a.read_text().splitlines()) == len(ticks) + 1
+    r = quantd_cli("replay", "--ticks", *map(str, journaled), "--model", str(REPO / "models/quantd-mlp/2"))
+    assert r.returncode == 0 and "quantd-mlp@2" in r.stdout, r.stdout + r.stderr
+    mixed = quantd_cli("features", "--ticks", str(journaled[0]), str(capture), "--out", str(tmp_path / "x.csv"))
+    assert mixed.returncode != 0 and "cannot be read together" in mixed.stderr, mixed.stderr
+
+
+def test_a_warm_restart_serves_without_warm_up_and_the_audit_proves_both_runs(pb, quantd, tmp_path):
+    pb2, pb2_grpc = pb
+    journal = tmp_path / "journal"
+    ticks = list(recorded_ticks(pb2, 3000))
+    warm = {"QUANTD_ENGINE__WARM_START": "journal"}
+
+    def stream(server, part):
+        with grpc.insecure_channel(server.addr) as ch:
+            return list(pb2_grpc.SignalServiceStub(ch).StreamTicks(iter(part), timeout=60))
+
+    first = quantd("--journal", str(journal), env=warm)
+    assert first.addr, "".join(first.log)
+    assert any("warm start: journal tail read" in line and '"ticks":0' in line for line in first.log), "nothing to rebuild yet"
+    before = stream(first, ticks[:2000])
+    warming = sum(s.warming_up for s in before)
+    assert warming >= 50, "a cold start warms up for the manifest's warmup_ticks"
+    assert first.stop() == 0
+    # Restart: the symbol's state comes back from the journal, not from 100 more ticks.
+    second = quantd("--journal", str(journal), env=warm)
+    assert second.addr, "".join(second.log)
+    rebuilt = [line for line in second.log if "warm start: symbol state rebuilt" in line]
+    assert rebuilt and '"ticks":200' in rebuilt[0] and '"symbols":1' in rebuilt[0], "".join(second.log)
+    after = stream(second, ticks[2000:])
+    assert not any(s.warming_up for s in after), "no warm-up after a warm restart"
+    assert second.stop() == 0
+    # The same restart cold, for contrast.
+    cold = quantd("--journal", str(tmp_path / "cold"))
+    assert sum(s.warming_up for s in stream(cold, ticks[2000:])) == warming
+    assert cold.stop() == 0
+
+    r = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3000 of 3000 engine signals reproduced bit for bit" in r.stdout and "in 2 run(s)" in r.stdout, r.stdout
+    assert "warm starts rebuilt from 200 journaled ticks" in r.stdout, r.stdout
+    # The journal as tick input holds each received tick once: the warm start's copies are left out.
+    feats = tmp_path / "f.csv"
+    r = quantd_cli("features", "--ticks", *map(str, journal.glob("ticks-*.arrows")), "--out", str(feats))
+    assert r.returncode == 0 and len(feats.read_text().splitlines()) == 3000 + 1, r.stderr
