@@ -4,15 +4,20 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
+.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
 	./scripts/setup.sh
 
-## run: set up, then serve the committed default model on 127.0.0.1:50051 (metrics :9100), journal in journal/
+## run: set up, then serve the committed default model on 127.0.0.1:50051 (metrics :9100), journal in
+## journal/, symbol state rebuilt from the journal's last 15 minutes at start-up (engine.warm_start)
 run: setup
-	./target/release/quantd serve --models models --journal journal
+	QUANTD_ENGINE__WARM_START=$${QUANTD_ENGINE__WARM_START:-journal} ./target/release/quantd serve --models models --journal journal
+
+## audit: prove every signal in journal/ by re-running it (quantd audit; JOURNAL=dir for another)
+audit: setup
+	./target/release/quantd audit --journal $${JOURNAL:-journal} --models models
 
 ## train-setup: training/.venv with PyTorch, torchao, ONNX, ONNX Runtime (idempotent; ~5 GB)
 train-setup:

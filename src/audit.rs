@@ -349,10 +349,16 @@ fn differences(j: &SignalRecord, r: &Reply) -> Vec<String> {
     other("warming_up", j.warming_up.to_string(), r.warming_up.to_string());
     other("conflated", j.conflated.to_string(), r.conflated.to_string());
     other("reject", format!("{:?}", j.reject), format!("{:?}", r.reject));
-    other("features_hash", format!("{:#018x}", j.features_hash), format!("{:#018x}", r.features_hash));
+    let replayed_hash = r.features.as_ref().map_or(0, |row| crate::features::row_hash(row));
+    other("features_hash", format!("{:#018x}", j.features_hash), format!("{replayed_hash:#018x}"));
     other("model", format!("{:?}", j.model), format!("{:?}", r.model));
     other("symbol", j.symbol.to_string(), r.symbol.to_string());
     other("seq", j.seq.to_string(), r.seq.to_string());
+    if let (Some(a), Some(b)) = (&j.features, &r.features)
+        && a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        out.push(format!("features: {a:?} != {b:?}"));
+    }
     out
 }
 

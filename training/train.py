@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("models"), help="models directory")
     ap.add_argument("--cache", type=Path, default=Path("training/.cache"))
-    ap.add_argument("--dataset", default="ticks", choices=["ticks", "bars"])
+    ap.add_argument("--dataset", default="ticks", choices=["ticks", "bars", "journal"],
+                    help="journal: train on what a live quantd received (--journal DIR)")
+    ap.add_argument("--journal", type=Path, help="a `quantd serve --journal` directory, for --dataset journal")
     ap.add_argument("--archs", default="mlp,tcn,lstm")
     ap.add_argument("--hidden", type=int, default=128, help="MLP hidden width (the sweep chose 128: see REPORT.md)")
     ap.add_argument("--seq-hidden", type=int, default=32, help="TCN channels and LSTM hidden size")
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
     archs = [a for a in args.archs.split(",") if a]
     window_max = max([args.window if a != "mlp" else 1 for a in archs] + [1])
     ds = data.load(args.dataset, args.quantd, args.shared, args.cache, horizon, warmup=100, window=window_max,
-                   max_rows_per_symbol=args.max_rows or None)
+                   max_rows_per_symbol=args.max_rows or None, journal=args.journal)
     print(f"{ds.name}: {len(ds.ts)} rows, symbols {sorted(map(str, set(ds.symbol)))}, "
           f"train/val/test {len(ds.split['train'])}/{len(ds.split['val'])}/{len(ds.split['test'])}", flush=True)
     rows = []

@@ -30,7 +30,7 @@ use crossbeam_utils::sync::Unparker;
 
 pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
-pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, features_hash, spawn};
+pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, spawn};
 
 use crate::risk::RiskBoard;
 use crate::telemetry::Telemetry;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
+use crate::features::NUM_FEATURES;
 use crate::risk::{External, RiskFlags};
 use crate::tick::{Reject, Symbol};
 
@@ -40,8 +41,9 @@ pub struct Reply {
     /// The risk inputs from outside the tick stream that the gate applied (VaR scale 1 and no
     /// admin kill where the tick never reached the gate).
     pub external: External,
-    /// FNV-1a of the newest feature row's bits (0: no row was made).
-    pub features_hash: u64,
+    /// The feature row it was scored on (None: it was not scored); the journal keeps it, or its
+    /// [`crate::features::row_hash`].
+    pub features: Option<[f32; NUM_FEATURES]>,
     pub recv: Instant,
     pub recv_ns: u64,
     /// When the engine posted the reply (start of the egress stage).
@@ -67,7 +69,7 @@ impl Reply {
             batch: 0,
             batch_pos: 0,
             external: External { var_scale: 1.0, admin_kill: false },
-            features_hash: 0,
+            features: None,
             recv,
             recv_ns,
             posted,

@@ -738,7 +738,7 @@ impl Worker {
             None => self.risk.external(&state.risk, slot),
         };
         let features = self.buffers.newest_row(i, self.model.scorer.width());
-        reply.features_hash = features_hash(features);
+        reply.features = features.try_into().ok();
         reply.external = external;
         let input = RiskInput {
             slot,
@@ -798,18 +798,6 @@ impl Worker {
             "engine panicked inside a batch: its ticks were answered with engine_error, symbol state was reset, the engine goes on"
         );
     }
-}
-
-/// FNV-1a over a feature row's bits: the journal's fingerprint of the row a signal was scored
-/// on (cheap enough for every tick; the audit compares it bit for bit).
-pub fn features_hash(row: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in row {
-        for b in v.to_bits().to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Answers a control message's sender, if it still waits.

@@ -62,6 +62,18 @@ pub const SCHEMA: [FeatureSpec; NUM_FEATURES] = [
 
 pub const NUM_FEATURES: usize = 14;
 
+/// FNV-1a over a feature row's bits: the journal's fingerprint of the row a signal was scored on
+/// (the audit compares it bit for bit; 0 stands for no row).
+pub fn row_hash(row: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in row {
+        for b in v.to_bits().to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 const TAU_100MS: f64 = 0.1;
 const TAU_1S: f64 = 1.0;
 const TAU_10S: f64 = 10.0;

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt16Array};
-use arrow_array::{UInt32Array, UInt64Array};
+use arrow_array::{FixedSizeListArray, Float32Array, UInt32Array, UInt64Array};
 use arrow_ipc::reader::StreamReader;
 
 use super::writer::EXTENSION;
 use super::{ModelRecord, SignalRecord, TickRecord};
+use crate::features::NUM_FEATURES;
 use crate::risk::RiskFlags;
 use crate::tick::{Reject, Symbol};
 
@@ -181,6 +182,13 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
         let (reject, batch, batch_pos) =
             (c.get::<StringArray>("reject")?, u("batch")?, c.get::<UInt32Array>("batch_pos")?);
         let (var_scale, features_hash) = (f("var_scale")?, u("features_hash")?);
+        let rows = c.get::<FixedSizeListArray>("features")?;
+        let row_values =
+            rows.values().as_any().downcast_ref::<Float32Array>().ok_or_else(|| JournalReadError::Column {
+                path: path.to_owned(),
+                column: "features",
+                msg: format!("unexpected item type {}", rows.value_type()),
+            })?;
         let mut models: Option<(String, Arc<str>)> = None;
         for i in 0..c.batch.num_rows() {
             let value = |msg: String| JournalReadError::Value { path: path.to_owned(), row: out.len(), msg };
@@ -224,6 +232,10 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
                 batch_pos: if batch_pos.is_null(i) { 0 } else { batch_pos.value(i) },
                 var_scale: var_scale.value(i),
                 features_hash: features_hash.value(i),
+                features: rows.is_valid(i).then(|| {
+                    let at = i * NUM_FEATURES;
+                    std::array::from_fn(|k| row_values.value(at + k))
+                }),
             });
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
     UInt64Array,
@@ -14,7 +15,8 @@ use arrow_array::{
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::{JournalConfig, ModelRecord, Record, SignalRecord, TickRecord};
+use super::{FeatureRows, JournalConfig, ModelRecord, Record, SignalRecord, TickRecord};
+use crate::features::NUM_FEATURES;
 use crate::tick::Reject;
 
 /// The file name suffix of a closed journal file; one being written has `.partial` after it.
@@ -71,7 +73,35 @@ pub fn signal_schema() -> SchemaRef {
         Field::new("batch_pos", DataType::UInt32, true),
         f("var_scale"),
         u("features_hash"),
+        Field::new("features", features_type(), true),
     ]))
+}
+
+/// The `features` column's type: the row of [`NUM_FEATURES`] floats (null unless kept).
+pub fn features_type() -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), NUM_FEATURES as i32)
+}
+
+fn features_column(rows: &[SignalRecord]) -> ArrayRef {
+    let mut b = FixedSizeListBuilder::with_capacity(
+        Float32Builder::with_capacity(rows.len() * NUM_FEATURES),
+        NUM_FEATURES as i32,
+        rows.len(),
+    )
+    .with_field(Arc::new(Field::new_list_field(DataType::Float32, false)));
+    for r in rows {
+        match &r.features {
+            Some(row) => {
+                b.values().append_slice(row);
+                b.append(true);
+            }
+            None => {
+                b.values().append_slice(&[0.0; NUM_FEATURES]);
+                b.append(false);
+            }
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// The columns of `models-*.arrows`.
@@ -160,6 +190,7 @@ fn signal_batch(schema: &SchemaRef, rows: &[SignalRecord]) -> Result<RecordBatch
             Arc::new(UInt32Array::from_iter(rows.iter().map(|r| (r.batch > 0).then_some(r.batch_pos)))),
             f(|r| r.var_scale),
             u(|r| r.features_hash),
+            features_column(rows),
         ],
     )
 }
@@ -330,7 +361,15 @@ impl Files {
     pub fn push(&mut self, r: Record) {
         match r {
             Record::Tick(t) => self.ticks.pending.push(t),
-            Record::Signal(s) => self.signals.pending.push(s),
+            Record::Signal(mut s) => {
+                if let Some(row) = &s.features {
+                    s.features_hash = crate::features::row_hash(row);
+                }
+                if self.config.feature_rows == FeatureRows::Hash {
+                    s.features = None;
+                }
+                self.signals.pending.push(s)
+            }
         }
     }
 
@@ -455,6 +494,7 @@ mod tests {
             batch_pos: (i % 4) as u32,
             var_scale: 1.0,
             features_hash: 0xfeed + i,
+            features: (i == 1).then_some([0.5; NUM_FEATURES]),
         }
     }
 
@@ -514,6 +554,27 @@ mod tests {
         assert_eq!(risk.as_any().downcast_ref::<StringArray>().unwrap().value(0), "kill_admin");
         let score = col("score");
         assert_eq!(score.as_any().downcast_ref::<Float64Array>().unwrap().value(9), 4.5);
+    }
+
+    #[test]
+    fn signals_keep_the_hash_of_their_feature_row_and_the_row_itself_where_configured() {
+        use crate::journal::read;
+        for rows in [FeatureRows::Hash, FeatureRows::Row] {
+            let d = tempfile::tempdir().unwrap();
+            let mut f = Files::new(&JournalConfig { feature_rows: rows, ..config(d.path()) });
+            for i in 0..3 {
+                f.push(Record::Signal(signal(i)));
+            }
+            f.write_pending();
+            f.close();
+            let back = read::signals(&files(d.path(), "signals-", ".arrows")).unwrap().records;
+            let row = [0.5; NUM_FEATURES];
+            assert_eq!(back[1].features_hash, crate::features::row_hash(&row));
+            assert_ne!(back[1].features_hash, 0);
+            assert_eq!((back[0].features_hash, back[0].features), (0xfeed, None), "no row: the record's own hash");
+            assert_eq!(back[1].features, (rows == FeatureRows::Row).then_some(row), "{rows:?}");
+            assert_eq!((back[2].batch, back[2].batch_pos, back[2].var_scale), (1, 2, 1.0));
+        }
     }
 
     #[test]

@@ -55,7 +55,27 @@ enum Pending {
     /// The engine will post this tick's reply to the stream's reply queue.
     Engine,
     /// Answered at the edge; the raw symbol is echoed as the client sent it.
-    Local(Reply, String),
+    Local(Local, String),
+}
+
+/// A tick answered at the edge, as it waits in `pending` (a fraction of a [`Reply`]'s size:
+/// the queue is reserved for the whole window); its reply is made when it is sent.
+struct Local {
+    symbol: Symbol,
+    seq: u64,
+    exchange_ts_ns: i64,
+    reject: Reject,
+    recv: Instant,
+    recv_ns: u64,
+    /// When it was answered (the start of its egress stage).
+    posted: Instant,
+}
+
+impl Local {
+    fn reply(self) -> Reply {
+        let Local { symbol, seq, exchange_ts_ns, reject, recv, recv_ns, posted } = self;
+        Reply { reject: Some(reject), ..Reply::blank(symbol, seq, exchange_ts_ns, recv, recv_ns, posted) }
+    }
 }
 
 pub struct TickStream {
@@ -191,7 +211,9 @@ impl TickStream {
         let conflate = self.limits.mode == Backpressure::Conflate;
         let journal_refuses =
             self.journal.as_ref().is_some_and(|j| !j.record_tick(&t, self.journal_stream, index, recv_ns, conflate));
-        let local = |reject, symbol| Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns);
+        let (seq, exchange_ts_ns) = (t.seq, t.exchange_ts_ns);
+        let local =
+            |reject, symbol| Local { symbol, seq, exchange_ts_ns, reject, recv, recv_ns, posted: Instant::now() };
         let entry = match Tick::from_proto(&t) {
             _ if journal_refuses => Pending::Local(local(Reject::JournalUnavailable, Symbol::EMPTY), t.symbol),
             Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
@@ -362,7 +384,7 @@ impl TickStream {
                 }
                 return Poll::Pending;
             }
-            Some(Pending::Local(r, s)) => (r, Some(s)),
+            Some(Pending::Local(r, s)) => (r.reply(), Some(s)),
             Some(Pending::Engine) => match self.replies.poll_pop(cx.waker()) {
                 Some(r) => {
                     self.in_flight -= 1;

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
@@ -224,7 +225,8 @@ def test_audit_reproduces_every_signal_across_a_hot_swap_and_a_kill_switch_and_f
 def test_journal_files_feed_features_and_replay_with_the_rows_of_the_original_capture(pb, quantd, tmp_path):
     pb2, pb2_grpc = pb
     journal = tmp_path / "journal"
-    server = quantd("--journal", str(journal), env={"QUANTD_JOURNAL__ROTATE_BYTES": "65536"})
+    server = quantd("--journal", str(journal), env={"QUANTD_JOURNAL__ROTATE_BYTES": "65536",
+                                                    "QUANTD_JOURNAL__FEATURE_ROWS": "row"})
     assert server.addr, "".join(server.log)
     ticks = list(recorded_ticks(pb2, 3000))
     bad = pb2.Tick(symbol="ETHUSDT", seq=99_999, exchange_ts_ns=ticks[-1].exchange_ts_ns, kind=pb2.TICK_KIND_QUOTE,
@@ -248,6 +250,16 @@ def test_journal_files_feed_features_and_replay_with_the_rows_of_the_original_ca
     assert a.read_text() == b.read_text() and len(a.read_text().splitlines()) == len(ticks) + 1
     r = quantd_cli("replay", "--ticks", *map(str, journaled), "--model", str(REPO / "models/quantd-mlp/2"))
     assert r.returncode == 0 and "quantd-mlp@2" in r.stdout, r.stdout + r.stderr
+    # With journal.feature_rows = "row", each signal keeps the row it was scored on: the rows
+    # `quantd features` (training's input) computes, bit for bit.
+    npy = tmp_path / "from_capture.npy"
+    assert quantd_cli("features", "--ticks", str(capture), "--out", str(npy)).returncode == 0
+    trained = np.load(npy)
+    names = [n for n in trained.dtype.names if n not in ("seq", "symbol", "exchange_ts_ns", "mid")]
+    served, _ = read_kind(journal, "signals")
+    rows = [r for r in served.column("features").to_pylist() if r is not None]
+    assert len(rows) == len(ticks) and len(names) == len(rows[0])
+    assert np.array(rows, np.float32).tobytes() == np.stack([trained[n] for n in names], 1).astype(np.float32).tobytes()
     mixed = quantd_cli("features", "--ticks", str(journaled[0]), str(capture), "--out", str(tmp_path / "x.csv"))
     assert mixed.returncode != 0 and "cannot be read together" in mixed.stderr, mixed.stderr
 

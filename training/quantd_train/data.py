@@ -1,8 +1,9 @@
 """Training data: feature rows from `quantd features` (the engine's own code), labels, windows and
 time splits.
 
-* Features come only from the `quantd` binary, on the recorded tick files and on the bar files
-  replayed as ticks (`bars.py`), so a model is trained on exactly what the server computes.
+* Features come only from the `quantd` binary, on the recorded tick files, on the bar files
+  replayed as ticks (`bars.py`), or on a live server's journal (`ticks-*.arrows`: exactly the
+  ticks quantd received and served), so a model is trained on exactly what the server computes.
 * Label: the forward mid log-return over a time horizon, in bps: for the row at exchange time t,
   log(mid at the first row at or after t + horizon / mid at t) * 1e4, per symbol. Rows without a
   full horizon ahead, and the first `warmup` rows of a symbol (the server answers those
@@ -58,10 +59,19 @@ def quantd_features(quantd: str, tick_files: list[Path], out: Path) -> np.ndarra
     return np.load(out)
 
 
+def journal_tick_files(journal: Path) -> list[Path]:
+    """A journal directory's tick files, closed and left open by a crash (quantd orders them)."""
+    files = sorted(journal.glob("ticks-*.arrows")) + sorted(journal.glob("ticks-*.arrows.partial"))
+    if not files:
+        raise FileNotFoundError(f"{journal}: no ticks-*.arrows journal files")
+    return files
+
+
 def load(name: str, quantd: str, shared: Path, cache: Path, horizon_ns: int, warmup: int, window: int,
          symbols: list[str] | None = None, max_rows_per_symbol: int | None = None,
-         fractions=(0.6, 0.2)) -> Dataset:
-    """`name` is "ticks" (the Binance captures) or "bars" (bar files replayed as ticks)."""
+         fractions=(0.6, 0.2), journal: Path | None = None) -> Dataset:
+    """`name` is "ticks" (the Binance captures), "bars" (bar files replayed as ticks) or
+    "journal" (the ticks a live quantd journaled in `journal`)."""
     parts = []
     if name == "ticks":
         for sym in symbols or list(TICK_FILES):
@@ -73,6 +83,10 @@ def load(name: str, quantd: str, shared: Path, cache: Path, horizon_ns: int, war
             if not ticks.exists():
                 bars.write_ticks(sym, shared / "bars", ticks)
             parts.append(quantd_features(quantd, [ticks], cache / f"features-bars-{sym}.npy"))
+    elif name == "journal":
+        if journal is None:
+            raise ValueError("the journal dataset needs a journal directory")
+        parts.append(quantd_features(quantd, journal_tick_files(journal), cache / "features-journal.npy"))
     else:
         raise ValueError(f"unknown dataset {name!r}")
     rows = np.concatenate(parts)

@@ -169,3 +169,38 @@ def test_the_committed_default_model_reproduces_its_report(tmp_path):
         assert got[key] == pytest.approx(manifest[f"test_{key}"], rel=1e-6, abs=1e-9), key
     report = (release / "REPORT.md").read_text()
     assert f"{got['ic']:+.3f}" in report and f"{got['pnl_net_bps']:+.0f}" in report
+
+
+def test_the_pipeline_trains_on_a_live_servers_journal(tmp_path):
+    """Retraining on what quantd saw and served: a real server journals the recorded BTC ticks that
+    quantd-load streams into it, and the pipeline takes that journal as its dataset."""
+    journal = tmp_path / "journal"
+    server = subprocess.Popen([str(QUANTD), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                               "--metrics-listen", "127.0.0.1:0", "--models", str(REPO / "models"),
+                               "--journal", str(journal), "--log-json", "true"],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        addr = None
+        for line in server.stderr:
+            if m := re.search(r'"message":"serving","addr":"([^"]+)"', line):
+                addr = m.group(1)
+                break
+        assert addr, "the server did not start"
+        subprocess.run([str(REPO / "target" / "release" / "quantd-load"), "--target", addr,
+                        "--ticks", *[str(SHARED / "ticks" / f) for f in BTC], "--rate", "4000", "--duration", "3",
+                        "--warmup", "0", "--quiet"], check=True, capture_output=True, timeout=120)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    files = data.journal_tick_files(journal)
+    ds = data.load("journal", str(QUANTD), SHARED, tmp_path / "cache", 10**9, warmup=100, window=1, journal=journal)
+    assert set(ds.symbol) == {"BTCUSDT"} and len(ds.ts) >= 10_000, len(ds.ts)
+    assert ds.x.tobytes() == data.load("journal", str(QUANTD), SHARED, tmp_path / "again", 10**9, warmup=100,
+                                       window=1, journal=journal).x.tobytes()
+    out = tmp_path / "models"
+    rc = train.main(["--quantd", str(QUANTD), "--shared", str(SHARED), "--out", str(out), "--cache", str(tmp_path / "c"),
+                     "--dataset", "journal", "--journal", str(journal), "--archs", "mlp", "--epochs", "1",
+                     "--qat-epochs", "1", "--hidden", "16", "--no-bench"])
+    assert rc == 0 and files
+    manifest = (out / "quantd-mlp" / "2" / "manifest.toml").read_text()
+    assert 'dataset = "journal"' in manifest and "on quantd features (journal)" in manifest
