@@ -72,7 +72,7 @@ fn the_io_threads_journal_hand_off_does_not_allocate() {
         ..Reply::blank(Symbol::new("BTCUSDT").unwrap(), 1, tick.exchange_ts_ns, now, 1, now)
     };
     let stream = j.open_stream();
-    let mut hand_off = |range: std::ops::Range<u64>| {
+    let hand_off = |range: std::ops::Range<u64>| {
         for i in range {
             assert!(j.record_tick(&tick, stream, i, 1_000 + i, false));
             j.signal(SignalRecord::new(&reply, None, stream, i, 2_000 + i));
