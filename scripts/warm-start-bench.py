@@ -5,7 +5,7 @@ ticks for SYMBOLS symbols (TICKS each), is stopped, and is restarted on a copy o
 the time from exec to the `serving` log line, the journal read and rebuild times the server logs,
 and, after one more second of ticks for every symbol, how many signals were `warming_up`
 (`quantd_ticks_total{outcome}` from /metrics). Then `quantd audit` over the first restart's journal.
-Usage: scripts/warm-start-bench.py [--symbols 10000] [--ticks 200] [--rate 50000]"""
+Usage: scripts/warm-start-bench.py [--symbols 10000] [--ticks 200] [--rate 50000] [--streams 2]"""
 from __future__ import annotations
 
 import argparse
@@ -48,10 +48,10 @@ class Server:
         else:
             raise RuntimeError("quantd did not start")
 
-    def load(self, symbols: int, rate: int, secs: float) -> None:
+    def load(self, symbols: int, rate: int, secs: float, streams: int) -> None:
         subprocess.run([str(LOAD), "--target", self.addr, "--synthetic", "--symbols", str(symbols), "--rate", str(rate),
-                        "--duration", str(secs), "--warmup", "0", "--quiet"], check=True, capture_output=True,
-                       timeout=secs + 120)
+                        "--streams", str(streams), "--duration", str(secs), "--warmup", "0", "--quiet"], check=True,
+                       capture_output=True, timeout=secs + 120)
 
     def outcomes(self) -> dict[str, float]:
         time.sleep(1.2)  # a metrics publication
@@ -68,11 +68,12 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=10_000)
     ap.add_argument("--ticks", type=int, default=200, help="ticks per symbol journaled before the restart")
     ap.add_argument("--rate", type=int, default=50_000)
+    ap.add_argument("--streams", type=int, default=2, help="stream.max_symbols_per_stream is 5000")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="quantd-warm-bench-"))
     try:
         first = Server(tmp / "journal", warm=False)
-        first.load(a.symbols, a.rate, a.symbols * a.ticks / a.rate)
+        first.load(a.symbols, a.rate, a.symbols * a.ticks / a.rate, a.streams)
         first.stop()
         size = sum(f.stat().st_size for f in (tmp / "journal").iterdir())
         print(f"journaled {a.symbols} symbols x {a.ticks} ticks ({size / 1e6:.0f} MB); restarts:")
@@ -81,7 +82,7 @@ def main() -> None:
             journal = tmp / f"restart-{i}"
             shutil.copytree(tmp / "journal", journal)
             s = Server(journal, warm=mode == "warm")
-            s.load(a.symbols, a.rate, 1.0)
+            s.load(a.symbols, a.rate, 1.0, a.streams)
             out = s.outcomes()
             s.stop()
             read = s.fields.get("warm start: journal tail read", {})

@@ -290,7 +290,7 @@ impl Default for EngineSection {
             symbol_idle_ms: 900_000,
             warm_start: WarmStart::Off,
             warm_start_max_age_ms: 900_000,
-            warm_start_max_ticks: 200,
+            warm_start_max_ticks: 128,
         }
     }
 }

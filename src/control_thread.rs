@@ -31,6 +31,24 @@ impl ControlThread {
     }
 }
 
+/// Sets the calling thread's nice value (`what` names the thread in the log), or logs why not.
+pub fn renice(nice: i32, what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on a thread id changes only that
+        // thread's priority.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc == 0 {
+            tracing::info!(nice, thread = what, "thread reniced");
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(nice, thread = what, %error, "cannot renice the thread (negative values need CAP_SYS_NICE); it keeps the default priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::warn!(nice, thread = what, "nice values are only applied on Linux");
+}
+
 impl Drop for ControlThread {
     fn drop(&mut self) {
         self.stop();

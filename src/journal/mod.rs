@@ -77,6 +77,10 @@ pub struct JournalConfig {
     /// What each signal record keeps of the feature row it was scored on: its `hash` (8 bytes)
     /// or the whole `row` (14 floats), for debugging and retraining on served rows.
     pub feature_rows: FeatureRows,
+    /// The journal thread's nice value (0: unchanged). Positive by default: on a machine whose
+    /// cores the engine and the I/O threads keep busy, encoding and writing batches yields to
+    /// them, and the ring absorbs the delay.
+    pub nice: i32,
 }
 
 /// What a signal record keeps of its feature row.
@@ -104,6 +108,7 @@ impl Default for JournalConfig {
             retention_files: 0,
             on_full: OnFull::DropAndCount,
             feature_rows: FeatureRows::Hash,
+            nice: 10,
         }
     }
 }
@@ -404,7 +409,12 @@ impl JournalThread {
         let journal = Journal { shared: shared.clone() };
         tracing::info!(dir = %config.dir.display(), on_full = ?config.on_full, "journal on");
         let config = config.clone();
-        let thread = ControlThread::spawn("quantd-journal", move |stop| run(&config, &shared, &stop))?;
+        let thread = ControlThread::spawn("quantd-journal", move |stop| {
+            if config.nice != 0 {
+                crate::control_thread::renice(config.nice, "quantd-journal");
+            }
+            run(&config, &shared, &stop)
+        })?;
         Ok(Self { journal, thread })
     }
 

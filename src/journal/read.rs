@@ -182,13 +182,20 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
         let (reject, batch, batch_pos) =
             (c.get::<StringArray>("reject")?, u("batch")?, c.get::<UInt32Array>("batch_pos")?);
         let (var_scale, features_hash) = (f("var_scale")?, u("features_hash")?);
-        let rows = c.get::<FixedSizeListArray>("features")?;
-        let row_values =
-            rows.values().as_any().downcast_ref::<Float32Array>().ok_or_else(|| JournalReadError::Column {
-                path: path.to_owned(),
-                column: "features",
-                msg: format!("unexpected item type {}", rows.value_type()),
-            })?;
+        // Only where the journal kept rows (`journal.feature_rows = "row"`).
+        let rows = match c.batch.column_by_name("features") {
+            None => None,
+            Some(_) => {
+                let rows = c.get::<FixedSizeListArray>("features")?;
+                let values =
+                    rows.values().as_any().downcast_ref::<Float32Array>().ok_or_else(|| JournalReadError::Column {
+                        path: path.to_owned(),
+                        column: "features",
+                        msg: format!("unexpected item type {}", rows.value_type()),
+                    })?;
+                Some((rows, values))
+            }
+        };
         let mut models: Option<(String, Arc<str>)> = None;
         for i in 0..c.batch.num_rows() {
             let value = |msg: String| JournalReadError::Value { path: path.to_owned(), row: out.len(), msg };
@@ -232,9 +239,9 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
                 batch_pos: if batch_pos.is_null(i) { 0 } else { batch_pos.value(i) },
                 var_scale: var_scale.value(i),
                 features_hash: features_hash.value(i),
-                features: rows.is_valid(i).then(|| {
+                features: rows.filter(|(rows, _)| rows.is_valid(i)).map(|(_, values)| {
                     let at = i * NUM_FEATURES;
-                    std::array::from_fn(|k| row_values.value(at + k))
+                    std::array::from_fn(|k| values.value(at + k))
                 }),
             });
         }

@@ -47,12 +47,12 @@ pub fn tick_schema() -> SchemaRef {
     ]))
 }
 
-/// The columns of `signals-*.arrows`.
-pub fn signal_schema() -> SchemaRef {
+/// The columns of `signals-*.arrows`; the `features` column only where rows are kept.
+pub fn signal_schema(rows: FeatureRows) -> SchemaRef {
     let u = |n: &str| Field::new(n, DataType::UInt64, false);
     let f = |n: &str| Field::new(n, DataType::Float64, false);
     let b = |n: &str| Field::new(n, DataType::Boolean, false);
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         u("stream"),
         u("index"),
         u("server_send_ns"),
@@ -73,8 +73,11 @@ pub fn signal_schema() -> SchemaRef {
         Field::new("batch_pos", DataType::UInt32, true),
         f("var_scale"),
         u("features_hash"),
-        Field::new("features", features_type(), true),
-    ]))
+    ];
+    if rows == FeatureRows::Row {
+        fields.push(Field::new("features", features_type(), true));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The `features` column's type: the row of [`NUM_FEATURES`] floats (null unless kept).
@@ -190,8 +193,10 @@ fn signal_batch(schema: &SchemaRef, rows: &[SignalRecord]) -> Result<RecordBatch
             Arc::new(UInt32Array::from_iter(rows.iter().map(|r| (r.batch > 0).then_some(r.batch_pos)))),
             f(|r| r.var_scale),
             u(|r| r.features_hash),
-            features_column(rows),
-        ],
+        ]
+        .into_iter()
+        .chain(schema.column_with_name("features").map(|_| features_column(rows)))
+        .collect(),
     )
 }
 
@@ -351,7 +356,7 @@ impl Files {
             config: config.clone(),
             start: crate::clock::realtime_ns(),
             ticks: Stream::new("ticks", tick_schema(), tick_batch),
-            signals: Stream::new("signals", signal_schema(), signal_batch),
+            signals: Stream::new("signals", signal_schema(config.feature_rows), signal_batch),
             models: Stream::new("models", model_schema(), model_batch),
             last_flush: Instant::now(),
             last_sync: Instant::now(),

@@ -96,7 +96,7 @@ impl AdminThread {
             .name("quantd-admin".into())
             .spawn(move || {
                 if plane.nice != 0 {
-                    renice(plane.nice);
+                    crate::control_thread::renice(plane.nice, "admin");
                 }
                 runtime.block_on(serve(plane, stopped))
             })
@@ -143,24 +143,6 @@ impl Drop for AdminThread {
     fn drop(&mut self) {
         self.stop_and_join();
     }
-}
-
-/// Sets the calling thread's nice value, or logs why not.
-fn renice(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no preconditions; setpriority on a thread id changes only that
-        // thread's priority.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-        if rc == 0 {
-            tracing::info!(nice, "admin thread reniced");
-        } else {
-            let error = std::io::Error::last_os_error();
-            tracing::warn!(nice, %error, "cannot renice the admin thread (negative values need CAP_SYS_NICE); it keeps the default priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    tracing::warn!(nice, "admin.nice is only applied on Linux");
 }
 
 /// SIGTERM and SIGINT as streams of the admin runtime (ctrl-c elsewhere than Unix).
