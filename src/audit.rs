@@ -33,7 +33,7 @@ use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::risk::{External, RiskFlags};
 use crate::telemetry::Telemetry;
-use crate::tick::{Reject, Tick};
+use crate::tick::{Reject, Symbol, Tick};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -112,6 +112,8 @@ pub struct AuditReport {
     /// first batch the journal holds only in part: the crash cut them off, so they are not
     /// proven (everything before them is).
     pub after_crash: u64,
+    /// Admin `ResetSymbol` calls re-applied where the journal recorded them.
+    pub resets: u64,
     /// Signals answered `engine_error` after a panic (no decision to reproduce).
     pub engine_errors: u64,
     /// Ticks journaled without a signal (the server stopped before answering, or the signal was
@@ -147,12 +149,18 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
         let ticks = read::ticks(&files.ticks)?;
         let signals = read::signals(&files.signals)?;
         let loaded = read::models(&files.models)?;
+        let resets: Vec<(u64, Symbol)> = read::controls(&files.controls)?
+            .records
+            .iter()
+            .filter(|c| c.kind == "reset")
+            .filter_map(|c| Some((c.before_batch, c.symbol?)))
+            .collect();
         let crashed = !ticks.unterminated.is_empty() || !signals.unterminated.is_empty();
         report.unterminated.extend(ticks.unterminated.iter().chain(&signals.unterminated).cloned());
         for m in loaded.records {
             models.journaled.insert(m.model.clone(), m);
         }
-        audit_run(opts, start, crashed, &ticks.records, &signals.records, &mut models, &mut report)?;
+        audit_run(opts, start, crashed, (&ticks.records, &signals.records, &resets), &mut models, &mut report)?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -164,6 +172,7 @@ struct RunFiles {
     ticks: Vec<PathBuf>,
     signals: Vec<PathBuf>,
     models: Vec<PathBuf>,
+    controls: Vec<PathBuf>,
 }
 
 /// The journal's files grouped by server run (the start time in their names), oldest first.
@@ -173,6 +182,7 @@ fn runs(dir: &Path) -> Result<BTreeMap<u64, RunFiles>, AuditError> {
         ("ticks", (|r: &mut RunFiles| &mut r.ticks) as fn(&mut RunFiles) -> &mut Vec<PathBuf>),
         ("signals", |r| &mut r.signals),
         ("models", |r| &mut r.models),
+        ("controls", |r| &mut r.controls),
     ] {
         for path in read::files(dir, kind)? {
             let start = path
@@ -218,16 +228,17 @@ impl Models {
 }
 
 /// Re-runs one server run's engine batches and compares every reply with its signal.
-#[allow(clippy::too_many_arguments)]
+/// `journal`: the run's ticks, signals and admin resets (the engine pass each preceded).
 fn audit_run(
     opts: &AuditOptions,
     run: u64,
     crashed: bool,
-    ticks: &[TickRecord],
-    signals: &[SignalRecord],
+    journal: (&[TickRecord], &[SignalRecord], &[(u64, Symbol)]),
     models: &mut Models,
     report: &mut AuditReport,
 ) -> Result<(), AuditError> {
+    let (ticks, signals, resets) = journal;
+    let mut next_reset = 0;
     let (warm, ticks): (Vec<&TickRecord>, Vec<&TickRecord>) = ticks.iter().partition(|t| t.stream == WARM_STREAM);
     let warm: Vec<(Tick, u64)> =
         warm.iter().filter_map(|r| Tick::from_proto(&r.to_proto()).ok().map(|t| (t, r.recv_ns))).collect();
@@ -283,6 +294,14 @@ fn audit_run(
             }
         }
         let (engine, _) = sync.as_mut().expect("made above");
+        // Admin resets, between the same two batches as live.
+        while let Some(&(before, symbol)) = resets.get(next_reset)
+            && before <= batch[0].batch
+        {
+            engine.control(Control::Reset { symbol, done: None });
+            report.resets += 1;
+            next_reset += 1;
+        }
         replies.clear();
         for chunk in inputs.chunks(engine.max_batch()) {
             engine.run_recorded(chunk, &mut replies);
@@ -375,6 +394,9 @@ pub fn print(report: &AuditReport) {
         report.runs,
         report.seconds
     );
+    if report.resets > 0 {
+        println!("  admin symbol resets re-applied between the same batches: {}", report.resets);
+    }
     if report.warm_ticks > 0 {
         println!("  warm starts rebuilt from {} journaled ticks, re-run the same way", report.warm_ticks);
     }

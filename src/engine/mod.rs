@@ -67,7 +67,9 @@ pub enum Control {
 /// The engine's answer to a control message about one symbol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
-    Yes,
+    /// Applied before the engine pass `before_batch` (the journal records it, so that `quantd
+    /// audit` applies the same call at the same point).
+    Yes { before_batch: u64 },
     /// The engine holds no state for this symbol (never seen, or evicted).
     UnknownSymbol,
 }

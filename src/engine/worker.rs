@@ -407,14 +407,14 @@ impl Worker {
             Control::Kill { symbol: None, engaged, done } => {
                 tracing::warn!(engaged, "kill switch (all symbols)");
                 self.risk.set_global_kill(engaged);
-                ack(done, Applied::Yes);
+                ack(done, Applied::Yes { before_batch: self.pass + 1 });
             }
             Control::Kill { symbol: Some(symbol), engaged, done } => {
                 let applied = match self.symbols.find(&symbol) {
                     Some(slot) => {
                         tracing::warn!(%symbol, engaged, "kill switch");
                         self.symbols.at(slot).risk.admin_killed = engaged;
-                        Applied::Yes
+                        Applied::Yes { before_batch: self.pass + 1 }
                     }
                     None => {
                         tracing::warn!(%symbol, engaged, "kill switch not applied: the engine holds no such symbol");
@@ -428,7 +428,7 @@ impl Worker {
                     Some(slot) => {
                         tracing::warn!(%symbol, "symbol reset (admin)");
                         self.reset_symbol(slot, SymbolEvent::ResetAdmin);
-                        Applied::Yes
+                        Applied::Yes { before_batch: self.pass + 1 }
                     }
                     None => Applied::UnknownSymbol,
                 };

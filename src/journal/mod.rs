@@ -286,6 +286,30 @@ pub struct ModelRecord {
     pub backend: String,
 }
 
+/// An admin call the engine applied (`RiskAdmin.SetKillSwitch`, `ResetSymbol`), written to
+/// `controls-*.arrows`: `quantd audit` applies each reset before the engine pass it preceded
+/// live (a kill switch it reads from the signals' `kill_admin` flag).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlRecord {
+    /// CLOCK_REALTIME ns when the engine confirmed it.
+    pub applied_ns: u64,
+    /// `kill`, `release` or `reset`.
+    pub kind: &'static str,
+    /// The symbol (None: every symbol).
+    pub symbol: Option<Symbol>,
+    /// The engine pass it took effect before.
+    pub before_batch: u64,
+    /// The caller's reason, clipped.
+    pub reason: String,
+}
+
+impl ControlRecord {
+    pub fn new(kind: &'static str, symbol: Option<Symbol>, reason: &str) -> Self {
+        let reason = crate::text::clip(reason).to_string();
+        Self { applied_ns: crate::clock::realtime_ns(), kind, symbol, before_batch: 0, reason }
+    }
+}
+
 /// What the ring carries.
 pub enum Record {
     Tick(TickRecord),
@@ -301,6 +325,8 @@ struct Shared {
     /// Models loaded since the last write (the control path's, rare; not on the ring so that a
     /// full ring never loses one).
     models: Mutex<Vec<ModelRecord>>,
+    /// Admin calls applied since the last write (rare; off the ring like the models).
+    controls: Mutex<Vec<ControlRecord>>,
     /// A warm start's ticks, to journal at the head of this run (start-up only; written in
     /// batches, never through the ring).
     warm: Mutex<std::collections::VecDeque<TickRecord>>,
@@ -371,6 +397,11 @@ impl Journal {
         }
     }
 
+    /// Records an admin call the engine applied (admin thread).
+    pub fn control(&self, r: ControlRecord) {
+        self.shared.controls.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+
     /// Records a model load (registry thread).
     pub fn model(&self, r: ModelRecord) {
         self.shared.models.lock().unwrap_or_else(|e| e.into_inner()).push(r);
@@ -402,6 +433,7 @@ impl JournalThread {
             streams: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             models: Mutex::new(Vec::new()),
+            controls: Mutex::new(Vec::new()),
             warm: Mutex::new(std::collections::VecDeque::new()),
             on_full: config.on_full,
             telemetry,
@@ -441,6 +473,12 @@ fn run(config: &JournalConfig, shared: &Shared, stop: &AtomicBool) {
         if let Ok(mut models) = shared.models.try_lock() {
             for m in models.drain(..) {
                 files.push_model(m);
+                popped += 1;
+            }
+        }
+        if let Ok(mut controls) = shared.controls.try_lock() {
+            for c in controls.drain(..) {
+                files.push_control(c);
                 popped += 1;
             }
         }

@@ -17,7 +17,7 @@ use arrow_array::{FixedSizeListArray, Float32Array, UInt32Array, UInt64Array};
 use arrow_ipc::reader::StreamReader;
 
 use super::writer::EXTENSION;
-use super::{ModelRecord, SignalRecord, TickRecord};
+use super::{ControlRecord, ModelRecord, SignalRecord, TickRecord};
 use crate::features::NUM_FEATURES;
 use crate::risk::RiskFlags;
 use crate::tick::{Reject, Symbol};
@@ -265,6 +265,34 @@ pub fn models(paths: &[PathBuf]) -> Result<Read<ModelRecord>, JournalReadError> 
                 schema_hash: sh.value(i).to_owned(),
                 dir: dir.value(i).to_owned(),
                 backend: backend.value(i).to_owned(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// The admin calls the engine applied (`controls-*.arrows`), in journal order.
+pub fn controls(paths: &[PathBuf]) -> Result<Read<ControlRecord>, JournalReadError> {
+    read_kind(paths, |path, c, out| {
+        let t = |n| c.get::<StringArray>(n);
+        let (applied, before) = (c.get::<UInt64Array>("applied_ns")?, c.get::<UInt64Array>("before_batch")?);
+        let (kind, symbol, reason) = (t("kind")?, t("symbol")?, t("reason")?);
+        for i in 0..c.batch.num_rows() {
+            let kind = match kind.value(i) {
+                "kill" => "kill",
+                "release" => "release",
+                "reset" => "reset",
+                other => {
+                    let msg = format!("unknown control kind {other:?}");
+                    return Err(JournalReadError::Value { path: path.to_owned(), row: out.len(), msg });
+                }
+            };
+            out.push(ControlRecord {
+                applied_ns: applied.value(i),
+                kind,
+                symbol: (!symbol.is_null(i)).then(|| Symbol::truncated(symbol.value(i))),
+                before_batch: before.value(i),
+                reason: reason.value(i).to_owned(),
             });
         }
         Ok(())

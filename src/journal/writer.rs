@@ -15,7 +15,7 @@ use arrow_array::{
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::{FeatureRows, JournalConfig, ModelRecord, Record, SignalRecord, TickRecord};
+use super::{ControlRecord, FeatureRows, JournalConfig, ModelRecord, Record, SignalRecord, TickRecord};
 use crate::features::NUM_FEATURES;
 use crate::tick::Reject;
 
@@ -105,6 +105,30 @@ fn features_column(rows: &[SignalRecord]) -> ArrayRef {
         }
     }
     Arc::new(b.finish())
+}
+
+/// The columns of `controls-*.arrows`.
+pub fn control_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("applied_ns", DataType::UInt64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("before_batch", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]))
+}
+
+fn control_batch(schema: &SchemaRef, rows: &[ControlRecord]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.applied_ns))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.symbol.as_ref().map(|s| s.as_str().to_owned())))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.before_batch))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.as_str()))),
+        ],
+    )
 }
 
 /// The columns of `models-*.arrows`.
@@ -266,6 +290,15 @@ impl<R> Stream<R> {
         open.writer.flush().map_err(|e| format!("{}: {e}", open.path.display()))
     }
 
+    /// Writes the pending rows, keeping them for the next write if this one fails.
+    fn write_kept(&mut self, dir: &Path, start: u64) -> Result<(), String>
+    where
+        R: Clone,
+    {
+        let kept = self.pending.clone();
+        self.write(dir, start).map(|_| ()).inspect_err(|_| self.pending = kept)
+    }
+
     fn sync(&mut self) -> Result<(), String> {
         match &mut self.open {
             Some(o) => o.writer.get_ref().get_ref().sync_data().map_err(|e| format!("{}: {e}", o.path.display())),
@@ -346,6 +379,7 @@ pub struct Files {
     ticks: Stream<TickRecord>,
     signals: Stream<SignalRecord>,
     models: Stream<ModelRecord>,
+    controls: Stream<ControlRecord>,
     last_flush: Instant,
     last_sync: Instant,
 }
@@ -358,6 +392,7 @@ impl Files {
             ticks: Stream::new("ticks", tick_schema(), tick_batch),
             signals: Stream::new("signals", signal_schema(config.feature_rows), signal_batch),
             models: Stream::new("models", model_schema(), model_batch),
+            controls: Stream::new("controls", control_schema(), control_batch),
             last_flush: Instant::now(),
             last_sync: Instant::now(),
         }
@@ -382,9 +417,13 @@ impl Files {
         self.models.pending.push(m);
     }
 
+    pub fn push_control(&mut self, c: ControlRecord) {
+        self.controls.pending.push(c);
+    }
+
     /// Rows waiting for the next batch (every kind).
     pub fn pending(&self) -> usize {
-        self.ticks.pending.len() + self.signals.pending.len() + self.models.pending.len()
+        self.ticks.pending.len() + self.signals.pending.len() + self.models.pending.len() + self.controls.pending.len()
     }
 
     pub fn since_flush(&self) -> Duration {
@@ -404,16 +443,16 @@ impl Files {
             Ok(n) => out.signals_written = n,
             Err(e) => (out.signals_lost, out.error) = (s, Some(e)),
         }
-        // A model record is written at once and its file kept open (a handful per day); a failed
-        // one is kept for the next write rather than lost.
-        let models = self.models.pending.clone();
-        if let Err(e) = self.models.write(&dir, start) {
-            self.models.pending = models;
-            out.error = Some(e);
+        // Model and control records are written at once and their files kept open (a handful per
+        // day); a failed one is kept for the next write rather than lost.
+        for r in [self.models.write_kept(&dir, start), self.controls.write_kept(&dir, start)] {
+            if let Err(e) = r {
+                out.error = Some(e);
+            }
         }
         self.last_flush = Instant::now();
         if self.config.fsync_ms == 0 || self.last_sync.elapsed() >= Duration::from_millis(self.config.fsync_ms) {
-            for r in [self.ticks.sync(), self.signals.sync(), self.models.sync()] {
+            for r in [self.ticks.sync(), self.signals.sync(), self.models.sync(), self.controls.sync()] {
                 if let Err(e) = r {
                     out.error = Some(e);
                 }
@@ -427,13 +466,13 @@ impl Files {
 
     /// Closes both files (end-of-stream marker, fsync, final names).
     pub fn close(&mut self) {
-        if !self.models.pending.is_empty() {
-            let (dir, start) = (self.config.dir.clone(), self.start);
-            if let Err(e) = self.models.write(&dir, start) {
-                tracing::error!(error = %e, "journal: writing the model records failed");
+        let (dir, start) = (self.config.dir.clone(), self.start);
+        for r in [self.models.write_kept(&dir, start), self.controls.write_kept(&dir, start)] {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "journal: writing the model or control records failed");
             }
         }
-        for r in [self.ticks.close(), self.signals.close(), self.models.close()] {
+        for r in [self.ticks.close(), self.signals.close(), self.models.close(), self.controls.close()] {
             if let Err(e) = r {
                 tracing::error!(error = %e, "journal: closing a file failed");
             }

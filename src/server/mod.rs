@@ -162,7 +162,7 @@ impl Server {
             (admin::bind(config.admin_listen)?, admin::bind(config.metrics_listen)?);
         let local = |l: &std::net::TcpListener| l.local_addr().map_err(StartError::Thread);
         let (admin_addr, metrics_addr) = (local(&admin_listener)?, local(&metrics_listener)?);
-        let risk = || risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone());
+        let risk = || risk_service::Risk::new(handle.clone(), telemetry.clone(), config.risk.clone(), journal.clone());
         let admin_thread = admin::AdminThread::start(admin::AdminPlane {
             grpc: admin_listener,
             metrics: metrics_listener,

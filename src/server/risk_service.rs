@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Ack, Applied, Control, EngineHandle};
+use crate::journal::{ControlRecord, Journal};
 use crate::proto;
 use crate::proto::risk_admin_server::RiskAdmin;
 use crate::risk::RiskConfig;
@@ -17,11 +18,13 @@ pub struct Risk {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     config: RiskConfig,
+    /// Where applied calls are recorded (`controls-*.arrows`), when the journal is on.
+    journal: Option<Journal>,
 }
 
 impl Risk {
-    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, config: RiskConfig) -> Self {
-        Self { engine, telemetry, config }
+    pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, config: RiskConfig, journal: Option<Journal>) -> Self {
+        Self { engine, telemetry, config, journal }
     }
 }
 
@@ -29,14 +32,24 @@ impl Risk {
 const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Risk {
-    /// Sends a control message and waits for the engine's answer: (applied, reason if not).
-    async fn ask(&self, message: impl FnOnce(Option<Ack>) -> Control) -> Result<(bool, String), Status> {
+    /// Sends a control message and waits for the engine's answer: (applied, reason if not). An
+    /// applied call is journaled as `record` with the engine pass it preceded.
+    async fn ask(
+        &self,
+        message: impl FnOnce(Option<Ack>) -> Control,
+        record: ControlRecord,
+    ) -> Result<(bool, String), Status> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.engine
             .control(message(Some(done)))
             .map_err(|_| Status::unavailable("the engine's control queue is full; retry"))?;
         match tokio::time::timeout(CONFIRM_WITHIN, answer).await {
-            Ok(Ok(Applied::Yes)) => Ok((true, String::new())),
+            Ok(Ok(Applied::Yes { before_batch })) => {
+                if let Some(j) = &self.journal {
+                    j.control(ControlRecord { before_batch, ..record });
+                }
+                Ok((true, String::new()))
+            }
             Ok(Ok(Applied::UnknownSymbol)) => Ok((
                 false,
                 "the engine holds no state for this symbol (never seen, or evicted); admin calls do not create \
@@ -64,7 +77,8 @@ impl RiskAdmin for Risk {
             s => Some(Symbol::new(s).map_err(|e| Status::invalid_argument(format!("symbol {}: {e}", clip(s))))?),
         };
         tracing::warn!(symbol = %clip(&r.symbol), engaged = r.engaged, reason = %clip(&r.reason), "kill switch requested");
-        let (applied, reason) = self.ask(|done| Control::Kill { symbol, engaged: r.engaged, done }).await?;
+        let record = ControlRecord::new(if r.engaged { "kill" } else { "release" }, symbol, &r.reason);
+        let (applied, reason) = self.ask(|done| Control::Kill { symbol, engaged: r.engaged, done }, record).await?;
         Ok(Response::new(proto::KillSwitchResponse { applied, reason }))
     }
 
@@ -76,7 +90,8 @@ impl RiskAdmin for Risk {
         let symbol =
             Symbol::new(&r.symbol).map_err(|e| Status::invalid_argument(format!("symbol {}: {e}", clip(&r.symbol))))?;
         tracing::warn!(%symbol, reason = %clip(&r.reason), "symbol reset requested");
-        let (applied, reason) = self.ask(|done| Control::Reset { symbol, done }).await?;
+        let record = ControlRecord::new("reset", Some(symbol), &r.reason);
+        let (applied, reason) = self.ask(|done| Control::Reset { symbol, done }, record).await?;
         Ok(Response::new(proto::ResetSymbolResponse { applied, reason }))
     }
 

@@ -198,17 +198,23 @@ def test_audit_reproduces_every_signal_across_a_hot_swap_and_a_kill_switch_and_f
         assert risk.SetKillSwitch(pb2.KillSwitchRequest(symbol="ETHUSDT", engaged=True, reason="audit"), timeout=5).applied
         signals += list(stub.StreamTicks(iter(ticks[2500:3500]), timeout=60))
         assert risk.SetKillSwitch(pb2.KillSwitchRequest(symbol="ETHUSDT", engaged=False), timeout=5).applied
+        # An admin reset: the symbol forgets its state and warms up again.
+        assert risk.ResetSymbol(pb2.ResetSymbolRequest(symbol="ETHUSDT", reason="audit"), timeout=5).applied
         signals += list(stub.StreamTicks(iter(ticks[3500:]), timeout=60))
     assert len(signals) == len(ticks)
     assert server.stop() == 0
     served = {s.model for s in signals}
     assert served == {f"{before.name}@{before.version}", "quantd-mlp@1"}, served
     assert any("kill_admin" in s.risk for s in signals)
+    assert signals[3500].warming_up and not signals[3499].warming_up, "the reset took effect"
+    controls, _ = read_kind(journal, "controls")
+    assert [c["kind"] for c in controls.to_pylist()] == ["kill", "release", "reset"]
 
     report = tmp_path / "audit.json"
     ok = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"), "--json", str(report))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "audit PASS: 6000 of 6000 engine signals reproduced bit for bit" in ok.stdout, ok.stdout
+    assert "admin symbol resets re-applied between the same batches: 1" in ok.stdout, ok.stdout
     audit = json.loads(report.read_text())
     assert audit["mismatched"] == 0 and audit["missing_ticks"] == 0
     assert set(audit["by_model"]) == served and sum(m["reproduced"] for m in audit["by_model"].values()) == 6000
