@@ -305,11 +305,6 @@ mod sync {
             self.worker.warm(ticks);
         }
 
-        /// The engine pass counter: the `batch` of the last batch's replies.
-        pub fn pass(&self) -> u64 {
-            self.worker.pass()
-        }
-
         fn finish(&mut self, out: &mut Vec<Reply>) {
             self.worker.process_batch();
             while let Some(r) = self.replies.pop() {

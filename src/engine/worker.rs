@@ -517,11 +517,6 @@ impl Worker {
         self.recorded.extend_from_slice(recorded);
     }
 
-    /// The engine pass counter (the `batch` of the replies of the last batch).
-    pub(super) fn pass(&self) -> u64 {
-        self.pass
-    }
-
     pub(super) fn max_batch(&self) -> usize {
         self.max_batch
     }
