@@ -28,12 +28,12 @@ use crate::config::Config;
 use crate::engine::{ActiveModel, Control, Recorded, RecordedTick, Reply, SyncEngine};
 use crate::journal::read::{self, JournalReadError};
 use crate::journal::warm::WARM_STREAM;
-use crate::journal::{ModelRecord, SignalRecord, TickRecord};
+use crate::journal::{ControlRecord, ModelRecord, SignalRecord, TickRecord};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::risk::{External, RiskFlags};
 use crate::telemetry::Telemetry;
-use crate::tick::{Reject, Symbol, Tick};
+use crate::tick::{Reject, Tick};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -112,8 +112,8 @@ pub struct AuditReport {
     /// first batch the journal holds only in part: the crash cut them off, so they are not
     /// proven (everything before them is).
     pub after_crash: u64,
-    /// Admin `ResetSymbol` calls re-applied where the journal recorded them.
-    pub resets: u64,
+    /// Admin calls (`SetKillSwitch`, `ResetSymbol`) re-applied where the journal recorded them.
+    pub admin_calls: u64,
     /// Signals answered `engine_error` after a panic (no decision to reproduce).
     pub engine_errors: u64,
     /// Ticks journaled without a signal (the server stopped before answering, or the signal was
@@ -149,18 +149,13 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
         let ticks = read::ticks(&files.ticks)?;
         let signals = read::signals(&files.signals)?;
         let loaded = read::models(&files.models)?;
-        let resets: Vec<(u64, Symbol)> = read::controls(&files.controls)?
-            .records
-            .iter()
-            .filter(|c| c.kind == "reset")
-            .filter_map(|c| Some((c.before_batch, c.symbol?)))
-            .collect();
+        let controls = read::controls(&files.controls)?.records;
         let crashed = !ticks.unterminated.is_empty() || !signals.unterminated.is_empty();
         report.unterminated.extend(ticks.unterminated.iter().chain(&signals.unterminated).cloned());
         for m in loaded.records {
             models.journaled.insert(m.model.clone(), m);
         }
-        audit_run(opts, start, crashed, (&ticks.records, &signals.records, &resets), &mut models, &mut report)?;
+        audit_run(opts, start, crashed, (&ticks.records, &signals.records, &controls), &mut models, &mut report)?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -228,17 +223,18 @@ impl Models {
 }
 
 /// Re-runs one server run's engine batches and compares every reply with its signal.
-/// `journal`: the run's ticks, signals and admin resets (the engine pass each preceded).
+/// `journal`: the run's ticks, signals and the admin calls the engine applied (each with the
+/// engine pass it preceded).
 fn audit_run(
     opts: &AuditOptions,
     run: u64,
     crashed: bool,
-    journal: (&[TickRecord], &[SignalRecord], &[(u64, Symbol)]),
+    journal: (&[TickRecord], &[SignalRecord], &[ControlRecord]),
     models: &mut Models,
     report: &mut AuditReport,
 ) -> Result<(), AuditError> {
-    let (ticks, signals, resets) = journal;
-    let mut next_reset = 0;
+    let (ticks, signals, controls) = journal;
+    let mut next_control = 0;
     let (warm, ticks): (Vec<&TickRecord>, Vec<&TickRecord>) = ticks.iter().partition(|t| t.stream == WARM_STREAM);
     let warm: Vec<(Tick, u64)> =
         warm.iter().filter_map(|r| Tick::from_proto(&r.to_proto()).ok().map(|t| (t, r.recv_ns))).collect();
@@ -294,13 +290,18 @@ fn audit_run(
             }
         }
         let (engine, _) = sync.as_mut().expect("made above");
-        // Admin resets, between the same two batches as live.
-        while let Some(&(before, symbol)) = resets.get(next_reset)
-            && before <= batch[0].batch
+        // Admin calls, between the same two batches as live: a reset forgets the symbol's
+        // state; a kill switch holds it in the symbol table (a held symbol is never evicted). The
+        // kill decision itself comes from each signal's recorded `kill_admin`.
+        while let Some(c) = controls.get(next_control)
+            && c.before_batch <= batch[0].batch
         {
-            engine.control(Control::Reset { symbol, done: None });
-            report.resets += 1;
-            next_reset += 1;
+            engine.control(match (c.kind, c.symbol) {
+                ("reset", Some(symbol)) => Control::Reset { symbol, done: None },
+                (kind, symbol) => Control::Kill { symbol, engaged: kind == "kill", done: None },
+            });
+            report.admin_calls += 1;
+            next_control += 1;
         }
         replies.clear();
         for chunk in inputs.chunks(engine.max_batch()) {
@@ -394,8 +395,8 @@ pub fn print(report: &AuditReport) {
         report.runs,
         report.seconds
     );
-    if report.resets > 0 {
-        println!("  admin symbol resets re-applied between the same batches: {}", report.resets);
+    if report.admin_calls > 0 {
+        println!("  admin calls (kill switch, reset) re-applied between the same batches: {}", report.admin_calls);
     }
     if report.warm_ticks > 0 {
         println!("  warm starts rebuilt from {} journaled ticks, re-run the same way", report.warm_ticks);
