@@ -33,7 +33,7 @@ use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::risk::{External, RiskFlags};
 use crate::telemetry::Telemetry;
-use crate::tick::{Reject, Tick};
+use crate::tick::Reject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -180,12 +180,7 @@ fn runs(dir: &Path) -> Result<BTreeMap<u64, RunFiles>, AuditError> {
         ("controls", |r| &mut r.controls),
     ] {
         for path in read::files(dir, kind)? {
-            let start = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('-').nth(1))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let start = read::run_and_number(&path).map_or(0, |(start, _)| start);
             pick(out.entry(start).or_default()).push(path);
         }
     }
@@ -236,8 +231,7 @@ fn audit_run(
     let (ticks, signals, controls) = journal;
     let mut next_control = 0;
     let (warm, ticks): (Vec<&TickRecord>, Vec<&TickRecord>) = ticks.iter().partition(|t| t.stream == WARM_STREAM);
-    let warm: Vec<(Tick, u64)> =
-        warm.iter().filter_map(|r| Tick::from_proto(&r.to_proto()).ok().map(|t| (t, r.recv_ns))).collect();
+    let warm = crate::journal::warm::rebuild_ticks(warm);
     report.warm_ticks += warm.len() as u64;
     report.ticks += ticks.len() as u64;
     report.signals += signals.len() as u64;
@@ -342,7 +336,7 @@ fn audit_run(
 /// The journaled tick as the engine took it, with the outside inputs its signal recorded (None:
 /// the tick does not parse, which a tick the engine answered always does).
 fn recorded_tick(t: &TickRecord, s: &SignalRecord) -> Option<RecordedTick> {
-    let tick = Tick::from_proto(&t.to_proto()).ok()?;
+    let tick = t.tick().ok()?;
     let external = External { var_scale: s.var_scale, admin_kill: s.risk.contains(RiskFlags::KILL_ADMIN) };
     let expired = s.reject == Some(Reject::Expired);
     Some(RecordedTick { tick, recv_ns: t.recv_ns, conflate: t.conflate, recorded: Recorded { external, expired } })

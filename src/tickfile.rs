@@ -273,7 +273,7 @@ impl TickReader {
             .iter()
             .filter(|r| r.stream != crate::journal::warm::WARM_STREAM)
             .filter_map(|r| {
-                let tick = Tick::from_proto(&r.to_proto()).ok();
+                let tick = r.tick().ok();
                 refused += u64::from(tick.is_none());
                 tick
             })

@@ -295,8 +295,7 @@ mod sync {
                 let (tick, recv_ns, conflate) = (t.tick, t.recv_ns, t.conflate);
                 self.worker.push(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate });
             }
-            let recorded: Vec<worker::Recorded> = ticks.iter().map(|t| t.recorded).collect();
-            self.worker.set_recorded(&recorded);
+            self.worker.set_recorded(ticks.iter().map(|t| t.recorded));
             self.finish(out);
         }
 

@@ -512,9 +512,9 @@ impl Worker {
 
     /// Sets the recorded outside inputs of the batch being pushed, one per tick (the audit's
     /// way in); cleared after the batch.
-    pub(super) fn set_recorded(&mut self, recorded: &[Recorded]) {
+    pub(super) fn set_recorded(&mut self, recorded: impl IntoIterator<Item = Recorded>) {
         self.recorded.clear();
-        self.recorded.extend_from_slice(recorded);
+        self.recorded.extend(recorded);
     }
 
     pub(super) fn max_batch(&self) -> usize {

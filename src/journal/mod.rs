@@ -190,6 +190,11 @@ impl TickRecord {
 }
 
 impl TickRecord {
+    /// The tick as the engine takes it, or why the edge refused it (stateless checks).
+    pub fn tick(&self) -> Result<crate::tick::Tick, Reject> {
+        crate::tick::Tick::from_proto(&self.to_proto())
+    }
+
     /// The tick as it came over the wire (the journal keeps the wire values).
     pub fn to_proto(&self) -> proto::Tick {
         proto::Tick {

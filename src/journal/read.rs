@@ -68,18 +68,21 @@ pub fn files(dir: &Path, kind: &str) -> Result<Vec<PathBuf>, JournalReadError> {
     Ok(out)
 }
 
+/// The writing server run (its start time) and the file's number in it, from a journal file's
+/// name (`<kind>-<start>-<n>.arrows`); None for a name of another form.
+pub fn run_and_number(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.split('.').next()?;
+    let mut parts = stem.rsplitn(3, '-');
+    let n = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    Some((start, n))
+}
+
 /// Orders journal files by the writing process's start time and the file number in their
-/// names (`<kind>-<start>-<n>.arrows`); names of another form keep their given order, after those.
+/// names; names of another form keep their given order, after those.
 pub fn sort_files(paths: &mut [PathBuf]) {
-    let key = |p: &PathBuf| -> Option<(u64, u64)> {
-        let name = p.file_name()?.to_str()?;
-        let stem = name.split('.').next()?;
-        let mut parts = stem.rsplitn(3, '-');
-        let n = parts.next()?.parse().ok()?;
-        let start = parts.next()?.parse().ok()?;
-        Some((start, n))
-    };
-    paths.sort_by_key(|p| key(p).map_or((1, (0, 0)), |k| (0, k)));
+    paths.sort_by_key(|p| run_and_number(p).map_or((1, (0, 0)), |k| (0, k)));
 }
 
 /// Reads every batch of one file; a file that ends early keeps what was complete.

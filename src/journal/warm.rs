@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::TickRecord;
 use super::read::{self, JournalReadError};
-use crate::tick::Symbol;
+use crate::tick::{Symbol, Tick};
 
 /// The journal stream id of the ticks a warm start rebuilt from (no client stream has it).
 pub const WARM_STREAM: u64 = u64::MAX;
@@ -45,6 +45,13 @@ pub fn tail(dir: &Path, since_ns: u64, max_ticks: usize) -> Result<Vec<TickRecor
         newest_first.push(taken);
     }
     Ok(newest_first.into_iter().rev().flatten().collect())
+}
+
+/// The ticks a rebuild feeds the engine, with their server receive times, in order: the
+/// server's start-up and `quantd audit` both rebuild from exactly these (a tick the edge refused
+/// as malformed never reached the engine, and is left out).
+pub fn rebuild_ticks<'a>(records: impl IntoIterator<Item = &'a TickRecord>) -> Vec<(Tick, u64)> {
+    records.into_iter().filter_map(|r| r.tick().ok().map(|t| (t, r.recv_ns))).collect()
 }
 
 #[cfg(test)]

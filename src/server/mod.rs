@@ -40,7 +40,6 @@ use crate::registry::{Registry, RegistryHandle, RegistryThread};
 use crate::risk::RiskThread;
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::Exporter;
-use crate::tick::Tick;
 
 pub use crate::clock::realtime_ns;
 
@@ -128,8 +127,7 @@ impl Server {
         if let Some(j) = &journal {
             j.warm_ticks(&warm);
         }
-        let rebuild: Vec<(Tick, u64)> =
-            warm.iter().filter_map(|r| Tick::from_proto(&r.to_proto()).ok().map(|t| (t, r.recv_ns))).collect();
+        let rebuild = crate::journal::warm::rebuild_ticks(&warm);
         let started = std::time::Instant::now();
         let engine = crate::engine::spawn(&config.engine_config(), active, telemetry.clone(), &rebuild)
             .map_err(StartError::Thread)?;
