@@ -1,7 +1,11 @@
 //! The server configuration: one struct, read from TOML, overridden by environment variables and
 //! flags (in that order of precedence, lowest first), and validated as a whole.
 //!
-//! Built once in `main` (or a test) on the control path and passed to `server::Server::start`.
+//! Each subsystem owns its section (`engine::settings`, `server::settings`, `registry::settings`,
+//! `risk`, `journal`, ...) with its own checks; this module only assembles them, reads the
+//! environment and the flags, checks what spans sections, and builds what each subsystem is
+//! started with ([`Config::server_config`]). Built once in `main` (or a test, or `quantd
+//! replay`/`audit`) on the control path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,16 +13,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineConfig, IdleStrategy};
+use crate::engine::EngineConfig;
+use crate::engine::settings::{EngineSection, WarmStart};
 use crate::journal::JournalConfig;
-use crate::model::files::FileLimits;
 use crate::model::{BackendConfig, ExecutionProvider, LoadOptions, ProviderConfig, ProviderFallback, signing};
 use crate::plausibility::TickChecks;
 use crate::policy::PolicyParams;
 use crate::problem::{Kind, Problem, Problems};
-use crate::registry::RegistryConfig;
+use crate::registry::{RegistryConfig, RegistrySection};
 use crate::risk::RiskConfig;
 use crate::server::security::{self, AdminSection, TlsSection};
+use crate::server::settings::StreamSection;
+use crate::server::{ServerConfig, WarmTail};
 use crate::shard::ShardConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -57,8 +63,11 @@ pub struct Config {
     pub metrics_interval_ms: u64,
     /// After SIGTERM/ctrl-c, how long open streams may take to finish, ms.
     pub shutdown_grace_ms: u64,
+    /// The engine thread: queue, batch, symbol table, core, idle strategy, warm start.
     pub engine: EngineSection,
+    /// The tick streams and the service port's transport.
     pub stream: StreamSection,
+    /// Model discovery, shadow, probation and rollback.
     pub registry: RegistrySection,
     /// Overrides the model manifest's `[policy]` when set.
     pub policy: Option<PolicyParams>,
@@ -78,168 +87,6 @@ pub struct Config {
     /// Which backend serves each model (native INT8 kernel, ONNX Runtime, or `auto`) and the
     /// native kernel's ISA level.
     pub backend: BackendConfig,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineSection {
-    /// Engine queue capacity, ticks. A full queue answers `queue_full`.
-    pub queue_capacity: usize,
-    /// Most ticks scored in one model call.
-    pub max_batch: usize,
-    /// Distinct symbols the server tracks; more are rejected `too_many_symbols`.
-    pub max_symbols: usize,
-    /// Feature rows kept per symbol for windowed models (`features.window` in a manifest may not
-    /// exceed it). Reserved up front: max_symbols x max_window x 14 floats, touched as used.
-    pub max_window: usize,
-    /// Core to pin the engine thread to (none: not pinned).
-    pub core: Option<usize>,
-    /// Pin the engine thread to the last core this process may run on (its cpuset: the
-    /// exclusive cores a Kubernetes static CPU manager gives a Guaranteed pod, whatever their ids).
-    pub pin_last_core: bool,
-    pub idle: IdleStrategy,
-    pub idle_spin_us: u64,
-    pub idle_yield_us: u64,
-    /// Health goes NOT_SERVING while ticks wait and the engine has not completed a pass for
-    /// this long, ms (the stuck-engine watchdog; 0: off).
-    pub watchdog_ms: u64,
-    /// Evict a symbol not seen for this long (server receive time, ms; 0: never), so symbols
-    /// that stopped ticking, or junk, free their slots for new ones. Symbols held by the admin
-    /// kill switch stay. An evicted symbol warms up again when it returns.
-    pub symbol_idle_ms: u64,
-    /// `journal`: at start-up, rebuild each symbol's feature state from the tail of the journal
-    /// (its last `warm_start_max_ticks` ticks received within `warm_start_max_age_ms`), so a
-    /// restart does not send every symbol back to warm-up; `off`: start cold.
-    pub warm_start: WarmStart,
-    pub warm_start_max_age_ms: u64,
-    pub warm_start_max_ticks: usize,
-}
-
-/// Where the engine's per-symbol state comes from at start-up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WarmStart {
-    /// Every symbol starts cold and warms up on its live ticks.
-    #[default]
-    Off,
-    /// From the journal's newest ticks (`journal.dir`).
-    Journal,
-}
-
-/// What a stream does when it has `window` ticks in flight to the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, strum::EnumString)]
-#[serde(rename_all = "kebab-case")]
-#[strum(serialize_all = "kebab-case")]
-pub enum Backpressure {
-    /// Stop reading the stream: HTTP/2 flow control pushes back on the client.
-    Block,
-    /// Keep reading; answer each tick beyond the window at once with `overloaded`.
-    Reject,
-    /// Like `block`, and the engine scores only the newest tick of a symbol per pass; the
-    /// superseded ones update the features and are answered `conflated`.
-    Conflate,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamSection {
-    /// Most ticks of one stream in flight to the engine.
-    pub window: usize,
-    pub backpressure: Backpressure,
-    /// Most signals answered but not yet taken by the client. In `block`/`conflate` mode the
-    /// stream stops reading at this limit (flow control pushes back); in `reject` mode, which
-    /// never pushes back, a client this far behind is cut off with RESOURCE_EXHAUSTED.
-    pub outbound_limit: usize,
-    /// Signal time-to-live, ms: a tick that waited longer for the engine is answered `expired`
-    /// (0: off).
-    pub ttl_ms: u64,
-    /// Most concurrent `StreamTicks` calls on the server; more are refused RESOURCE_EXHAUSTED.
-    pub max_streams: usize,
-    /// Most concurrent `StreamTicks` calls from one client address; more are refused
-    /// RESOURCE_EXHAUSTED (so one host leaking streams cannot take every slot).
-    pub max_streams_per_peer: usize,
-    /// Most concurrent HTTP/2 streams (any call) on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
-    pub max_streams_per_connection: u32,
-    /// A stream whose client has read no signal for this long while signals were ready for it
-    /// is cut: its undelivered signals are counted `dropped`, and it ends with
-    /// RESOURCE_EXHAUSTED saying how many (ms; 0: never).
-    pub slow_consumer_ms: u64,
-    /// HTTP/2 receive window per stream, bytes: how many unread tick bytes a client may send
-    /// ahead. Small, so that a stream that stopped being read holds back its client quickly and
-    /// never fills the connection's window or h2's small-frame budget for the other streams.
-    pub h2_stream_window_bytes: u32,
-    /// HTTP/2 receive window per connection, bytes (shared by its streams).
-    pub h2_connection_window_bytes: u32,
-    /// Most open connections on the service port; one more is accepted and closed at once.
-    /// Each needs a file descriptor: the start-up check warns when the limit is lower.
-    pub max_connections: usize,
-    /// Close a connection that has not begun HTTP/2 (or TLS) within this, ms (0: never): a
-    /// half-open connection must not hold a descriptor forever. Also on the admin listener.
-    pub handshake_timeout_ms: u64,
-    /// Most distinct symbols on one stream; more are rejected `too_many_symbols`.
-    pub max_symbols_per_stream: usize,
-    /// Most distinct symbols the streams from one client address may bring in (over all of
-    /// them, forgotten when its last stream closes); more are rejected `too_many_symbols`
-    /// (0: no cap of its own; the engine's table and `max_symbols_per_stream` still bound it).
-    pub max_symbols_per_peer: usize,
-    /// Most distinct symbols the streams of one connection may bring in (over all of them,
-    /// forgotten when its last stream closes); more are rejected `too_many_symbols` (0: no cap
-    /// of its own). Finer than the per-peer cap where gateways share an address.
-    pub max_symbols_per_connection: usize,
-    /// Largest request headers (metadata) a call may carry, bytes as HTTP/2 counts them; over
-    /// it a call is refused RESOURCE_EXHAUSTED. The transport accepts up to 4 times this, so
-    /// that the refusal can be a gRPC status (beyond: a bare HTTP 431, then GOAWAY).
-    pub max_header_bytes: usize,
-    /// Largest accepted gRPC message, bytes.
-    pub max_message_bytes: usize,
-    /// A stream that sends no tick for this long (and is owed no signal) is closed with
-    /// DEADLINE_EXCEEDED, ms (0: never).
-    pub idle_timeout_ms: u64,
-    /// HTTP/2 keep-alive ping interval and timeout, ms (0: off): dead peers are dropped.
-    pub keepalive_interval_ms: u64,
-    pub keepalive_timeout_ms: u64,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RegistrySection {
-    /// Watch the models directory for new versions (besides the periodic rescan).
-    pub watch: bool,
-    /// Periodic rescan of the models directory, ms (the fallback when watching misses events).
-    pub rescan_ms: u64,
-    /// New versions go to shadow first instead of straight to active.
-    pub shadow_new_versions: bool,
-    /// Promote a shadow model after this many compared ticks if agreement is high enough
-    /// (0: only by admin call).
-    pub shadow_promote_after_ticks: u64,
-    /// Fraction of ticks whose side must agree for automatic promotion.
-    pub shadow_min_agreement: f64,
-    /// How long a newly activated model is watched for automatic rollback, ms.
-    pub probation_ms: u64,
-    /// Roll back automatically when more than this fraction of the new model's scores are
-    /// non-finite or its calls fail during probation.
-    pub rollback_max_error_rate: f64,
-    /// Largest `model.onnx` (or verification set) read, bytes; larger files are refused
-    /// unread.
-    pub max_model_bytes: u64,
-    /// Largest `manifest.toml` read, bytes (this bounds its golden rows too).
-    pub max_manifest_bytes: u64,
-}
-
-impl Default for RegistrySection {
-    fn default() -> Self {
-        Self {
-            watch: true,
-            rescan_ms: 2_000,
-            shadow_new_versions: false,
-            shadow_promote_after_ticks: 10_000,
-            shadow_min_agreement: 0.9,
-            probation_ms: 10_000,
-            rollback_max_error_rate: 0.0,
-            max_model_bytes: FileLimits::default().max_model_bytes,
-            max_manifest_bytes: FileLimits::default().max_manifest_bytes,
-        }
-    }
 }
 
 impl Default for Config {
@@ -270,54 +117,6 @@ impl Default for Config {
             shard: ShardConfig::default(),
             journal: JournalConfig::default(),
             backend: BackendConfig::default(),
-        }
-    }
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        Self {
-            queue_capacity: 16_384,
-            max_batch: 64,
-            max_symbols: 10_000,
-            max_window: 32,
-            core: None,
-            pin_last_core: false,
-            idle: IdleStrategy::SpinPark,
-            idle_spin_us: 50,
-            idle_yield_us: 2_000,
-            watchdog_ms: 1_000,
-            symbol_idle_ms: 900_000,
-            warm_start: WarmStart::Off,
-            warm_start_max_age_ms: 900_000,
-            warm_start_max_ticks: 128,
-        }
-    }
-}
-
-impl Default for StreamSection {
-    fn default() -> Self {
-        Self {
-            window: 1024,
-            backpressure: Backpressure::Block,
-            outbound_limit: 4096,
-            ttl_ms: 250,
-            max_streams: 1024,
-            max_streams_per_peer: 256,
-            max_streams_per_connection: 128,
-            slow_consumer_ms: 3_000,
-            h2_stream_window_bytes: 64 * 1024,
-            h2_connection_window_bytes: 4 << 20,
-            max_connections: 2_048,
-            handshake_timeout_ms: 5_000,
-            max_symbols_per_stream: 5_000,
-            max_symbols_per_peer: 0,
-            max_symbols_per_connection: 0,
-            max_header_bytes: 16_384,
-            max_message_bytes: 64 * 1024,
-            idle_timeout_ms: 120_000,
-            keepalive_interval_ms: 10_000,
-            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -505,62 +304,12 @@ impl Config {
         p.check(self.metrics_interval_ms == 0, "metrics_interval_ms", OutOfRange, || {
             "metrics_interval_ms must be > 0".into()
         });
-        let e = &self.engine;
-        p.check(e.queue_capacity == 0, "engine.queue_capacity", OutOfRange, || {
-            "engine.queue_capacity must be > 0".into()
-        });
-        p.check(e.max_batch == 0 || e.max_batch > 1024, "engine.max_batch", OutOfRange, || {
-            format!("engine.max_batch {} must be in 1..=1024", e.max_batch)
-        });
-        p.check(e.core.is_some() && e.pin_last_core, "engine.pin_last_core", Conflict, || {
-            "engine.core and engine.pin_last_core are both set; choose one".into()
-        });
-        let max_window = crate::model::manifest::MAX_WINDOW;
-        p.check(!(1..=max_window).contains(&e.max_window), "engine.max_window", OutOfRange, || {
-            format!("engine.max_window {} must be in 1..={max_window}", e.max_window)
-        });
-        p.check(e.max_symbols == 0, "engine.max_symbols", OutOfRange, || "engine.max_symbols must be > 0".into());
+        let (e, st) = (&self.engine, &self.stream);
+        p.extend(e.problems());
         p.check(e.warm_start == WarmStart::Journal && !self.journal.enabled, "engine.warm_start", Conflict, || {
             "engine.warm_start = \"journal\" needs the journal on (journal.enabled, or --journal DIR)".into()
         });
-        p.check(
-            e.warm_start == WarmStart::Journal && e.warm_start_max_ticks == 0,
-            "engine.warm_start_max_ticks",
-            OutOfRange,
-            || "engine.warm_start_max_ticks must be > 0".into(),
-        );
-        let st = &self.stream;
-        p.check(st.window == 0, "stream.window", OutOfRange, || "stream.window must be > 0".into());
-        p.check(st.outbound_limit < st.window, "stream.outbound_limit", Conflict, || {
-            format!("stream.outbound_limit {} must be >= stream.window {}", st.outbound_limit, st.window)
-        });
-        p.check(st.max_streams == 0 || st.max_symbols_per_stream == 0, "stream.max_streams", OutOfRange, || {
-            "stream.max_streams and stream.max_symbols_per_stream must be > 0".into()
-        });
-        p.check(
-            st.max_streams_per_peer == 0 || st.max_streams_per_connection == 0,
-            "stream.max_streams_per_peer",
-            OutOfRange,
-            || "stream.max_streams_per_peer and max_streams_per_connection must be > 0".into(),
-        );
-        let windows = 65_535..=(1 << 31) - 1;
-        p.check(
-            !windows.contains(&st.h2_stream_window_bytes) || !windows.contains(&st.h2_connection_window_bytes),
-            "stream.h2_stream_window_bytes",
-            OutOfRange,
-            || "stream.h2_stream_window_bytes and h2_connection_window_bytes must be in 65535..=2^31-1 (HTTP/2)".into(),
-        );
-        p.check(st.h2_stream_window_bytes > st.h2_connection_window_bytes, "stream.h2_stream_window_bytes", Conflict, || {
-            "stream.h2_stream_window_bytes exceeds h2_connection_window_bytes: one stopped stream could stall the connection".into()
-        });
-        p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
-            format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)
-        });
-        // Room for an authorization header and the usual gRPC ones; at most 1 GiB, since the
-        // transport is told four times this as a u32.
-        p.check(!(1_024..=1 << 30).contains(&st.max_header_bytes), "stream.max_header_bytes", OutOfRange, || {
-            format!("stream.max_header_bytes {} must be in 1024..=2^30", st.max_header_bytes)
-        });
+        p.extend(st.problems());
         p.check(st.window > e.queue_capacity, "stream.window", Conflict, || {
             format!(
                 "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
@@ -569,20 +318,7 @@ impl Config {
         });
         p.extend(self.risk.problems());
         p.extend(self.ticks.problems());
-        let r = &self.registry;
-        p.check(r.rescan_ms == 0, "registry.rescan_ms", OutOfRange, || "registry.rescan_ms must be > 0".into());
-        p.check(r.max_model_bytes == 0 || r.max_manifest_bytes == 0, "registry.max_model_bytes", OutOfRange, || {
-            "registry.max_model_bytes and registry.max_manifest_bytes must be > 0".into()
-        });
-        p.check(!(0.0..=1.0).contains(&r.shadow_min_agreement), "registry.shadow_min_agreement", OutOfRange, || {
-            format!("registry.shadow_min_agreement {} must be in [0, 1]", r.shadow_min_agreement)
-        });
-        p.check(
-            !(0.0..=1.0).contains(&r.rollback_max_error_rate),
-            "registry.rollback_max_error_rate",
-            OutOfRange,
-            || format!("registry.rollback_max_error_rate {} must be in [0, 1]", r.rollback_max_error_rate),
-        );
+        p.extend(self.registry.problems());
         if let Some(m) = &self.model
             && (m.is_empty() || m.starts_with('@') || m.ends_with('@'))
         {
@@ -637,10 +373,7 @@ impl Config {
             })?,
             max_window: self.engine.max_window,
             backend: self.backend.clone(),
-            limits: FileLimits {
-                max_model_bytes: self.registry.max_model_bytes,
-                max_manifest_bytes: self.registry.max_manifest_bytes,
-            },
+            limits: self.registry.file_limits(),
         })
     }
 
@@ -650,42 +383,45 @@ impl Config {
             Some(None) => (self.model.clone(), None),
             None => (None, None),
         };
-        let r = &self.registry;
         Ok(RegistryConfig {
             models_dir: self.models_dir.clone(),
             name,
             pinned,
             load: self.load_options()?,
             policy_override: self.policy,
-            watch: r.watch,
-            rescan: Duration::from_millis(r.rescan_ms),
-            shadow_new_versions: r.shadow_new_versions,
-            shadow_promote_after: r.shadow_promote_after_ticks,
-            shadow_min_agreement: r.shadow_min_agreement,
-            probation: Duration::from_millis(r.probation_ms),
-            rollback_max_error_rate: r.rollback_max_error_rate,
+            settings: self.registry.clone(),
         })
     }
 
+    /// What the engine thread is started with.
     pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
-            queue_capacity: self.engine.queue_capacity,
-            max_batch: self.engine.max_batch,
-            max_symbols: self.engine.max_symbols,
-            max_window: self.engine.max_window,
-            core: if self.engine.pin_last_core {
-                core_affinity::get_core_ids().and_then(|ids| ids.last().map(|c| c.id))
-            } else {
-                self.engine.core
-            },
-            idle: self.engine.idle,
-            idle_spin: Duration::from_micros(self.engine.idle_spin_us),
-            idle_yield: Duration::from_micros(self.engine.idle_yield_us),
-            ttl: (self.stream.ttl_ms > 0).then(|| Duration::from_millis(self.stream.ttl_ms)),
+        self.engine.engine_config(self.stream.ttl(), self.risk.clone(), self.ticks.clone())
+    }
+
+    /// What [`crate::server::Server::start`] needs: the listeners, the engine, registry, risk,
+    /// journal and edge settings, assembled and validated.
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let e = &self.engine;
+        Ok(ServerConfig {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            metrics_listen: self.metrics_listen,
+            ort_dylib_path: self.ort_dylib_path.clone(),
+            metrics_interval: Duration::from_millis(self.metrics_interval_ms),
+            engine: self.engine_config(),
+            watchdog: e.watchdog(),
+            warm_start: (e.warm_start == WarmStart::Journal).then_some(WarmTail {
+                max_age: Duration::from_millis(e.warm_start_max_age_ms),
+                max_ticks: e.warm_start_max_ticks,
+            }),
+            registry: self.registry_config()?,
+            stream: self.stream.clone(),
             risk: self.risk.clone(),
-            ticks: self.ticks.clone(),
-            symbol_idle: (self.engine.symbol_idle_ms > 0).then(|| Duration::from_millis(self.engine.symbol_idle_ms)),
-        }
+            shard: self.shard,
+            tls: self.tls.clone(),
+            admin: self.admin.clone(),
+            journal: self.journal.clone(),
+        })
     }
 }
 
@@ -730,6 +466,8 @@ fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::IdleStrategy;
+    use crate::server::settings::Backpressure;
 
     #[test]
     fn reports_every_problem_at_once() {

@@ -205,7 +205,7 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
         Command::Features { ticks, out } => {
-            let rows = quantd::features::export::write_features(&ticks, &out)?;
+            let rows = quantd::dataset::write_features(&ticks, &out)?;
             eprintln!("wrote {rows} feature rows to {}", out.display());
             Ok(())
         }
@@ -393,7 +393,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let server = quantd::server::Server::start(&config).await?;
+        let server = quantd::server::Server::start(&config.server_config()?).await?;
         // SIGTERM/SIGINT are handled on the admin thread: health turns NOT_SERVING at once, even
         // while tick streams keep this runtime busy.
         let _ = server.watch_signals().await;

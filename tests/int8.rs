@@ -12,8 +12,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use quantd::dataset::FeatureEngine;
 use quantd::features::NUM_FEATURES;
-use quantd::features::export::FeatureEngine;
 use quantd::int8::{Isa, NativeKernel, Plan, isa, reference};
 use quantd::model::{BackendChoice, BackendConfig, LoadOptions, LoadedModel, ModelError};
 

@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use quantd::config::{Backpressure, Config};
+use quantd::config::Config;
 use quantd::proto::{Signal, Tick, TickKind};
+use quantd::server::settings::Backpressure;
 use tokio::sync::mpsc;
 
 const BTC_QUOTES: &str = "binance_usdm_btcusdt_20240808_quotes.csv.gz";

@@ -283,14 +283,22 @@ async fn signed_models_only_when_a_key_is_set() {
     config.registry.watch = false;
 
     // Unsigned: refused at start-up.
-    let err = quantd::server::Server::start(&config).await.err().expect("unsigned model refused").to_string();
+    let err = quantd::server::Server::start(&config.server_config().unwrap())
+        .await
+        .err()
+        .expect("unsigned model refused")
+        .to_string();
     assert!(err.contains("unsigned"), "{err}");
     // Signed, then the manifest tampered with (a looser golden tolerance): refused.
     signing::sign(&v1, &key).unwrap();
     let manifest = std::fs::read_to_string(v1.join("manifest.toml")).unwrap();
     std::fs::write(v1.join("manifest.toml"), manifest.replacen("golden_tolerance = ", "golden_tolerance = 1", 1))
         .unwrap();
-    let err = quantd::server::Server::start(&config).await.err().expect("tampered manifest refused").to_string();
+    let err = quantd::server::Server::start(&config.server_config().unwrap())
+        .await
+        .err()
+        .expect("tampered manifest refused")
+        .to_string();
     assert!(err.contains("not a valid signature"), "{err}");
     // The original, signed: served.
     std::fs::write(v1.join("manifest.toml"), &manifest).unwrap();

@@ -325,7 +325,11 @@ async fn an_unavailable_gpu_provider_fails_fast_or_falls_back_to_cpu() {
     config.execution_provider = ExecutionProvider::Cuda;
     let refused = match config.validate() {
         Err(e) => e.to_string(), // built without the cuda feature
-        Ok(()) => quantd::server::Server::start(&config).await.err().expect("no CUDA here: refused").to_string(),
+        Ok(()) => quantd::server::Server::start(&config.server_config().unwrap())
+            .await
+            .err()
+            .expect("no CUDA here: refused")
+            .to_string(),
     };
     assert!(refused.contains("cuda"), "{refused}");
 

@@ -20,7 +20,7 @@ async fn server() -> Server {
         metrics_interval_ms: 100,
         ..Config::default()
     };
-    Server::start(&config).await.expect("quantd starts")
+    Server::start(&config.server_config().unwrap()).await.expect("quantd starts")
 }
 
 fn options(server: &Server, rate: f64, secs: f64) -> Options {

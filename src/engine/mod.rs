@@ -16,6 +16,7 @@
 mod buffers;
 pub mod idle;
 pub mod reply;
+pub mod settings;
 pub mod worker;
 
 pub use sync::{RecordedTick, SyncEngine};

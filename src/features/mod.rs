@@ -8,8 +8,6 @@
 //! `x * exp(-dt / tau)` between ticks, so bursts of ticks at the same instant are handled
 //! exactly (no division by `dt`).
 
-pub mod export;
-
 use sha2::{Digest, Sha256};
 
 use crate::tick::{Kind, Tick};

@@ -60,8 +60,8 @@ impl Const {
 
 /// Decodes a model file.
 pub fn read_model(path: &Path) -> Result<pb::ModelProto, String> {
-    let limit = crate::model::files::FileLimits::default().max_model_bytes;
-    let bytes = crate::model::files::read_regular(path, limit).map_err(|e| format!("{}: {e}", path.display()))?;
+    let limit = crate::files::FileLimits::default().max_model_bytes;
+    let bytes = crate::files::read_regular(path, limit).map_err(|e| format!("{}: {e}", path.display()))?;
     decode_model(&bytes, path)
 }
 

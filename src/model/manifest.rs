@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::backend::{self, BackendConfig, BackendReport};
-use super::files::{self, FileLimits};
 use super::provider::{self, ExecutionProvider, ProviderConfig};
 use super::scorer::{OrtScorer, Scorer};
 use super::signing;
 pub use super::signing::MANIFEST_FILE;
 use crate::features;
+use crate::files::{self, FileLimits};
 use crate::policy::PolicyParams;
 use crate::problem::{Kind, Problem, Problems};
 

@@ -5,7 +5,6 @@
 //! [`Scorer::score`] runs on the engine thread, which owns the `Scorer` it was handed.
 
 pub mod backend;
-pub mod files;
 pub mod manifest;
 pub mod provider;
 pub mod runtime;

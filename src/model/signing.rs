@@ -77,8 +77,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), SigningError> {
 /// Signs `dir/manifest.toml` and writes `dir/manifest.toml.sig`.
 pub fn sign(dir: &Path, key: &SigningKey) -> Result<PathBuf, SigningError> {
     let manifest = dir.join(MANIFEST_FILE);
-    let limit = super::files::FileLimits::default().max_manifest_bytes;
-    let bytes = super::files::read_regular(&manifest, limit)
+    let limit = crate::files::FileLimits::default().max_manifest_bytes;
+    let bytes = crate::files::read_regular(&manifest, limit)
         .map_err(|source| SigningError::Io { path: manifest.clone(), source })?;
     let sig = key.sign(&bytes);
     let out = dir.join(SIGNATURE_FILE);

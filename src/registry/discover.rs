@@ -34,7 +34,7 @@ pub const DEFAULT_FILE: &str = "DEFAULT";
 
 /// The model name `models_dir/DEFAULT` names, if the file exists.
 pub fn default_name(models_dir: &Path) -> Option<String> {
-    crate::model::files::read_regular_text(&models_dir.join(DEFAULT_FILE), 4096)
+    crate::files::read_regular_text(&models_dir.join(DEFAULT_FILE), 4096)
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())

@@ -10,10 +10,12 @@
 
 mod api;
 pub mod discover;
+pub mod settings;
 mod warm;
 
 pub use api::{ActiveView, LoadMode, ModelStatus, RegistryError, RegistryHandle, State};
 use api::{Key, Request};
+pub use settings::RegistrySection;
 pub use warm::warm_up;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -41,19 +43,10 @@ pub struct RegistryConfig {
     pub pinned: Option<String>,
     /// Batch size, execution provider and signature key every version is loaded with.
     pub load: LoadOptions,
+    /// Replaces every manifest's `[policy]` when set.
     pub policy_override: Option<PolicyParams>,
-    /// Watch the directory for changes (plus the periodic rescan).
-    pub watch: bool,
-    pub rescan: Duration,
-    /// New versions found on disk go to shadow instead of straight to active.
-    pub shadow_new_versions: bool,
-    /// Promote a shadow after this many compared ticks if agreement is high enough (0: never).
-    pub shadow_promote_after: u64,
-    pub shadow_min_agreement: f64,
-    /// How long a newly activated model is watched for automatic rollback.
-    pub probation: Duration,
-    /// Roll back when more than this fraction of its scores are non-finite or failed.
-    pub rollback_max_error_rate: f64,
+    /// Discovery, shadow, probation and rollback (`[registry]`).
+    pub settings: RegistrySection,
 }
 
 fn label(k: &Key) -> String {
@@ -225,7 +218,7 @@ impl Registry {
     pub fn spawn(mut self, engine: EngineHandle) -> std::io::Result<(RegistryHandle, RegistryThread)> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (watch_tx, watch_rx) = crossbeam_channel::unbounded();
-        let watcher = if self.cfg.watch { self.watch(watch_tx) } else { None };
+        let watcher = if self.cfg.settings.watch { self.watch(watch_tx) } else { None };
         let thread = std::thread::Builder::new().name("quantd-registry".into()).spawn(move || {
             let _watcher = watcher;
             self.run(&engine, &rx, &watch_rx);
@@ -266,7 +259,7 @@ impl Registry {
                 },
                 default(Duration::from_millis(100)) => {},
             }
-            if last_scan.elapsed() >= self.cfg.rescan {
+            if last_scan.elapsed() >= self.cfg.settings.rescan() {
                 self.rescan(engine);
                 last_scan = Instant::now();
             }
@@ -484,14 +477,14 @@ impl Registry {
 
     fn check_probation(&mut self, engine: &EngineHandle) {
         let Some((key, since, health)) = &self.probation else { return };
-        if since.elapsed() > self.cfg.probation {
+        if since.elapsed() > self.cfg.settings.probation() {
             self.probation = None;
             return;
         }
         use std::sync::atomic::Ordering::Relaxed;
         let scored = health.scored.load(Relaxed);
         let bad = health.non_finite.load(Relaxed) + health.failed_calls.load(Relaxed);
-        if bad > 0 && bad as f64 / scored.max(1) as f64 > self.cfg.rollback_max_error_rate {
+        if bad > 0 && bad as f64 / scored.max(1) as f64 > self.cfg.settings.rollback_max_error_rate {
             let why = format!(
                 "automatic rollback: {bad} non-finite scores or failed calls in {scored} rows within {:?} of activation",
                 since.elapsed()
@@ -506,24 +499,24 @@ impl Registry {
 
     fn check_shadow(&mut self, engine: &EngineHandle) {
         let Some(key) = self.shadow.clone() else { return };
-        if self.cfg.shadow_promote_after == 0 {
+        if self.cfg.settings.shadow_promote_after_ticks == 0 {
             return;
         }
         let (compared, _, agreement, _) = engine.shadow_stats().snapshot();
-        if compared < self.cfg.shadow_promote_after {
+        if compared < self.cfg.settings.shadow_promote_after_ticks {
             return;
         }
         if engine.control(Control::Shadow(None)).is_err() {
             return; // queue full: try again next turn
         }
         self.shadow = None;
-        if agreement >= self.cfg.shadow_min_agreement {
+        if agreement >= self.cfg.settings.shadow_min_agreement {
             tracing::info!(model = %label(&key), agreement, compared, "shadow agrees; promoting");
             self.retire.push_back(Retire::PromoteShadow(key));
         } else {
             let why = format!(
                 "shadow agreement {agreement:.4} over {compared} ticks is below {}",
-                self.cfg.shadow_min_agreement
+                self.cfg.settings.shadow_min_agreement
             );
             tracing::warn!(model = %label(&key), "{why}");
             self.retire.push_back(Retire::Drop(key.clone(), State::Retired));
@@ -581,7 +574,7 @@ impl Registry {
         if self.shadow.as_ref() == Some(&key) {
             return;
         }
-        let mode = if self.cfg.shadow_new_versions { LoadMode::Shadow } else { LoadMode::Activate };
+        let mode = if self.cfg.settings.shadow_new_versions { LoadMode::Shadow } else { LoadMode::Activate };
         if let Err(e) = self.admin_load(&key, mode, engine) {
             tracing::debug!(model = %label(&key), error = %e, "new version not taken");
         }

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::problem::{Kind, Problems};
 
+pub use crate::risk_flags::RiskFlags;
 pub use board::RiskBoard;
 pub use thread::RiskThread;
-pub use var::{SymbolVarReport, VarConfig, VarEstimator, VarMethod};
+pub use var::{VarConfig, VarEstimator, VarMethod};
 
 /// Most `max_changes` the fixed per-symbol ring can track.
 pub const MAX_CHANGES_TRACKED: usize = 64;
@@ -104,70 +105,6 @@ impl RiskConfig {
         });
         p.extend(self.var.problems());
         p
-    }
-}
-
-bitflags::bitflags! {
-    /// The limits that bound a signal; [`RiskFlags::codes`] names them.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct RiskFlags: u16 {
-        const KILL_ADMIN = 1 << 0;
-        const KILL_STALE = 1 << 1;
-        const KILL_FEED_DELAY = 1 << 2;
-        const KILL_FEATURES = 1 << 3;
-        const KILL_MODEL = 1 << 4;
-        const VAR_SCALE = 1 << 5;
-        const POSITION_LIMIT = 1 << 6;
-        const CHANGE_RATE = 1 << 7;
-        const GROSS_NOTIONAL = 1 << 8;
-        /// Every kill-switch trigger.
-        const KILLS = Self::KILL_ADMIN.bits() | Self::KILL_STALE.bits() | Self::KILL_FEED_DELAY.bits()
-            | Self::KILL_FEATURES.bits() | Self::KILL_MODEL.bits();
-    }
-}
-
-impl RiskFlags {
-    /// (flag, wire code) of every flag, in the order they are applied (the codes are part of the
-    /// API: `Signal.risk`, the `quantd_risk_total` reason label).
-    pub const ALL: [(RiskFlags, &'static str); 9] = [
-        (Self::KILL_ADMIN, "kill_admin"),
-        (Self::KILL_STALE, "kill_stale"),
-        (Self::KILL_FEED_DELAY, "kill_feed_delay"),
-        (Self::KILL_FEATURES, "kill_features"),
-        (Self::KILL_MODEL, "kill_model"),
-        (Self::VAR_SCALE, "var_scale"),
-        (Self::POSITION_LIMIT, "position_limit"),
-        (Self::CHANGE_RATE, "change_rate"),
-        (Self::GROSS_NOTIONAL, "gross_notional"),
-    ];
-
-    /// True when a kill-switch trigger fired.
-    pub fn killed(self) -> bool {
-        self.intersects(Self::KILLS)
-    }
-
-    /// The codes of the set flags, in application order.
-    pub fn codes(self) -> impl Iterator<Item = &'static str> {
-        Self::ALL.into_iter().filter(move |(f, _)| self.contains(*f)).map(|(_, c)| c)
-    }
-
-    /// The index of each flag in [`RiskFlags::ALL`] (for counters).
-    pub fn indices(self) -> impl Iterator<Item = usize> {
-        (0..Self::ALL.len()).filter(move |&i| self.contains(Self::ALL[i].0))
-    }
-
-    /// The first kill trigger's explanation, for the reject reason (after `kill_switch: `).
-    pub fn kill_detail(self) -> Option<&'static str> {
-        [
-            (Self::KILL_ADMIN, "engaged by an admin call"),
-            (Self::KILL_STALE, "the symbol's data is stale (gap in exchange time)"),
-            (Self::KILL_FEED_DELAY, "the tick's exchange time lags the server clock"),
-            (Self::KILL_FEATURES, "a feature is NaN or outside the model's training range"),
-            (Self::KILL_MODEL, "the model failed on this tick"),
-        ]
-        .into_iter()
-        .find(|(f, _)| self.contains(*f))
-        .map(|(_, d)| d)
     }
 }
 

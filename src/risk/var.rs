@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RiskBoard;
 use crate::problem::{Kind, Problems};
+use crate::telemetry::SymbolVarReport;
 use crate::tick::Symbol;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -131,22 +132,6 @@ struct SymbolVar {
     last_check_at: Option<u64>,
     checks: u64,
     exceedances: u64,
-}
-
-/// A symbol's VaR figures, for metrics, the admin status and the replay report.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SymbolVarReport {
-    pub symbol: String,
-    /// Latest VaR of a unit position (quote currency; NaN before `min_history`).
-    pub var_per_unit: f64,
-    pub scale: f64,
-    /// Non-overlapping horizons back-tested, and how many lost more than the VaR.
-    pub checks: u64,
-    pub exceedances: u64,
-    pub expected_rate: f64,
-    /// Kupiec proportion-of-failures likelihood ratio and its p-value (χ², 1 dof).
-    pub kupiec_lr: f64,
-    pub kupiec_p: f64,
 }
 
 pub struct VarEstimator {

@@ -14,12 +14,14 @@ pub mod headers;
 pub mod listen;
 pub mod risk_service;
 pub mod security;
+pub mod settings;
 pub mod signal_service;
 pub mod status;
 pub mod streams;
 pub mod tick_stream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,16 +30,18 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::config::{Config, ConfigError, WarmStart};
-use crate::engine::{Engine, EngineHandle};
-use crate::journal::{Journal, JournalThread};
+use self::security::{AdminSection, TlsSection};
+use self::settings::{StreamSection, millis};
+use crate::engine::{Engine, EngineConfig, EngineHandle};
+use crate::journal::{Journal, JournalConfig, JournalThread};
 use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
 use crate::proto::model_admin_server::ModelAdminServer;
 use crate::proto::risk_admin_server::RiskAdminServer;
 use crate::proto::signal_service_server::SignalServiceServer;
-use crate::registry::{Registry, RegistryHandle, RegistryThread};
-use crate::risk::RiskThread;
+use crate::registry::{Registry, RegistryConfig, RegistryHandle, RegistryThread};
+use crate::risk::{RiskConfig, RiskThread};
+use crate::shard::ShardConfig;
 use crate::telemetry::Telemetry;
 use crate::telemetry::exporter::Exporter;
 
@@ -55,8 +59,6 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("journal directory {dir}: {source}")]
@@ -65,6 +67,51 @@ pub enum StartError {
 
 /// The encoded file descriptor set of `quantd.v1`, for server reflection.
 pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quantd_descriptor");
+
+/// Everything [`Server::start`] needs, assembled and validated by the config
+/// (`config::Config::server_config`) or a test.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The service port (SignalService, reflection, health).
+    pub listen: SocketAddr,
+    /// The admin listener (ModelAdmin, RiskAdmin, health) on the `quantd-admin` thread.
+    pub admin_listen: SocketAddr,
+    /// Prometheus `/metrics`, also on the admin thread.
+    pub metrics_listen: SocketAddr,
+    /// libonnxruntime to load; `None`: `.cache/onnxruntime/` from `make setup`.
+    pub ort_dylib_path: Option<PathBuf>,
+    /// How often the telemetry thread publishes metrics.
+    pub metrics_interval: Duration,
+    /// The engine thread's settings.
+    pub engine: EngineConfig,
+    /// The stuck-engine watchdog's limit (`None`: off).
+    pub watchdog: Option<Duration>,
+    /// Rebuild symbol state from the journal's tail at start-up (`None`: start cold).
+    pub warm_start: Option<WarmTail>,
+    /// Which model to serve and how versions are loaded, shadowed and rolled back.
+    pub registry: RegistryConfig,
+    /// The tick streams and the service port's transport.
+    pub stream: StreamSection,
+    /// The risk layer (the VaR thread and the admin API read it too).
+    pub risk: RiskConfig,
+    /// This replica's shard of the symbols.
+    pub shard: ShardConfig,
+    /// TLS on both gRPC listeners.
+    pub tls: TlsSection,
+    /// Who may call the admin services, and where.
+    pub admin: AdminSection,
+    /// The journal of every tick and signal.
+    pub journal: JournalConfig,
+}
+
+/// How much of the journal's tail a warm start replays.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmTail {
+    /// Ticks received longer ago than this are not replayed.
+    pub max_age: Duration,
+    /// Most ticks replayed per symbol.
+    pub max_ticks: usize,
+}
 
 /// A running server. Dropping it without [`Server::shutdown`] aborts serving.
 pub struct Server {
@@ -95,7 +142,7 @@ impl Server {
     /// Loads ONNX Runtime and the configured model, starts the engine, registry, telemetry,
     /// risk and admin threads, binds the three ports (port 0 picks a free one) and starts
     /// serving. Health reports SERVING from the first answer: the model is warm by then.
-    pub async fn start(config: &Config) -> Result<Self, StartError> {
+    pub async fn start(config: &ServerConfig) -> Result<Self, StartError> {
         let st = &config.stream;
         // One descriptor per connection on both gRPC listeners, plus files, the metrics port and
         // the runtime's own.
@@ -104,9 +151,9 @@ impl Server {
         tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
         let telemetry = Telemetry::new();
         // Read before this run's journal files exist.
-        let warm = match config.engine.warm_start {
-            WarmStart::Journal => warm_start_ticks(config),
-            WarmStart::Off => Vec::new(),
+        let warm = match config.warm_start {
+            Some(tail) => warm_start_ticks(&config.journal.dir, tail),
+            None => Vec::new(),
         };
         let journal_thread = match config.journal.enabled {
             true => Some(
@@ -116,7 +163,7 @@ impl Server {
             false => None,
         };
         let journal = journal_thread.as_ref().map(JournalThread::handle);
-        let (registry, active) = Registry::start(config.registry_config()?, telemetry.clone(), journal.clone())?;
+        let (registry, active) = Registry::start(config.registry.clone(), telemetry.clone(), journal.clone())?;
         let label = active.label.to_string();
         tracing::info!(model = %label, "model verified, loaded and warm");
         let auth = security::AdminAuth::new(&config.admin, &config.tls).map_err(StartError::Tls)?;
@@ -129,9 +176,9 @@ impl Server {
         }
         let rebuild = crate::journal::warm::rebuild_ticks(&warm);
         let started = std::time::Instant::now();
-        let engine = crate::engine::spawn(&config.engine_config(), active, telemetry.clone(), &rebuild)
-            .map_err(StartError::Thread)?;
-        if config.engine.warm_start == WarmStart::Journal {
+        let engine =
+            crate::engine::spawn(&config.engine, active, telemetry.clone(), &rebuild).map_err(StartError::Thread)?;
+        if config.warm_start.is_some() {
             let symbols = rebuild.iter().map(|(t, _)| t.symbol).collect::<std::collections::HashSet<_>>().len();
             tracing::info!(
                 ticks = rebuild.len(),
@@ -147,7 +194,7 @@ impl Server {
             telemetry.clone(),
             Box::new(move || depth_handle.depth()),
             handle.capacity(),
-            Duration::from_millis(config.metrics_interval_ms),
+            config.metrics_interval,
         )
         .map_err(StartError::Thread)?;
         let risk_thread =
@@ -172,9 +219,9 @@ impl Server {
             prometheus: exporter.handle(),
             readiness: telemetry.readiness.clone(),
             engine: handle.clone(),
-            watchdog: (config.engine.watchdog_ms > 0).then(|| Duration::from_millis(config.engine.watchdog_ms)),
+            watchdog: config.watchdog,
             nice: config.admin.nice,
-            conns: listen::ConnLimits { max_connections: 256, ..conn_limits(&config.stream) },
+            conns: listen::ConnLimits { max_connections: 256, ..config.stream.conn_limits() },
             telemetry: telemetry.clone(),
         })?;
 
@@ -182,7 +229,6 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Thread)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let on_service_port = config.admin.on_service_port.then(|| (registry.clone(), risk(), auth));
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let streams = streams::Streams::new(
             streams::Caps {
                 max_streams: st.max_streams,
@@ -190,7 +236,7 @@ impl Server {
                 max_symbols_per_peer: st.max_symbols_per_peer,
                 max_symbols_per_connection: st.max_symbols_per_connection,
             },
-            ms(st.slow_consumer_ms),
+            millis(st.slow_consumer_ms),
             telemetry.clone(),
         );
         tokio::spawn(streams::Streams::monitor(Arc::downgrade(&streams)));
@@ -324,20 +370,11 @@ struct Edge {
     tls: Option<tonic::transport::ServerTlsConfig>,
     admin: Option<(RegistryHandle, risk_service::Risk, security::AdminAuth)>,
     health: HealthReporter,
-    stream: crate::config::StreamSection,
+    stream: StreamSection,
     shard: crate::shard::ShardConfig,
     streams: Arc<streams::Streams>,
     telemetry: Arc<Telemetry>,
     journal: Option<Journal>,
-}
-
-/// The connection limits of a gRPC listener, from the stream settings.
-pub fn conn_limits(st: &crate::config::StreamSection) -> listen::ConnLimits {
-    listen::ConnLimits {
-        max_connections: st.max_connections,
-        handshake_timeout: (st.handshake_timeout_ms > 0).then(|| Duration::from_millis(st.handshake_timeout_ms)),
-        max_header_bytes: st.max_header_bytes,
-    }
 }
 
 fn serve_grpc(
@@ -359,13 +396,12 @@ fn serve_grpc(
         outbound_limit: st.outbound_limit,
         mode: st.backpressure,
         max_symbols: st.max_symbols_per_stream,
-        idle_timeout: (st.idle_timeout_ms > 0).then(|| Duration::from_millis(st.idle_timeout_ms)),
+        idle_timeout: millis(st.idle_timeout_ms),
         shard: edge.shard,
     };
     let signals =
         SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, edge.streams, edge.journal))
             .max_decoding_message_size(st.max_message_bytes);
-    let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
     let (admin, risk) = match edge.admin {
         Some((registry, risk, auth)) => (
             Some(ModelAdminServer::with_interceptor(admin_service::Admin::new(registry), auth.clone())),
@@ -378,8 +414,8 @@ fn serve_grpc(
         builder = builder.tls_config(tls).map_err(|e| StartError::Tls(e.to_string()))?;
     }
     Ok(builder
-        .http2_keepalive_interval(ms(st.keepalive_interval_ms))
-        .http2_keepalive_timeout(ms(st.keepalive_timeout_ms))
+        .http2_keepalive_interval(millis(st.keepalive_interval_ms))
+        .http2_keepalive_timeout(millis(st.keepalive_timeout_ms))
         .initial_stream_window_size(st.h2_stream_window_bytes)
         .initial_connection_window_size(st.h2_connection_window_bytes)
         .max_concurrent_streams(st.max_streams_per_connection)
@@ -392,20 +428,19 @@ fn serve_grpc(
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,
         // and without it Nagle's algorithm holds small signals back by up to a millisecond.
-        .serve_with_incoming_shutdown(listen::Incoming::new(listener, conn_limits(&st), edge.telemetry), async {
+        .serve_with_incoming_shutdown(listen::Incoming::new(listener, st.conn_limits(), edge.telemetry), async {
             let _ = stop.await;
         }))
 }
 
 /// The journal's newest ticks per symbol for a warm start (`engine.warm_start = "journal"`). A
 /// journal that cannot be read is logged and the server starts cold: serving beats waiting.
-fn warm_start_ticks(config: &Config) -> Vec<crate::journal::TickRecord> {
-    let e = &config.engine;
-    let since = crate::clock::realtime_ns().saturating_sub(e.warm_start_max_age_ms.saturating_mul(1_000_000));
+fn warm_start_ticks(dir: &std::path::Path, tail: WarmTail) -> Vec<crate::journal::TickRecord> {
+    let since = crate::clock::realtime_ns().saturating_sub(tail.max_age.as_nanos() as u64);
     let started = std::time::Instant::now();
-    match crate::journal::warm::tail(&config.journal.dir, since, e.warm_start_max_ticks) {
+    match crate::journal::warm::tail(dir, since, tail.max_ticks) {
         Ok(ticks) => {
-            tracing::info!(ticks = ticks.len(), dir = %config.journal.dir.display(), read_ms = started.elapsed().as_secs_f64() * 1e3, "warm start: journal tail read");
+            tracing::info!(ticks = ticks.len(), dir = %dir.display(), read_ms = started.elapsed().as_secs_f64() * 1e3, "warm start: journal tail read");
             ticks
         }
         Err(error) => {

@@ -8,10 +8,10 @@ use std::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::realtime_ns;
+use super::settings::Backpressure;
 use super::status::EdgeError;
 use super::streams::{Refused, Streams};
 use super::tick_stream::{StreamLimits, TickStream, finish_journaled};
-use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::journal::Journal;
 use crate::proto;

@@ -30,8 +30,8 @@ use futures_core::Stream;
 use tonic::{Status, Streaming};
 
 use super::realtime_ns;
+use super::settings::Backpressure;
 use super::streams::{Entered, Probe, Refused, Streams};
-use crate::config::Backpressure;
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::journal::{Journal, SignalRecord};
 use crate::proto;

@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::risk::RiskFlags;
+use crate::risk_flags::RiskFlags;
 use crate::tick::Reject;
 
 /// What happened to a tick. Every tick ends in exactly one outcome.

@@ -18,7 +18,7 @@ use super::Telemetry;
 use super::counters::{Event, EventCounts};
 use super::latency::{HistogramSet, Series};
 use crate::control_thread::ControlThread;
-use crate::risk::RiskFlags;
+use crate::risk_flags::RiskFlags;
 use crate::tick::Reject;
 
 pub const TICK_TO_SIGNAL: &str = "quantd_tick_to_signal_seconds";
@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn only_symbols_with_a_var_estimate_are_exported() {
         let t = Telemetry::new();
-        let report = |symbol: &str, var_per_unit: f64| crate::risk::SymbolVarReport {
+        let report = |symbol: &str, var_per_unit: f64| crate::telemetry::SymbolVarReport {
             symbol: symbol.into(),
             var_per_unit,
             scale: 1.0,

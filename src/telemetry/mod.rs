@@ -14,7 +14,27 @@ pub use latency::{LatencyHub, Recorder, Series};
 
 use std::sync::{Arc, Mutex};
 
-use crate::risk::SymbolVarReport;
+/// A symbol's VaR figures as the risk thread last published them: for metrics, the admin
+/// status (`GetRisk`) and the replay report.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SymbolVarReport {
+    /// The symbol.
+    pub symbol: String,
+    /// Latest VaR of a unit position (quote currency; NaN before `min_history`).
+    pub var_per_unit: f64,
+    /// The position scale the VaR limit sets (1: unbound).
+    pub scale: f64,
+    /// Non-overlapping horizons back-tested.
+    pub checks: u64,
+    /// How many of them lost more than the VaR.
+    pub exceedances: u64,
+    /// The exceedance rate the VaR's confidence level expects.
+    pub expected_rate: f64,
+    /// Kupiec proportion-of-failures likelihood ratio.
+    pub kupiec_lr: f64,
+    /// Its p-value (χ², 1 dof).
+    pub kupiec_p: f64,
+}
 
 /// What the registry last published about its models.
 #[derive(Clone, Debug, Default, PartialEq)]

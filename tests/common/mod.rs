@@ -41,7 +41,7 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start(config: &Config) -> Server {
-    Server::start(config).await.expect("server starts")
+    Server::start(&config.server_config().expect("a valid config")).await.expect("server starts")
 }
 
 pub async fn client(server: &Server) -> SignalServiceClient<Channel> {

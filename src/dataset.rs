@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::{NUM_FEATURES, SymbolFeatures, names};
+use crate::features::{NUM_FEATURES, SymbolFeatures, names};
 use crate::plausibility::{JumpGuard, TickChecks};
 use crate::symbols::SymbolTable;
 use crate::tick::{Reject, Tick};
