@@ -88,11 +88,8 @@ struct Shared {
     recent: std::sync::Mutex<RecentRows>,
     /// True while the engine thread is parked (or about to park).
     sleeping: AtomicBool,
-    /// While true the engine takes nothing off its queue (diagnostics and tests: it makes a
-    /// stalled engine, a full queue and back-pressure reproducible).
-    paused: AtomicBool,
-    /// Fault injection: the next batch panics (tests of the engine's recovery).
-    inject_panic: AtomicBool,
+    /// The test hooks (cargo feature `testing`; nothing without it).
+    hooks: Hooks,
     /// Batches that panicked and were recovered from.
     restarts: std::sync::atomic::AtomicU64,
     /// Completed passes of the engine loop: a batch processed, or the queue found empty (the
@@ -168,9 +165,11 @@ impl EngineHandle {
         self.shared.retired.pop()
     }
 
-    /// Fault injection: makes the engine's next batch panic, to exercise its recovery.
+    /// Fault injection: makes the engine's next batch panic, to exercise its recovery (a test
+    /// hook: cargo feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn inject_panic(&self) {
-        self.shared.inject_panic.store(true, Ordering::Release);
+        self.shared.hooks.inject_panic.store(true, Ordering::Release);
     }
 
     /// How many batches panicked and were recovered from.
@@ -183,10 +182,51 @@ impl EngineHandle {
         self.shared.risk_board.clone()
     }
 
-    /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost).
+    /// Pauses or resumes the engine loop (queued ticks wait; nothing is lost). A test hook
+    /// (cargo feature `testing`): it makes a stalled engine, a full queue and back-pressure
+    /// reproducible.
+    #[cfg(feature = "testing")]
     pub fn set_paused(&self, paused: bool) {
-        self.shared.paused.store(paused, Ordering::Release);
+        self.shared.hooks.paused.store(paused, Ordering::Release);
         self.shared.unparker.unpark();
+    }
+}
+
+/// Hooks for tests, compiled only with the cargo feature `testing` (which the crate's own tests
+/// and quantd-load's enable as a dev-dependency): a release build carries no field and no check.
+#[derive(Default)]
+struct Hooks {
+    /// While true the engine takes nothing off its queue.
+    #[cfg(feature = "testing")]
+    paused: AtomicBool,
+    /// The next batch panics (tests of the engine's recovery).
+    #[cfg(feature = "testing")]
+    inject_panic: AtomicBool,
+}
+
+impl Hooks {
+    /// Whether a test paused the engine (always false without `testing`).
+    #[inline]
+    fn paused(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.paused.load(Ordering::Acquire);
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+
+    /// Whether a test asked for a panic, clearing the request.
+    #[inline]
+    fn take_panic(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.inject_panic.swap(false, Ordering::AcqRel);
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+
+    /// Lifts a test's pause, so that a stopping engine drains its queue.
+    fn resume(&self) {
+        #[cfg(feature = "testing")]
+        self.paused.store(false, Ordering::Release);
     }
 }
 
@@ -206,7 +246,8 @@ impl Engine {
     /// paused engine is resumed, so the queue drains).
     pub fn stop_accepting(&self) {
         self.handle.shared.accepting.store(false, Ordering::Release);
-        self.handle.set_paused(false);
+        self.handle.shared.hooks.resume();
+        self.handle.shared.unparker.unpark();
     }
 
     /// Stops taking new ticks, lets the thread drain the queue (answering every queued tick),
@@ -217,7 +258,7 @@ impl Engine {
 
     fn stop_and_join(&mut self) {
         self.handle.shared.accepting.store(false, Ordering::Release);
-        self.handle.shared.paused.store(false, Ordering::Release);
+        self.handle.shared.hooks.resume();
         self.stop.store(true, Ordering::Release);
         self.handle.shared.unparker.unpark();
         if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {

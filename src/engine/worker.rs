@@ -258,8 +258,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         recent: Mutex::new(RecentRows { rows: vec![0.0; max_batch * NUM_FEATURES], n: 0 }),
         accepting: AtomicBool::new(true),
         sleeping: AtomicBool::new(false),
-        paused: AtomicBool::new(false),
-        inject_panic: AtomicBool::new(false),
+        hooks: Default::default(),
         restarts: AtomicU64::new(0),
         passes: AtomicU64::new(0),
         unparker: parker.unparker().clone(),
@@ -343,7 +342,7 @@ impl Worker {
         let mut idle_turns = 0u32;
         let mut slept = false;
         loop {
-            while self.batch.len() < self.max_batch && !self.shared.paused.load(Ordering::Acquire) {
+            while self.batch.len() < self.max_batch && !self.shared.hooks.paused() {
                 match self.shared.queue.pop() {
                     Some(item) => self.batch.push(item),
                     None => break,
@@ -528,7 +527,7 @@ impl Worker {
     /// One engine pass over `self.batch`, in four phases; every tick is answered, in order.
     pub(super) fn process_batch(&mut self) {
         self.posted = 0;
-        if self.shared.inject_panic.swap(false, Ordering::AcqRel) {
+        if self.shared.hooks.take_panic() {
             panic!("injected engine panic (fault-injection hook)");
         }
         self.pass += 1;
