@@ -1,14 +1,21 @@
-//! A control-path thread with a stop flag (the telemetry, risk and journal threads): spawned with a name
-//! and a body that polls the flag between rounds of work; stopped — flag set, thread unparked,
-//! joined — by [`ControlThread::stop`] or on drop.
+//! [`ControlThread`]: the one life-cycle type of quantd's named threads (engine, registry, admin,
+//! telemetry, risk, journal). Each is spawned with a name, a body and a way to ask it to stop;
+//! it is stopped — asked, then joined (for at most a bound, when one is set), a panic logged —
+//! by [`ControlThread::stop`] or on drop, exactly once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
+/// A named thread that is asked to stop and joined.
 pub struct ControlThread {
-    stop: Arc<AtomicBool>,
+    name: String,
+    /// How the thread is asked to stop (given its handle, to unpark it); taken on the first stop.
+    ask: Option<Box<dyn FnOnce(&Thread) + Send>>,
     thread: Option<JoinHandle<()>>,
+    /// Wait at most this long for the thread; then it is left to the process exit, logged.
+    wait_at_most: Option<Duration>,
 }
 
 impl ControlThread {
@@ -17,16 +24,52 @@ impl ControlThread {
     pub fn spawn(name: &str, body: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || body(flag))?;
-        Ok(Self { stop, thread: Some(thread) })
+        Self::spawn_with(
+            name,
+            move || body(flag),
+            move |thread| {
+                stop.store(true, Ordering::Release);
+                thread.unpark();
+            },
+        )
+    }
+
+    /// Starts `body` on a thread named `name`; `ask` is what asks it to stop (a message, a
+    /// flag), given the thread's handle.
+    pub fn spawn_with(
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+        ask: impl FnOnce(&Thread) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let thread = std::thread::Builder::new().name(name.into()).spawn(body)?;
+        Ok(Self { name: name.into(), ask: Some(Box::new(ask)), thread: Some(thread), wait_at_most: None })
+    }
+
+    /// Bounds how long [`ControlThread::stop`] waits: a thread stuck in a blocking call (a
+    /// file read on a hung network filesystem) must not hold up shutdown.
+    pub fn wait_at_most(mut self, limit: Duration) -> Self {
+        self.wait_at_most = Some(limit);
+        self
     }
 
     /// Asks the thread to stop and waits for it (idempotent).
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
+        let Some(t) = self.thread.take() else { return };
+        if let Some(ask) = self.ask.take() {
+            ask(t.thread());
+        }
+        if let Some(limit) = self.wait_at_most {
+            let deadline = Instant::now() + limit;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                tracing::error!(thread = %self.name, waited = ?limit, "the thread did not stop; shutdown goes on without it");
+                return;
+            }
+        }
+        if t.join().is_err() {
+            tracing::error!(thread = %self.name, "the thread panicked");
         }
     }
 }

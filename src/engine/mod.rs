@@ -23,7 +23,6 @@ pub use sync::{RecordedTick, SyncEngine};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
@@ -33,6 +32,7 @@ pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
 pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, spawn};
 
+use crate::control_thread::ControlThread;
 use crate::risk::RiskBoard;
 use crate::telemetry::Telemetry;
 use crate::tick::{Reject, Symbol, Tick};
@@ -233,8 +233,7 @@ impl Hooks {
 /// The running engine thread.
 pub struct Engine {
     handle: EngineHandle,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
 }
 
 impl Engine {
@@ -253,23 +252,7 @@ impl Engine {
     /// Stops taking new ticks, lets the thread drain the queue (answering every queued tick),
     /// and waits for it to exit.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.handle.shared.accepting.store(false, Ordering::Release);
-        self.handle.shared.hooks.resume();
-        self.stop.store(true, Ordering::Release);
-        self.handle.shared.unparker.unpark();
-        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
-            tracing::error!("engine thread panicked");
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.thread.stop();
     }
 }
 

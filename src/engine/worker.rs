@@ -15,6 +15,7 @@ use crossbeam_utils::sync::Parker;
 use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
 use super::{Ack, Applied, Control, Engine, EngineHandle, Reply, Shared, WorkItem};
+use crate::control_thread::ControlThread;
 use crate::features::{NUM_FEATURES, SymbolFeatures};
 use crate::model::{LoadedModel, Scorer};
 use crate::plausibility::{Admitted, JumpGuard, TickChecks};
@@ -317,13 +318,24 @@ pub fn spawn(
     let (shared, stop) = (worker.shared.clone(), worker.stop.clone());
     let mut idler = Idler::new(config.idle, config.idle_spin, config.idle_yield);
     let core = config.core;
-    let thread = std::thread::Builder::new().name("quantd-engine".into()).spawn(move || {
-        if let Some(core) = core {
-            pin(core);
-        }
-        worker.run(&parker, &mut idler);
-    })?;
-    Ok(Engine { handle: EngineHandle { shared }, stop, thread: Some(thread) })
+    let asked = shared.clone();
+    let thread = ControlThread::spawn_with(
+        "quantd-engine",
+        move || {
+            if let Some(core) = core {
+                pin(core);
+            }
+            worker.run(&parker, &mut idler);
+        },
+        // Stop taking new ticks, drain the queue (answering every queued tick), exit.
+        move |_| {
+            asked.accepting.store(false, Ordering::Release);
+            asked.hooks.resume();
+            stop.store(true, Ordering::Release);
+            asked.unparker.unpark();
+        },
+    )?;
+    Ok(Engine { handle: EngineHandle { shared }, thread })
 }
 
 fn pin(core: usize) {

@@ -21,12 +21,12 @@ pub use warm::warm_up;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use self::discover::{Found, default_name, is_release, scan, version_cmp};
+use crate::control_thread::ControlThread;
 use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth};
 use crate::journal::{Journal, ModelRecord};
 use crate::model::{LoadOptions, LoadedModel, ModelError};
@@ -219,11 +219,19 @@ impl Registry {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (watch_tx, watch_rx) = crossbeam_channel::unbounded();
         let watcher = if self.cfg.settings.watch { self.watch(watch_tx) } else { None };
-        let thread = std::thread::Builder::new().name("quantd-registry".into()).spawn(move || {
-            let _watcher = watcher;
-            self.run(&engine, &rx, &watch_rx);
-        })?;
-        Ok((RegistryHandle { tx: tx.clone() }, RegistryThread { tx, thread: Some(thread) }))
+        let stop = tx.clone();
+        let thread = ControlThread::spawn_with(
+            "quantd-registry",
+            move || {
+                let _watcher = watcher;
+                self.run(&engine, &rx, &watch_rx);
+            },
+            move |_| {
+                let _ = stop.send(Request::Stop);
+            },
+        )?
+        .wait_at_most(STOP_WITHIN);
+        Ok((RegistryHandle { tx }, RegistryThread { thread }))
     }
 
     fn watch(&self, tx: Sender<()>) -> Option<notify::RecommendedWatcher> {
@@ -612,41 +620,17 @@ impl Registry {
 
 /// The running registry thread.
 pub struct RegistryThread {
-    tx: Sender<Request>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
 }
 
-/// How long shutdown waits for the registry thread to finish what it is doing.
+/// How long shutdown waits for the registry thread to finish what it is doing: a load stuck in
+/// a file read (a hung network filesystem) must not hold up shutdown. After this the thread is
+/// left to the process exit, logged.
 pub const STOP_WITHIN: Duration = Duration::from_secs(2);
 
 impl RegistryThread {
+    /// Asks the thread to stop and waits for it, at most [`STOP_WITHIN`].
     pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    /// Asks the thread to stop and waits for it, but not forever: a load stuck in a file read
-    /// (a hung network filesystem) must not hold up shutdown. After [`STOP_WITHIN`] the thread
-    /// is left to the process exit, logged.
-    fn stop(&mut self) {
-        let _ = self.tx.send(Request::Stop);
-        let Some(t) = self.thread.take() else { return };
-        let deadline = Instant::now() + STOP_WITHIN;
-        while !t.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
-            tracing::error!(
-                waited = ?STOP_WITHIN,
-                "the registry thread did not stop (stuck loading a model?); shutdown goes on without it"
-            );
-        }
-    }
-}
-
-impl Drop for RegistryThread {
-    fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
     }
 }

@@ -12,9 +12,9 @@
 //! - once [`AdminThread::watch_signals`] is called, SIGTERM/SIGINT: readiness goes to draining at
 //!   once (health answers NOT_SERVING), then the caller is told to start the graceful shutdown.
 
+use crate::control_thread::ControlThread;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -65,8 +65,7 @@ pub struct AdminThread {
     /// serving, so a signal sent right after is never lost); taken by [`AdminThread::watch_signals`].
     signals: std::sync::Mutex<Option<Signals>>,
     readiness: Arc<Readiness>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: ControlThread,
 }
 
 /// Sets both health entries (the whole server, `""`, and the tick service) to `ready`.
@@ -92,16 +91,20 @@ impl AdminThread {
         }));
         let readiness = plane.readiness.clone();
         let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("quantd-admin".into())
-            .spawn(move || {
+        let thread = ControlThread::spawn_with(
+            "quantd-admin",
+            move || {
                 if plane.nice != 0 {
                     crate::control_thread::renice(plane.nice, "admin");
                 }
                 runtime.block_on(serve(plane, stopped))
-            })
-            .map_err(StartError::Thread)?;
-        Ok(Self { runtime: handle, signals, readiness, stop: Some(stop), thread: Some(thread) })
+            },
+            move |_| {
+                let _ = stop.send(());
+            },
+        )
+        .map_err(StartError::Thread)?;
+        Ok(Self { runtime: handle, signals, readiness, thread })
     }
 
     /// Handles SIGTERM and SIGINT on the admin thread: readiness goes to draining at once, then
@@ -126,22 +129,7 @@ impl AdminThread {
 
     /// Stops serving (admin calls in flight finish) and joins the thread.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(Err(_)) = self.thread.take().map(JoinHandle::join) {
-            tracing::error!("admin thread panicked");
-        }
-    }
-}
-
-impl Drop for AdminThread {
-    fn drop(&mut self) {
-        self.stop_and_join();
+        self.thread.stop();
     }
 }
 
