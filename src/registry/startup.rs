@@ -1,0 +1,87 @@
+//! Start-up selection: which model name the server serves (the configured one, the only one in
+//! the directory, or `models/DEFAULT`) and which version it starts on (the pinned one, or the
+//! highest release that passes every check; failed ones are reported and skipped). Runs on the
+//! caller's thread before the engine starts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use super::api::{Key, State};
+use super::discover::{default_name, is_release, scan, version_cmp};
+use super::entry::Entry;
+use super::{Registry, RegistryConfig};
+use crate::engine::ActiveModel;
+use crate::journal::Journal;
+use crate::model::ModelError;
+use crate::telemetry::Telemetry;
+
+impl Registry {
+    /// Scans the models directory and loads the model to start with: the pinned version, or the
+    /// highest version that passes every check (failed ones are reported and skipped).
+    /// Each version loaded is recorded in `journal`, when there is one.
+    pub fn start(
+        cfg: RegistryConfig,
+        telemetry: Arc<Telemetry>,
+        journal: Option<Journal>,
+    ) -> Result<(Self, Box<ActiveModel>), ModelError> {
+        let found = scan(&cfg.models_dir);
+        let served = match &cfg.name {
+            Some(n) => n.clone(),
+            None => {
+                let mut names: Vec<_> = found.iter().map(|f| f.name.clone()).collect();
+                names.dedup();
+                match (names.len(), default_name(&cfg.models_dir)) {
+                    (0, _) => return Err(ModelError::NoneFound(cfg.models_dir.clone())),
+                    (1, _) => names.remove(0),
+                    (_, Some(d)) if names.contains(&d) => d,
+                    _ => return Err(ModelError::Ambiguous { dir: cfg.models_dir.clone(), names: names.join(", ") }),
+                }
+            }
+        };
+        let entries: BTreeMap<Key, Entry> =
+            found.into_iter().map(|f| ((f.name.clone(), f.version.clone()), Entry::new(f))).collect();
+        let mut candidates: Vec<Key> = entries.keys().filter(|k| k.0 == served).cloned().collect();
+        candidates.sort_by(|a, b| version_cmp(&b.1, &a.1));
+        if let Some(pin) = &cfg.pinned {
+            candidates.retain(|k| &k.1 == pin);
+            if candidates.is_empty() {
+                return Err(ModelError::NotFound(format!("{served}@{pin}")));
+            }
+        } else if candidates.iter().any(|k| is_release(&k.1)) {
+            candidates.retain(|k| is_release(&k.1));
+        }
+        if candidates.is_empty() {
+            return Err(ModelError::NotFound(served));
+        }
+        let mut registry = Self {
+            cfg,
+            served,
+            entries,
+            active: candidates[0].clone(),
+            previous: None,
+            shadow: None,
+            retire: VecDeque::new(),
+            probation: None,
+            telemetry,
+            swaps: 0,
+            rollbacks: 0,
+            failures: BTreeMap::new(),
+            last_load: None,
+            journal,
+        };
+        let mut last_err = None;
+        for key in candidates {
+            match registry.load(&key, &[]) {
+                Ok(()) => {
+                    let model = registry.take_active_model(&key);
+                    registry.entries.get_mut(&key).expect("just loaded").set(State::Active, "");
+                    registry.active = key;
+                    registry.publish(None);
+                    return Ok((registry, model));
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ModelError::NotFound(registry.served.clone())))
+    }
+}
