@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Builds quantd-mlp version 1, the default model before the QAT pipeline (`training/train.py`) made version 2.
 
-Honest and small: features come from `quantd features` (the engine's own code), labels are the
-forward mid log-return over a time horizon, the split is by time, a 14-32-32-1 MLP is fitted in
-numpy, exported to ONNX, and quantized with onnxruntime's `quantize_static` (QDQ, per-channel
-INT8 weights, MinMax calibration on the training period). The manifest's golden rows are the
-INT8 model's outputs in ONNX Runtime, which the server re-checks at every load.
+Honest and small. The data, labels and split are `quantd_train.data`'s (features from `quantd
+features`, the engine's own code; the forward mid log-return over 1 s; 60/20/20 by time per
+symbol), and the manifest is written as `quantd_train.artifacts` writes every manifest. What is
+this version's own: a 14-32-32-1 MLP fitted in numpy, exported to ONNX by hand, and quantized with
+onnxruntime's `quantize_static` (QDQ, per-channel INT8 weights, MinMax calibration on the training
+period). The manifest's golden rows are the INT8 model's outputs in ONNX Runtime, which the server
+re-checks at every load.
 
 Usage: make_default_model.py --quantd target/release/quantd --data ../shared/data/ticks --out models
 """
@@ -17,62 +19,26 @@ import json
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantd_train import data  # noqa: E402
+from quantd_train.artifacts import floats, toml_lines  # noqa: E402
+from quantd_train.ortq import predict as run  # noqa: E402
+
 NAME = "quantd-mlp"
 VERSION = "1"
-FILES = [
-    "binance_usdm_btcusdt_20240808_quotes.csv.gz",
-    "binance_usdm_btcusdt_20240808_trades.csv.gz",
-    "binance_usdm_ethusdt_20240808_quotes.csv.gz",
-    "binance_usdm_ethusdt_20240808_trades.csv.gz",
-]
+FILES = [f for sym in sorted(data.TICK_FILES) for f in data.TICK_FILES[sym]]
 HORIZON_NS = 1_000_000_000  # label: forward mid log-return over 1 s, in bps
 WARMUP_TICKS = 100
 HIDDEN = 32
 SEED = 7
-
-
-def features(quantd: str, data: Path, tmp: Path) -> tuple[np.ndarray, list[str]]:
-    out = tmp / "features.npy"
-    subprocess.run([quantd, "features", "--ticks", *[str(data / f) for f in FILES], "--out", str(out)], check=True)
-    rows = np.load(out)
-    names = list(rows.dtype.names[4:])
-    return rows, names
-
-
-def labels(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Forward log-return in bps over HORIZON_NS per symbol, and a mask of usable rows."""
-    y = np.full(len(rows), np.nan)
-    usable = np.zeros(len(rows), dtype=bool)
-    for sym in np.unique(rows["symbol"]):
-        idx = np.flatnonzero(rows["symbol"] == sym)
-        ts = rows["exchange_ts_ns"][idx]
-        mid = rows["mid"][idx]
-        j = np.searchsorted(ts, ts + HORIZON_NS, side="left")
-        ok = j < len(idx)
-        y[idx[ok]] = np.log(mid[j[ok]] / mid[ok]) * 1e4
-        warm = np.arange(len(idx)) >= WARMUP_TICKS
-        usable[idx[ok & warm]] = True
-    return y, usable
-
-
-def split_by_time(rows: np.ndarray, usable: np.ndarray) -> dict[str, np.ndarray]:
-    """60/20/20 by exchange time, per symbol; never shuffled across time."""
-    parts = {"train": [], "val": [], "test": []}
-    for sym in np.unique(rows["symbol"]):
-        idx = np.flatnonzero((rows["symbol"] == sym) & usable)
-        a, b = int(len(idx) * 0.6), int(len(idx) * 0.8)
-        parts["train"].append(idx[:a])
-        parts["val"].append(idx[a:b])
-        parts["test"].append(idx[b:])
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, epochs: int = 40):
@@ -165,20 +131,8 @@ class Reader(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def run(path: Path, x: np.ndarray) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return s.run(["score"], {"features": x.astype(np.float32)})[0][:, 0]
-
-
 def ic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def toml_list(values) -> str:
-    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
 
 
 def main() -> int:
@@ -189,11 +143,9 @@ def main() -> int:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows, names = features(args.quantd, args.data, Path(tmp))
-    x_all = np.stack([rows[n] for n in names], axis=1).astype(np.float32)
-    y_all, usable = labels(rows)
-    split = split_by_time(rows, usable)
-    tr, va, te = split["train"], split["val"], split["test"]
+        ds = data.load("ticks", args.quantd, args.data.parent, Path(tmp), HORIZON_NS, warmup=WARMUP_TICKS, window=1)
+    x_all, y_all, names = ds.x, ds.y, ds.feature_names
+    tr, va, te = ds.split["train"], ds.split["val"], ds.split["test"]
     y_clip = 5 * np.std(y_all[tr])
     mean = x_all[tr].mean(0)
     std = x_all[tr].std(0)
@@ -239,48 +191,30 @@ def main() -> int:
     sha = hashlib.sha256(int8.read_bytes()).hexdigest()
     schema = subprocess.run([args.quantd, "schema", "--toml"], check=True, capture_output=True, text=True).stdout
 
-    lines = [
-        f'name = "{NAME}"',
-        f'version = "{VERSION}"',
-        'description = "14-32-32-1 MLP on quantd features; INT8 QDQ by post-training static quantization (default until QAT lands)"',
-        'model_file = "model.onnx"',
-        f'sha256 = "{sha}"',
-        "golden_tolerance = 0.001",
-        "",
-        schema.strip(),
-        # The training range of each feature: the risk layer's kill switch checks live rows against it.
-        "# The training range of each feature: the risk layer's kill switch checks live rows against it.",
-        f"train_min = {toml_list(x_all[tr].min(0))}",
-        f"train_max = {toml_list(x_all[tr].max(0))}",
-        "",
-        "[io]",
-        'input = "features"',
-        f"input_shape = [-1, {len(names)}]",
-        'output = "score"',
-        "output_shape = [-1, 1]",
-        'output_meaning = "predicted forward mid log-return over the next 1 s, in bps"',
-        "",
-        "[quantization]",
-        'method = "ptq_static_qdq"',
-        'weights = "int8, per-channel, symmetric"',
-        'activations = "uint8, per-tensor, asymmetric (input standardisation stays float)"',
-        'calibration = "minmax over the training period"',
-        "",
-        "[policy]",
-        f"warmup_ticks = {WARMUP_TICKS}",
-        f"entry_bps = {entry!r}",
-        f"exit_bps = {entry / 2!r}",
-        f"full_position_bps = {full!r}",
-        "",
-        "[training]",
-        'script = "training/make_default_model.py"',
-        f"data = {json.dumps(FILES)}",
-        f'label = "forward mid log-return over {HORIZON_NS / 1e9:g} s, bps"',
-        'split = "per symbol by exchange time: first 60% train, next 20% validation, last 20% test"',
-    ]
-    lines += [f"{k} = {v!r}" for k, v in metrics.items()]
-    for i, row in zip(golden_idx, golden_out):
-        lines += ["", "[[golden]]", f"features = {toml_list(x_all[i])}", f"output = {toml_list([row])}"]
+    features = tomllib.loads(schema)["features"]
+    # The training range of each feature: the risk layer's kill switch checks live rows against it.
+    features.update(train_min=floats(x_all[tr].min(0)), train_max=floats(x_all[tr].max(0)))
+    lines = toml_lines({
+        "name": NAME,
+        "version": VERSION,
+        "description": "14-32-32-1 MLP on quantd features; INT8 QDQ by post-training static quantization "
+                       "(default until QAT lands)",
+        "model_file": "model.onnx",
+        "sha256": sha,
+        "golden_tolerance": 0.001,
+        "features": features,
+        "io": {"input": "features", "input_shape": [-1, len(names)], "output": "score", "output_shape": [-1, 1],
+               "output_meaning": "predicted forward mid log-return over the next 1 s, in bps"},
+        "quantization": {"method": "ptq_static_qdq", "weights": "int8, per-channel, symmetric",
+                         "activations": "uint8, per-tensor, asymmetric (input standardisation stays float)",
+                         "calibration": "minmax over the training period"},
+        "policy": {"warmup_ticks": WARMUP_TICKS, "entry_bps": entry, "exit_bps": entry / 2, "full_position_bps": full},
+        "training": {"script": "training/make_default_model.py", "data": FILES,
+                     "label": f"forward mid log-return over {HORIZON_NS / 1e9:g} s, bps",
+                     "split": "per symbol by exchange time: first 60% train, next 20% validation, last 20% test",
+                     **metrics},
+        "golden": [{"features": floats(x_all[i]), "output": floats([row])} for i, row in zip(golden_idx, golden_out)],
+    })
     (out_dir / "manifest.toml").write_text("\n".join(lines) + "\n")
     print(json.dumps({"model": f"{NAME}@{VERSION}", **metrics, "entry_bps": entry, "full_position_bps": full}, indent=1))
     return 0

@@ -10,27 +10,39 @@ import json
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from . import ortq
 
 
-def toml_list(values) -> str:
-    return "[" + ", ".join(repr(float(v)) for v in np.asarray(values).ravel()) + "]"
+def floats(values) -> list[float]:
+    """Python floats of an array, flattened: TOML writes each as its shortest exact repr."""
+    return [float(v) for v in np.asarray(values).ravel()]
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def plain(v):
+    """`v` with numpy scalars and tuples made the Python values tomli_w writes; a None in a
+    table leaves its key out."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items() if x is not None}  # TOML has no null: unset
+    return v
+
+
+def toml_lines(doc: dict) -> list[str]:
+    """`doc` as manifest lines (tomli_w: every string escaped, every float exact)."""
+    return tomli_w.dumps(plain(doc)).rstrip("\n").split("\n")
 
 
 WEIGHTS = {"reduced": "int8, per-channel, symmetric, reduced range -64..64 (exact on every x86 CPU)",
@@ -62,8 +74,8 @@ def write_verify_set(version_dir: Path, x: np.ndarray, ort_max_steps: int = 0) -
     one, and compares every backend with the model's integer semantics on these rows at load."""
     path = version_dir / "verify.npy"
     np.save(path, np.ascontiguousarray(x, dtype=np.float32))
-    return ["[verify]", 'file = "verify.npy"', f'sha256 = "{hashlib.sha256(path.read_bytes()).hexdigest()}"',
-            f"ort_max_steps = {int(ort_max_steps)}"]
+    return toml_lines({"verify": {"file": "verify.npy", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                  "ort_max_steps": int(ort_max_steps)}})
 
 
 def saturation_section(quantd: str, version_dir: Path, x: np.ndarray) -> list[str]:
@@ -78,11 +90,9 @@ def saturation_section(quantd: str, version_dir: Path, x: np.ndarray) -> list[st
     doc = json.loads(r.stdout)
     if not doc["saturation"]:
         return []
-    ratios = ", ".join(f"{stage} = {ratio!r}" for stage, ratio in doc["saturation"].items())
-    return ["[saturation]",
-            "# Share of values the native kernel clamped at an integer limit on the validation period:",
-            "# the baseline quantd_quant_saturation_ratio is compared with (quantization-collapse alert).",
-            f"rows = {doc['rows']}", f"baseline = {{ {ratios} }}"]
+    # The share of values the native kernel clamped at an integer limit on the validation period:
+    # the baseline quantd_quant_saturation_ratio is compared with (quantization-collapse alert).
+    return toml_lines({"saturation": {"rows": int(doc["rows"]), "baseline": dict(doc["saturation"])}})
 
 
 def append_section(manifest: Path, lines: list[str]) -> None:
@@ -112,47 +122,30 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
     method, weights, acts, calib = QUANT_TEXT[variant]
     weights = weights or WEIGHTS[weight_range]
     entry, exit_, full = policy
-    lines = [
-        f"name = {toml_value(name)}",
-        f"version = {toml_value(version)}",
-        f"description = {toml_value(description)}",
-        'model_file = "model.onnx"',
-        *([f"fp32_sibling = {toml_value(fp32_sibling)}"] if fp32_sibling else []),
-        f'sha256 = "{hashlib.sha256((stage / "model.onnx").read_bytes()).hexdigest()}"',
+    features = tomllib.loads(schema)["features"]
+    # The training range of each feature: the risk layer's kill switch checks live rows against it.
+    features.update(window=window, train_min=floats(flat.min(0)), train_max=floats(flat.max(0)))
+    doc = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "model_file": "model.onnx",
+        **({"fp32_sibling": fp32_sibling} if fp32_sibling else {}),
+        "sha256": hashlib.sha256((stage / "model.onnx").read_bytes()).hexdigest(),
         # Golden rows: ONNX Runtime's own output, re-checked by quantd at every load.
-        "golden_tolerance = 0.001",
-        "",
-        schema.strip(),
-        f"window = {window}",
-        "# The training range of each feature: the risk layer's kill switch checks live rows against it.",
-        f"train_min = {toml_list(flat.min(0))}",
-        f"train_max = {toml_list(flat.max(0))}",
-        "",
-        "[io]",
-        'input = "features"',
-        f"input_shape = {[-1, feature_dim] if window == 1 else [-1, window, feature_dim]}",
-        'output = "score"',
-        "output_shape = [-1, 1]",
-        f"output_meaning = {toml_value(output_meaning)}",
-        "",
-        "[quantization]",
-        f"method = {toml_value(method)}",
-        f"weights = {toml_value(weights)}",
-        f"activations = {toml_value(acts)}",
-        f"calibration = {toml_value(calib)}",
-        "",
-        "[policy]",
-        "warmup_ticks = 100",
-        f"entry_bps = {entry!r}",
-        f"exit_bps = {exit_!r}",
-        f"full_position_bps = {full!r}",
-        "",
-        *([*write_verify_set(stage, verify_x), ""] if verify_x is not None and window == 1 else []),
-        "[training]",
-        *[f"{k} = {toml_value(v)}" for k, v in training.items()],
-    ]
-    for x, out in zip(golden_x, golden_out):
-        lines += ["", "[[golden]]", f"features = {toml_list(x)}", f"output = {toml_list([out])}"]
+        "golden_tolerance": 0.001,
+        "features": features,
+        "io": {"input": "features", "input_shape": [-1, feature_dim] if window == 1 else [-1, window, feature_dim],
+               "output": "score", "output_shape": [-1, 1], "output_meaning": output_meaning},
+        "quantization": {"method": method, "weights": weights, "activations": acts, "calibration": calib},
+        "policy": {"warmup_ticks": 100, "entry_bps": entry, "exit_bps": exit_, "full_position_bps": full},
+        "training": training,
+    }
+    lines = toml_lines(doc)
+    if verify_x is not None and window == 1:
+        lines += ["", *write_verify_set(stage, verify_x)]
+    lines += ["", *toml_lines({"golden": [{"features": floats(x), "output": floats([out])}
+                                          for x, out in zip(golden_x, golden_out)]})]
     (stage / "manifest.toml").write_text("\n".join(lines) + "\n")
     if final.exists():
         shutil.rmtree(final)
