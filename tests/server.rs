@@ -45,8 +45,10 @@ async fn streams_recorded_ticks_and_exports_latency() {
     assert!(signals.iter().any(|s| s.target_position != 0.0), "the policy takes positions on real data");
 
     let m = wait_for_metric(&server, "quantd_tick_to_signal_seconds_count", 20_000.0).await;
+    assert!(m.contains("quantd_tick_to_signal_seconds_bucket{le=\"0.000001\"}"), "no 1 µs bucket:\n{m}");
+    let info = "quantd_model_info{name=\"quantd-mlp\",version=\"2\",state=\"active\",provider=\"cpu\"}";
+    assert_eq!(sample(&m, info), Some(1.0), "{info}:\n{m}");
     for needle in [
-        "quantd_tick_to_signal_seconds_bucket{le=\"0.000001\"}",
         "quantd_stage_seconds_count{stage=\"queue_wait\"}",
         "quantd_stage_seconds_count{stage=\"features\"}",
         "quantd_stage_seconds_count{stage=\"inference\"}",
@@ -55,7 +57,6 @@ async fn streams_recorded_ticks_and_exports_latency() {
         "quantd_stage_seconds_count{stage=\"total\"}",
         "quantd_inference_batch_size_count",
         "quantd_engine_queue_depth",
-        "quantd_model_info{name=\"quantd-mlp\",version=\"2\",state=\"active\",provider=\"cpu\"} 1",
     ] {
         let v = sample(&m, needle);
         assert!(v.is_some(), "{needle} missing:\n{m}");

@@ -162,7 +162,6 @@ pub async fn kill_switch(plan: &ProbePlan, watch: &KillWatch, from: Instant, to:
 
 /// Scrapes `GET /metrics` at `metrics` `n` times between `from` and `to`.
 pub async fn scrapes(metrics: &str, n: usize, from: Instant, to: Instant) -> (Histogram<u64>, Vec<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut h = crate::histogram();
     let mut failures = Vec::new();
     let every = (to.saturating_duration_since(from)) / n.max(1) as u32;
@@ -170,14 +169,9 @@ pub async fn scrapes(metrics: &str, n: usize, from: Instant, to: Instant) -> (Hi
     for k in 0..n {
         tokio::time::sleep_until((from + every * k as u32).into()).await;
         let t0 = Instant::now();
-        let res = async {
-            let mut conn = tokio::net::TcpStream::connect(metrics).await?;
-            conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes()).await?;
-            body.clear();
-            conn.read_to_end(&mut body).await?;
-            std::io::Result::Ok(body.starts_with(b"HTTP/1.1 200") || body.starts_with(b"HTTP/1.0 200"))
-        }
-        .await;
+        let res = crate::report::fetch_metrics(metrics, &mut body)
+            .await
+            .map(|()| body.starts_with(b"HTTP/1.1 200") || body.starts_with(b"HTTP/1.0 200"));
         match res {
             Ok(true) => h.saturating_record(t0.elapsed().as_nanos() as u64),
             Ok(false) => failures.push(format!("scrape {k}: not a 200 answer")),

@@ -209,37 +209,38 @@ impl Drop for Progress {
 /// → (upper bound in seconds, count).
 pub type Buckets = BTreeMap<String, Vec<(f64, f64)>>;
 
-/// Reads the server's `quantd_tick_to_signal_seconds` and `quantd_stage_seconds` buckets.
-pub async fn scrape(addr: &str) -> anyhow::Result<Buckets> {
+/// One `GET /metrics` exchange with `addr` (HTTP/1.0: the server closes when done); `answer`
+/// gets the whole HTTP answer, status line and headers included.
+pub async fn fetch_metrics(addr: &str, answer: &mut Vec<u8>) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
     conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).await?;
-    Ok(parse_buckets(&text))
+    answer.clear();
+    conn.read_to_end(answer).await?;
+    Ok(())
 }
 
-fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split(&format!("{name}=\"")).nth(1)?.split('"').next()
+/// Reads the server's `quantd_tick_to_signal_seconds` and `quantd_stage_seconds` buckets.
+pub async fn scrape(addr: &str) -> anyhow::Result<Buckets> {
+    let mut answer = Vec::new();
+    fetch_metrics(addr, &mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(parse_buckets(text.split_once("\r\n\r\n").map_or(&*text, |(_, body)| body)))
 }
 
+/// The two latency histograms of a text exposition, parsed by `prometheus-parse`.
 fn parse_buckets(text: &str) -> Buckets {
     let mut out = Buckets::new();
-    for line in text.lines() {
-        let series = if line.starts_with("quantd_tick_to_signal_seconds_bucket{") {
-            "tick_to_signal"
-        } else if line.starts_with("quantd_stage_seconds_bucket{") {
-            match label(line, "stage") {
-                Some(s) => s,
-                None => continue,
-            }
-        } else {
-            continue;
+    let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else { return out };
+    for sample in scrape.samples {
+        let series = match (sample.metric.as_str(), sample.labels.get("stage")) {
+            ("quantd_tick_to_signal_seconds", _) => "tick_to_signal",
+            ("quantd_stage_seconds", Some(stage)) => stage,
+            _ => continue,
         };
-        let (Some(le), Some(count)) = (label(line, "le"), line.rsplit(' ').next().and_then(|c| c.parse().ok())) else {
-            continue;
-        };
-        out.entry(series.to_owned()).or_default().push((le.parse().unwrap_or(f64::INFINITY), count));
+        if let prometheus_parse::Value::Histogram(counts) = &sample.value {
+            out.insert(series.to_owned(), counts.iter().map(|c| (c.less_than, c.count)).collect());
+        }
     }
     out
 }
@@ -278,14 +279,17 @@ mod tests {
     #[test]
     fn buckets_are_read_per_series_and_differenced() {
         let before = parse_buckets(
-            "quantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 5\n\
+            "# TYPE quantd_tick_to_signal_seconds histogram\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 5\n\
              quantd_tick_to_signal_seconds_bucket{le=\"0.0001\"} 5\n\
              quantd_tick_to_signal_seconds_bucket{le=\"+Inf\"} 5\n",
         );
         let after = parse_buckets(
-            "# HELP x\nquantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 10\n\
+            "# HELP x\n# TYPE quantd_tick_to_signal_seconds histogram\n\
+             quantd_tick_to_signal_seconds_bucket{le=\"0.00001\"} 10\n\
              quantd_tick_to_signal_seconds_bucket{le=\"0.0001\"} 14\n\
              quantd_tick_to_signal_seconds_bucket{le=\"+Inf\"} 15\n\
+             # TYPE quantd_stage_seconds histogram\n\
              quantd_stage_seconds_bucket{stage=\"inference\",le=\"0.00001\"} 3\n\
              quantd_stage_seconds_bucket{stage=\"inference\",le=\"+Inf\"} 3\n",
         );

@@ -73,9 +73,28 @@ pub async fn scrape(server: &Server) -> String {
     reqwest::get(format!("http://{}/metrics", server.metrics_addr())).await.unwrap().text().await.unwrap()
 }
 
-/// The value of the first sample line starting with `prefix` (name plus labels).
-pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+/// The value of the first sample in a scrape (parsed by `prometheus-parse`) that `selector`
+/// picks: a metric name, optionally with labels as the exposition writes them
+/// (`quantd_ticks_total{outcome="scored"}`; the closing brace may be left off, and labels not
+/// given may have any value).
+pub fn sample(metrics: &str, selector: &str) -> Option<f64> {
+    use prometheus_parse::Value::{Counter, Gauge, Untyped};
+    let (name, labels) = selector.split_once('{').unwrap_or((selector, ""));
+    let wanted: Vec<(&str, &str)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim_matches('"')))
+        .collect();
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).expect("a text exposition");
+    scrape
+        .samples
+        .into_iter()
+        .find(|s| s.metric == name && wanted.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            Counter(v) | Gauge(v) | Untyped(v) => Some(v),
+            _ => None,
+        })
 }
 
 /// Scrapes until `prefix` reaches `at_least` (the exporter publishes every 50 ms in tests).
