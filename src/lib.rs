@@ -62,6 +62,7 @@ pub mod risk_flags;
 pub mod server;
 pub mod shard;
 pub mod symbols;
+pub mod synthetic;
 pub mod telemetry;
 pub mod text;
 pub mod tick;

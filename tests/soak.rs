@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use quantd::proto::{Tick, TickKind};
+use quantd::proto::Tick;
 use tokio::sync::mpsc;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -43,20 +43,8 @@ impl Source {
                 t
             }
             Source::Synthetic { first, symbols, i } => {
-                let n = *i;
                 *i += 1;
-                let s = *first + n % *symbols;
-                let px = 100.0 + ((n / *symbols) % 50) as f64 * 0.01 + (s % 13) as f64;
-                Tick {
-                    symbol: format!("SYN{s:05}"),
-                    exchange_ts_ns: 1_700_000_000_000_000_000 + n as i64 * 1_000,
-                    kind: TickKind::Quote as i32,
-                    bid_px: px,
-                    bid_qty: 1.0 + (n % 5) as f64,
-                    ask_px: px + 0.01,
-                    ask_qty: 1.0 + (n % 3) as f64,
-                    ..Default::default()
-                }
+                quantd::synthetic::quote(*first, *symbols, *i - 1)
             }
         }
     }

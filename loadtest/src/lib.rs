@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use quantd::proto::Tick;
 use quantd::proto::signal_service_client::SignalServiceClient;
-use quantd::proto::{Tick, TickKind};
 
 pub use probe::{ProbePlan, ProbeReport};
 pub use report::{Percentiles, Report, SwapReport};
@@ -79,13 +79,14 @@ fn histogram() -> Histogram<u64> {
 /// gets its own symbol suffix (`.k`) so streams never share a symbol.
 enum Source {
     Recorded(Vec<Tick>),
-    Synthetic(Vec<String>),
+    /// `quantd::synthetic` quotes over this many symbols.
+    Synthetic(usize),
 }
 
 impl Source {
     fn open(opts: &Options) -> anyhow::Result<Self> {
         if opts.ticks.is_empty() {
-            return Ok(Source::Synthetic((0..opts.symbols.max(1)).map(|s| format!("SYN{s:05}")).collect()));
+            return Ok(Source::Synthetic(opts.symbols.max(1)));
         }
         let recorded = quantd::tickfile::read_all(&opts.ticks)?;
         if recorded.is_empty() {
@@ -106,19 +107,7 @@ impl Source {
     fn tick(&self, i: usize, streams: usize) -> Tick {
         let mut t = match self {
             Source::Recorded(r) => r[i % r.len()].clone(),
-            Source::Synthetic(symbols) => {
-                let s = i % symbols.len();
-                let px = 100.0 + (s % 17) as f64 + ((i / symbols.len()) % 40) as f64 * 0.01;
-                Tick {
-                    symbol: symbols[s].clone(),
-                    kind: TickKind::Quote as i32,
-                    bid_px: px,
-                    bid_qty: 1.0 + (i % 5) as f64,
-                    ask_px: px + 0.01,
-                    ask_qty: 1.0 + (i % 3) as f64,
-                    ..Default::default()
-                }
-            }
+            Source::Synthetic(symbols) => quantd::synthetic::quote(0, *symbols, i),
         };
         if streams > 1 {
             use std::fmt::Write;
