@@ -35,18 +35,38 @@ use crate::risk::{External, RiskFlags};
 use crate::telemetry::Telemetry;
 use crate::tick::Reject;
 
+/// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The journal could not be read.
     #[error(transparent)]
     Journal(#[from] JournalReadError),
+    /// The directory holds no journal files.
     #[error("{0}: no journal files (ticks-*.arrows, signals-*.arrows) in this directory")]
     Empty(PathBuf),
+    /// A model the journal names could not be loaded.
     #[error("model {label}: {source}")]
-    Model { label: String, source: ModelError },
+    Model {
+        /// The model's `name@version`.
+        label: String,
+        /// Why it was refused.
+        source: ModelError,
+    },
+    /// The model directory holds other files than the ones the journal recorded.
     #[error(
         "model {label}: the file in {dir} has sha256 {found}, the journal recorded {journaled}: not the model that served"
     )]
-    WrongModel { label: String, dir: PathBuf, found: String, journaled: String },
+    WrongModel {
+        /// The model's `name@version`.
+        label: String,
+        /// The version directory looked in.
+        dir: PathBuf,
+        /// The sha256 of the file found there.
+        found: String,
+        /// The sha256 the journal recorded at load.
+        journaled: String,
+    },
+    /// The audit's settings are invalid.
     #[error("invalid settings: {0}")]
     Settings(String),
 }
@@ -69,39 +89,55 @@ pub struct AuditOptions {
 pub struct Mismatch {
     /// The server run (the start time in the journal's file names).
     pub run: u64,
+    /// The tick's stream (a number the server gave it).
     pub stream: u64,
+    /// The tick's index in its stream.
     pub index: u64,
+    /// The engine pass that answered it live.
     pub batch: u64,
+    /// Its position in that pass.
     pub batch_pos: u32,
+    /// The model (`name@version`) that scored it.
     pub model: String,
+    /// The tick's symbol.
     pub symbol: String,
+    /// The tick's sequence number.
     pub seq: u64,
     /// The fields that differ, each as `field: journaled != re-run`.
     pub differences: Vec<String>,
     /// The journaled tick, signal and the re-run's reply, in full.
     pub tick: String,
+    /// The journaled signal, in full.
     pub journaled: String,
+    /// The re-run's reply, in full.
     pub replayed: String,
 }
 
 /// Per model: signals checked and how many were reproduced.
 #[derive(Debug, Default, Serialize)]
 pub struct ModelAudit {
+    /// Signals of this model checked.
     pub signals: u64,
+    /// Of those, identical in every field.
     pub reproduced: u64,
+    /// Of those, different in at least one.
     pub mismatched: u64,
 }
 
+/// What `quantd audit` found over a journal directory.
 #[derive(Debug, Default, Serialize)]
 pub struct AuditReport {
+    /// Server runs in the directory (each start of a server writes its own files).
     pub runs: usize,
     /// Ticks received from clients.
     pub ticks: u64,
     /// Ticks a warm start rebuilt symbol state from (re-run the same way before the batches).
     pub warm_ticks: u64,
+    /// Signals in the journal.
     pub signals: u64,
     /// Signals the engine answered, re-run and identical in every field.
     pub reproduced: u64,
+    /// Signals the engine answered whose re-run differs.
     pub mismatched: u64,
     /// Signals answered at the edge (never in an engine batch), by reject code.
     pub edge_answered: BTreeMap<String, u64>,
@@ -119,11 +155,13 @@ pub struct AuditReport {
     /// Ticks journaled without a signal (the server stopped before answering, or the signal was
     /// dropped under `drop_and_count`).
     pub unanswered_ticks: u64,
+    /// The same counts per model.
     pub by_model: BTreeMap<String, ModelAudit>,
     /// The first mismatches, in full.
     pub mismatches: Vec<Mismatch>,
     /// Journal files a crash left without their end marker (read up to their last batch).
     pub unterminated: Vec<PathBuf>,
+    /// Wall-clock seconds the audit took.
     pub seconds: f64,
 }
 

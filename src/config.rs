@@ -27,6 +27,7 @@ use crate::server::settings::StreamSection;
 use crate::server::{ServerConfig, WarmTail};
 use crate::shard::ShardConfig;
 
+/// The whole server configuration; see the module documentation for where each part comes from.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -125,11 +126,13 @@ impl Default for Config {
 /// replaces the file's.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// gRPC address of the service port.
     #[arg(long, env = "QUANTD_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Admin gRPC address (ModelAdmin, RiskAdmin, health) on the admin thread.
     #[arg(long, env = "QUANTD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` address.
     #[arg(long, env = "QUANTD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Model repository (`<dir>/<name>/<version>/`).
@@ -138,6 +141,7 @@ pub struct Overrides {
     /// Model to serve: name or name@version.
     #[arg(long, env = "QUANTD_MODEL")]
     pub model: Option<String>,
+    /// libonnxruntime to load.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
     /// Log JSON lines.
@@ -155,6 +159,7 @@ pub struct Overrides {
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "QUANTD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
     #[arg(long, env = "QUANTD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle for client certificates (mutual TLS).
@@ -171,12 +176,26 @@ pub struct Overrides {
     pub journal_dir: Option<PathBuf>,
 }
 
+/// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file (or the environment on top of it) is not valid TOML for this config.
     #[error("config {path}: {msg}")]
-    Parse { path: PathBuf, msg: String },
+    Parse {
+        /// The config file, and the environment variables applied.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        msg: String,
+    },
+    /// Values that parse but do not make sense, all of them at once.
     #[error("invalid configuration:\n  - {}", crate::problem::bullet_list(.0))]
     Invalid(Vec<Problem>),
 }
@@ -223,6 +242,7 @@ impl Config {
         Ok(c)
     }
 
+    /// Applies the set flags and variables over the file's values.
     pub fn apply(&mut self, o: Overrides) {
         if let Some(v) = o.listen {
             self.listen = v;
@@ -377,6 +397,7 @@ impl Config {
         })
     }
 
+    /// What the registry thread is started with: the models directory, the served name and pinned version, load options and `[registry]`.
     pub fn registry_config(&self) -> Result<RegistryConfig, ConfigError> {
         let (name, pinned) = match self.model.as_deref().map(|m| m.split_once('@')) {
             Some(Some((n, v))) => (Some(n.to_owned()), Some(v.to_owned())),

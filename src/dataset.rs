@@ -22,6 +22,7 @@ pub struct FeatureEngine {
 }
 
 impl FeatureEngine {
+    /// An engine of feature state for at most `max_symbols` symbols, `reserve` of them allocated up front.
     pub fn new(max_symbols: usize, reserve: usize) -> Self {
         Self { table: SymbolTable::new(max_symbols, reserve), checks: TickChecks::default() }
     }
@@ -35,27 +36,48 @@ impl FeatureEngine {
         Ok(state)
     }
 
+    /// Symbols seen so far.
     pub fn symbols(&self) -> usize {
         self.table.len()
     }
 }
 
+/// Why `quantd features` could not write its rows.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// The tick files could not be read.
     #[error(transparent)]
     Ticks(#[from] TickFileError),
+    /// The output file could not be written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The output file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The output name ends in neither `.csv` nor `.npy`.
     #[error("output {0}: unsupported extension; use .csv or .npy")]
     Extension(String),
+    /// A tick was refused by the engine's checks.
     #[error("tick seq {seq} ({symbol}): {reject}")]
-    Rejected { seq: u64, symbol: String, reject: Reject },
+    Rejected {
+        /// Its sequence number.
+        seq: u64,
+        /// Its symbol.
+        symbol: String,
+        /// Why it was refused.
+        reject: Reject,
+    },
 }
 
 /// One output row.
 pub struct Row<'a> {
+    /// The tick.
     pub tick: &'a Tick,
+    /// Its mid price after the update.
     pub mid: f64,
+    /// The feature row the engine computed for it.
     pub features: &'a [f32; NUM_FEATURES],
 }
 

@@ -38,6 +38,8 @@
 //! elsewhere. Bad input never takes a stream down: each refused tick gets a
 //! signal with `reject_reason` and is counted by reason.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod backtest;
 pub mod clock;

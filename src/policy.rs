@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The policy's thresholds: how a score becomes a target position (from the manifest, or the config).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyParams {
@@ -25,6 +26,7 @@ pub struct PolicyParams {
 }
 
 impl PolicyParams {
+    /// Every problem with the thresholds, or `Ok`.
     pub fn validate(&self) -> Result<(), String> {
         let mut p = Vec::new();
         let finite = [self.entry_bps, self.exit_bps, self.full_position_bps].iter().all(|v| v.is_finite());

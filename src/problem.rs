@@ -62,12 +62,14 @@ impl Kind {
 pub struct Problem {
     /// The config key or manifest field it is about (`engine.max_batch`, `sha256`, ...).
     pub field: String,
+    /// What kind of problem it is (the metric label comes from this).
     pub kind: Kind,
     /// The whole human-readable explanation (shown as is).
     pub detail: String,
 }
 
 impl Problem {
+    /// A problem about `field`.
     pub fn new(field: impl Into<String>, kind: Kind, detail: impl Into<String>) -> Self {
         Self { field: field.into(), kind, detail: detail.into() }
     }
@@ -84,6 +86,7 @@ impl fmt::Display for Problem {
 pub struct Problems(Vec<Problem>);
 
 impl Problems {
+    /// No problem yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -100,18 +103,22 @@ impl Problems {
         }
     }
 
+    /// How many problems.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// True when there is none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The problems, in the order found.
     pub fn iter(&self) -> std::slice::Iter<'_, Problem> {
         self.0.iter()
     }
 
+    /// The problems as a vector, in the order found.
     pub fn into_vec(self) -> Vec<Problem> {
         self.0
     }

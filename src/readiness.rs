@@ -28,6 +28,7 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, for metrics.
     pub const ALL: [Cause; 3] = [Cause::Starting, Cause::Draining, Cause::EngineStuck];
 
     /// The metric label.

@@ -60,6 +60,7 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
+    /// The section's own problems (fields named `shard.*`).
     pub fn problems(&self) -> Problems {
         let mut p = Problems::new();
         p.check(self.count == 0 || self.index >= self.count, "shard.index", Kind::OutOfRange, || {

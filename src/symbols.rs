@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use crate::tick::{Reject, Symbol};
 
+/// A fixed-capacity table of per-symbol state, indexed by symbol, with slots reused after eviction.
 pub struct SymbolTable<S> {
     index: HashMap<Symbol, usize>,
     states: Vec<S>,
@@ -127,6 +128,7 @@ impl<S> SymbolTable<S> {
         self.index.len()
     }
 
+    /// True when no symbol is held.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

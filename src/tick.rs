@@ -50,6 +50,7 @@ impl Symbol {
         Self { len: end as u8, bytes }
     }
 
+    /// The symbol as text.
     pub fn as_str(&self) -> &str {
         // Only ever built from a `&str`, so the prefix is valid UTF-8.
         std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
@@ -81,17 +82,23 @@ impl fmt::Display for Symbol {
     }
 }
 
+/// What a tick carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A top-of-book quote.
     Quote,
+    /// A trade.
     Trade,
 }
 
 /// Which side crossed the spread on a trade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggressor {
+    /// Not given.
     Unknown,
+    /// The buyer crossed the spread.
     Buy,
+    /// The seller crossed the spread.
     Sell,
 }
 
@@ -109,16 +116,27 @@ impl Aggressor {
 /// One market event after the stateless checks. Quote fields are zero on trades and vice versa.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tick {
+    /// The symbol.
     pub symbol: Symbol,
+    /// The client's sequence number, echoed.
     pub seq: u64,
+    /// Exchange time, ns since the epoch.
     pub exchange_ts_ns: i64,
+    /// Quote or trade.
     pub kind: Kind,
+    /// Best bid price (quotes).
     pub bid_px: f64,
+    /// Best bid size (quotes).
     pub bid_qty: f64,
+    /// Best ask price (quotes).
     pub ask_px: f64,
+    /// Best ask size (quotes).
     pub ask_qty: f64,
+    /// Trade price (trades).
     pub trade_px: f64,
+    /// Trade size (trades).
     pub trade_qty: f64,
+    /// Which side crossed (trades).
     pub aggressor: Aggressor,
 }
 
@@ -128,26 +146,47 @@ pub struct Tick {
 #[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum Reject {
+    /// A price or size is NaN or infinite.
     NonFinite,
+    /// A price or size is zero or negative.
     NonPositive,
+    /// The bid is above the ask.
     CrossedBook,
+    /// The symbol is empty.
     EmptySymbol,
+    /// The symbol is longer than 32 bytes.
     SymbolTooLong,
+    /// The kind or aggressor is not a known value.
     InvalidEnum,
+    /// Older than the symbol's last accepted tick.
     StaleTimestamp,
+    /// The server's symbol cap is reached.
     TooManySymbols,
+    /// The engine queue is full.
     QueueFull,
+    /// The server is shutting down.
     ShuttingDown,
+    /// The model failed or scored a non-finite value.
     ModelError,
+    /// The tick waited past the signal time-to-live.
     Expired,
+    /// The stream has its window of ticks in flight (back-pressure `reject`).
     Overloaded,
+    /// The engine's batch panicked.
     EngineError,
+    /// The kill switch holds the symbol.
     KillSwitch,
+    /// The symbol belongs to another shard.
     WrongShard,
+    /// The symbol has control or invisible characters.
     InvalidSymbol,
+    /// The exchange time is ahead of the server clock.
     FutureTimestamp,
+    /// The price jumped implausibly from the symbol's last.
     PriceJump,
+    /// A feature came out NaN or infinite.
     NonFiniteFeatures,
+    /// The journal cannot take the tick (`on_full = "refuse"`).
     JournalUnavailable,
 }
 

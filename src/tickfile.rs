@@ -41,26 +41,68 @@ const BINANCE_QUOTES_HEADER: &str =
     "local_ts_ns,exch_event_ts_ms,exch_tx_ts_ms,symbol,update_id,bid_px,bid_qty,ask_px,ask_qty";
 const BINANCE_TRADES_HEADER: &str = "local_ts_ns,exch_event_ts_ms,trade_ts_ms,symbol,trade_id,price,qty,buyer_is_maker";
 
+/// Why tick files could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TickFileError {
+    /// A file could not be read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The header is neither quantd's nor a Binance capture's.
     #[error(
         "{path}: unknown tick file format; header is {header:?}; expected quantd's canonical header {CANONICAL_HEADER:?} or a Binance quote/trade capture"
     )]
-    UnknownFormat { path: PathBuf, header: String },
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// The header found.
+        header: String,
+    },
+    /// A row does not parse.
     #[error("{path}:{line}: {msg}")]
-    Parse { path: PathBuf, line: u64, msg: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        line: u64,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A row is a tick the edge would refuse.
     #[error("{path}:{line}: tick refused: {reject}")]
-    Invalid { path: PathBuf, line: u64, reject: Reject },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        line: u64,
+        /// Why.
+        reject: Reject,
+    },
+    /// A row is older than the one before.
     #[error(
         "{path}:{line}: timestamp {ts} is older than the previous row's {prev}; tick files must be sorted by exchange time"
     )]
-    Unsorted { path: PathBuf, line: u64, ts: i64, prev: i64 },
+    Unsorted {
+        /// The file.
+        path: PathBuf,
+        /// The line.
+        line: u64,
+        /// Its exchange time.
+        ts: i64,
+        /// The previous row's.
+        prev: i64,
+    },
+    /// No file was given.
     #[error("no tick files given")]
     NoFiles,
+    /// A journal file could not be read.
     #[error(transparent)]
     Journal(#[from] crate::journal::read::JournalReadError),
+    /// Journal files and CSV captures were given together.
     #[error(
         "{0}: journal files (Arrow) and tick captures (CSV) cannot be read together: the journal is in arrival order, captures are merged by exchange time"
     )]
@@ -244,6 +286,7 @@ pub struct TickReader {
 }
 
 impl TickReader {
+    /// Opens the files and merges them by exchange time (journal files: in arrival order).
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Self, TickFileError> {
         if paths.is_empty() {
             return Err(TickFileError::NoFiles);

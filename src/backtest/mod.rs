@@ -17,18 +17,23 @@
 
 use serde::Serialize;
 
+/// Minutes in a (365-day) year, for annualising.
 pub const MINUTES_PER_YEAR: f64 = 525_600.0;
 const MINUTE_NS: i64 = 60_000_000_000;
 
 /// A quote of one symbol: the prices fills and marks use.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quote {
+    /// Exchange time, ns.
     pub ts_ns: i64,
+    /// Best bid.
     pub bid: f64,
+    /// Best ask.
     pub ask: f64,
 }
 
 impl Quote {
+    /// The mid price.
     pub fn mid(&self) -> f64 {
         0.5 * (self.bid + self.ask)
     }
@@ -37,6 +42,7 @@ impl Quote {
 /// One signal of the replay, as the backtest needs it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SignalPoint {
+    /// Exchange time of the signal's tick, ns.
     pub ts_ns: i64,
     /// Target position after the risk layer.
     pub position: f64,
@@ -46,6 +52,7 @@ pub struct SignalPoint {
     pub engine_ns: u64,
 }
 
+/// What trading costs: the spread crossed on each change, and fees.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CostModel {
     /// Quantity per 1.0 of target position.
@@ -69,40 +76,61 @@ impl Default for CostModel {
 /// A point of the equity curve (summed over symbols), for plots.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct EquityPoint {
+    /// Exchange time, ns.
     pub ts_ns: i64,
+    /// Equity at that time, quote currency.
     pub equity: f64,
 }
 
+/// A back-test's figures over one symbol's quotes and signals.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Metrics {
     /// Net PnL after spread and fees, quote currency.
     pub pnl: f64,
     /// PnL had every fill been at the mid with no fee.
     pub pnl_before_costs: f64,
+    /// Spread paid, quote currency.
     pub spread_cost: f64,
+    /// Fees paid, quote currency.
     pub fees: f64,
+    /// Annualised Sharpe ratio of the per-minute returns.
     pub sharpe: f64,
+    /// Annualised Sortino ratio of the per-minute returns.
     pub sortino: f64,
+    /// Largest peak-to-trough loss of the equity curve, quote currency.
     pub max_drawdown: f64,
+    /// Annualised return over the maximum drawdown.
     pub calmar: f64,
     /// Traded notional, quote currency, and per day of data.
     pub turnover: f64,
+    /// Position traded per day, in units of the full position.
     pub turnover_per_day: f64,
+    /// How many times the position changed.
     pub position_changes: u64,
+    /// Round trips: flat, in a position, flat again.
     pub round_trips: u64,
+    /// Share of round trips that made money.
     pub hit_rate: f64,
+    /// Mean time a position was held, seconds.
     pub avg_holding_s: f64,
+    /// Pearson correlation of the score with the forward return.
     pub ic: f64,
+    /// Spearman (rank) correlation of the score with the forward return.
     pub rank_ic: f64,
+    /// Score/return pairs the correlations are taken over.
     pub ic_samples: u64,
+    /// Seconds between the first and the last quote.
     pub duration_s: f64,
+    /// The equity curve.
     #[serde(skip)]
     pub equity: Vec<EquityPoint>,
 }
 
 /// Per symbol: its quotes (by time) and its signals (by time).
 pub struct SymbolSeries<'a> {
+    /// The symbol's quotes, in time order.
     pub quotes: &'a [Quote],
+    /// The symbol's signals, in time order.
     pub signals: &'a [SignalPoint],
 }
 
@@ -179,6 +207,7 @@ fn ranks(v: &[f64]) -> Vec<f64> {
     r
 }
 
+/// Spearman rank correlation of `x` and `y` (ties get their mean rank).
 pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }

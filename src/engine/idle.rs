@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::sync::Parker;
 use serde::{Deserialize, Serialize};
 
+/// What the engine thread does while its queue is empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdleStrategy {
@@ -21,6 +22,7 @@ pub enum IdleStrategy {
     SpinPark,
 }
 
+/// Runs the idle strategy: spin, then yield, then park, reset by work.
 pub struct Idler {
     strategy: IdleStrategy,
     spin: Duration,
@@ -29,6 +31,7 @@ pub struct Idler {
 }
 
 impl Idler {
+    /// An idler with the given strategy and spin and yield budgets.
     pub fn new(strategy: IdleStrategy, spin: Duration, yield_for: Duration) -> Self {
         Self { strategy, spin, yield_for, idle_since: None }
     }

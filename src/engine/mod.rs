@@ -39,6 +39,7 @@ use crate::tick::{Reject, Symbol, Tick};
 
 /// One tick on its way to the engine.
 pub struct WorkItem {
+    /// The validated tick.
     pub tick: Tick,
     /// Where the engine posts the answer.
     pub reply_to: Arc<ReplyQueue>,
@@ -59,10 +60,22 @@ pub enum Control {
     Shadow(Option<Box<ActiveModel>>),
     /// Engage or release the risk kill switch for one symbol (`None`: all symbols). A symbol
     /// the engine does not hold is not created: the answer is [`Applied::UnknownSymbol`].
-    Kill { symbol: Option<Symbol>, engaged: bool, done: Option<Ack> },
+    Kill {
+        /// The symbol, or every symbol.
+        symbol: Option<Symbol>,
+        /// Engage (true) or release (false).
+        engaged: bool,
+        /// Where the engine confirms, when the caller waits.
+        done: Option<Ack>,
+    },
     /// Forget one symbol's state (features, window, policy and risk state; its admin kill
     /// switch stays): it warms up again from its next tick.
-    Reset { symbol: Symbol, done: Option<Ack> },
+    Reset {
+        /// The symbol to forget.
+        symbol: Symbol,
+        /// Where the engine confirms, when the caller waits.
+        done: Option<Ack>,
+    },
 }
 
 /// The engine's answer to a control message about one symbol.
@@ -70,7 +83,10 @@ pub enum Control {
 pub enum Applied {
     /// Applied before the engine pass `before_batch` (the journal records it, so that `quantd
     /// audit` applies the same call at the same point).
-    Yes { before_batch: u64 },
+    Yes {
+        /// The engine pass it took effect before.
+        before_batch: u64,
+    },
     /// The engine holds no state for this symbol (never seen, or evicted).
     UnknownSymbol,
 }
@@ -138,6 +154,7 @@ impl EngineHandle {
         self.shared.passes.load(Ordering::Relaxed)
     }
 
+    /// The queue's capacity, ticks.
     pub fn capacity(&self) -> usize {
         self.shared.queue.capacity()
     }
@@ -237,6 +254,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// A handle for submitting ticks and control messages.
     pub fn handle(&self) -> EngineHandle {
         self.handle.clone()
     }
@@ -263,9 +281,13 @@ mod sync {
     /// received, its stream's conflation mode, and the outside inputs the live engine saw.
     #[derive(Clone, Copy, Debug)]
     pub struct RecordedTick {
+        /// The tick.
         pub tick: Tick,
+        /// CLOCK_REALTIME ns when the live server received it.
         pub recv_ns: u64,
+        /// Its stream was in `conflate` mode.
         pub conflate: bool,
+        /// The outside inputs the live engine applied to it.
         pub recorded: worker::Recorded,
     }
 
@@ -278,6 +300,7 @@ mod sync {
     }
 
     impl SyncEngine {
+        /// A synchronous engine on the caller's thread, with `model` active.
         pub fn new(config: &EngineConfig, model: Box<ActiveModel>, telemetry: Arc<Telemetry>) -> Self {
             let config = EngineConfig { ttl: None, ..config.clone() };
             let (worker, _parker) = worker::build(&config, model, telemetry);
@@ -290,6 +313,7 @@ mod sync {
             self.worker.max_batch()
         }
 
+        /// The board the risk gate reads VaR scales from (the replay's estimator writes it).
         pub fn risk_board(&self) -> Arc<RiskBoard> {
             self.worker.shared().risk_board.clone()
         }

@@ -17,9 +17,13 @@ use crate::tick::{Reject, Symbol};
 /// The engine's answer to one tick, before it becomes a `proto::Signal` on the edge.
 #[derive(Clone, Debug)]
 pub struct Reply {
+    /// The tick's symbol.
     pub symbol: Symbol,
+    /// The tick's sequence number, echoed.
     pub seq: u64,
+    /// The tick's exchange time, echoed.
     pub exchange_ts_ns: i64,
+    /// The model's raw output (bps of forward return, for quantd's own models).
     pub score: f64,
     /// The position to hold, after the risk layer.
     pub target_position: f64,
@@ -27,9 +31,11 @@ pub struct Reply {
     pub policy_position: f64,
     /// The risk limits that bound `target_position` (kill-switch triggers included).
     pub risk: RiskFlags,
+    /// The symbol is still warming up: no position yet.
     pub warming_up: bool,
     /// Superseded by a newer tick of the same symbol (conflation): features only.
     pub conflated: bool,
+    /// Why the tick was refused, if it was.
     pub reject: Option<Reject>,
     /// `name@version` of the model that scored it (shared, not copied).
     pub model: Option<Arc<str>>,
@@ -37,6 +43,7 @@ pub struct Reply {
     /// and its position in that pass: the journal records both so that `quantd audit` re-runs
     /// the ticks in the engine's own order and batches.
     pub batch: u64,
+    /// Its position in that pass.
     pub batch_pos: u32,
     /// The risk inputs from outside the tick stream that the gate applied (VaR scale 1 and no
     /// admin kill where the tick never reached the gate).
@@ -44,7 +51,9 @@ pub struct Reply {
     /// The feature row it was scored on (None: it was not scored); the journal keeps it, or its
     /// [`crate::features::row_hash`].
     pub features: Option<[f32; NUM_FEATURES]>,
+    /// Monotonic time the edge decoded the tick.
     pub recv: Instant,
+    /// CLOCK_REALTIME ns of the same moment.
     pub recv_ns: u64,
     /// When the engine posted the reply (start of the egress stage).
     pub posted: Instant,
@@ -89,12 +98,14 @@ impl Reply {
     }
 }
 
+/// One stream's bounded reply queue: the engine pushes, the stream task pops, a waker wakes it.
 pub struct ReplyQueue {
     queue: ArrayQueue<Reply>,
     waker: AtomicWaker,
 }
 
 impl ReplyQueue {
+    /// A queue of `capacity` replies.
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self { queue: ArrayQueue::new(capacity.max(1)), waker: AtomicWaker::new() })
     }
@@ -124,6 +135,7 @@ impl ReplyQueue {
         self.queue.is_empty()
     }
 
+    /// The next reply, if any.
     pub fn pop(&self) -> Option<Reply> {
         self.queue.pop()
     }

@@ -28,15 +28,21 @@ use crate::tick::{Reject, Symbol, Tick};
 /// Engine settings (from the server config).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// Engine queue capacity, ticks.
     pub queue_capacity: usize,
+    /// Most ticks scored in one model call.
     pub max_batch: usize,
+    /// Distinct symbols the engine tracks.
     pub max_symbols: usize,
     /// Feature rows kept per symbol, for models that read a window of them.
     pub max_window: usize,
     /// Core to pin the engine thread to, if any.
     pub core: Option<usize>,
+    /// What the thread does while its queue is empty.
     pub idle: IdleStrategy,
+    /// How long it spins before yielding.
     pub idle_spin: Duration,
+    /// How long it yields before parking.
     pub idle_yield: Duration,
     /// Signal time-to-live: a tick that waited longer before the engine took it is answered
     /// `expired` (its features are still updated).
@@ -52,9 +58,11 @@ pub struct EngineConfig {
 
 /// Everything the engine needs to score: the session and how to read its output.
 pub struct ActiveModel {
+    /// The model's scorer (native INT8 kernel or ONNX Runtime session).
     pub scorer: Scorer,
     /// `name@version`, carried by every signal it produces.
     pub label: Arc<str>,
+    /// The policy that turns its scores into target positions.
     pub policy: PolicyParams,
     /// Written by the engine, watched by the control thread (automatic rollback).
     pub health: Arc<ModelHealth>,
@@ -63,10 +71,12 @@ pub struct ActiveModel {
 }
 
 impl ActiveModel {
+    /// An active model from a scorer, its label and policy, with no training ranges.
     pub fn new(scorer: Scorer, label: &str, policy: PolicyParams) -> Self {
         Self { scorer, label: Arc::from(label), policy, health: Arc::default(), feature_ranges: None }
     }
 
+    /// Sets the training ranges the risk layer checks feature rows against.
     pub fn with_feature_ranges(mut self, ranges: Option<Vec<(f32, f32)>>) -> Self {
         self.feature_ranges = ranges;
         self
@@ -83,21 +93,27 @@ impl ActiveModel {
 /// How a model has behaved since it went live: rows scored, non-finite scores, failed calls.
 #[derive(Default, Debug)]
 pub struct ModelHealth {
+    /// Rows scored.
     pub scored: AtomicU64,
+    /// Scores that were NaN or infinite.
     pub non_finite: AtomicU64,
+    /// Model calls that failed.
     pub failed_calls: AtomicU64,
 }
 
 /// Agreement between the shadow model and the active one on the same rows.
 #[derive(Default, Debug)]
 pub struct ShadowStats {
+    /// Ticks the shadow model scored beside the active one.
     pub compared: AtomicU64,
+    /// Of those, where the two took the same side.
     pub agreed: AtomicU64,
     /// Sum of |shadow - active| scores, in millionths of a score unit.
     pub abs_diff_micro: AtomicU64,
 }
 
 impl ShadowStats {
+    /// Zeroes the counters (a new shadow starts).
     pub fn reset(&self) {
         self.compared.store(0, Ordering::Relaxed);
         self.agreed.store(0, Ordering::Relaxed);
@@ -117,7 +133,9 @@ impl ShadowStats {
 /// real inputs. The engine only ever `try_lock`s it (never waits) and copies into the
 /// preallocated buffer.
 pub struct RecentRows {
+    /// The rows, `n` of them, row-major.
     pub rows: Vec<f32>,
+    /// How many rows are held.
     pub n: usize,
 }
 
@@ -242,7 +260,9 @@ pub(super) struct Worker {
 /// hands them to [`super::SyncEngine::run_recorded`] so that a re-run decides as live did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Recorded {
+    /// The risk gate's external inputs (VaR scale, admin kill).
     pub external: External,
+    /// The tick had waited past its time-to-live.
     pub expired: bool,
 }
 

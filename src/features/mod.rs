@@ -15,10 +15,12 @@ use crate::tick::{Kind, Tick};
 /// One feature: its name and the parameters that define it. Changing either changes the hash.
 #[derive(Clone, Copy, Debug)]
 pub struct FeatureSpec {
+    /// The feature's name, a column of the schema.
     pub name: &'static str,
     /// `(key, value)` of each parameter, taken from the constants the arithmetic uses (so a
     /// changed horizon changes the schema text and its hash).
     pub params: &'static [(&'static str, f64)],
+    /// What it measures, in words.
     pub description: &'static str,
 }
 
@@ -58,6 +60,7 @@ pub const SCHEMA: [FeatureSpec; NUM_FEATURES] = [
     ),
 ];
 
+/// Features per row.
 pub const NUM_FEATURES: usize = 14;
 
 /// FNV-1a over a feature row's bits: the journal's fingerprint of the row a signal was scored on
@@ -146,6 +149,7 @@ impl Default for SymbolFeatures {
 }
 
 impl SymbolFeatures {
+    /// A symbol's state before its first tick.
     pub const fn new() -> Self {
         Self {
             ticks: 0,

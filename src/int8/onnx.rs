@@ -26,17 +26,24 @@ mod dtype {
 /// A constant tensor's values.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Values {
+    /// 32-bit floats.
     F32(Vec<f32>),
+    /// Unsigned bytes (activations, zero points).
     U8(Vec<u8>),
+    /// Signed bytes (weights, zero points).
     I8(Vec<i8>),
+    /// 32-bit integers (biases).
     I32(Vec<i32>),
+    /// 64-bit integers (shapes, axes).
     I64(Vec<i64>),
 }
 
 /// A constant tensor: an initializer or a `Constant` node's value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Const {
+    /// The tensor's shape.
     pub dims: Vec<i64>,
+    /// Its elements, row-major.
     pub values: Values,
 }
 

@@ -114,6 +114,7 @@ impl Default for JournalConfig {
 }
 
 impl JournalConfig {
+    /// The section's own problems (fields named `journal.*`).
     pub fn problems(&self) -> Problems {
         let mut p = Problems::new();
         p.check(self.ring_capacity < 2, "journal.ring_capacity", Kind::OutOfRange, || {
@@ -150,16 +151,25 @@ pub struct TickRecord {
     pub recv_ns: u64,
     /// The symbol as sent, cut at 32 bytes (a longer one is refused `symbol_too_long`).
     pub symbol: Symbol,
+    /// The tick's sequence number, as sent.
     pub seq: u64,
+    /// The tick's exchange time, as sent.
     pub exchange_ts_ns: i64,
     /// Wire values of `TickKind` and `Aggressor`.
     pub kind: i32,
+    /// The wire value of `Aggressor`.
     pub aggressor: i32,
+    /// Best bid price.
     pub bid_px: f64,
+    /// Best bid size.
     pub bid_qty: f64,
+    /// Best ask price.
     pub ask_px: f64,
+    /// Best ask size.
     pub ask_qty: f64,
+    /// Trade price.
     pub trade_px: f64,
+    /// Trade size.
     pub trade_qty: f64,
     /// The stream's back-pressure mode was `conflate` (the engine scores only a symbol's
     /// newest tick of a pass from such streams).
@@ -167,6 +177,7 @@ pub struct TickRecord {
 }
 
 impl TickRecord {
+    /// The record of tick `index` of `stream` as the edge decoded it (`arrival`: its place in the server's arrival order).
     pub fn new(t: &proto::Tick, stream: u64, index: u64, arrival: u64, recv_ns: u64, conflate: bool) -> Self {
         Self {
             conflate,
@@ -216,26 +227,39 @@ impl TickRecord {
 /// A signal as the server sent it, and the decision behind it.
 #[derive(Clone, Debug)]
 pub struct SignalRecord {
+    /// The stream its tick came on.
     pub stream: u64,
     /// The index of its tick in the stream.
     pub index: u64,
     /// CLOCK_REALTIME ns when it was handed to the transport (`server_send_ns`).
     pub send_ns: u64,
+    /// CLOCK_REALTIME ns when its tick was received.
     pub recv_ns: u64,
+    /// The tick's symbol.
     pub symbol: Symbol,
+    /// The tick's sequence number.
     pub seq: u64,
+    /// The tick's exchange time.
     pub exchange_ts_ns: i64,
     /// `name@version` of the model that scored it (none for a tick refused before scoring).
     pub model: Option<Arc<str>>,
+    /// The model's raw output.
     pub score: f64,
+    /// The policy's target before the risk layer.
     pub policy_position: f64,
+    /// The position sent, after the risk layer.
     pub target_position: f64,
+    /// The risk limits that bound it.
     pub risk: RiskFlags,
+    /// The symbol was still warming up.
     pub warming_up: bool,
+    /// Superseded by a newer tick of its symbol in the same pass.
     pub conflated: bool,
+    /// Why its tick was refused, if it was.
     pub reject: Option<Reject>,
     /// The engine pass that answered it (0: answered at the edge) and its place in the pass.
     pub batch: u64,
+    /// Its place in that pass.
     pub batch_pos: u32,
     /// The VaR scale the risk gate applied (1: none, or the tick never reached the gate).
     pub var_scale: f64,
@@ -282,10 +306,15 @@ impl SignalRecord {
 pub struct ModelRecord {
     /// CLOCK_REALTIME ns of the load.
     pub loaded_ns: u64,
+    /// The model's `name@version`.
     pub model: String,
+    /// The sha256 of its `model.onnx`.
     pub sha256: String,
+    /// The feature schema's version.
     pub schema_version: String,
+    /// The feature schema's hash.
     pub schema_hash: String,
+    /// The version directory it was loaded from.
     pub dir: String,
     /// `native` or `ort`, and the ISA level.
     pub backend: String,
@@ -309,6 +338,7 @@ pub struct ControlRecord {
 }
 
 impl ControlRecord {
+    /// A call of `kind` about `symbol`, applied now; the engine pass is set when the engine confirms.
     pub fn new(kind: &'static str, symbol: Option<Symbol>, reason: &str) -> Self {
         let reason = crate::text::clip(reason).to_string();
         Self { applied_ns: crate::clock::realtime_ns(), kind, symbol, before_batch: 0, reason }
@@ -317,7 +347,9 @@ impl ControlRecord {
 
 /// What the ring carries.
 pub enum Record {
+    /// A tick the edge decoded.
     Tick(TickRecord),
+    /// A signal the edge sent.
     Signal(SignalRecord),
 }
 
@@ -370,6 +402,7 @@ impl Journal {
         ok
     }
 
+    /// Queues a tick record; a full ring counts it lost (or, under `on_full = "refuse"`, the edge refused the tick before this).
     pub fn tick(&self, r: TickRecord) {
         self.push(Record::Tick(r), JournalEvent::TickDropped);
     }
@@ -384,6 +417,7 @@ impl Journal {
         true
     }
 
+    /// Queues a signal record; a full ring counts it lost.
     pub fn signal(&self, r: SignalRecord) {
         self.push(Record::Signal(r), JournalEvent::SignalDropped);
     }
@@ -455,6 +489,7 @@ impl JournalThread {
         Ok(Self { journal, thread })
     }
 
+    /// A handle for the I/O tasks to write records with.
     pub fn handle(&self) -> Journal {
         self.journal.clone()
     }

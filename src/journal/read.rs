@@ -22,21 +22,51 @@ use crate::features::NUM_FEATURES;
 use crate::risk::RiskFlags;
 use crate::tick::{Reject, Symbol};
 
+/// Why a journal file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalReadError {
+    /// The file could not be opened or read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not an Arrow IPC stream this journal wrote.
     #[error("{path}: not a readable Arrow IPC stream: {msg}")]
-    Arrow { path: PathBuf, msg: String },
+    Arrow {
+        /// The file.
+        path: PathBuf,
+        /// Arrow's message.
+        msg: String,
+    },
+    /// A column is missing or of the wrong type.
     #[error("{path}: column {column}: {msg} (is this a quantd journal file of that kind?)")]
-    Column { path: PathBuf, column: &'static str, msg: String },
+    Column {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A value cannot be what the journal writes.
     #[error("{path}: row {row}: {msg}")]
-    Value { path: PathBuf, row: usize, msg: String },
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// Its row in the file.
+        row: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
 }
 
 /// Records of one kind, in journal order, and the files that ended early.
 #[derive(Debug)]
 pub struct Read<R> {
+    /// The records, in file order.
     pub records: Vec<R>,
     /// Files without their end-of-stream marker (a crash, a kill -9, a full disk): read up to
     /// their last complete batch.

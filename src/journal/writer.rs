@@ -363,11 +363,17 @@ impl<R> Stream<R> {
 /// What one write did.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// Tick records written.
     pub ticks_written: u64,
+    /// Signal records written.
     pub signals_written: u64,
+    /// Tick records lost to a write error.
     pub ticks_lost: u64,
+    /// Signal records lost to a write error.
     pub signals_lost: u64,
+    /// Files rotated.
     pub rotated: u64,
+    /// The write error, when there was one.
     pub error: Option<String>,
 }
 
@@ -385,6 +391,7 @@ pub struct Files {
 }
 
 impl Files {
+    /// No file open yet; the first record opens one.
     pub fn new(config: &JournalConfig) -> Self {
         Self {
             config: config.clone(),
@@ -398,6 +405,7 @@ impl Files {
         }
     }
 
+    /// Adds a tick or signal record to the batch being built.
     pub fn push(&mut self, r: Record) {
         match r {
             Record::Tick(t) => self.ticks.pending.push(t),
@@ -413,10 +421,12 @@ impl Files {
         }
     }
 
+    /// Adds a model-load record (written at once: loads are rare).
     pub fn push_model(&mut self, m: ModelRecord) {
         self.models.pending.push(m);
     }
 
+    /// Adds an admin-call record (written at once: calls are rare).
     pub fn push_control(&mut self, c: ControlRecord) {
         self.controls.pending.push(c);
     }
@@ -426,6 +436,7 @@ impl Files {
         self.ticks.pending.len() + self.signals.pending.len() + self.models.pending.len() + self.controls.pending.len()
     }
 
+    /// Time since the last flush.
     pub fn since_flush(&self) -> Duration {
         self.last_flush.elapsed()
     }

@@ -26,11 +26,15 @@ use crate::files::{self, FileLimits};
 use crate::policy::PolicyParams;
 use crate::problem::{Kind, Problem, Problems};
 
+/// A model version's `manifest.toml`: what the model is, what it reads and writes, how it was quantized and trained, and the rows that prove it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The model's name (its directory's parent).
     pub name: String,
+    /// The version (its directory's name).
     pub version: String,
+    /// What the model is, in words.
     #[serde(default)]
     pub description: String,
     /// Model file, relative to the manifest's directory.
@@ -41,9 +45,13 @@ pub struct Manifest {
     /// from: a third candidate of `backend = auto` where `backend.allow_fp32_sibling` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp32_sibling: Option<String>,
+    /// The feature schema the model was trained on, its window and training ranges.
     pub features: FeatureSection,
+    /// Input and output tensor names and shapes.
     pub io: IoSection,
+    /// How the model was quantized.
     pub quantization: QuantizationSection,
+    /// The policy its scores are served with (unless the config overrides it).
     pub policy: PolicyParams,
     /// Largest absolute difference allowed between a golden row's expected and actual output.
     pub golden_tolerance: f32,
@@ -62,11 +70,15 @@ pub struct Manifest {
     pub training: toml::Table,
 }
 
+/// `[features]`: the schema, the window and the training ranges.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureSection {
+    /// The schema's version (`quantd-features/v1`).
     pub schema_version: String,
+    /// The schema's hash; the server refuses a model trained on another schema.
     pub schema_hash: String,
+    /// The feature names, in input order.
     pub names: Vec<String>,
     /// Feature rows per model input: 1 (the latest row, input `[-1, F]`) or T (the symbol's
     /// last T rows, oldest first, input `[-1, T, F]`; the engine keeps a ring per symbol).
@@ -76,6 +88,7 @@ pub struct FeatureSection {
     /// risk layer's kill switch checks live features against). Empty: no range check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub train_min: Vec<f32>,
+    /// Each feature's largest training value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub train_max: Vec<f32>,
 }
@@ -95,12 +108,15 @@ impl FeatureSection {
     }
 }
 
+/// `[io]`: the model's input and output.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IoSection {
+    /// The input tensor's name.
     pub input: String,
     /// `[-1, F]`: a dynamic batch of feature vectors.
     pub input_shape: Vec<i64>,
+    /// The output tensor's name.
     pub output: String,
     /// `[-1, 1]`: one score per row.
     pub output_shape: Vec<i64>,
@@ -108,15 +124,19 @@ pub struct IoSection {
     pub output_meaning: String,
 }
 
+/// `[quantization]`: how the model was quantized, as recorded by training.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizationSection {
     /// e.g. `ptq_static_qdq`, `qat_qdq`, `dynamic`, `fp32`.
     pub method: String,
+    /// Weight type and granularity, in words.
     #[serde(default)]
     pub weights: String,
+    /// Activation type and granularity, in words.
     #[serde(default)]
     pub activations: String,
+    /// How activation ranges were calibrated, in words.
     #[serde(default)]
     pub calibration: String,
 }
@@ -151,31 +171,67 @@ pub struct SaturationSection {
     pub baseline: std::collections::BTreeMap<String, f64>,
 }
 
+/// A golden row: an input and the output the model must reproduce at every load.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenRow {
+    /// The input row (window × features, flattened).
     pub features: Vec<f32>,
+    /// The expected output.
     pub output: Vec<f32>,
 }
 
+/// Why a model version was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A file could not be read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid.
     #[error("{path}: invalid manifest: {msg}")]
-    Manifest { path: PathBuf, msg: String },
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        msg: String,
+    },
+    /// The model failed checks; every problem is listed.
     #[error("model {model} refused:\n  - {}", crate::problem::bullet_list(problems))]
-    Refused { model: String, problems: Vec<Problem> },
+    Refused {
+        /// The model's `name@version`.
+        model: String,
+        /// What failed, typed.
+        problems: Vec<Problem>,
+    },
+    /// ONNX Runtime could not build or run its session.
     #[error("model {model}: ONNX Runtime: {msg}")]
-    Runtime { model: String, msg: String },
+    Runtime {
+        /// The model's `name@version`.
+        model: String,
+        /// ONNX Runtime's message.
+        msg: String,
+    },
+    /// The models directory holds no version.
     #[error("no model found under {0}: expected <name>/<version>/manifest.toml")]
     NoneFound(PathBuf),
+    /// The configured model or version is not there.
     #[error("model {0} not found")]
     NotFound(String),
+    /// Several model names and nothing says which to serve.
     #[error(
         "several model names under {dir} ({names}); choose one with `model = \"name\"` or \"name@version\" in the config, or name it in {dir}/DEFAULT"
     )]
-    Ambiguous { dir: PathBuf, names: String },
+    Ambiguous {
+        /// The models directory.
+        dir: PathBuf,
+        /// The names found.
+        names: String,
+    },
 }
 
 impl ModelError {
@@ -192,6 +248,7 @@ impl ModelError {
 }
 
 impl Manifest {
+    /// Reads and parses a manifest (within the manifest size limit).
     pub fn read(path: &Path) -> Result<Self, ModelError> {
         let text = files::read_regular_text(path, FileLimits::default().max_manifest_bytes)
             .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
@@ -304,6 +361,7 @@ impl Manifest {
     }
 }
 
+/// The sha256 of a file, hex (read within the model size limit).
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     read_hashed(path, FileLimits::default().max_model_bytes).map(|(_, sha256)| sha256)
 }
@@ -321,6 +379,7 @@ fn read_hashed(path: &Path, limit: u64) -> Result<(Vec<u8>, String), ModelError>
 pub struct LoadOptions {
     /// Tensors are pre-allocated for batches of 1..=max_batch.
     pub max_batch: usize,
+    /// The execution provider and what to do when it cannot run.
     pub provider: ProviderConfig,
     /// When set, `manifest.toml.sig` must be this key's signature of the manifest.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
@@ -348,8 +407,11 @@ impl LoadOptions {
 
 /// A verified model, ready to hand to the engine.
 pub struct LoadedModel {
+    /// The parsed manifest.
     pub manifest: Manifest,
+    /// The version directory.
     pub dir: PathBuf,
+    /// The scorer the engine runs (native kernel or ONNX Runtime).
     pub scorer: Scorer,
     /// The execution provider running the session (CPU after a fallback).
     pub provider: ExecutionProvider,
@@ -404,6 +466,7 @@ fn check_io(session: &Session, m: &Manifest) -> Problems {
 /// Scores of many model inputs and the native kernel's saturation over them (`quantd score`).
 #[derive(Debug, Serialize)]
 pub struct ScoredRows {
+    /// One score per input row.
     pub scores: Vec<f32>,
     /// Clamped share per stage over these rows (`None` on ONNX Runtime, which has no counters).
     pub saturation: Option<std::collections::BTreeMap<String, f64>>,

@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider.
     #[default]
     Cpu,
+    /// NVIDIA CUDA (needs the `cuda` feature and the GPU build of ONNX Runtime).
     Cuda,
+    /// NVIDIA TensorRT (needs the `tensorrt` feature and libnvinfer).
     Tensorrt,
 }
 
@@ -67,7 +70,9 @@ pub enum ProviderFallback {
 /// Provider settings, one per server (every model version loads with the same).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProviderConfig {
+    /// The provider to run sessions on.
     pub provider: ExecutionProvider,
+    /// What to do when it cannot run.
     pub fallback: ProviderFallback,
     /// CUDA device ordinal for the GPU providers.
     pub device_id: i32,

@@ -12,16 +12,27 @@ pub const ORT_VERSION: &str = "1.32.0";
 /// Relative location of the library inside the repository (created by `make setup`).
 pub const CACHE_LIB: &str = ".cache/onnxruntime/libonnxruntime.so.1";
 
+/// Why ONNX Runtime could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// No libonnxruntime was found.
     #[error(
         "ONNX Runtime library not found (looked in: {looked}). Run `make setup`, which extracts \
          libonnxruntime.so.{ORT_VERSION} from the PyPI onnxruntime wheel into {CACHE_LIB}, or set \
          ORT_DYLIB_PATH (or `ort_dylib_path` in the config) to a libonnxruntime.so"
     )]
-    NotFound { looked: String },
+    NotFound {
+        /// Where it was looked for.
+        looked: String,
+    },
+    /// The library was found but could not be loaded.
     #[error("could not load ONNX Runtime from {path}: {msg}")]
-    Load { path: PathBuf, msg: String },
+    Load {
+        /// The library.
+        path: PathBuf,
+        /// The loader's message.
+        msg: String,
+    },
 }
 
 static ENV: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();

@@ -119,6 +119,7 @@ impl OrtScorer {
         })
     }
 
+    /// The largest batch one call takes.
     pub fn max_batch(&self) -> usize {
         self.inputs.len()
     }

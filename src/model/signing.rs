@@ -17,14 +17,35 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 /// The signature file beside `manifest.toml`.
 pub const SIGNATURE_FILE: &str = "manifest.toml.sig";
 
+/// Why a key or signature could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
+    /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key or signature is not the hex of the right length.
     #[error("{path}: {what} must be {len} bytes as hex ({msg})")]
-    Format { path: PathBuf, what: &'static str, len: usize, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+        /// The bytes it should have.
+        len: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The key file exists already.
     #[error("{path}: refusing to overwrite an existing key")]
-    Exists { path: PathBuf },
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 fn read_hex<const N: usize>(path: &Path, what: &'static str) -> Result<[u8; N], SigningError> {

@@ -15,11 +15,17 @@ use super::LoadedModel;
 /// Latency of one batch size, in microseconds per model call.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallLatency {
+    /// The batch size timed.
     pub batch: usize,
+    /// Calls timed.
     pub calls: u64,
+    /// Median per call, µs.
     pub p50_us: f64,
+    /// 90th percentile per call, µs.
     pub p90_us: f64,
+    /// 99th percentile per call, µs.
     pub p99_us: f64,
+    /// Slowest call, µs.
     pub max_us: f64,
     /// Cost per input at the median (p50 / batch).
     pub p50_per_row_us: f64,

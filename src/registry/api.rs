@@ -11,13 +11,21 @@ use crate::model::ModelError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
 pub enum State {
+    /// Found in the models directory, not loaded.
     Discovered,
+    /// Verified, loaded and warm, not serving.
     Loaded,
+    /// Serving.
     Active,
+    /// The one before the active one, kept loaded for an instant rollback.
     Previous,
+    /// Scoring beside the active model without sending signals.
     Shadow,
+    /// Refused at load (the reason is in `error`).
     Failed,
+    /// Replaced by a rollback.
     RolledBack,
+    /// No longer serving and unloaded.
     Retired,
 }
 
@@ -31,46 +39,70 @@ impl State {
 /// What the admin API reports for one version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelStatus {
+    /// The model's name.
     pub name: String,
+    /// The version.
     pub version: String,
+    /// Where it is in its life cycle.
     pub state: State,
+    /// Why it failed or was rolled back (empty otherwise).
     pub error: String,
+    /// Verification time of the last load, ms.
     pub verify_ms: f64,
+    /// Session load time of the last load, ms.
     pub load_ms: f64,
+    /// Warm-up time of the last load, ms.
     pub warm_ms: f64,
+    /// When the state last changed, ms since the epoch.
     pub changed_unix_ms: u64,
 }
 
+/// The active, previous and shadow models, and the shadow's agreement.
 #[derive(Clone, Debug, Default)]
 pub struct ActiveView {
+    /// The model serving.
     pub active: Option<ModelStatus>,
+    /// The model a rollback would restore.
     pub previous: Option<ModelStatus>,
+    /// The model in shadow.
     pub shadow: Option<ModelStatus>,
     /// (compared, agreed, agreement, mean |score diff|)
     pub shadow_stats: (u64, u64, f64, f64),
 }
 
+/// What an admin load does with the version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadMode {
+    /// Load, verify and warm it; change nothing else.
     LoadOnly,
+    /// Make it the active model.
     Activate,
+    /// Run it in shadow.
     Shadow,
 }
 
+/// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// That version is not in the models directory.
     #[error("model {0} is not in the models directory")]
     NotFound(String),
+    /// The version was refused.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// No previous model is loaded.
     #[error("no previous model to roll back to")]
     NoPrevious,
+    /// That version is serving already.
     #[error("{0} is already active")]
     AlreadyActive(String),
+    /// The server serves another model name.
     #[error("{0} is not served here: this server serves model {1}")]
     WrongName(String, String),
+    /// The engine's control queue is full.
     #[error("the engine's control queue is full; try again")]
     Busy,
+    /// The registry thread has stopped.
     #[error("the registry has stopped")]
     Stopped,
 }
@@ -99,24 +131,29 @@ impl RegistryHandle {
         rx.await.map_err(|_| RegistryError::Stopped)
     }
 
+    /// Every known version and its state.
     pub async fn list(&self) -> Result<Vec<ModelStatus>, RegistryError> {
         self.ask(Request::List).await
     }
 
+    /// Loads `name@version` and then does what `mode` says.
     pub async fn load(&self, name: &str, version: &str, mode: LoadMode) -> Result<ModelStatus, RegistryError> {
         let key = (name.to_owned(), version.to_owned());
         self.ask(|reply| Request::Load { key, mode, reply }).await?
     }
 
+    /// Loads `name@version` if needed and makes it active.
     pub async fn activate(&self, name: &str, version: &str) -> Result<ModelStatus, RegistryError> {
         let key = (name.to_owned(), version.to_owned());
         self.ask(|reply| Request::Activate { key, reply }).await?
     }
 
+    /// Restores the previous model.
     pub async fn rollback(&self) -> Result<ModelStatus, RegistryError> {
         self.ask(|reply| Request::Rollback { reply }).await?
     }
 
+    /// The active, previous and shadow models.
     pub async fn active(&self) -> Result<ActiveView, RegistryError> {
         self.ask(Request::Active).await
     }

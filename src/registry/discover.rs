@@ -12,10 +12,14 @@ use std::time::SystemTime;
 
 use crate::model::manifest::MANIFEST_FILE;
 
+/// A version directory found in the models directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
+    /// The model's name.
     pub name: String,
+    /// The version.
     pub version: String,
+    /// The version directory.
     pub dir: PathBuf,
     /// Changes whenever the manifest or model file is rewritten.
     pub signature: Vec<(u64, Option<SystemTime>)>,

@@ -8,17 +8,31 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
+/// Why a latency profile could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// It is not a quantd-load report.
     #[error("{path}: not a quantd-load JSON report with an end-to-end `distribution`: {msg}")]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        msg: String,
+    },
 }
 
 /// An empirical latency distribution: (quantile in [0, 1], ns) points, increasing.
 #[derive(Clone, Debug)]
 pub struct LatencyProfile {
+    /// The quantd-load report it came from.
     pub source: PathBuf,
     points: Vec<(f64, f64)>,
     rng: SmallRng,

@@ -36,22 +36,36 @@ use crate::telemetry::Telemetry;
 use crate::tick::{Kind, Reject, Tick};
 use crate::tickfile::{self, TickFileError};
 
+/// Why a replay could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The tick files could not be read.
     #[error(transparent)]
     Ticks(#[from] TickFileError),
+    /// A model was refused.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The replay's settings are invalid.
     #[error("invalid settings:\n  - {}", crate::problem::bullet_list(.0))]
     Settings(Vec<Problem>),
+    /// An output file could not be written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The output directory exists already.
     #[error("{0} already exists; choose another --out or remove it (nothing was written)")]
     OutExists(PathBuf),
+    /// The tick files hold no tick.
     #[error("no ticks in the given files")]
     NoTicks,
+    /// A chart could not be drawn.
     #[error("plot: {0}")]
     Plot(String),
+    /// The latency profile could not be read.
     #[error(transparent)]
     Latency(#[from] latency::ProfileError),
 }
@@ -63,6 +77,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError + '_ {
 /// What to replay and how to score it.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
+    /// Recorded tick files (captures or a journal).
     pub ticks: Vec<PathBuf>,
     /// Model version directories (each verified as the server would).
     pub models: Vec<PathBuf>,
@@ -78,6 +93,7 @@ pub struct ReplayOptions {
     /// Backtest metrics cover only the part of the data after this fraction of its time span
     /// (the features still warm up on everything before).
     pub eval_from: f64,
+    /// Show a progress bar.
     pub progress: bool,
     /// Charge each signal a latency drawn from this live run's end-to-end distribution instead of
     /// the replay's own engine time (feed and order latency are still added).
@@ -87,31 +103,47 @@ pub struct ReplayOptions {
 /// Per model: the signals, the backtest at zero and at realistic latency, and the risk figures.
 #[derive(Debug, Serialize)]
 pub struct ModelReport {
+    /// The model's `name@version`.
     pub label: String,
+    /// Its version directory.
     pub dir: PathBuf,
+    /// How it was quantized (the manifest's method).
     pub quantization: String,
+    /// The backtest with no latency.
     pub zero_latency: Metrics,
+    /// The backtest with the latency charged.
     pub with_latency: Metrics,
     /// Engine time per tick in this replay, ns.
     pub engine_ns_p50: u64,
+    /// 99th percentile of engine time per tick, ns.
     pub engine_ns_p99: u64,
+    /// Ticks the engine processed per second in this replay.
     pub ticks_per_second: f64,
+    /// Refused ticks, by reason.
     pub rejects: BTreeMap<&'static str, u64>,
+    /// Signals a risk limit bound, by limit.
     pub risk_bindings: BTreeMap<&'static str, u64>,
+    /// The VaR figures per symbol.
     pub var: Vec<SymbolVarReport>,
     /// The engine's replies, one per tick, in order (what `serve` would have sent).
     #[serde(skip)]
     pub signals: Vec<Reply>,
 }
 
+/// What `quantd replay` computed over the ticks, per model.
 #[derive(Debug, Serialize)]
 pub struct ReplayReport {
+    /// Ticks replayed.
     pub ticks: usize,
+    /// The symbols.
     pub symbols: Vec<String>,
+    /// Exchange time from which the backtest counts, ns.
     pub eval_from_ns: i64,
+    /// The cost model charged.
     pub cost: CostModel,
     /// The live run whose end-to-end latencies were charged (None: the replay's engine time).
     pub latency_from: Option<PathBuf>,
+    /// Per model.
     pub models: Vec<ModelReport>,
     /// (model a, model b, share of ticks on the same side).
     pub agreement: Vec<(String, String, f64)>,

@@ -20,6 +20,7 @@ struct Cell {
     generation: AtomicU64,
 }
 
+/// The lock-free board between the engine and the VaR thread: per symbol slot, the mid (engine to estimator) and the VaR and scale (estimator to engine), plus the all-symbols kill switch.
 pub struct RiskBoard {
     cells: Box<[Cell]>,
     announced: ArrayQueue<Announced>,
@@ -50,6 +51,7 @@ impl RiskBoard {
         Self { cells: cells.collect(), announced: ArrayQueue::new(slots.max(1)), global_kill: AtomicBool::new(false) }
     }
 
+    /// Symbol slots on the board.
     pub fn slots(&self) -> usize {
         self.cells.len()
     }
@@ -88,6 +90,7 @@ impl RiskBoard {
         self.announced.pop()
     }
 
+    /// Engine side: the symbol's latest mid.
     #[inline]
     pub fn set_mid(&self, slot: usize, mid: f64) {
         if let Some(c) = self.cells.get(slot) {
@@ -95,6 +98,7 @@ impl RiskBoard {
         }
     }
 
+    /// Estimator side: the symbol's latest mid (NaN before its first).
     pub fn mid(&self, slot: usize) -> f64 {
         self.cells.get(slot).map_or(f64::NAN, |c| f64::from_bits(c.mid.load(Ordering::Relaxed)))
     }
@@ -113,14 +117,17 @@ impl RiskBoard {
         }
     }
 
+    /// The symbol's latest VaR per unit position (NaN before an estimate).
     pub fn var(&self, slot: usize) -> f64 {
         self.cells.get(slot).map_or(f64::NAN, |c| f64::from_bits(c.var.load(Ordering::Relaxed)))
     }
 
+    /// Engages or releases the kill switch for every symbol.
     pub fn set_global_kill(&self, engaged: bool) {
         self.global_kill.store(engaged, Ordering::Relaxed);
     }
 
+    /// Whether the kill switch for every symbol is engaged.
     pub fn global_kill(&self) -> bool {
         self.global_kill.load(Ordering::Relaxed)
     }

@@ -48,6 +48,7 @@ pub struct RiskConfig {
     pub max_gross_notional: f64,
     /// Most position changes per symbol within `change_window_ms` of exchange time (0: off).
     pub max_changes: usize,
+    /// The window `max_changes` counts position changes over, exchange-time ms.
     pub change_window_ms: u64,
     /// Kill: a symbol whose previous tick is older than this in exchange time is stale (0: off).
     pub stale_after_ms: u64,
@@ -60,6 +61,7 @@ pub struct RiskConfig {
     /// quotes-only stream to a model trained on quotes and trades — is out of range on every
     /// tick; turn it on where the feed matches the training data.
     pub feature_range_slack: f64,
+    /// Monte Carlo VaR sizing (`[risk.var]`).
     pub var: VarConfig,
 }
 
@@ -115,6 +117,7 @@ pub struct SymbolRisk {
     pub position: f64,
     /// Its notional, as counted in the gross total.
     notional: f64,
+    /// The admin kill switch holds this symbol.
     pub admin_killed: bool,
     /// Exchange times of the latest position changes (a ring).
     changes: [i64; MAX_CHANGES_TRACKED],
@@ -130,7 +133,9 @@ impl Default for SymbolRisk {
 /// A tick as the gate sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct RiskInput<'a> {
+    /// The symbol's slot on the risk board.
     pub slot: usize,
+    /// The tick's exchange time.
     pub exchange_ts_ns: i64,
     /// Exchange time of the symbol's previous accepted tick (`i64::MIN`: none), as the
     /// features saw it — every accepted tick counts, scored or not.
@@ -170,14 +175,17 @@ pub struct RiskGate {
 }
 
 impl RiskGate {
+    /// A gate with `config`, reading VaR scales and the all-symbols kill switch from `board`.
     pub fn new(config: RiskConfig, board: std::sync::Arc<RiskBoard>) -> Self {
         Self { config, board, ranges: None, gross: 0.0 }
     }
 
+    /// The limits it applies.
     pub fn config(&self) -> &RiskConfig {
         &self.config
     }
 
+    /// The board it reads.
     pub fn board(&self) -> &std::sync::Arc<RiskBoard> {
         &self.board
     }
@@ -196,6 +204,7 @@ impl RiskGate {
         });
     }
 
+    /// Engages or releases the kill switch for every symbol.
     pub fn set_global_kill(&mut self, engaged: bool) {
         self.board.set_global_kill(engaged);
     }

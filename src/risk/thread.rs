@@ -10,11 +10,13 @@ use super::{RiskBoard, RiskConfig, VarEstimator};
 use crate::control_thread::ControlThread;
 use crate::telemetry::Telemetry;
 
+/// The `quantd-risk` thread: samples mids from the board, estimates VaR, publishes scales.
 pub struct RiskThread {
     thread: ControlThread,
 }
 
 impl RiskThread {
+    /// Starts the thread (it idles when VaR sizing is off).
     pub fn start(config: &RiskConfig, board: Arc<RiskBoard>, telemetry: Arc<Telemetry>) -> std::io::Result<Self> {
         let mut est = VarEstimator::new(config.var.clone(), config.unit_qty, board.slots());
         let every = Duration::from_millis(config.var.sample_ms.max(1));
@@ -38,6 +40,7 @@ impl RiskThread {
         Ok(Self { thread })
     }
 
+    /// Stops the thread and waits for it.
     pub fn shutdown(mut self) {
         self.thread.stop();
     }

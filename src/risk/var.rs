@@ -28,6 +28,7 @@ use crate::problem::{Kind, Problems};
 use crate::telemetry::SymbolVarReport;
 use crate::tick::Symbol;
 
+/// How the Monte Carlo paths are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VarMethod {
@@ -39,25 +40,32 @@ pub enum VarMethod {
     Max,
 }
 
+/// `[risk.var]`: Monte Carlo VaR sizing.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VarConfig {
     /// Largest VaR a full position (|target| = 1) may carry, quote currency (0: VaR sizing and
     /// estimation off — each estimate costs `paths × horizon` draws per symbol).
     pub limit: f64,
+    /// The VaR's confidence level, in (0, 1).
     pub confidence: f64,
+    /// The VaR's horizon, ms.
     pub horizon_ms: u64,
     /// How often mids are sampled (the return interval).
     pub sample_ms: u64,
     /// How often the VaR is re-estimated (a multiple of `sample_ms`).
     pub interval_ms: u64,
+    /// Monte Carlo paths per estimate.
     pub paths: usize,
     /// Returns kept per symbol.
     pub history: usize,
     /// Returns needed before a symbol is sized (before that its scale is 1).
     pub min_history: usize,
+    /// How the paths are drawn.
     pub method: VarMethod,
+    /// The EWMA decay for the `ewma` method.
     pub ewma_lambda: f64,
+    /// The random seed (estimates are reproducible).
     pub seed: u64,
 }
 
@@ -80,6 +88,7 @@ impl Default for VarConfig {
 }
 
 impl VarConfig {
+    /// The section's own problems (fields named `risk.var.*`).
     pub fn problems(&self) -> Problems {
         use Kind::*;
         let mut p = Problems::new();
@@ -134,6 +143,7 @@ struct SymbolVar {
     exceedances: u64,
 }
 
+/// The Monte Carlo VaR estimator over every symbol's sampled mids.
 pub struct VarEstimator {
     config: VarConfig,
     unit_qty: f64,
@@ -144,6 +154,7 @@ pub struct VarEstimator {
 }
 
 impl VarEstimator {
+    /// An estimator for `slots` symbol slots, sizing positions of `unit_qty`.
     pub fn new(config: VarConfig, unit_qty: f64, slots: usize) -> Self {
         Self {
             scratch: Vec::with_capacity(config.paths),
@@ -155,6 +166,7 @@ impl VarEstimator {
         }
     }
 
+    /// Its settings.
     pub fn config(&self) -> &VarConfig {
         &self.config
     }

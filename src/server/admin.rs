@@ -41,13 +41,21 @@ pub struct AdminPlane {
     pub grpc: std::net::TcpListener,
     /// Bound `/metrics` listener (non-blocking).
     pub metrics: std::net::TcpListener,
+    /// TLS on the admin listener (the service port's).
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Who may call the admin services.
     pub auth: security::AdminAuth,
+    /// The registry the model admin calls reach.
     pub registry: RegistryHandle,
+    /// The risk admin service.
     pub risk: risk_service::Risk,
+    /// The health statuses both ports report.
     pub health: HealthReporter,
+    /// The Prometheus exporter `/metrics` renders.
     pub prometheus: PrometheusHandle,
+    /// The server's readiness (start, drain, stuck engine).
     pub readiness: Arc<Readiness>,
+    /// The engine (its heartbeat, for the watchdog).
     pub engine: EngineHandle,
     /// Not ready when the engine has had work waiting this long without a completed pass.
     pub watchdog: Option<Duration>,
@@ -55,6 +63,7 @@ pub struct AdminPlane {
     pub nice: i32,
     /// Connection cap and handshake deadline of the admin gRPC listener.
     pub conns: super::listen::ConnLimits,
+    /// Counters the admin listener writes.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 

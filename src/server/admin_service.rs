@@ -7,11 +7,13 @@ use crate::proto;
 use crate::proto::model_admin_server::ModelAdmin;
 use crate::registry::{LoadMode, ModelStatus, RegistryHandle};
 
+/// `ModelAdmin`: lists, loads, activates and rolls back model versions through the registry.
 pub struct Admin {
     registry: RegistryHandle,
 }
 
 impl Admin {
+    /// The service over `registry`.
     pub fn new(registry: RegistryHandle) -> Self {
         Self { registry }
     }

@@ -56,6 +56,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// Accepts from `listener` under `limits`, counting connections in `telemetry`.
     pub fn new(listener: TcpListener, limits: ConnLimits, telemetry: Arc<Telemetry>) -> Self {
         Self {
             listener,

@@ -47,22 +47,40 @@ use crate::telemetry::exporter::Exporter;
 
 pub use crate::clock::realtime_ns;
 
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// ONNX Runtime could not be loaded.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// No model could be served.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The reflection service could not be built.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS settings could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The journal directory could not be opened.
     #[error("journal directory {dir}: {source}")]
-    Journal { dir: std::path::PathBuf, source: std::io::Error },
+    Journal {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// The encoded file descriptor set of `quantd.v1`, for server reflection.
@@ -287,10 +305,12 @@ impl Server {
         self.admin_addr
     }
 
+    /// The service port (bound; port 0 resolved).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The `/metrics` address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
     }
@@ -310,6 +330,7 @@ impl Server {
         self.engine.as_ref().map(Engine::handle)
     }
 
+    /// The counters and histograms the server writes.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
     }

@@ -14,6 +14,7 @@ use crate::telemetry::Telemetry;
 use crate::text::clip;
 use crate::tick::Symbol;
 
+/// `RiskAdmin`: the kill switch, symbol resets and the VaR status.
 pub struct Risk {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
@@ -23,6 +24,7 @@ pub struct Risk {
 }
 
 impl Risk {
+    /// The service over the engine's control queue; applied calls go to `journal` when it is on.
     pub fn new(engine: EngineHandle, telemetry: Arc<Telemetry>, config: RiskConfig, journal: Option<Journal>) -> Self {
         Self { engine, telemetry, config, journal }
     }

@@ -37,6 +37,7 @@ pub struct TlsSection {
 }
 
 impl TlsSection {
+    /// Whether TLS is configured.
     pub fn enabled(&self) -> bool {
         self.cert.is_some() || self.key.is_some()
     }

@@ -24,6 +24,7 @@ use crate::tick::{Reject, Symbol, Tick};
 /// (`block`, `reject` or `conflate`) instead of the server's `stream.backpressure`.
 pub const BACKPRESSURE_HEADER: &str = "x-quantd-backpressure";
 
+/// `SignalService`: the tick stream, the unary `Predict`, each tick answered by the engine.
 pub struct Signals {
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
@@ -35,6 +36,7 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// The service over `engine`, with per-stream `limits` and the open-stream registry.
     pub fn new(
         engine: EngineHandle,
         telemetry: Arc<Telemetry>,

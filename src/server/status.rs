@@ -6,20 +6,32 @@
 
 use tonic::Status;
 
+/// A tick stream refused, or cut, at the edge (mapped to a gRPC status).
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
+    /// The engine stopped before it answered.
     #[error("the engine stopped before answering this tick")]
     EngineStopped,
+    /// The server's stream cap is reached.
     #[error("the server already has {0} open streams (stream.max_streams)")]
     TooManyStreams(usize),
+    /// This client address's stream cap is reached.
     #[error("{0} streams are already open from this address (stream.max_streams_per_peer)")]
     TooManyStreamsFromPeer(usize),
+    /// The back-pressure header names no mode.
     #[error("x-quantd-backpressure must be block, reject or conflate, not {0}")]
     BadBackpressure(String),
+    /// The back-pressure header is given more than once.
     #[error("x-quantd-backpressure is given {0} times; give it once")]
     RepeatedBackpressure(usize),
+    /// The request headers exceed the budget.
     #[error("the request headers are {size} bytes, over the server's {limit} (stream.max_header_bytes)")]
-    HeadersTooLarge { size: usize, limit: usize },
+    HeadersTooLarge {
+        /// Their size, bytes.
+        size: usize,
+        /// The budget, bytes.
+        limit: usize,
+    },
 }
 
 impl From<EdgeError> for Status {

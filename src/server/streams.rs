@@ -134,9 +134,13 @@ impl Probe {
 /// The caps on streams and symbols (from `[stream]`).
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
+    /// Most concurrent tick streams on the server.
     pub max_streams: usize,
+    /// Most concurrent tick streams from one client address.
     pub max_streams_per_peer: usize,
+    /// Most distinct symbols from one client address (0: no cap).
     pub max_symbols_per_peer: usize,
+    /// Most distinct symbols on one connection (0: no cap).
     pub max_symbols_per_connection: usize,
 }
 
@@ -203,6 +207,7 @@ fn leave<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Holder>, key: K) {
 }
 
 impl Streams {
+    /// The open-stream registry under `caps`; a stream whose reader stalls for `slow_after` is cut.
     pub fn new(caps: Caps, slow_after: Option<Duration>, telemetry: Arc<Telemetry>) -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
@@ -355,6 +360,7 @@ impl Streams {
         }
     }
 
+    /// How long a stalled reader may keep a stream.
     pub fn slow_after(&self) -> Option<Duration> {
         self.slow_after
     }

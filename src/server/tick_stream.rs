@@ -41,9 +41,13 @@ use crate::tick::{Reject, Symbol, Tick};
 /// Per-stream limits (from the config).
 #[derive(Clone, Copy, Debug)]
 pub struct StreamLimits {
+    /// Most ticks of one stream in flight to the engine.
     pub window: usize,
+    /// Most signals answered but not taken by the client.
     pub outbound_limit: usize,
+    /// What the stream does at `window` ticks in flight.
     pub mode: Backpressure,
+    /// Most distinct symbols on one stream.
     pub max_symbols: usize,
     /// End a stream that has sent nothing for this long (with nothing owed to it).
     pub idle_timeout: Option<std::time::Duration>,
@@ -78,6 +82,7 @@ impl Local {
     }
 }
 
+/// One `StreamTicks` call: reads ticks under its window, submits them, and yields their signals in order.
 pub struct TickStream {
     inbound: Streaming<proto::Tick>,
     inbound_done: bool,

@@ -70,6 +70,7 @@ pub enum StreamEvent {
 #[strum(serialize_all = "snake_case")]
 #[repr(u8)]
 pub enum ConnEvent {
+    /// Accepted and served.
     Accepted,
     /// Accepted and closed at once: `stream.max_connections` were open.
     RefusedCap,
@@ -106,6 +107,7 @@ pub enum JournalEvent {
 pub trait Event: Copy + 'static {
     /// Every variant, in declaration order (its index is its position here).
     const ALL: &'static [Self];
+    /// Its position in `ALL`.
     fn index(self) -> usize;
     /// The metric label.
     fn label(self) -> &'static str;
@@ -126,8 +128,10 @@ macro_rules! events {
         }
 
         impl $t {
+            /// Every variant, in declaration order.
             pub const ALL: &'static [Self] = <Self as Event>::ALL;
 
+            /// The metric label.
             pub fn label(self) -> &'static str {
                 Event::label(self)
             }
@@ -152,11 +156,13 @@ impl<E: Event, const N: usize> Default for EventCounts<E, N> {
 }
 
 impl<E: Event, const N: usize> EventCounts<E, N> {
+    /// Adds `n` to `e`'s counter.
     #[inline]
     pub fn add(&self, e: E, n: u64) {
         self.counts[e.index()].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// `e`'s count.
     pub fn total(&self, e: E) -> u64 {
         self.counts[e.index()].load(Ordering::Relaxed)
     }
@@ -167,6 +173,7 @@ impl<E: Event, const N: usize> EventCounts<E, N> {
     }
 }
 
+/// Every counter the hot paths write: outcomes, rejects, risk bindings, symbol, stream, connection and journal events.
 #[derive(Default)]
 pub struct Counters {
     /// What happened to connections at the gRPC listeners.
@@ -209,22 +216,27 @@ impl Counters {
         self.connections_open.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection closed.
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Connections open now.
     pub fn connections_open(&self) -> u64 {
         self.connections_open.load(Ordering::Relaxed)
     }
 
+    /// Sets the number of open tick streams.
     pub fn set_streams_open(&self, n: usize) {
         self.streams_open.store(n as u64, Ordering::Relaxed);
     }
 
+    /// Tick streams open now.
     pub fn streams_open(&self) -> u64 {
         self.streams_open.load(Ordering::Relaxed)
     }
 
+    /// Ticks refused for `r`.
     pub fn reject_total(&self, r: Reject) -> u64 {
         self.rejects[r.index()].load(Ordering::Relaxed)
     }

@@ -21,36 +21,67 @@ use crate::control_thread::ControlThread;
 use crate::risk_flags::RiskFlags;
 use crate::tick::Reject;
 
+/// Histogram: receive to send, per tick, seconds.
 pub const TICK_TO_SIGNAL: &str = "quantd_tick_to_signal_seconds";
+/// Histogram: per-stage time, seconds (`stage` label).
 pub const STAGE: &str = "quantd_stage_seconds";
+/// Histogram: ticks per model call.
 pub const BATCH_SIZE: &str = "quantd_inference_batch_size";
+/// Counter: ticks by outcome.
 pub const TICKS: &str = "quantd_ticks_total";
+/// Counter: refused ticks by reason.
 pub const REJECTS: &str = "quantd_rejects_total";
+/// Counter: symbol state resets by reason.
 pub const SYMBOL_RESETS: &str = "quantd_symbol_resets_total";
+/// Counter: stream events.
 pub const STREAM_EVENTS: &str = "quantd_stream_events_total";
+/// Counter: journal records and file events.
 pub const JOURNAL_EVENTS: &str = "quantd_journal_events_total";
+/// Gauge: open tick streams.
 pub const STREAMS_OPEN: &str = "quantd_streams_open";
+/// Counter: connection events at the listeners.
 pub const CONNECTIONS: &str = "quantd_connections_total";
+/// Gauge: open connections.
 pub const CONNECTIONS_OPEN: &str = "quantd_connections_open";
+/// Gauge: ticks waiting in the engine queue.
 pub const QUEUE_DEPTH: &str = "quantd_engine_queue_depth";
+/// Gauge: the engine queue's capacity.
 pub const QUEUE_CAPACITY: &str = "quantd_engine_queue_capacity";
+/// Gauge: 1 per known model version (`name`, `version`, `state`, `provider`).
 pub const MODEL_INFO: &str = "quantd_model_info";
+/// Gauge: 1 per loaded version with its backend and ISA level.
 pub const MODEL_BACKEND: &str = "quantd_model_backend_info";
+/// Gauge: the native kernel's clamped share per stage.
 pub const SATURATION: &str = "quantd_quant_saturation_ratio";
+/// Gauge: the manifest's baseline of that share.
 pub const SATURATION_BASELINE: &str = "quantd_quant_saturation_baseline";
+/// Counter: model swaps.
 pub const MODEL_SWAPS: &str = "quantd_model_swaps_total";
+/// Counter: rollbacks.
 pub const MODEL_ROLLBACKS: &str = "quantd_model_rollbacks_total";
+/// Counter: refused loads by reason.
 pub const MODEL_FAILURES: &str = "quantd_model_failures_total";
+/// Gauge: verify, load and warm time of the last load, seconds.
 pub const MODEL_LOAD: &str = "quantd_model_load_seconds";
+/// Gauge: the shadow model's side agreement.
 pub const SHADOW_AGREEMENT: &str = "quantd_shadow_agreement_ratio";
+/// Gauge: ticks the shadow was compared on.
 pub const SHADOW_COMPARED: &str = "quantd_shadow_compared_ticks";
+/// Counter: signals a risk limit bound, by limit.
 pub const RISK: &str = "quantd_risk_total";
+/// Gauge: VaR per unit position, per symbol.
 pub const VAR: &str = "quantd_var_per_unit";
+/// Gauge: VaR position scale, per symbol.
 pub const VAR_SCALE: &str = "quantd_var_scale";
+/// Gauge: VaR back-test horizons checked, per symbol.
 pub const VAR_CHECKS: &str = "quantd_var_backtest_checks";
+/// Gauge: VaR back-test exceedances, per symbol.
 pub const VAR_EXCEEDANCES: &str = "quantd_var_backtest_exceedances";
+/// Gauge: 1 while the all-symbols kill switch is engaged.
 pub const KILL_SWITCH: &str = "quantd_kill_switch_engaged";
+/// Gauge: 1 while the server is ready.
 pub const READY: &str = "quantd_ready";
+/// Counter: times readiness was lost, by reason.
 pub const NOT_READY: &str = "quantd_not_ready_total";
 
 /// Latency buckets, seconds: every microsecond up to 30 µs, then progressively coarser to 1 s.

@@ -3,6 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Installs the global subscriber (JSON lines when `json`).
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder =

@@ -43,7 +43,9 @@ pub struct ModelsView {
     pub versions: Vec<(String, String, &'static str, &'static str)>,
     /// `(name, version)` of the active model.
     pub active: Option<(String, String)>,
+    /// Swaps since start.
     pub swaps: u64,
+    /// Rollbacks since start.
     pub rollbacks: u64,
     /// Refused loads by reason.
     pub failures: Vec<(&'static str, u64)>,
@@ -61,6 +63,7 @@ pub struct ModelsView {
 /// publications), and the baseline its manifest records per stage.
 #[derive(Clone, Debug)]
 pub struct SaturationHandle {
+    /// The kernel's live counters.
     pub counters: Arc<crate::int8::Saturation>,
     /// `(stage, validation-period ratio)` from the manifest's `[saturation]` (empty: none).
     pub baseline: Vec<(String, f64)>,
@@ -75,7 +78,9 @@ impl PartialEq for SaturationHandle {
 /// Telemetry shared by the engine, the gRPC edge and the exporter of one server.
 #[derive(Default)]
 pub struct Telemetry {
+    /// Outcome, reject and event counters.
     pub counters: Counters,
+    /// The latency histograms.
     pub latency: LatencyHub,
     /// Whether the server should get ticks (set by start-up, shutdown and the watchdog).
     pub readiness: Arc<crate::readiness::Readiness>,
@@ -86,18 +91,22 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Empty counters and histograms.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
+    /// Publishes the registry's view.
     pub fn set_models(&self, view: ModelsView) {
         *self.models.lock().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
+    /// The registry's last view.
     pub fn models(&self) -> ModelsView {
         self.models.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Publishes the risk thread's VaR figures and the all-symbols kill switch.
     pub fn set_risk(&self, vars: Vec<SymbolVarReport>, global_kill: bool) {
         *self.risk.lock().unwrap_or_else(|e| e.into_inner()) = (vars, global_kill);
     }
