@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+/// How a thread is asked to stop, given its handle (to unpark it).
+type Ask = Box<dyn FnOnce(&Thread) + Send>;
+
 /// A named thread that is asked to stop and joined.
 pub struct ControlThread {
     name: String,
     /// How the thread is asked to stop (given its handle, to unpark it); taken on the first stop.
-    ask: Option<Box<dyn FnOnce(&Thread) + Send>>,
+    ask: Option<Ask>,
     thread: Option<JoinHandle<()>>,
     /// Wait at most this long for the thread; then it is left to the process exit, logged.
     wait_at_most: Option<Duration>,
