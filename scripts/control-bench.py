@@ -85,12 +85,17 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--admin-on-service-port", action="store_true")
     ap.add_argument("--admin-nice", type=int, default=0, help="[admin] nice of the server (needs CAP_SYS_NICE below 0)")
+    ap.add_argument("--admin-rt", type=int, default=0, help="chrt the server's quantd-admin thread to SCHED_FIFO N (experiment)")
     a = ap.parse_args()
     flags = ["--config", str(write_config(a.admin_on_service_port, a.admin_nice))]
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     print(f"{os.cpu_count()} cores, {cpu.group(1) if cpu else '?'}; {a.rate} ticks/s of recorded BTCUSDT")
 
     server, addrs = start_quantd(flags)
+    if a.admin_rt:
+        for task in Path(f"/proc/{server.pid}/task").iterdir():
+            if (task / "comm").read_text().strip() == "quantd-admin":
+                subprocess.run(["chrt", "-f", "-p", str(a.admin_rt), task.name], check=True)
     admin = addrs["addr"] if a.admin_on_service_port else addrs["admin_addr"]
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "load.json"

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use hdrhistogram::Histogram;
 use quantd::proto::Tick;
 use quantd::proto::signal_service_client::SignalServiceClient;
@@ -358,21 +358,31 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         .clone()
         .map(|plan| tokio::spawn(swap_models(opts.admin.clone(), plan, start, opts.warmup, start + span)));
     let measured = (start + opts.warmup, start + span);
-    let probes = opts.probe.clone().map(|plan| {
-        let watch = run.kill.clone().expect("a kill watch with every probe plan");
-        let metrics = opts.metrics.clone();
-        tokio::spawn(async move {
-            let kill = probe::kill_switch(&plan, &watch, measured.0, measured.1);
-            let scrape = async {
-                match &metrics {
-                    Some(m) if plan.scrapes > 0 => probe::scrapes(m, plan.scrapes, measured.0, measured.1).await,
-                    _ => (histogram(), Vec::new()),
-                }
-            };
-            let (kill, scrape) = tokio::join!(kill, scrape);
-            ProbeReport::new(kill, scrape)
-        })
-    });
+    // The probes run on a thread of their own with a current-thread runtime, as a separate admin
+    // client would: on the load's runtime their timings would include waits behind the streams.
+    let probes = match opts.probe.clone() {
+        Some(plan) => {
+            let watch = run.kill.clone().expect("a kill watch with every probe plan");
+            let metrics = opts.metrics.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Some(std::thread::Builder::new().name("load-probe".into()).spawn(move || {
+                runtime.block_on(async move {
+                    let kill = probe::kill_switch(&plan, &watch, measured.0, measured.1);
+                    let scrape = async {
+                        match &metrics {
+                            Some(m) if plan.scrapes > 0 => {
+                                probe::scrapes(m, plan.scrapes, measured.0, measured.1).await
+                            }
+                            _ => (histogram(), Vec::new()),
+                        }
+                    };
+                    let (kill, scrape) = tokio::join!(kill, scrape);
+                    ProbeReport::new(kill, scrape)
+                })
+            })?)
+        }
+        None => None,
+    };
     // The calls start once the pacer runs: a server may hold its response headers back until
     // the first tick arrives (grpcio does).
     let tasks: Vec<_> = calls
@@ -400,7 +410,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         None => Vec::new(),
     };
     let probes = match probes {
-        Some(p) => Some(p.await?),
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || p.join()).await?.map_err(|_| anyhow!("the probe thread panicked"))?,
+        ),
         None => None,
     };
     drop(progress);
