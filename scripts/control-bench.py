@@ -47,8 +47,9 @@ def start_quantd(extra: list[str]) -> tuple[subprocess.Popen, dict]:
     raise SystemExit("quantd did not start")
 
 
-def load(addrs: dict, rate: int, secs: float, extra: list[str], out: Path | None = None) -> subprocess.Popen:
-    cmd = [str(RELEASE / "quantd-load"), "--target", addrs["addr"], "--rate", str(rate), "--duration", str(secs),
+def load(addrs: dict, rate: int, secs: float, extra: list[str], out: Path | None = None,
+         cpus: str | None = None) -> subprocess.Popen:
+    cmd = [*(["taskset", "-c", cpus] if cpus else []), str(RELEASE / "quantd-load"), "--target", addrs["addr"], "--rate", str(rate), "--duration", str(secs),
            "--warmup", "2", "--quiet", "--ticks", *map(str, FILES), *extra]
     if out:
         cmd += ["--json", str(out)]
@@ -86,21 +87,28 @@ def main() -> int:
     ap.add_argument("--admin-on-service-port", action="store_true")
     ap.add_argument("--admin-nice", type=int, default=0, help="[admin] nice of the server (needs CAP_SYS_NICE below 0)")
     ap.add_argument("--admin-rt", type=int, default=0, help="chrt the server's quantd-admin thread to SCHED_FIFO N (experiment)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="the engine busy-spins pinned to the last core; every other server thread and the load "
+                         "generator run on the others (experiment: an exclusive engine core on this machine)")
     a = ap.parse_args()
-    flags = ["--config", str(write_config(a.admin_on_service_port, a.admin_nice))]
+    last = os.cpu_count() - 1
+    flags = ["--config", str(write_config(a.admin_on_service_port, a.admin_nice, last if a.isolate else None))]
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     print(f"{os.cpu_count()} cores, {cpu.group(1) if cpu else '?'}; {a.rate} ticks/s of recorded BTCUSDT")
 
     server, addrs = start_quantd(flags)
-    if a.admin_rt:
-        for task in Path(f"/proc/{server.pid}/task").iterdir():
-            if (task / "comm").read_text().strip() == "quantd-admin":
-                subprocess.run(["chrt", "-f", "-p", str(a.admin_rt), task.name], check=True)
+    for task in Path(f"/proc/{server.pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        if a.admin_rt and name == "quantd-admin":
+            subprocess.run(["chrt", "-f", "-p", str(a.admin_rt), task.name], check=True)
+        if a.isolate and name != "quantd-engine":
+            subprocess.run(["taskset", "-p", "-c", f"0-{last - 1}", task.name], check=True, stdout=subprocess.DEVNULL)
     admin = addrs["addr"] if a.admin_on_service_port else addrs["admin_addr"]
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "load.json"
         p = load(addrs, a.rate, a.secs, ["--admin", admin, "--metrics", addrs["metrics_addr"],
-                                         "--kill-switch-pairs", str(a.pairs), "--scrapes", str(a.scrapes)], out)
+                                         "--kill-switch-pairs", str(a.pairs), "--scrapes", str(a.scrapes)], out,
+                 cpus=f"0-{last - 1}" if a.isolate else None)
         text, _ = p.communicate()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -147,11 +155,12 @@ def main() -> int:
     return 0
 
 
-def write_config(on_service_port: bool, nice: int) -> Path:
-    """A config that only differs from the defaults in where the admin services are served and
-    the admin thread's priority."""
+def write_config(on_service_port: bool, nice: int, engine_core: int | None) -> Path:
+    """A config that only differs from the defaults in where the admin services are served, the
+    admin thread's priority and, with an engine core, a busy-spinning engine pinned to it."""
     f = Path(tempfile.mkstemp(suffix=".toml")[1])
-    f.write_text(f"[admin]\non_service_port = {str(on_service_port).lower()}\nnice = {nice}\n")
+    engine = f"[engine]\ncore = {engine_core}\nidle = \"busy-spin\"\n" if engine_core is not None else ""
+    f.write_text(f"[admin]\non_service_port = {str(on_service_port).lower()}\nnice = {nice}\n{engine}")
     return f
 
 
