@@ -407,11 +407,15 @@ fn serve_grpc(
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
     let st = edge.stream;
     let health = tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(edge.health));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    // Reflection as both `grpc.reflection.v1` and `v1alpha`: grpcio-reflection's Python client
+    // and older tools speak only v1alpha.
+    let reflect = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflect().build_v1().map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflect().build_v1alpha().map_err(|e| StartError::Reflection(e.to_string()))?;
     let limits = tick_stream::StreamLimits {
         window: st.window,
         outbound_limit: st.outbound_limit,
@@ -446,6 +450,7 @@ fn serve_grpc(
         .add_optional_service(admin)
         .add_optional_service(risk)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(signals)
         // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,
         // and without it Nagle's algorithm holds small signals back by up to a millisecond.

@@ -91,3 +91,18 @@ def test_sigterm_drains_and_exits_zero(pb, quantd):
         assert len(list(stub.StreamTicks(recorded_ticks(pb2, 200), timeout=30))) == 200
     assert server.stop(signal.SIGTERM) == 0
     assert any('"shut down"' in line for line in server.log), "".join(server.log[-5:])
+
+
+def test_reflection_answers_the_v1alpha_client_grpcio_ships(quantd):
+    """grpcio-reflection's client (`ProtoReflectionDescriptorDatabase`) speaks only
+    grpc.reflection.v1alpha: it lists quantd's services and resolves the SignalService schema."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+    from google.protobuf.descriptor_pool import DescriptorPool
+
+    server = quantd()
+    with grpc.insecure_channel(server.addr) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        services = db.get_services()
+        assert "quantd.v1.SignalService" in services and "grpc.health.v1.Health" in services, services
+        service = DescriptorPool(db).FindServiceByName("quantd.v1.SignalService")
+        assert {m.name for m in service.methods} >= {"StreamTicks", "Predict"}, [m.name for m in service.methods]
