@@ -23,7 +23,7 @@ use crate::problem::{Kind, Problem, Problems};
 use crate::registry::{RegistryConfig, RegistrySection};
 use crate::risk::RiskConfig;
 use crate::server::security::{self, AdminSection, TlsSection};
-use crate::server::settings::StreamSection;
+use crate::server::settings::{StreamSection, UnixSection};
 use crate::server::{ServerConfig, WarmTail};
 use crate::shard::ShardConfig;
 
@@ -68,6 +68,8 @@ pub struct Config {
     pub engine: EngineSection,
     /// The tick streams and the service port's transport.
     pub stream: StreamSection,
+    /// The service on a Unix domain socket too.
+    pub unix: UnixSection,
     /// Model discovery, shadow, probation and rollback.
     pub registry: RegistrySection,
     /// Overrides the model manifest's `[policy]` when set.
@@ -109,6 +111,7 @@ impl Default for Config {
             shutdown_grace_ms: 5000,
             engine: EngineSection::default(),
             stream: StreamSection::default(),
+            unix: UnixSection::default(),
             registry: RegistrySection::default(),
             policy: None,
             risk: RiskConfig::default(),
@@ -127,8 +130,10 @@ impl Default for Config {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
     /// gRPC address of the service port.
-    #[arg(long, env = "QUANTD_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    /// The service's address: `HOST:PORT` (TCP), or `unix:PATH` for a Unix domain socket
+    /// beside the TCP port (`[unix] path`); give it twice (or comma-separated) for both.
+    #[arg(long, env = "QUANTD_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Listen>,
     /// Admin gRPC address (ModelAdmin, RiskAdmin, health) on the admin thread.
     #[arg(long, env = "QUANTD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -174,6 +179,27 @@ pub struct Overrides {
     /// Journal every tick and signal into this directory (turns `journal.enabled` on).
     #[arg(long = "journal", env = "QUANTD_JOURNAL")]
     pub journal_dir: Option<PathBuf>,
+}
+
+/// The value of `--listen`: a TCP address, or `unix:PATH`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Listen {
+    /// `HOST:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:PATH`.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a socket path (unix:/run/quantd/quantd.sock)".into()),
+            Some(path) => Ok(Listen::Unix(path.into())),
+            None => s.parse().map(Listen::Tcp).map_err(|e| format!("{s:?}: {e}; expected HOST:PORT or unix:PATH")),
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -244,8 +270,11 @@ impl Config {
 
     /// Applies the set flags and variables over the file's values.
     pub fn apply(&mut self, o: Overrides) {
-        if let Some(v) = o.listen {
-            self.listen = v;
+        for l in o.listen {
+            match l {
+                Listen::Tcp(v) => self.listen = v,
+                Listen::Unix(v) => self.unix.path = Some(v),
+            }
         }
         if let Some(v) = o.admin_listen {
             self.admin_listen = v;
@@ -330,6 +359,7 @@ impl Config {
             "engine.warm_start = \"journal\" needs the journal on (journal.enabled, or --journal DIR)".into()
         });
         p.extend(st.problems());
+        p.extend(self.unix.problems());
         p.check(st.window > e.queue_capacity, "stream.window", Conflict, || {
             format!(
                 "stream.window {} exceeds engine.queue_capacity {}: one stream could fill the queue alone",
@@ -437,6 +467,7 @@ impl Config {
             }),
             registry: self.registry_config()?,
             stream: self.stream.clone(),
+            unix: self.unix.clone(),
             risk: self.risk.clone(),
             shard: self.shard,
             tls: self.tls.clone(),
@@ -553,8 +584,22 @@ mod tests {
         assert!(err.contains("max_bach") && err.contains("QUANTD_ENGINE__MAX_BACH"), "{err}");
     }
 
-    fn a_listen_flag() -> Option<SocketAddr> {
-        Some("127.0.0.1:1".parse().unwrap())
+    fn a_listen_flag() -> Vec<Listen> {
+        vec![Listen::Tcp("127.0.0.1:1".parse().unwrap())]
+    }
+
+    #[test]
+    fn listen_takes_a_tcp_address_or_a_unix_socket_beside_it() {
+        assert_eq!("127.0.0.1:7".parse::<Listen>(), Ok(Listen::Tcp("127.0.0.1:7".parse().unwrap())));
+        assert_eq!("unix:/tmp/q.sock".parse::<Listen>(), Ok(Listen::Unix("/tmp/q.sock".into())));
+        assert!("unix:".parse::<Listen>().is_err() && "nonsense".parse::<Listen>().is_err());
+        let mut c = Config::default();
+        let both = vec![Listen::Tcp("127.0.0.1:7".parse().unwrap()), Listen::Unix("/tmp/q.sock".into())];
+        c.apply(Overrides { listen: both, ..Default::default() });
+        assert_eq!((c.listen.port(), c.unix.path.as_deref()), (7, Some("/tmp/q.sock".as_ref())));
+        c.unix = UnixSection { path: Some("/nonexistent/dir/q.sock".into()), mode: Some(0o1777), ..Default::default() };
+        let p = c.unix.problems();
+        assert!(p.has("unix.path", Kind::Missing) && p.has("unix.mode", Kind::OutOfRange), "{p:?}");
     }
 
     #[test]
@@ -563,9 +608,7 @@ mod tests {
         let p = d.path().join("q.toml");
         std::fs::write(&p, format!("models_dir = {:?}\n[engine]\nmax_batch = 8\nidle = \"busy-spin\"\n", d.path()))
             .unwrap();
-        let c =
-            Config::load(Some(&p), Overrides { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() })
-                .unwrap();
+        let c = Config::load(Some(&p), Overrides { listen: a_listen_flag(), ..Default::default() }).unwrap();
         assert_eq!(c.engine.max_batch, 8);
         assert_eq!(c.engine.idle, IdleStrategy::BusySpin);
         assert_eq!(c.listen.port(), 1);

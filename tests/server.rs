@@ -6,27 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use quantd::proto::{Signal, Tick, TickKind};
+use quantd::proto::{Tick, TickKind};
 
 const BTC_QUOTES: &str = "binance_usdm_btcusdt_20240808_quotes.csv.gz";
 const BTC_TRADES: &str = "binance_usdm_btcusdt_20240808_trades.csv.gz";
-
-fn check_signals(ticks: &[Tick], signals: &[Signal], model: &str) {
-    assert_eq!(signals.len(), ticks.len(), "one signal per tick");
-    for (t, s) in ticks.iter().zip(signals) {
-        assert_eq!(s.seq, t.seq, "in order, seq echoed");
-        assert_eq!(s.symbol, t.symbol);
-        assert_eq!(s.exchange_ts_ns, t.exchange_ts_ns);
-        assert!(s.reject_reason.is_empty(), "recorded tick {} rejected: {}", t.seq, s.reject_reason);
-        assert!(s.score.is_finite());
-        assert!((-1.0..=1.0).contains(&s.target_position));
-        assert_eq!(s.model, model);
-        assert!(s.server_recv_ns > 0 && s.server_send_ns >= s.server_recv_ns);
-        if s.warming_up {
-            assert_eq!(s.target_position, 0.0);
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_recorded_ticks_and_exports_latency() {

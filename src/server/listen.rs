@@ -1,6 +1,7 @@
 //! Accepting connections safely: the incoming-connection stream of the gRPC listeners (service
-//! and admin), with a connection cap, a handshake deadline, and a back-off when the process is
-//! out of file descriptors. Also the start-up check of the descriptor limit.
+//! and admin over TCP, the service over a Unix domain socket), with a connection cap, a
+//! handshake deadline, and a back-off when the process is out of file descriptors. Also the
+//! start-up check of the descriptor limit.
 //!
 //! Runs inside the tokio runtime that serves the listener (the data plane's, or the admin
 //! thread's). What it guards against:
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::telemetry::{ConnEvent, Telemetry};
@@ -43,9 +44,39 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
 }
 
+/// A bound listener: TCP, or a Unix domain socket for co-located gateways.
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix domain socket listener.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+/// An accepted connection's socket.
+enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Calls `$f` on whichever socket `$io` holds.
+macro_rules! on_io {
+    ($io:expr, $s:ident => $f:expr) => {
+        match $io {
+            Io::Tcp($s) => $f,
+            Io::Unix($s) => $f,
+        }
+    };
+}
+
 /// The accepted connections of one listener, as tonic's `serve_with_incoming` wants them.
 pub struct Incoming {
-    listener: TcpListener,
+    listener: Listener,
     limits: ConnLimits,
     open: Arc<AtomicUsize>,
     telemetry: Arc<Telemetry>,
@@ -57,9 +88,9 @@ pub struct Incoming {
 
 impl Incoming {
     /// Accepts from `listener` under `limits`, counting connections in `telemetry`.
-    pub fn new(listener: TcpListener, limits: ConnLimits, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(listener: impl Into<Listener>, limits: ConnLimits, telemetry: Arc<Telemetry>) -> Self {
         Self {
-            listener,
+            listener: listener.into(),
             limits,
             open: Arc::default(),
             telemetry,
@@ -99,18 +130,24 @@ impl Stream for Incoming {
                 ready!(sleep.as_mut().poll(cx));
                 this.backoff = None;
             }
-            match ready!(this.listener.poll_accept(cx)) {
+            let accepted = match &this.listener {
+                Listener::Tcp(l) => ready!(l.poll_accept(cx)).map(|(s, peer)| {
+                    let _ = s.set_nodelay(true);
+                    (Io::Tcp(s), Some(peer))
+                }),
+                Listener::Unix(l) => ready!(l.poll_accept(cx)).map(|(s, _)| (Io::Unix(s), None)),
+            };
+            match accepted {
                 Err(e) => this.accept_failed(&e),
-                Ok((stream, peer)) => {
+                Ok((io, peer)) => {
                     this.delay = Duration::ZERO;
                     if this.open.load(Ordering::Acquire) >= this.limits.max_connections {
                         this.telemetry.counters.conns.add(ConnEvent::RefusedCap, 1);
-                        drop(stream); // closed at once: the client sees the refusal
+                        drop(io); // closed at once: the client sees the refusal
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
                     this.telemetry.counters.conns.add(ConnEvent::Accepted, 1);
-                    return Poll::Ready(Some(Ok(Conn::new(stream, peer, this))));
+                    return Poll::Ready(Some(Ok(Conn::new(io, peer, this))));
                 }
             }
         }
@@ -119,20 +156,21 @@ impl Stream for Incoming {
 
 /// One accepted connection: counted while open, closed if it does not start HTTP/2 in time.
 pub struct Conn {
-    stream: TcpStream,
+    io: Io,
     open: Arc<AtomicUsize>,
     telemetry: Arc<Telemetry>,
     /// Until the preface is in: the deadline, and bytes read so far.
     handshake: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
-    peer: SocketAddr,
+    /// The client's address (None over a Unix socket).
+    peer: Option<SocketAddr>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr, incoming: &Incoming) -> Self {
+    fn new(io: Io, peer: Option<SocketAddr>, incoming: &Incoming) -> Self {
         incoming.open.fetch_add(1, Ordering::AcqRel);
         incoming.telemetry.counters.connection_opened();
         let handshake = incoming.limits.handshake_timeout.map(|d| (Box::pin(tokio::time::sleep(d)), 0));
-        Self { stream, open: incoming.open.clone(), telemetry: incoming.telemetry.clone(), handshake, peer }
+        Self { io, open: incoming.open.clone(), telemetry: incoming.telemetry.clone(), handshake, peer }
     }
 }
 
@@ -143,11 +181,16 @@ impl Drop for Conn {
     }
 }
 
+/// One connect-info type for both kinds of socket, so that the services read it the same way:
+/// over a Unix socket both addresses are `None` (and the per-client caps do not apply).
 impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.io {
+            Io::Tcp(s) => s.connect_info(),
+            Io::Unix(_) => TcpConnectInfo { local_addr: None, remote_addr: None },
+        }
     }
 }
 
@@ -155,14 +198,14 @@ impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let polled = on_io!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
         if let Some((deadline, got)) = this.handshake.as_mut() {
             *got += buf.filled().len() - before;
             if *got >= PREFACE_LEN {
                 this.handshake = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
                 this.telemetry.counters.conns.add(ConnEvent::HandshakeTimeout, 1);
-                tracing::debug!(peer = %this.peer, "connection closed: no HTTP/2 preface within stream.handshake_timeout_ms");
+                tracing::debug!(peer = ?this.peer, "connection closed: no HTTP/2 preface within stream.handshake_timeout_ms");
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
             }
         }
@@ -172,15 +215,15 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_io!(&mut self.io, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_io!(&mut self.io, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_io!(&mut self.io, s => Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -188,11 +231,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        on_io!(&mut self.io, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        on_io!(&self.io, s => s.is_write_vectored())
     }
 }
 

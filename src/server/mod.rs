@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use self::security::{AdminSection, TlsSection};
-use self::settings::{StreamSection, millis};
+use self::settings::{StreamSection, UnixSection, millis};
 use crate::engine::{Engine, EngineConfig, EngineHandle};
 use crate::journal::{Journal, JournalConfig, JournalThread};
 use crate::model::manifest::ModelError;
@@ -56,6 +56,14 @@ pub enum StartError {
     /// No model could be served.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The Unix socket could not be bound.
+    #[error("cannot listen on the Unix socket {path}: {msg}")]
+    Unix {
+        /// The socket file.
+        path: PathBuf,
+        /// Why.
+        msg: String,
+    },
     /// A port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -110,6 +118,8 @@ pub struct ServerConfig {
     pub registry: RegistryConfig,
     /// The tick streams and the service port's transport.
     pub stream: StreamSection,
+    /// The service on a Unix domain socket too.
+    pub unix: UnixSection,
     /// The risk layer (the VaR thread and the admin API read it too).
     pub risk: RiskConfig,
     /// This replica's shard of the symbols.
@@ -144,7 +154,10 @@ pub struct Server {
     exporter: Option<Exporter>,
     risk_thread: Option<RiskThread>,
     admin_thread: Option<admin::AdminThread>,
-    stop_tx: Option<oneshot::Sender<()>>,
+    /// Tells the gRPC listeners to stop accepting (both the TCP and the Unix one).
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    /// The Unix socket file, removed at shutdown.
+    unix_path: Option<PathBuf>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// The open tick streams (caps, slow-consumer monitor, drain).
     streams: Arc<streams::Streams>,
@@ -245,7 +258,8 @@ impl Server {
 
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(StartError::Thread)?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let unix = config.unix.path.as_deref().map(|p| bind_unix(p, &config.unix)).transpose()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let on_service_port = config.admin.on_service_port.then(|| (registry.clone(), risk(), auth));
         let streams = streams::Streams::new(
             streams::Caps {
@@ -268,9 +282,9 @@ impl Server {
             telemetry: telemetry.clone(),
             journal,
         };
-        let grpc = serve_grpc(listener, handle, telemetry.clone(), edge, stop_rx)?;
+        let grpc = serve_grpc((listener, unix), handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);
-        tracing::info!(%addr, %metrics_addr, %admin_addr, admin_on_service_port = config.admin.on_service_port, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
+        tracing::info!(%addr, unix = ?config.unix.path, %metrics_addr, %admin_addr, admin_on_service_port = config.admin.on_service_port, tls = config.tls.enabled(), mutual_tls = config.tls.client_ca.is_some(), shard = config.shard.index, shards = config.shard.count, "serving");
         Ok(Self {
             addr,
             admin_addr,
@@ -283,7 +297,8 @@ impl Server {
             exporter: Some(exporter),
             risk_thread: Some(risk_thread),
             admin_thread: Some(admin_thread),
-            stop_tx: Some(stop_tx),
+            stop_tx,
+            unix_path: config.unix.path.clone(),
             grpc: Some(grpc),
             streams,
             journal_thread,
@@ -308,6 +323,11 @@ impl Server {
     /// The service port (bound; port 0 resolved).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Unix socket the service is also served on, if any.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.unix_path.as_deref()
     }
 
     /// The `/metrics` address.
@@ -345,9 +365,7 @@ impl Server {
         if let Some(engine) = &self.engine {
             engine.stop_accepting();
         }
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.stop_tx.send(true);
         if let Some(mut grpc) = self.grpc.take()
             && tokio::time::timeout(grace, &mut grpc).await.is_err()
         {
@@ -372,6 +390,9 @@ impl Server {
         }
         if let Some(admin) = self.admin_thread.take() {
             tokio::task::spawn_blocking(move || admin.shutdown()).await.ok();
+        }
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
         }
         tracing::info!("shut down");
     }
@@ -398,12 +419,14 @@ struct Edge {
     journal: Option<Journal>,
 }
 
+/// Serves the service port's router on the TCP listener and, when there is one, on the Unix
+/// socket, until `stop` turns true.
 fn serve_grpc(
-    listener: TcpListener,
+    (tcp, unix): (TcpListener, Option<tokio::net::UnixListener>),
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     edge: Edge,
-    stop: oneshot::Receiver<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>, StartError> {
     let st = edge.stream;
     let health = tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(edge.health));
@@ -438,7 +461,7 @@ fn serve_grpc(
     if let Some(tls) = edge.tls {
         builder = builder.tls_config(tls).map_err(|e| StartError::Tls(e.to_string()))?;
     }
-    Ok(builder
+    let router = builder
         .http2_keepalive_interval(millis(st.keepalive_interval_ms))
         .http2_keepalive_timeout(millis(st.keepalive_timeout_ms))
         .initial_stream_window_size(st.h2_stream_window_bytes)
@@ -451,12 +474,56 @@ fn serve_grpc(
         .add_optional_service(risk)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(signals)
-        // TCP_NODELAY on every accepted socket: tonic sets it only on listeners it binds itself,
-        // and without it Nagle's algorithm holds small signals back by up to a millisecond.
-        .serve_with_incoming_shutdown(listen::Incoming::new(listener, st.conn_limits(), edge.telemetry), async {
-            let _ = stop.await;
-        }))
+        .add_service(signals);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    // `Incoming` sets TCP_NODELAY on every accepted TCP socket: tonic sets it only on listeners it
+    // binds itself, and without it Nagle's algorithm holds small signals back by up to a
+    // millisecond.
+    let incoming = |l: listen::Listener| listen::Incoming::new(l, st.conn_limits(), edge.telemetry.clone());
+    let on_unix = unix.map(|u| {
+        router.clone().serve_with_incoming_shutdown(incoming(listen::Listener::Unix(u)), stopped(stop.clone()))
+    });
+    let on_tcp = router.serve_with_incoming_shutdown(incoming(tcp.into()), stopped(stop));
+    Ok(async move {
+        match on_unix {
+            Some(on_unix) => {
+                let (tcp, unix) = tokio::join!(on_tcp, on_unix);
+                tcp.and(unix)
+            }
+            None => on_tcp.await,
+        }
+    })
+}
+
+/// Binds the Unix socket at `path` with the section's mode and owner. A stale socket file (no
+/// server answers on it) is replaced; a live socket, or a file that is not a socket, is refused.
+fn bind_unix(path: &std::path::Path, s: &UnixSection) -> Result<tokio::net::UnixListener, StartError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |msg: String| StartError::Unix { path: path.to_owned(), msg };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err("another server is listening on it".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| err(format!("removing the stale socket file: {e}")))?;
+            tracing::info!(path = %path.display(), "replaced a stale socket file (no server answered on it)");
+        }
+        Ok(_) => return Err(err("the file exists and is not a socket; not removing it".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    if let Some(mode) = s.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| err(format!("setting mode {mode:#o}: {e}")))?;
+    }
+    if s.uid.is_some() || s.gid.is_some() {
+        std::os::unix::fs::chown(path, s.uid, s.gid).map_err(|e| err(format!("setting the owner: {e}")))?;
+    }
+    listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    tokio::net::UnixListener::from_std(listener).map_err(|e| err(e.to_string()))
 }
 
 /// The journal's newest ticks per symbol for a warm start (`engine.warm_start = "journal"`). A

@@ -2,6 +2,7 @@
 //! checks, and the connection limits a listener derives from it. Read on the control path at
 //! start-up; the stream tasks get copies of the values they apply.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -173,4 +174,47 @@ impl StreamSection {
 /// `ms` as a duration, with 0 meaning off.
 pub(crate) fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// `[unix]`: the service on a Unix domain socket too, for gateways on the same host (no TCP stack
+/// in the round trip). Served beside the TCP port, with the same services, limits and TLS.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnixSection {
+    /// The socket file (`--listen unix:PATH`); unset: no Unix socket. A stale socket file left by
+    /// a server that died is replaced; a live one (another server answers) or a file that is not
+    /// a socket is refused.
+    pub path: Option<PathBuf>,
+    /// The socket file's permission bits (who may connect), e.g. `0o660`; unset: the umask's.
+    pub mode: Option<u32>,
+    /// The socket file's owner (uid); unset: the server's user.
+    pub uid: Option<u32>,
+    /// The socket file's group (gid); unset: the server's group.
+    pub gid: Option<u32>,
+}
+
+impl UnixSection {
+    /// The section's own problems (fields named `unix.*`).
+    pub fn problems(&self) -> Problems {
+        use Kind::*;
+        let mut p = Problems::new();
+        if let Some(mode) = self.mode {
+            p.check(mode > 0o777, "unix.mode", OutOfRange, || format!("unix.mode {mode:#o} must be within 0o777"));
+        }
+        if let Some(path) = &self.path {
+            let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            p.check(!parent.is_dir(), "unix.path", Missing, || {
+                format!("unix.path {}: the directory {} does not exist", path.display(), parent.display())
+            });
+            // sun_path holds 108 bytes with its terminating NUL on Linux.
+            p.check(path.as_os_str().len() > 107, "unix.path", Invalid, || {
+                format!("unix.path {} is longer than a Unix socket path may be (107 bytes)", path.display())
+            });
+        } else {
+            p.check(self.mode.is_some() || self.uid.is_some() || self.gid.is_some(), "unix.path", Missing, || {
+                "unix.mode, unix.uid or unix.gid is set but unix.path is not".into()
+            });
+        }
+        p
+    }
 }

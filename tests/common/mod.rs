@@ -119,3 +119,23 @@ pub async fn wait_for_depth(engine: &quantd::engine::EngineHandle, n: usize) -> 
     }
     engine.depth()
 }
+
+/// The contract every answered stream keeps: one signal per tick, in order, seq, symbol and
+/// exchange time echoed, no reject on recorded ticks, a finite score and a bounded position,
+/// the model named, and the server times stamped.
+pub fn check_signals(ticks: &[Tick], signals: &[Signal], model: &str) {
+    assert_eq!(signals.len(), ticks.len(), "one signal per tick");
+    for (t, s) in ticks.iter().zip(signals) {
+        assert_eq!(s.seq, t.seq, "in order, seq echoed");
+        assert_eq!(s.symbol, t.symbol);
+        assert_eq!(s.exchange_ts_ns, t.exchange_ts_ns);
+        assert!(s.reject_reason.is_empty(), "recorded tick {} rejected: {}", t.seq, s.reject_reason);
+        assert!(s.score.is_finite());
+        assert!((-1.0..=1.0).contains(&s.target_position));
+        assert_eq!(s.model, model);
+        assert!(s.server_recv_ns > 0 && s.server_send_ns >= s.server_recv_ns);
+        if s.warming_up {
+            assert_eq!(s.target_position, 0.0);
+        }
+    }
+}

@@ -106,3 +106,20 @@ def test_reflection_answers_the_v1alpha_client_grpcio_ships(quantd):
         assert "quantd.v1.SignalService" in services and "grpc.health.v1.Health" in services, services
         service = DescriptorPool(db).FindServiceByName("quantd.v1.SignalService")
         assert {m.name for m in service.methods} >= {"StreamTicks", "Predict"}, [m.name for m in service.methods]
+
+
+def test_python_gateway_streams_over_the_unix_socket(pb, quantd, tmp_path):
+    """grpcio dials `unix:PATH`: the same recorded ticks, the same contract, beside TCP. grpcio
+    sends the socket path as `:authority`, which the server's HTTP/2 layer (h2) refuses as not an
+    RFC 9113 authority (RST_STREAM PROTOCOL_ERROR, hyperium/h2#487); a client sets
+    `grpc.default_authority` to `localhost`, as grpc-go and tonic clients do on their own."""
+    pb2, pb2_grpc = pb
+    sock = tmp_path / "quantd.sock"
+    server = quantd("--listen", f"unix:{sock}")
+    assert server.addr and sock.is_socket(), "".join(server.log)
+    ticks = list(recorded_ticks(pb2, 1000))
+    with grpc.insecure_channel(f"unix:{sock}", options=[("grpc.default_authority", "localhost")]) as ch:
+        signals = list(pb2_grpc.SignalServiceStub(ch).StreamTicks(iter(ticks), timeout=30))
+    assert [s.seq for s in signals] == [t.seq for t in ticks]
+    assert all(not s.reject_reason and math.isfinite(s.score) for s in signals)
+    assert sum(s.warming_up for s in signals) == 99
