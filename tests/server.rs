@@ -89,39 +89,7 @@ async fn predict_and_health_and_reflection() {
 
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", server.addr())).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "quantd.v1.SignalService".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-
-    // Both reflection versions list the services (grpcio-reflection's client speaks v1alpha).
-    macro_rules! list_services {
-        ($v:ident) => {{
-            use tonic_reflection::pb::$v::{
-                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-                server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            };
-            let mut refl = ServerReflectionClient::new(channel.clone());
-            let req = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-            let Some(MessageResponse::ListServicesResponse(list)) =
-                resp.message().await.unwrap().unwrap().message_response
-            else {
-                panic!("expected a service list")
-            };
-            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-        }};
-    }
-    for names in [list_services!(v1), list_services!(v1alpha)] {
-        assert!(names.contains(&"quantd.v1.SignalService".to_string()), "{names:?}");
-    }
+    assert_tick_service_serving_and_reflected(channel).await;
     server.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -65,32 +65,7 @@ async fn ticks_health_and_reflection_over_the_unix_socket_beside_tcp() {
     assert_eq!(scores(&signals), scores(&tcp_signals), "one engine, one answer, whatever the transport");
 
     // Health and reflection (v1 and v1alpha) on the socket too.
-    let channel = unix_channel(&path).await;
-    let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest { service: "quantd.v1.SignalService".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("expected a service list")
-    };
-    assert!(list.service.iter().any(|s| s.name == "quantd.v1.SignalService"));
+    assert_tick_service_serving_and_reflected(unix_channel(&path).await).await;
 
     server.shutdown(Duration::from_secs(2)).await;
     assert!(!path.exists(), "the socket file is removed at shutdown");
