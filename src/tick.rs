@@ -188,6 +188,8 @@ pub enum Reject {
     NonFiniteFeatures,
     /// The journal cannot take the tick (`on_full = "refuse"`).
     JournalUnavailable,
+    /// Its batch holds more ticks than `stream.max_batch_ticks`.
+    BatchTooLarge,
 }
 
 impl Reject {
@@ -241,6 +243,9 @@ impl Reject {
             }
             Reject::JournalUnavailable => {
                 "the journal cannot record this tick (its ring is full or its disk refuses writes; journal.on_full = refuse_ticks); the tick was not processed"
+            }
+            Reject::BatchTooLarge => {
+                "its batch holds more ticks than the server's stream.max_batch_ticks; no tick of the batch was processed"
             }
         }
     }
@@ -460,6 +465,7 @@ mod tests {
             "price_jump",
             "non_finite_features",
             "journal_unavailable",
+            "batch_too_large",
         ];
         assert_eq!(Reject::ALL.iter().map(|r| r.code()).collect::<Vec<_>>(), wire);
     }

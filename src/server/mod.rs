@@ -444,6 +444,7 @@ fn serve_grpc(
         outbound_limit: st.outbound_limit,
         mode: st.backpressure,
         max_symbols: st.max_symbols_per_stream,
+        max_batch_ticks: st.max_batch_ticks,
         idle_timeout: millis(st.idle_timeout_ms),
         shard: edge.shard,
     };

@@ -80,6 +80,8 @@ pub struct StreamSection {
     pub max_header_bytes: usize,
     /// Largest accepted gRPC message, bytes.
     pub max_message_bytes: usize,
+    /// Most ticks in one `TickBatch`; every tick of a larger batch is answered `batch_too_large`.
+    pub max_batch_ticks: usize,
     /// A stream that sends no tick for this long (and is owed no signal) is closed with
     /// DEADLINE_EXCEEDED, ms (0: never).
     pub idle_timeout_ms: u64,
@@ -109,6 +111,7 @@ impl Default for StreamSection {
             max_symbols_per_connection: 0,
             max_header_bytes: 16_384,
             max_message_bytes: 64 * 1024,
+            max_batch_ticks: 1024,
             idle_timeout_ms: 120_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
@@ -144,6 +147,9 @@ impl StreamSection {
         );
         p.check(st.h2_stream_window_bytes > st.h2_connection_window_bytes, "stream.h2_stream_window_bytes", Conflict, || {
             "stream.h2_stream_window_bytes exceeds h2_connection_window_bytes: one stopped stream could stall the connection".into()
+        });
+        p.check(st.max_batch_ticks == 0, "stream.max_batch_ticks", OutOfRange, || {
+            "stream.max_batch_ticks must be > 0".into()
         });
         p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
             format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)

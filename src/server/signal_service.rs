@@ -11,7 +11,7 @@ use super::realtime_ns;
 use super::settings::Backpressure;
 use super::status::EdgeError;
 use super::streams::{Refused, Streams};
-use super::tick_stream::{StreamLimits, TickStream, finish_journaled};
+use super::tick_stream::{BatchStream, StreamLimits, TickStream, finish_journaled};
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::journal::Journal;
 use crate::proto;
@@ -49,13 +49,12 @@ impl Signals {
     }
 }
 
-#[tonic::async_trait]
-impl SignalService for Signals {
-    type StreamTicksStream = TickStream;
-
-    async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
+impl Signals {
+    /// The stream's limits, with the back-pressure mode its request headers choose (refused,
+    /// and counted, when the header is malformed or repeated).
+    fn stream_limits(&self, metadata: &tonic::metadata::MetadataMap) -> Result<StreamLimits, Status> {
         let mut limits = self.limits;
-        let modes = request.metadata().get_all(BACKPRESSURE_HEADER);
+        let modes = metadata.get_all(BACKPRESSURE_HEADER);
         let mut modes = modes.iter();
         if let Some(mode) = modes.next() {
             let repeated = 1 + modes.count();
@@ -73,14 +72,97 @@ impl SignalService for Signals {
                 return Err(e.into());
             }
         }
+        Ok(limits)
+    }
+}
+
+/// A stream the caps refused, as its status.
+fn refused(r: Refused) -> Status {
+    match r {
+        Refused::Server(n) => EdgeError::TooManyStreams(n).into(),
+        Refused::Peer(n) => EdgeError::TooManyStreamsFromPeer(n).into(),
+    }
+}
+
+#[tonic::async_trait]
+impl SignalService for Signals {
+    type StreamTicksStream = TickStream;
+    type StreamTickBatchesStream = BatchStream;
+
+    async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
+        let limits = self.stream_limits(request.metadata())?;
         let client = request.remote_addr();
         let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
         let journal = self.journal.clone();
-        match TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal) {
-            Ok(stream) => Ok(Response::new(stream)),
-            Err(Refused::Server(n)) => Err(EdgeError::TooManyStreams(n).into()),
-            Err(Refused::Peer(n)) => Err(EdgeError::TooManyStreamsFromPeer(n).into()),
+        TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal)
+            .map(Response::new)
+            .map_err(refused)
+    }
+
+    async fn stream_tick_batches(
+        &self,
+        request: Request<Streaming<proto::TickBatch>>,
+    ) -> Result<Response<BatchStream>, Status> {
+        let limits = self.stream_limits(request.metadata())?;
+        let client = request.remote_addr();
+        let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
+        let journal = self.journal.clone();
+        TickStream::open_batches(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal)
+            .map(Response::new)
+            .map_err(refused)
+    }
+
+    async fn predict_batch(&self, request: Request<proto::TickBatch>) -> Result<Response<proto::SignalBatch>, Status> {
+        let ticks = request.into_inner().ticks;
+        let recv = Instant::now();
+        let recv_ns = realtime_ns();
+        // A unary batch is one stream in the journal.
+        let stream = self.journal.as_ref().map(Journal::open_stream);
+        let oversize = ticks.len() > self.limits.max_batch_ticks;
+        let queue = ReplyQueue::new(ticks.len().max(1));
+        // Every tick is submitted before any answer is awaited: the engine sees the whole batch.
+        let mut answers = Vec::with_capacity(ticks.len());
+        for (i, t) in ticks.iter().enumerate() {
+            let journal_refuses = self
+                .journal
+                .as_ref()
+                .zip(stream)
+                .is_some_and(|(j, id)| !j.record_tick(t, id, i as u64, recv_ns, false));
+            let refused =
+                |symbol, reject| Some(Reply::rejected(symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns));
+            let answer = match Tick::from_proto(t) {
+                _ if journal_refuses => refused(Symbol::EMPTY, Reject::JournalUnavailable),
+                _ if oversize => refused(Symbol::EMPTY, Reject::BatchTooLarge),
+                Err(reject) => refused(Symbol::EMPTY, reject),
+                Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => refused(tick.symbol, Reject::WrongShard),
+                Ok(tick) => {
+                    match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false })
+                    {
+                        Err((_, reject)) => refused(tick.symbol, reject),
+                        Ok(()) => None, // the engine answers, in submission order
+                    }
+                }
+            };
+            answers.push(answer);
         }
+        let mut replies = Vec::with_capacity(ticks.len());
+        for answer in answers {
+            replies.push(match answer {
+                Some(reply) => reply,
+                None => wait_reply(&queue).await?,
+            });
+        }
+        let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
+        let signals = replies
+            .into_iter()
+            .zip(ticks)
+            .enumerate()
+            .map(|(i, (reply, t))| {
+                let journal = self.journal.as_ref().zip(stream).map(|(j, id)| (j, id, i as u64));
+                finish_journaled(reply, Some(t.symbol), &mut recorder, &self.telemetry, journal)
+            })
+            .collect();
+        Ok(Response::new(proto::SignalBatch { signals }))
     }
 
     async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {

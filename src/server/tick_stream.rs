@@ -1,5 +1,7 @@
 //! One `StreamTicks` call: reads ticks, submits them to the engine, and yields exactly one
-//! signal per tick in arrival order.
+//! signal per tick in arrival order. A `StreamTickBatches` call is the same stream reading its
+//! ticks out of `TickBatch` messages ([`BatchStream`] groups the signals back into one
+//! `SignalBatch` per batch).
 //!
 //! Runs as a tokio task (driven by tonic). Ticks the edge answers itself (stateless checks, a
 //! full queue, shutdown, back-pressure) are queued behind earlier in-flight ticks, so the order
@@ -49,6 +51,8 @@ pub struct StreamLimits {
     pub mode: Backpressure,
     /// Most distinct symbols on one stream.
     pub max_symbols: usize,
+    /// Most ticks in one `TickBatch` (larger: every tick answered `batch_too_large`).
+    pub max_batch_ticks: usize,
     /// End a stream that has sent nothing for this long (with nothing owed to it).
     pub idle_timeout: Option<std::time::Duration>,
     /// The symbols this replica owns.
@@ -82,9 +86,24 @@ impl Local {
     }
 }
 
-/// One `StreamTicks` call: reads ticks under its window, submits them, and yields their signals in order.
+/// Where a stream's ticks come from: single-tick messages, or batches.
+enum Inbound {
+    Ticks(Streaming<proto::Tick>),
+    Batches {
+        batches: Streaming<proto::TickBatch>,
+        /// The rest of the batch being read.
+        current: std::vec::IntoIter<proto::Tick>,
+        /// The batch being read is over `max_batch_ticks`: its ticks are answered at the edge.
+        oversize: bool,
+    },
+}
+
+/// One `StreamTicks` call (or the tick side of a `StreamTickBatches` call): reads ticks under its
+/// window, submits them, and yields their signals in order.
 pub struct TickStream {
-    inbound: Streaming<proto::Tick>,
+    inbound: Inbound,
+    /// The tick counts of the batches read and not yet answered in full (batch streams only).
+    batch_sizes: VecDeque<usize>,
     inbound_done: bool,
     /// The client ended its side (or it failed): every tick it sent was read.
     client_closed: bool,
@@ -133,6 +152,33 @@ impl TickStream {
         client: Option<SocketAddr>,
         journal: Option<Journal>,
     ) -> Result<Self, Refused> {
+        Self::open_inbound(Inbound::Ticks(inbound), engine, telemetry, limits, streams, client, journal)
+    }
+
+    /// Opens a `StreamTickBatches` call: one `SignalBatch` per `TickBatch`.
+    pub fn open_batches(
+        inbound: Streaming<proto::TickBatch>,
+        engine: EngineHandle,
+        telemetry: Arc<Telemetry>,
+        limits: StreamLimits,
+        streams: Arc<Streams>,
+        client: Option<SocketAddr>,
+        journal: Option<Journal>,
+    ) -> Result<BatchStream, Refused> {
+        let inbound = Inbound::Batches { batches: inbound, current: Vec::new().into_iter(), oversize: false };
+        let inner = Self::open_inbound(inbound, engine, telemetry, limits, streams, client, journal)?;
+        Ok(BatchStream { inner, collected: Vec::new(), ended: None })
+    }
+
+    fn open_inbound(
+        inbound: Inbound,
+        engine: EngineHandle,
+        telemetry: Arc<Telemetry>,
+        limits: StreamLimits,
+        streams: Arc<Streams>,
+        client: Option<SocketAddr>,
+        journal: Option<Journal>,
+    ) -> Result<Self, Refused> {
         let probe = streams.open(client)?;
         Ok(Self {
             journal_stream: journal.as_ref().map_or(0, Journal::open_stream),
@@ -141,6 +187,7 @@ impl TickStream {
             signals_sent: 0,
             waker: probe.waker(),
             inbound,
+            batch_sizes: VecDeque::new(),
             inbound_done: false,
             client_closed: false,
             inbound_error: None,
@@ -205,7 +252,44 @@ impl TickStream {
         }
     }
 
-    fn accept(&mut self, t: proto::Tick) {
+    /// Reads the next tick: from the stream, or from the batch being read (taking the next batch
+    /// when it is used up; its size is noted, and an oversize batch is marked). `None`: nothing
+    /// now (Pending), or the inbound side ended or failed (then `inbound_done` is set).
+    fn read(&mut self, cx: &mut Context<'_>) -> Option<(proto::Tick, Option<Reject>)> {
+        let polled = match &mut self.inbound {
+            Inbound::Ticks(ticks) => Pin::new(ticks).poll_next(cx).map(|t| t.map(|t| t.map(|t| (t, None)))),
+            Inbound::Batches { batches, current, oversize } => loop {
+                if let Some(t) = current.next() {
+                    break Poll::Ready(Some(Ok((t, oversize.then_some(Reject::BatchTooLarge)))));
+                }
+                match Pin::new(&mut *batches).poll_next(cx) {
+                    Poll::Ready(Some(Ok(b))) => {
+                        self.batch_sizes.push_back(b.ticks.len());
+                        *oversize = b.ticks.len() > self.limits.max_batch_ticks;
+                        *current = b.ticks.into_iter();
+                    }
+                    Poll::Ready(Some(Err(status))) => break Poll::Ready(Some(Err(status))),
+                    Poll::Ready(None) => break Poll::Ready(None),
+                    Poll::Pending => break Poll::Pending,
+                }
+            },
+        };
+        match polled {
+            Poll::Ready(Some(Ok(t))) => Some(t),
+            Poll::Ready(Some(Err(status))) => {
+                (self.inbound_done, self.client_closed) = (true, true);
+                self.inbound_error = Some(status);
+                None
+            }
+            Poll::Ready(None) => {
+                (self.inbound_done, self.client_closed) = (true, true);
+                None
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    fn accept(&mut self, t: proto::Tick, refuse: Option<Reject>) {
         let recv = Instant::now();
         if let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
             idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
@@ -219,7 +303,10 @@ impl TickStream {
         let (seq, exchange_ts_ns) = (t.seq, t.exchange_ts_ns);
         let local =
             |reject, symbol| Local { symbol, seq, exchange_ts_ns, reject, recv, recv_ns, posted: Instant::now() };
-        let entry = match Tick::from_proto(&t) {
+        // A tick the edge refuses before reading it (its batch is too large) is answered like one
+        // that fails the stateless checks.
+        let parsed = refuse.map_or_else(|| Tick::from_proto(&t), Err);
+        let entry = match parsed {
             _ if journal_refuses => Pending::Local(local(Reject::JournalUnavailable, Symbol::EMPTY), t.symbol),
             Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
             Ok(tick) if !self.symbols.contains(&tick.symbol) && self.symbols.len() >= self.limits.max_symbols => {
@@ -338,14 +425,9 @@ impl TickStream {
         }
         // Read (and submit) everything available first, so the engine sees whole bursts.
         while self.may_read() {
-            match Pin::new(&mut self.inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(t))) => self.accept(t),
-                Poll::Ready(Some(Err(status))) => {
-                    (self.inbound_done, self.client_closed) = (true, true);
-                    self.inbound_error = Some(status);
-                }
-                Poll::Ready(None) => (self.inbound_done, self.client_closed) = (true, true),
-                Poll::Pending => break,
+            match self.read(cx) {
+                Some((t, refuse)) => self.accept(t, refuse),
+                None => break,
             }
         }
         if self.limits.mode == Backpressure::Reject && self.pending.len() >= self.limits.outbound_limit {
@@ -416,6 +498,62 @@ impl Drop for TickStream {
         if !self.pending.is_empty() && !self.probe.was_cut() {
             self.telemetry.counters.outcomes.add(Outcome::Dropped, self.pending.len() as u64);
             tracing::debug!(dropped = self.pending.len(), "stream closed with ticks in flight");
+        }
+    }
+}
+
+/// One `StreamTickBatches` call: a [`TickStream`] reading batches, its signals grouped back into
+/// one `SignalBatch` per `TickBatch`, in order (an empty batch gets an empty answer).
+pub struct BatchStream {
+    inner: TickStream,
+    /// The signals of the batch at the front of `inner.batch_sizes`, so far.
+    collected: Vec<proto::Signal>,
+    /// The stream's final status, held back while a short last batch is sent first.
+    ended: Option<Option<Result<proto::SignalBatch, Status>>>,
+}
+
+impl BatchStream {
+    /// The front batch, when every one of its signals is in.
+    fn complete(&mut self) -> Option<proto::SignalBatch> {
+        let &n = self.inner.batch_sizes.front()?;
+        (self.collected.len() == n).then(|| {
+            self.inner.batch_sizes.pop_front();
+            proto::SignalBatch { signals: std::mem::take(&mut self.collected) }
+        })
+    }
+}
+
+impl Stream for BatchStream {
+    type Item = Result<proto::SignalBatch, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(end) = this.ended.take() {
+            return Poll::Ready(end);
+        }
+        loop {
+            if let Some(batch) = this.complete() {
+                return Poll::Ready(Some(Ok(batch)));
+            }
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(signal))) => this.collected.push(signal),
+                // The stream ends (a drain, a cut, the client's end): the signals of a batch it
+                // answered only in part go out first, as a short batch; the status's
+                // `x-quantd-last-seq` names the last tick answered.
+                Poll::Ready(other) => {
+                    let end = match other {
+                        Some(Err(status)) => Some(Err(status)),
+                        _ => None,
+                    };
+                    if this.collected.is_empty() {
+                        return Poll::Ready(end);
+                    }
+                    this.inner.batch_sizes.pop_front();
+                    this.ended = Some(end);
+                    return Poll::Ready(Some(Ok(proto::SignalBatch { signals: std::mem::take(&mut this.collected) })));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

@@ -123,3 +123,28 @@ def test_python_gateway_streams_over_the_unix_socket(pb, quantd, tmp_path):
     assert [s.seq for s in signals] == [t.seq for t in ticks]
     assert all(not s.reject_reason and math.isfinite(s.score) for s in signals)
     assert sum(s.warming_up for s in signals) == 99
+
+
+def test_python_gateway_streams_batches(pb, quantd):
+    """grpcio streams TickBatch messages: one SignalBatch each, one Signal per Tick in order; an
+    empty batch gets an empty answer; the answers equal single-tick streaming's."""
+    pb2, pb2_grpc = pb
+    server = quantd()
+    ticks = list(recorded_ticks(pb2, 2000))
+    sizes = [64, 0, 1, 300, 16] * 200
+    batches, at = [], 0
+    for n in sizes:
+        if at >= len(ticks):
+            break
+        batches.append(pb2.TickBatch(ticks=ticks[at:at + n]))
+        at += n
+    with grpc.insecure_channel(server.addr) as ch:
+        stub = pb2_grpc.SignalServiceStub(ch)
+        answers = list(stub.StreamTickBatches(iter(batches), timeout=60))
+        single = list(stub.StreamTicks(iter(pb2.Tick(**{**{f.name: getattr(t, f.name) for f in t.DESCRIPTOR.fields},
+                                                         "symbol": t.symbol + ".1"}) for t in ticks), timeout=60))
+    assert [len(a.signals) for a in answers] == [len(b.ticks) for b in batches]
+    signals = [s for a in answers for s in a.signals]
+    assert [s.seq for s in signals] == [t.seq for t in ticks]
+    assert all(not s.reject_reason for s in signals)
+    assert [(s.score, s.target_position) for s in signals] == [(s.score, s.target_position) for s in single]

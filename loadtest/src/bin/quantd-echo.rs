@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_core::Stream;
 use quantd::proto::signal_service_server::{SignalService, SignalServiceServer};
-use quantd::proto::{Signal, Tick};
+use quantd::proto::{Signal, SignalBatch, Tick, TickBatch};
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,6 +42,23 @@ impl SignalService for Echo {
     async fn predict(&self, req: Request<Tick>) -> Result<Response<Signal>, Status> {
         Ok(Response::new(echo(req.into_inner())))
     }
+
+    type StreamTickBatchesStream = Pin<Box<dyn Stream<Item = Result<SignalBatch, Status>> + Send>>;
+
+    async fn stream_tick_batches(
+        &self,
+        req: Request<Streaming<TickBatch>>,
+    ) -> Result<Response<Self::StreamTickBatchesStream>, Status> {
+        Ok(Response::new(Box::pin(req.into_inner().map(|b| b.map(echo_batch)))))
+    }
+
+    async fn predict_batch(&self, req: Request<TickBatch>) -> Result<Response<SignalBatch>, Status> {
+        Ok(Response::new(echo_batch(req.into_inner())))
+    }
+}
+
+fn echo_batch(b: TickBatch) -> SignalBatch {
+    SignalBatch { signals: b.ticks.into_iter().map(echo).collect() }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
