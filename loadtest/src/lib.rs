@@ -118,6 +118,20 @@ impl Source {
     }
 }
 
+/// A channel to `target`: `host:port` over TCP, or `unix:PATH` over a Unix domain socket (with
+/// `localhost` as the HTTP/2 authority: the socket path is not one, and quantd's h2 refuses it).
+pub async fn connect(target: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let Some(path) = target.strip_prefix("unix:") else {
+        return Ok(tonic::transport::Endpoint::from_shared(format!("http://{target}"))?.connect().await?);
+    };
+    let path = std::path::PathBuf::from(path);
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    });
+    Ok(tonic::transport::Endpoint::from_static("http://localhost").connect_with_connector(connector).await?)
+}
+
 /// Asks the kernel for precise sleeps (the default 50 µs timer slack would make every short sleep
 /// late by up to that much). Best effort: on failure sleeps are just coarser.
 fn precise_sleeps() {
@@ -323,9 +337,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut senders = Vec::new();
     let mut calls = Vec::new();
     for _ in 0..opts.streams {
-        let client = SignalServiceClient::connect(format!("http://{}", opts.target))
-            .await
-            .context("connecting to the target")?;
+        let client = SignalServiceClient::new(connect(&opts.target).await.context("connecting to the target")?);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         senders.push(tx);
         calls.push((client, rx));

@@ -24,9 +24,12 @@ enum PaceArg {
     after_help = "Plot saved reports side by side: quantd-load --compare a.json b.json --plot out.svg"
 )]
 struct Args {
-    /// host:port of the gRPC server.
-    #[arg(long, required_unless_present = "compare")]
+    /// host:port of the gRPC server, or unix:PATH for its Unix domain socket.
+    #[arg(long, required_unless_present_any = ["compare", "uds"])]
     target: Option<String>,
+    /// The server's Unix domain socket (the same as --target unix:PATH).
+    #[arg(long, conflicts_with = "target")]
+    uds: Option<String>,
     /// host:port of the admin services (swaps, kill-switch probes); default: --target.
     #[arg(long)]
     admin: Option<String>,
@@ -134,7 +137,8 @@ async fn main() -> anyhow::Result<()> {
         PaceArg::Recorded if a.synthetic => bail!("--pace recorded needs --ticks"),
         PaceArg::Recorded => Pace::Recorded { speed: a.speed },
     };
-    let target = a.target.expect("clap requires --target without --compare");
+    let target =
+        a.uds.map(|p| format!("unix:{p}")).or(a.target).expect("clap requires --target or --uds without --compare");
     let admin = a.admin.unwrap_or_else(|| target.clone());
     let probe = (a.kill_switch_pairs > 0 || a.scrapes > 0).then(|| quantd_load::ProbePlan {
         admin: admin.clone(),

@@ -119,3 +119,25 @@ async fn the_control_plane_probes_see_every_kill_switch_call_bind_the_stream() {
     assert!(report.rejected > 0, "signals bound by the kill switch are answered with its reason");
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_the_unix_socket_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("quantd.sock");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        models_dir: repo().join("models"),
+        metrics_interval_ms: 100,
+        ..Config::default()
+    };
+    config.unix.path = Some(sock.clone());
+    let server = Server::start(&config.server_config().unwrap()).await.expect("quantd starts");
+    let opts = Options { target: format!("unix:{}", sock.display()), ..options(&server, 1_000.0, 1.5) };
+    let report = run(opts).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.sent, report.received, "every tick answered over the socket");
+    assert!(report.end_to_end.count > 1_000, "{}", report.end_to_end.count);
+    server.shutdown(Duration::from_secs(2)).await;
+}
