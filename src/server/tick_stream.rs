@@ -264,6 +264,10 @@ impl TickStream {
                 }
                 match Pin::new(&mut *batches).poll_next(cx) {
                     Poll::Ready(Some(Ok(b))) => {
+                        // A batch, even an empty one, is the client's sign of life.
+                        if let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
+                            idle.as_mut().reset(tokio::time::Instant::now() + d);
+                        }
                         self.batch_sizes.push_back(b.ticks.len());
                         *oversize = b.ticks.len() > self.limits.max_batch_ticks;
                         *current = b.ticks.into_iter();
