@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{EngineConfig, IdleStrategy};
+use crate::clock::millis;
 use crate::plausibility::TickChecks;
 use crate::problem::{Kind, Problems};
 use crate::risk::RiskConfig;
@@ -113,7 +114,7 @@ impl EngineSection {
 
     /// The stuck-engine watchdog's limit (`None`: off).
     pub fn watchdog(&self) -> Option<Duration> {
-        (self.watchdog_ms > 0).then(|| Duration::from_millis(self.watchdog_ms))
+        millis(self.watchdog_ms)
     }
 
     /// What the engine thread is started with: this section, plus the settings of other
@@ -135,7 +136,7 @@ impl EngineSection {
             ttl,
             risk,
             ticks,
-            symbol_idle: (self.symbol_idle_ms > 0).then(|| Duration::from_millis(self.symbol_idle_ms)),
+            symbol_idle: millis(self.symbol_idle_ms),
         }
     }
 }

@@ -31,7 +31,8 @@ use tokio::task::JoinHandle;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use self::security::{AdminSection, TlsSection};
-use self::settings::{StreamSection, UnixSection, millis};
+use self::settings::{StreamSection, UnixSection};
+use crate::clock::millis;
 use crate::engine::{Engine, EngineConfig, EngineHandle};
 use crate::journal::{Journal, JournalConfig, JournalThread};
 use crate::model::manifest::ModelError;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::listen::ConnLimits;
+use crate::clock::millis;
 use crate::problem::{Kind, Problems};
 
 /// What a stream does when it has `window` ticks in flight to the engine.
@@ -175,11 +176,6 @@ impl StreamSection {
             max_header_bytes: self.max_header_bytes,
         }
     }
-}
-
-/// `ms` as a duration, with 0 meaning off.
-pub(crate) fn millis(ms: u64) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// `[unix]`: the service on a Unix domain socket too, for gateways on the same host (no TCP stack
