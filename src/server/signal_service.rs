@@ -11,7 +11,7 @@ use super::realtime_ns;
 use super::settings::Backpressure;
 use super::status::EdgeError;
 use super::streams::{Refused, Streams};
-use super::tick_stream::{BatchStream, StreamLimits, TickStream, finish_journaled};
+use super::tick_stream::{BatchStream, Inbound, StreamLimits, TickStream, finish_journaled};
 use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::journal::Journal;
 use crate::proto;
@@ -47,9 +47,7 @@ impl Signals {
         let unary_recorder = Mutex::new(telemetry.latency.recorder(&[Series::Egress, Series::Total]));
         Self { engine, telemetry, limits, streams, unary_recorder, journal }
     }
-}
 
-impl Signals {
     /// The stream's limits, with the back-pressure mode its request headers choose (refused,
     /// and counted, when the header is malformed or repeated).
     fn stream_limits(&self, metadata: &tonic::metadata::MetadataMap) -> Result<StreamLimits, Status> {
@@ -74,13 +72,19 @@ impl Signals {
         }
         Ok(limits)
     }
-}
 
-/// A stream the caps refused, as its status.
-fn refused(r: Refused) -> Status {
-    match r {
-        Refused::Server(n) => EdgeError::TooManyStreams(n).into(),
-        Refused::Peer(n) => EdgeError::TooManyStreamsFromPeer(n).into(),
+    /// Opens a tick stream (single ticks or batches) with the limits its headers choose, or the
+    /// status that refuses it.
+    fn open_stream<I: Into<Inbound>>(&self, request: Request<I>) -> Result<TickStream, Status> {
+        let limits = self.stream_limits(request.metadata())?;
+        let client = request.remote_addr();
+        let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
+        let journal = self.journal.clone();
+        TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal)
+            .map_err(|r| match r {
+                Refused::Server(n) => EdgeError::TooManyStreams(n).into(),
+                Refused::Peer(n) => EdgeError::TooManyStreamsFromPeer(n).into(),
+            })
     }
 }
 
@@ -90,37 +94,37 @@ impl SignalService for Signals {
     type StreamTickBatchesStream = BatchStream;
 
     async fn stream_ticks(&self, request: Request<Streaming<proto::Tick>>) -> Result<Response<TickStream>, Status> {
-        let limits = self.stream_limits(request.metadata())?;
-        let client = request.remote_addr();
-        let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
-        let journal = self.journal.clone();
-        TickStream::open(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal)
-            .map(Response::new)
-            .map_err(refused)
+        self.open_stream(request).map(Response::new)
     }
 
     async fn stream_tick_batches(
         &self,
         request: Request<Streaming<proto::TickBatch>>,
     ) -> Result<Response<BatchStream>, Status> {
-        let limits = self.stream_limits(request.metadata())?;
-        let client = request.remote_addr();
-        let (engine, telemetry) = (self.engine.clone(), self.telemetry.clone());
-        let journal = self.journal.clone();
-        TickStream::open_batches(request.into_inner(), engine, telemetry, limits, self.streams.clone(), client, journal)
-            .map(Response::new)
-            .map_err(refused)
+        self.open_stream(request).map(|s| Response::new(BatchStream::new(s)))
     }
 
     async fn predict_batch(&self, request: Request<proto::TickBatch>) -> Result<Response<proto::SignalBatch>, Status> {
-        let ticks = request.into_inner().ticks;
+        Ok(Response::new(proto::SignalBatch { signals: self.answer_unary(request.into_inner().ticks).await? }))
+    }
+
+    async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {
+        // A unary tick is a batch of one.
+        let mut signals = self.answer_unary(vec![request.into_inner()]).await?;
+        Ok(Response::new(signals.pop().expect("one signal per tick")))
+    }
+}
+
+impl Signals {
+    /// Answers the ticks of a unary call (`Predict`, `PredictBatch`), one signal each in order. The
+    /// call is one stream in the journal; every tick is submitted before any answer is awaited,
+    /// so the engine sees the whole batch; a batch over `max_batch_ticks` is refused tick by tick.
+    async fn answer_unary(&self, ticks: Vec<proto::Tick>) -> Result<Vec<proto::Signal>, Status> {
         let recv = Instant::now();
         let recv_ns = realtime_ns();
-        // A unary batch is one stream in the journal.
         let stream = self.journal.as_ref().map(Journal::open_stream);
         let oversize = ticks.len() > self.limits.max_batch_ticks;
         let queue = ReplyQueue::new(ticks.len().max(1));
-        // Every tick is submitted before any answer is awaited: the engine sees the whole batch.
         let mut answers = Vec::with_capacity(ticks.len());
         for (i, t) in ticks.iter().enumerate() {
             let journal_refuses = self
@@ -162,36 +166,7 @@ impl SignalService for Signals {
                 finish_journaled(reply, Some(t.symbol), &mut recorder, &self.telemetry, journal)
             })
             .collect();
-        Ok(Response::new(proto::SignalBatch { signals }))
-    }
-
-    async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {
-        let t = request.into_inner();
-        let recv = Instant::now();
-        let recv_ns = realtime_ns();
-        // A unary call is a stream of one tick in the journal.
-        let stream = self.journal.as_ref().map(Journal::open_stream);
-        let journal_refuses =
-            self.journal.as_ref().zip(stream).is_some_and(|(j, id)| !j.record_tick(&t, id, 0, recv_ns, false));
-        let reply = match Tick::from_proto(&t) {
-            _ if journal_refuses => {
-                Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, Reject::JournalUnavailable, recv, recv_ns)
-            }
-            Err(reject) => Reply::rejected(Symbol::EMPTY, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
-            Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => {
-                Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, Reject::WrongShard, recv, recv_ns)
-            }
-            Ok(tick) => {
-                let queue = ReplyQueue::new(1);
-                match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false }) {
-                    Err((_, reject)) => Reply::rejected(tick.symbol, t.seq, t.exchange_ts_ns, reject, recv, recv_ns),
-                    Ok(()) => wait_reply(&queue).await?,
-                }
-            }
-        };
-        let journal = self.journal.as_ref().zip(stream).map(|(j, id)| (j, id, 0));
-        let mut recorder = self.unary_recorder.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Response::new(finish_journaled(reply, Some(t.symbol), &mut recorder, &self.telemetry, journal)))
+        Ok(signals)
     }
 }
 

@@ -87,15 +87,30 @@ impl Local {
 }
 
 /// Where a stream's ticks come from: single-tick messages, or batches.
-enum Inbound {
+pub enum Inbound {
+    /// `StreamTicks`: one tick per message.
     Ticks(Streaming<proto::Tick>),
+    /// `StreamTickBatches`: one `TickBatch` per message.
     Batches {
+        /// The batches, as they arrive.
         batches: Streaming<proto::TickBatch>,
         /// The rest of the batch being read.
         current: std::vec::IntoIter<proto::Tick>,
         /// The batch being read is over `max_batch_ticks`: its ticks are answered at the edge.
         oversize: bool,
     },
+}
+
+impl From<Streaming<proto::Tick>> for Inbound {
+    fn from(ticks: Streaming<proto::Tick>) -> Self {
+        Inbound::Ticks(ticks)
+    }
+}
+
+impl From<Streaming<proto::TickBatch>> for Inbound {
+    fn from(batches: Streaming<proto::TickBatch>) -> Self {
+        Inbound::Batches { batches, current: Vec::new().into_iter(), oversize: false }
+    }
 }
 
 /// One `StreamTicks` call (or the tick side of a `StreamTickBatches` call): reads ticks under its
@@ -141,10 +156,10 @@ pub struct TickStream {
 }
 
 impl TickStream {
-    /// Opens a stream from `client` (its socket address), counted against the server's stream
-    /// caps.
+    /// Opens a stream of single ticks or of batches from `client` (its socket address), counted
+    /// against the server's stream caps.
     pub fn open(
-        inbound: Streaming<proto::Tick>,
+        inbound: impl Into<Inbound>,
         engine: EngineHandle,
         telemetry: Arc<Telemetry>,
         limits: StreamLimits,
@@ -152,33 +167,7 @@ impl TickStream {
         client: Option<SocketAddr>,
         journal: Option<Journal>,
     ) -> Result<Self, Refused> {
-        Self::open_inbound(Inbound::Ticks(inbound), engine, telemetry, limits, streams, client, journal)
-    }
-
-    /// Opens a `StreamTickBatches` call: one `SignalBatch` per `TickBatch`.
-    pub fn open_batches(
-        inbound: Streaming<proto::TickBatch>,
-        engine: EngineHandle,
-        telemetry: Arc<Telemetry>,
-        limits: StreamLimits,
-        streams: Arc<Streams>,
-        client: Option<SocketAddr>,
-        journal: Option<Journal>,
-    ) -> Result<BatchStream, Refused> {
-        let inbound = Inbound::Batches { batches: inbound, current: Vec::new().into_iter(), oversize: false };
-        let inner = Self::open_inbound(inbound, engine, telemetry, limits, streams, client, journal)?;
-        Ok(BatchStream { inner, collected: Vec::new(), ended: None })
-    }
-
-    fn open_inbound(
-        inbound: Inbound,
-        engine: EngineHandle,
-        telemetry: Arc<Telemetry>,
-        limits: StreamLimits,
-        streams: Arc<Streams>,
-        client: Option<SocketAddr>,
-        journal: Option<Journal>,
-    ) -> Result<Self, Refused> {
+        let inbound = inbound.into();
         let probe = streams.open(client)?;
         Ok(Self {
             journal_stream: journal.as_ref().map_or(0, Journal::open_stream),
@@ -517,6 +506,11 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
+    /// Groups the signals of `inner`, a stream opened on batches, back into batches.
+    pub fn new(inner: TickStream) -> Self {
+        Self { inner, collected: Vec::new(), ended: None }
+    }
+
     /// The front batch, when every one of its signals is in.
     fn complete(&mut self) -> Option<proto::SignalBatch> {
         let &n = self.inner.batch_sizes.front()?;
