@@ -116,6 +116,16 @@ struct Shared {
     risk_board: Arc<RiskBoard>,
 }
 
+impl Shared {
+    /// Refuses new ticks (`shutting_down`) from now on; queued ones are still processed (a
+    /// paused engine is resumed and woken, so the queue drains).
+    fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.hooks.resume();
+        self.unparker.unpark();
+    }
+}
+
 /// The producer side of the engine queue; cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -262,9 +272,7 @@ impl Engine {
     /// Refuses new ticks (`shutting_down`) from now on; queued ones are still processed (a
     /// paused engine is resumed, so the queue drains).
     pub fn stop_accepting(&self) {
-        self.handle.shared.accepting.store(false, Ordering::Release);
-        self.handle.shared.hooks.resume();
-        self.handle.shared.unparker.unpark();
+        self.handle.shared.stop_accepting();
     }
 
     /// Stops taking new ticks, lets the thread drain the queue (answering every queued tick),

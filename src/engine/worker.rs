@@ -347,10 +347,10 @@ pub fn spawn(
             }
             worker.run(&parker, &mut idler);
         },
-        // Stop taking new ticks, drain the queue (answering every queued tick), exit.
+        // Stop taking new ticks, drain the queue (answering every queued tick), exit. New ticks
+        // are refused before the stop flag is set, so none is queued after the last pass.
         move |_| {
-            asked.accepting.store(false, Ordering::Release);
-            asked.hooks.resume();
+            asked.stop_accepting();
             stop.store(true, Ordering::Release);
             asked.unparker.unpark();
         },
