@@ -11,16 +11,24 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-async fn server() -> Server {
-    let config = Config {
+/// Ephemeral ports, the repo's models, fast metrics.
+fn config() -> Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         models_dir: repo().join("models"),
         metrics_interval_ms: 100,
         ..Config::default()
-    };
+    }
+}
+
+async fn start(config: Config) -> Server {
     Server::start(&config.server_config().unwrap()).await.expect("quantd starts")
+}
+
+async fn server() -> Server {
+    start(config()).await
 }
 
 fn options(server: &Server, rate: f64, secs: f64) -> Options {
@@ -124,16 +132,9 @@ async fn the_control_plane_probes_see_every_kill_switch_call_bind_the_stream() {
 async fn a_run_over_the_unix_socket_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("quantd.sock");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        models_dir: repo().join("models"),
-        metrics_interval_ms: 100,
-        ..Config::default()
-    };
+    let mut config = config();
     config.unix.path = Some(sock.clone());
-    let server = Server::start(&config.server_config().unwrap()).await.expect("quantd starts");
+    let server = start(config).await;
     let opts = Options { target: format!("unix:{}", sock.display()), ..options(&server, 1_000.0, 1.5) };
     let report = run(opts).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
