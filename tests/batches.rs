@@ -149,3 +149,30 @@ async fn single_tick_and_batch_streams_at_once_on_one_connection() {
     assert!(batched.iter().all(|b| b.signals.len() <= 64));
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// An empty batch read in the same poll as the next batch, whose ticks the edge answers at once
+/// (here: refused as malformed), still gets its own empty answer before that batch's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_batch_keeps_its_place_before_a_batch_answered_at_the_edge() {
+    let server = start(&test_config()).await;
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 200);
+    let mut sent = Vec::new();
+    for (i, t) in ticks.iter().enumerate() {
+        sent.push(TickBatch::default());
+        // Every other batch is refused at the edge (a NaN price), the rest go to the engine.
+        let t = if i % 2 == 0 { Tick { bid_px: f64::NAN, ..t.clone() } } else { t.clone() };
+        sent.push(TickBatch { ticks: vec![t] });
+    }
+    sent.push(TickBatch::default());
+    sent.push(TickBatch::default());
+    let answers = stream_batches(&mut c, sent.clone()).await;
+    assert_eq!(
+        answers.iter().map(|a| a.signals.len()).collect::<Vec<_>>(),
+        sent.iter().map(|b| b.ticks.len()).collect::<Vec<_>>(),
+        "one answer per batch, in order, empty ones included"
+    );
+    let seqs: Vec<u64> = flat(&answers).iter().map(|s| s.seq).collect();
+    assert_eq!(seqs, ticks.iter().map(|t| t.seq).collect::<Vec<_>>());
+    server.shutdown(Duration::from_secs(2)).await;
+}

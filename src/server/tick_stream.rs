@@ -501,6 +501,9 @@ pub struct BatchStream {
     inner: TickStream,
     /// The signals of the batch at the front of `inner.batch_sizes`, so far.
     collected: Vec<proto::Signal>,
+    /// A signal of a later batch, held while the batches before it go out: empty batches read
+    /// in the same poll as its tick are complete before it (their answers go first).
+    held: Option<proto::Signal>,
     /// The stream's final status, held back while a short last batch is sent first.
     ended: Option<Option<Result<proto::SignalBatch, Status>>>,
 }
@@ -508,7 +511,7 @@ pub struct BatchStream {
 impl BatchStream {
     /// Groups the signals of `inner`, a stream opened on batches, back into batches.
     pub fn new(inner: TickStream) -> Self {
-        Self { inner, collected: Vec::new(), ended: None }
+        Self { inner, collected: Vec::new(), held: None, ended: None }
     }
 
     /// The front batch, when every one of its signals is in.
@@ -533,8 +536,13 @@ impl Stream for BatchStream {
             if let Some(batch) = this.complete() {
                 return Poll::Ready(Some(Ok(batch)));
             }
+            if let Some(signal) = this.held.take() {
+                this.collected.push(signal);
+                continue;
+            }
             match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(signal))) => this.collected.push(signal),
+                // Held until the batches complete before it (empty ones read with it) are out.
+                Poll::Ready(Some(Ok(signal))) => this.held = Some(signal),
                 // The stream ends (a drain, a cut, the client's end): the signals of a batch it
                 // answered only in part go out first, as a short batch; the status's
                 // `x-quantd-last-seq` names the last tick answered.
@@ -550,7 +558,8 @@ impl Stream for BatchStream {
                     this.ended = Some(end);
                     return Poll::Ready(Some(Ok(proto::SignalBatch { signals: std::mem::take(&mut this.collected) })));
                 }
-                Poll::Pending => return Poll::Pending,
+                // An empty batch read in this poll is complete now: no wake-up would come for it.
+                Poll::Pending => return this.complete().map_or(Poll::Pending, |b| Poll::Ready(Some(Ok(b)))),
             }
         }
     }
