@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
+.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-batches bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -53,6 +53,11 @@ test-deploy: setup
 ## (3 runs each) and at their highest sustained rate; rewrites BENCHMARKS.md's suite section (~12 min)
 bench: setup
 	$(PY) scripts/bench.py
+
+## bench-batches: quantd and the echo floor over TCP and a Unix socket, 1/16/64 ticks per message, at
+## fixed rates and at their highest sustained rate (the suite's batch section alone; ~15 min)
+bench-batches: setup
+	$(PY) scripts/bench.py --only batches
 
 ## bench-quick: the same suite, one short run each, no criterion (a smoke test, ~2 min)
 bench-quick: setup

@@ -8,11 +8,15 @@
    recorded Binance BTCUSDT quotes and trades) at fixed rates, REPEATS times, interleaved so that
    noise on this shared machine hits every server alike;
 3. the highest rate each sustains with p99 < 2 ms (every reply, in order), stepping up a ladder;
-4. BENCHMARKS.md: the part between the `make bench` markers is replaced with tables of medians
-   over the repeats, ratios to the echo floor and to the Python peer, the goals of the load
-   generator issue met or missed, the machine and the commands; plots go to docs/bench/.
+4. batches and transports: quantd and quantd-echo over TCP and over a Unix socket, with 1, 16
+   and 64 ticks per message (`quantd-load --batch N`), side by side at fixed rates, and the
+   highest rate each sustains;
+5. BENCHMARKS.md: the parts between the `make bench` markers (and the `make bench batches`
+   markers) are replaced with tables of medians over the repeats, ratios to the echo floor and to
+   the Python peer, the goals met or missed, the machine and the commands; plots go to docs/bench/.
 
 Usage: scripts/bench.py [--repeats 3] [--duration 5] [--rates 1000,10000,50000] [--quick]
+       scripts/bench.py --only batches   (step 4 alone)
 """
 from __future__ import annotations
 
@@ -38,9 +42,16 @@ TICK_FILES = [TICKS / "binance_usdm_btcusdt_20240808_quotes.csv.gz", TICKS / "bi
 OUT = REPO / "target" / "bench"
 PLOTS = REPO / "docs" / "bench"
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
+BATCH_BEGIN, BATCH_END = "<!-- make bench batches: begin -->", "<!-- make bench batches: end -->"
+BATCHES = [1, 16, 64]
+# Fixed rates of the batch table: single ticks where a single-tick stream can keep up, batches
+# where the message rate of single ticks could not.
+BATCH_RATES = {1: [10_000], 16: [10_000, 200_000], 64: [10_000, 200_000, 500_000]}
 LADDER = [1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 70_000, 100_000, 150_000, 200_000, 300_000,
           500_000, 700_000, 1_000_000]
 P99_LIMIT_US = 2_000.0
+# quantd's start-up log line (--log-json): its TCP address and its metrics address, other fields between.
+QUANTD_SERVING = r'"message":"serving","addr":"([^"]+)".*?"metrics_addr":"(?P<metrics>[^"]+)"'
 TRITON = "Triton quick-start, trivial model over gRPC: p50 569 µs, p99 1,105 µs (triton-inference-server/server#7203)"
 
 
@@ -103,17 +114,18 @@ def default_model_dir() -> str:
 def start_servers(stubs: Path) -> dict[str, Server]:
     quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                                "--metrics-listen", "127.0.0.1:0", "--models", "models", "--log-json", "true"],
-                    r'"message":"serving","addr":"([^"]+)","metrics_addr":"(?P<metrics>[^"]+)"')
+                    QUANTD_SERVING)
     echo = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
     python = Server("python", [sys.executable, "loadtest/baselines/python_server.py", "--listen", "127.0.0.1:0",
                                "--model", default_model_dir(), "--stubs", str(stubs)], r"listening on (\S+)")
     return {"quantd": quantd, "echo": echo, "python": python}
 
 
-def load(server: Server, rate: float, duration: float, warmup: float, out: Path) -> dict:
-    cmd = [str(RELEASE / "quantd-load"), "--target", server.addr, "--label", server.name, "--rate", str(rate),
-           "--duration", str(duration), "--warmup", str(warmup), "--quiet", "--json", str(out), "--ticks",
-           *map(str, TICK_FILES)]
+def load(server: Server, rate: float, duration: float, warmup: float, out: Path, batch: int = 1,
+         target: str | None = None) -> dict:
+    cmd = [str(RELEASE / "quantd-load"), "--target", target or server.addr, "--label", server.name, "--rate", str(rate),
+           "--duration", str(duration), "--warmup", str(warmup), "--quiet", "--json", str(out), "--batch", str(batch),
+           "--ticks", *map(str, TICK_FILES)]
     if server.metrics:
         cmd += ["--metrics", server.metrics]
     out.unlink(missing_ok=True)
@@ -264,6 +276,7 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,10000,50000")
     ap.add_argument("--no-criterion", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 2 s runs, no criterion (a smoke test)")
+    ap.add_argument("--only", choices=["batches"], help="run only this part of the suite")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     if args.quick:
@@ -272,6 +285,10 @@ def main() -> int:
     for f in TICK_FILES:
         if not f.exists():
             raise SystemExit(f"{f} missing (set TICKS=dir)")
+    if args.only == "batches":
+        OUT.mkdir(parents=True, exist_ok=True)
+        replace_section(BATCH_BEGIN, BATCH_END, batches(args), "## Batches and transports (`make bench`)")
+        return 0
     crit = [] if args.no_criterion else criterion()
     OUT.mkdir(parents=True, exist_ok=True)
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -315,16 +332,121 @@ def main() -> int:
         for s in servers.values():
             s.stop()
         shutil.rmtree(stubs, ignore_errors=True)
-    section = write_markdown(args, crit, results, ladders, time.monotonic() - t0)
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# quantd benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## The suite (`make bench`)\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(BEGIN, END, write_markdown(args, crit, results, ladders, time.monotonic() - t0),
+                    "## The suite (`make bench`)")
+    replace_section(BATCH_BEGIN, BATCH_END, batches(args), "## Batches and transports (`make bench`)")
     log(f"BENCHMARKS.md written ({(time.monotonic() - t0) / 60:.1f} min)")
     return 0
+
+
+def replace_section(begin: str, end: str, section: str, heading: str) -> None:
+    """Puts `section` (which starts with `begin` and ends with `end`) into BENCHMARKS.md, in place
+    of the last one, or at the end under `heading`."""
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# quantd benchmarks\n\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n{heading}\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def ladder(server: Server, target: str, batch: int, probe: float, tag: str) -> tuple[int, dict | None]:
+    """The highest rate of LADDER (from 5k) that `server` sustains at `target` with `batch` ticks
+    per message, and the first run that failed (None: none did)."""
+    best, fail = 0, None
+    for rate in (r for r in LADDER if r >= 5_000):
+        r = load(server, rate, probe, 1.0, OUT / f"{tag}-ladder-{rate}.json", batch, target)
+        log(f"{tag:<16} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+        if not sustained(r):
+            return best, r
+        best = rate
+    return best, fail
+
+
+def batches(args) -> str:
+    """Step 4: quantd and the echo floor, over TCP and a Unix socket, batch 1/16/64."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="quantd-bench-"))
+    q_sock, e_sock = sock_dir / "quantd.sock", sock_dir / "echo.sock"
+    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--listen", f"unix:{q_sock}",
+                               "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--models", "models",
+                               "--log-json", "true"],
+                    QUANTD_SERVING)
+    echo_tcp = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
+    echo_uds = Server("echo", [str(RELEASE / "quantd-echo"), f"unix:{e_sock}"], r"listening on (\S+)")
+    configs = [("quantd", "tcp", quantd, quantd.addr), ("quantd", "uds", quantd, f"unix:{q_sock}"),
+               ("echo", "tcp", echo_tcp, echo_tcp.addr), ("echo", "uds", echo_uds, f"unix:{e_sock}")]
+    runs: dict[tuple, list[dict]] = {}
+    ladders: dict[tuple, tuple[int, dict | None]] = {}
+    try:
+        for rep in range(args.repeats):
+            for batch in BATCHES:
+                for rate in BATCH_RATES[batch]:
+                    for name, transport, server, target in configs:
+                        tag = f"{name}-{transport}-b{batch}"
+                        r = load(server, rate, args.duration, args.warmup, OUT / f"{tag}-{rate}-{rep}.json", batch, target)
+                        runs.setdefault((name, transport, batch, rate), []).append(r)
+                        log(f"{tag:<16} {rate:>7,}/s run {rep + 1}: e2e p50 {r['end_to_end']['p50_us']:.1f} µs, "
+                            f"p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+        for batch in BATCHES:
+            for name, transport, server, target in configs:
+                ladders[(name, transport, batch)] = ladder(server, target, batch, args.probe, f"{name}-{transport}-b{batch}")
+    finally:
+        for s in (quantd, echo_tcp, echo_uds):
+            s.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    return batch_markdown(args, runs, ladders)
+
+
+def batch_markdown(args, runs: dict, ladders: dict) -> str:
+    lines = [BATCH_BEGIN, "", f"Generated by `make bench` (`scripts/bench.py --only batches --repeats {args.repeats} "
+             f"--duration {args.duration}`). Machine: {machine()}. `quantd-load --target ADDR|unix:PATH --batch N "
+             "--rate R` against quantd (default model; one process serving TCP and the Unix socket) and quantd-echo "
+             "(one process per transport), one stream, recorded BTCUSDT quotes and trades. A batch goes out when its "
+             "last tick is due; each tick's latency is taken from its own due time, so it includes the wait for its "
+             "batch to fill, (N−1)/(2·rate) on average. Medians over "
+             f"{args.repeats} runs, µs.", "",
+             "| batch | rate | transport | quantd e2e p50 | p99 | echo e2e p50 | p99 | quantd/echo p50 | p99 | quantd server-internal p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for batch in BATCHES:
+        for rate in BATCH_RATES[batch]:
+            for transport in ("tcp", "uds"):
+                q, e = runs[("quantd", transport, batch, rate)], runs[("echo", transport, batch, rate)]
+                if not (kept_up(q) and kept_up(e)):
+                    behind = " / ".join(n for n, rr in (("quantd", q), ("echo", e)) if not kept_up(rr))
+                    lines.append(f"| {batch} | {rate:,} | {transport} | {behind} falls behind | | | | | | |")
+                    continue
+                qp50, qp99 = med(q, "end_to_end", "p50_us"), med(q, "end_to_end", "p99_us")
+                ep50, ep99 = med(e, "end_to_end", "p50_us"), med(e, "end_to_end", "p99_us")
+                lines.append(f"| {batch} | {rate:,} | {transport} | {fmt_us(qp50)} | {fmt_us(qp99)} | {fmt_us(ep50)} "
+                             f"| {fmt_us(ep99)} | {qp50 / ep50:.2f}× | {qp99 / ep99:.2f}× "
+                             f"| {fmt_us(med(q, 'server_internal', 'p50_us'))} |")
+    lines += ["", f"### Highest sustained rate by batch and transport (every reply in order, p99 < {P99_LIMIT_US:,.0f} µs)",
+              "", f"The ladder {', '.join(f'{x // 1000}k' for x in LADDER if x >= 5_000)} ticks/s, {args.probe} s "
+              "per rung after 1 s of warm-up, until one fails.", "",
+              "| batch | transport | quantd sustained | its first failing rate: p99, errors | echo sustained |",
+              "|---|---|---|---|---|"]
+    for batch in BATCHES:
+        for transport in ("tcp", "uds"):
+            best, fail = ladders[("quantd", transport, batch)]
+            ebest, _ = ladders[("echo", transport, batch)]
+            fail_txt = (f"{fail['target_rate']:,.0f}: {fmt_us(fail['end_to_end']['p99_us'])} µs, {len(fail['errors'])}"
+                        if fail else "—")
+            lines.append(f"| {batch} | {transport} | {best:,.0f} | {fail_txt} | {ebest:,.0f} |")
+    q64 = ladders[("quantd", "tcp", 64)][0]
+    u64 = ladders[("quantd", "uds", 64)][0]
+    lines += ["", "| goal | measured | |", "|---|---|---|",
+              f"| ≥ 500k ticks/s, batches of 64, one stream, TCP, p99 < 2 ms | {q64:,.0f} ticks/s | {verdict(q64 >= 500_000)} |",
+              f"| stretch: ≥ 1M ticks/s over the Unix socket | {u64:,.0f} ticks/s | {verdict(u64 >= 1_000_000)} |"]
+    for transport in ("tcp", "uds"):
+        q, e = runs[("quantd", transport, 1, 10_000)], runs[("echo", transport, 1, 10_000)]
+        if kept_up(q) and kept_up(e):
+            r50 = med(q, "end_to_end", "p50_us") / med(e, "end_to_end", "p50_us")
+            r99 = med(q, "end_to_end", "p99_us") / med(e, "end_to_end", "p99_us")
+            lines.append(f"| single ticks at 10k/s over {transport}: p50 ≤ 1.15× echo | {r50:.2f}× | {verdict(r50 <= 1.15)} |")
+            lines.append(f"| single ticks at 10k/s over {transport}: p99 ≤ 1.3× echo | {r99:.2f}× | {verdict(r99 <= 1.3)} |")
+    lines += ["", BATCH_END]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

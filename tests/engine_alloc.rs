@@ -2,6 +2,7 @@
 //! the real engine thread and real models (a plain MLP and a windowed TCN) while a counting global
 //! allocator (`stats_alloc`) watches the whole process. (ONNX Runtime's own C++ allocations do not pass through Rust's allocator;
 //! this checks quantd's code: queue, features, scorer call, policy, replies, latency hand-over.)
+//! Ticks go in one by one and as batches of 64 (queued together, one wake-up).
 
 use std::alloc::System;
 use std::path::PathBuf;
@@ -50,43 +51,48 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
     let replies = ReplyQueue::new(4096);
     let mut totals = telemetry.latency.new_set();
 
-    // Sends ticks[range] in bursts (to exercise batching), waits for every reply.
-    let mut run = |range: std::ops::Range<usize>| {
-        let mut outstanding = 0usize;
+    // Sends ticks[range] in bursts of `burst` and waits for every reply after each burst (to
+    // exercise batching): tick by tick with `submit`, or, as a TickBatch is, every tick of the
+    // burst queued with `submit_deferred` and the engine woken once.
+    let mut run = |range: std::ops::Range<usize>, burst: usize, as_batch: bool| {
         let mut scored = 0usize;
-        for (i, t) in ticks[range].iter().enumerate() {
-            let item =
-                WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0, conflate: false };
-            assert!(handle.submit(item).is_ok());
-            outstanding += 1;
-            if i % 50 == 49 {
-                while outstanding > 0 {
-                    if let Some(r) = replies.pop() {
-                        assert!(r.reject.is_none());
-                        scored += !r.warming_up as usize;
-                        outstanding -= 1;
-                    }
+        for chunk in ticks[range].chunks(burst) {
+            for t in chunk {
+                let item =
+                    WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0, conflate: false };
+                if as_batch {
+                    assert!(handle.submit_deferred(item).is_ok());
+                } else {
+                    assert!(handle.submit(item).is_ok());
                 }
-                telemetry.latency.collect(&mut totals); // the hand-over runs during the window too
             }
-        }
-        while outstanding > 0 {
-            if replies.pop().is_some() {
-                outstanding -= 1;
+            if as_batch {
+                handle.wake();
             }
+            let mut outstanding = chunk.len();
+            while outstanding > 0 {
+                if let Some(r) = replies.pop() {
+                    assert!(r.reject.is_none());
+                    scored += !r.warming_up as usize;
+                    outstanding -= 1;
+                }
+            }
+            telemetry.latency.collect(&mut totals); // the hand-over runs during the window too
         }
         scored
     };
 
-    run(0..5_000); // warm-up: symbols, ORT arenas, every batch size seen so far
+    // Warm-up: symbols, ORT arenas, every batch size seen so far.
+    run(0..3_000, 50, false);
+    run(3_000..5_000, 64, true);
     let region = Region::new(GLOBAL);
-    let scored = run(5_000..25_000);
+    let scored = run(5_000..15_000, 50, false) + run(15_000..25_000, 64, true);
     let change = region.change();
     assert!(scored > 19_000, "{model}: the window really scored ticks ({scored})");
     assert_eq!(
         change.allocations + change.reallocations,
         0,
-        "{model}: heap allocations while the engine processed 20000 ticks: {change:?}"
+        "{model}: heap allocations while the engine processed 20000 ticks, single and in batches of 64: {change:?}"
     );
     telemetry.latency.collect(&mut totals);
     assert!(!totals.get(quantd::telemetry::Series::Inference).unwrap().is_empty());

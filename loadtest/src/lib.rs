@@ -7,7 +7,9 @@
 //! been sent during it — coordinated omission cannot hide it (no correction needed or applied).
 //! How late the pacer itself released ticks is measured too (`send_lag`), so the client's own
 //! share of the latency is on the report. Every reply is checked: one per tick, in order, `seq`
-//! echoed. End-to-end latency is split with the server's `server_recv_ns`/`server_send_ns` stamps
+//! echoed. With `batch` > 1 each stream sends `StreamTickBatches`: a stream's ticks go out `batch`
+//! at a time, when the last of them is due, and each tick's latency is still taken from its own
+//! due time (so it includes the wait for its batch to fill). End-to-end latency is split with the server's `server_recv_ns`/`server_send_ns` stamps
 //! (same host, CLOCK_REALTIME).
 //!
 //! Threads: the pacer (`load-pacer`), the tokio runtime of the caller (one task per stream, and
@@ -25,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use hdrhistogram::Histogram;
-use quantd::proto::Tick;
 use quantd::proto::signal_service_client::SignalServiceClient;
+use quantd::proto::{Signal, SignalBatch, Tick, TickBatch};
+use tokio::sync::mpsc::UnboundedSender;
 
 pub use probe::{ProbePlan, ProbeReport};
 pub use report::{Percentiles, Report, SwapReport};
@@ -46,6 +49,9 @@ pub struct Options {
     pub symbols: usize,
     pub pace: Pace,
     pub streams: usize,
+    /// Ticks per message: 1 sends `StreamTicks` (one Tick each), N > 1 sends `StreamTickBatches`
+    /// (one TickBatch of N ticks each; a stream's last batch may be shorter).
+    pub batch: usize,
     pub warmup: Duration,
     pub duration: Duration,
     /// The server's Prometheus endpoint (host:port): its own tick→signal and per-stage
@@ -160,31 +166,100 @@ fn wait_until(due: Instant) {
     }
 }
 
-/// Releases every tick at its due time, round-robin over the streams' senders. Returns how late
-/// each release was.
+/// Where the pacer puts one stream's due ticks: a message each, or a batch once `n` are due.
+enum Outlet {
+    Ticks(UnboundedSender<Tick>),
+    Batches { tx: UnboundedSender<TickBatch>, n: usize, filling: Vec<Tick> },
+}
+
+impl Outlet {
+    /// Takes a due tick; returns how many ticks went out (0 while a batch fills), or `None` when
+    /// the stream is gone.
+    fn put(&mut self, t: Tick) -> Option<u64> {
+        match self {
+            Outlet::Ticks(tx) => tx.send(t).ok().map(|()| 1),
+            Outlet::Batches { n, filling, .. } => {
+                filling.push(t);
+                if filling.len() < *n { Some(0) } else { self.flush() }
+            }
+        }
+    }
+
+    /// Sends a batch that is filling, short or not.
+    fn flush(&mut self) -> Option<u64> {
+        match self {
+            Outlet::Ticks(_) => Some(0),
+            Outlet::Batches { tx, n, filling } => {
+                let ticks = std::mem::replace(filling, Vec::with_capacity(*n));
+                let sent = ticks.len() as u64;
+                if sent == 0 {
+                    return Some(0);
+                }
+                tx.send(TickBatch { ticks }).ok().map(|()| sent)
+            }
+        }
+    }
+}
+
+/// Releases every tick at its due time, round-robin over the streams' outlets (a batch goes out
+/// when its last tick is due; short batches at the end). Returns how late each release was.
 fn pace(
     source: Source,
     offsets: Arc<Vec<u64>>,
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Tick>>,
+    mut outlets: Vec<Outlet>,
     start: Instant,
     start_ns: u64,
     sent: Arc<AtomicU64>,
 ) -> Histogram<u64> {
     precise_sleeps();
     let mut lag = histogram();
-    let streams = senders.len();
+    let streams = outlets.len();
     for (i, &offset) in offsets.iter().enumerate() {
         let due = start + Duration::from_nanos(offset);
         wait_until(due);
         lag.saturating_record(due.elapsed().as_nanos() as u64);
         let mut t = source.tick(i, streams);
         t.exchange_ts_ns = (start_ns + offset) as i64;
-        if senders[i % streams].send(t).is_err() {
-            break;
+        match outlets[i % streams].put(t) {
+            Some(n) => sent.fetch_add(n, Ordering::Relaxed),
+            None => break,
+        };
+    }
+    for o in &mut outlets {
+        if let Some(n) = o.flush() {
+            sent.fetch_add(n, Ordering::Relaxed);
         }
-        sent.fetch_add(1, Ordering::Relaxed);
     }
     lag
+}
+
+/// What a stream's call sends: the pacer's ticks, or its batches.
+enum Inbox {
+    Ticks(tokio::sync::mpsc::UnboundedReceiver<Tick>),
+    Batches(tokio::sync::mpsc::UnboundedReceiver<TickBatch>),
+}
+
+/// One stream's replies, signal by signal, each with the time its message arrived.
+enum Replies {
+    Ticks(tonic::Streaming<Signal>),
+    Batches { batches: tonic::Streaming<SignalBatch>, rest: std::vec::IntoIter<Signal>, arrived: (Instant, u64) },
+}
+
+impl Replies {
+    /// The next signal and when its message arrived (monotonic, and CLOCK_REALTIME ns).
+    async fn next(&mut self) -> Result<Option<(Signal, Instant, u64)>, tonic::Status> {
+        match self {
+            Replies::Ticks(s) => Ok(s.message().await?.map(|s| (s, Instant::now(), now_ns()))),
+            Replies::Batches { batches, rest, arrived } => loop {
+                if let Some(s) = rest.next() {
+                    return Ok(Some((s, arrived.0, arrived.1)));
+                }
+                let Some(b) = batches.message().await? else { return Ok(None) };
+                *arrived = (Instant::now(), now_ns());
+                *rest = b.signals.into_iter();
+            },
+        }
+    }
 }
 
 /// What one stream measured.
@@ -214,12 +289,7 @@ struct Run {
     kill: Option<Arc<probe::KillWatch>>,
 }
 
-async fn receive(
-    run: Run,
-    stream: usize,
-    mut replies: tonic::Streaming<quantd::proto::Signal>,
-    end: Instant,
-) -> StreamResult {
+async fn receive(run: Run, stream: usize, mut replies: Replies, end: Instant) -> StreamResult {
     let mut r = StreamResult {
         received: 0,
         rejected: 0,
@@ -233,7 +303,7 @@ async fn receive(
     let total = run.offsets.len() as u64;
     let mut expected = stream as u64;
     while expected < total {
-        let s = match tokio::time::timeout_at(end.into(), replies.message()).await {
+        let (s, now, now_rt) = match tokio::time::timeout_at(end.into(), replies.next()).await {
             Err(_) => {
                 let missing = (total - expected).div_ceil(run.streams as u64);
                 r.errors
@@ -250,8 +320,6 @@ async fn receive(
             }
             Ok(Ok(Some(s))) => s,
         };
-        let now = Instant::now();
-        let now_rt = now_ns();
         if s.seq != expected {
             r.errors.push(format!(
                 "stream {stream}: reply seq {} where {expected} was due (out of order or missing)",
@@ -324,6 +392,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if opts.streams == 0 {
         bail!("--streams must be positive");
     }
+    if opts.batch == 0 {
+        bail!("--batch must be positive");
+    }
     let source = Source::open(&opts)?;
     let span = opts.warmup + opts.duration;
     let offsets = Arc::new(schedule::offsets(opts.pace, span.as_nanos() as u64, opts.seed, &source.exchange_times())?);
@@ -334,13 +405,19 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         Some(m) => Some(report::scrape(m).await?),
         None => None,
     };
-    let mut senders = Vec::new();
+    let mut outlets = Vec::new();
     let mut calls = Vec::new();
     for _ in 0..opts.streams {
         let client = SignalServiceClient::new(connect(&opts.target).await.context("connecting to the target")?);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        senders.push(tx);
-        calls.push((client, rx));
+        if opts.batch == 1 {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            outlets.push(Outlet::Ticks(tx));
+            calls.push((client, Inbox::Ticks(rx)));
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            outlets.push(Outlet::Batches { tx, n: opts.batch, filling: Vec::with_capacity(opts.batch) });
+            calls.push((client, Inbox::Batches(rx)));
+        }
     }
     // Start a little in the future so the pacer is running before the first due time.
     let start = Instant::now() + Duration::from_millis(100);
@@ -361,7 +438,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let (offsets, sent) = (offsets.clone(), sent.clone());
         std::thread::Builder::new()
             .name("load-pacer".into())
-            .spawn(move || pace(source, offsets, senders, start, start_ns, sent))?
+            .spawn(move || pace(source, offsets, outlets, start, start_ns, sent))?
     };
     // After the last due time, replies get at most this long to arrive.
     let end = start + span + Duration::from_secs(5);
@@ -400,12 +477,22 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let tasks: Vec<_> = calls
         .into_iter()
         .enumerate()
-        .map(|(k, (mut client, rx))| {
+        .map(|(k, (mut client, inbox))| {
             let run = run.clone();
             tokio::spawn(async move {
-                let call = client.stream_ticks(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+                use tokio_stream::wrappers::UnboundedReceiverStream as Rx;
+                let call = async {
+                    Ok::<_, tonic::Status>(match inbox {
+                        Inbox::Ticks(rx) => Replies::Ticks(client.stream_ticks(Rx::new(rx)).await?.into_inner()),
+                        Inbox::Batches(rx) => Replies::Batches {
+                            batches: client.stream_tick_batches(Rx::new(rx)).await?.into_inner(),
+                            rest: Vec::new().into_iter(),
+                            arrived: (Instant::now(), 0),
+                        },
+                    })
+                };
                 match tokio::time::timeout_at(end.into(), call).await {
-                    Ok(Ok(replies)) => Ok(receive(run, k, replies.into_inner(), end).await),
+                    Ok(Ok(replies)) => Ok(receive(run, k, replies, end).await),
                     Ok(Err(status)) => Err(anyhow::anyhow!("stream {k}: the call failed: {status}")),
                     Err(_) => Err(anyhow::anyhow!("stream {k}: the server never answered the call")),
                 }
@@ -460,6 +547,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         target: opts.target.clone(),
         pace: format!("{:?}", opts.pace),
         streams: opts.streams,
+        batch: opts.batch,
         target_rate: offsets.len() as f64 / span.as_secs_f64(),
         duration_s: opts.duration.as_secs_f64(),
         sent: sent.load(Ordering::Relaxed),

@@ -66,6 +66,10 @@ struct Args {
     warmup: f64,
     #[arg(long, default_value_t = 1)]
     streams: usize,
+    /// Ticks per message: 1 streams single ticks (StreamTicks); N > 1 sends TickBatch messages of
+    /// N ticks (StreamTickBatches), each released when its last tick is due.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// The server's Prometheus endpoint (host:port), to read its own histograms too.
     #[arg(long)]
     metrics: Option<String>,
@@ -153,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         symbols: a.symbols,
         pace,
         streams: a.streams,
+        batch: a.batch,
         warmup: Duration::from_secs_f64(a.warmup),
         duration: Duration::from_secs_f64(a.duration),
         metrics: a.metrics,

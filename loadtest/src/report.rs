@@ -64,6 +64,9 @@ pub struct Report {
     /// The schedule: `Fixed { rate }`, `Poisson { rate }` or `Recorded { speed }`.
     pub pace: String,
     pub streams: usize,
+    /// Ticks per message (1: `StreamTicks`; more: `StreamTickBatches`).
+    #[serde(default = "one")]
+    pub batch: usize,
     /// Ticks per second the schedule asked for (warm-up included).
     pub target_rate: f64,
     /// Seconds measured (after the warm-up).
@@ -94,6 +97,10 @@ pub struct Report {
     pub distribution: Vec<(f64, f64)>,
 }
 
+fn one() -> usize {
+    1
+}
+
 fn print_row(name: &str, p: &Percentiles) {
     println!(
         "  {name:<22} p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  p99.9 {:>9.1}  p99.99 {:>9.1}  max {:>9.1}  µs",
@@ -104,10 +111,12 @@ fn print_row(name: &str, p: &Percentiles) {
 impl Report {
     pub fn print(&self) {
         println!(
-            "{}: {} stream(s) to {}, {}; target {:.0} ticks/s, achieved {:.0}; sent {}, received {}, rejected {}, errors {}",
+            "{}: {} stream(s) to {}, {} tick(s) per message, {}; target {:.0} ticks/s, achieved {:.0}; sent {}, \
+             received {}, rejected {}, errors {}",
             self.label,
             self.streams,
             self.target,
+            self.batch,
             self.pace,
             self.target_rate,
             self.achieved_rate,

@@ -138,14 +138,29 @@ impl EngineHandle {
     #[inline]
     #[allow(clippy::result_large_err)] // handing the item back by value is the point
     pub fn submit(&self, item: WorkItem) -> Result<(), (WorkItem, Reject)> {
+        self.submit_deferred(item)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues a tick without waking the engine: a caller queueing several (a batch, or what one
+    /// poll of a stream read) calls [`EngineHandle::wake`] once after the last, so a sleeping
+    /// engine wakes once and finds them all. Fails as [`EngineHandle::submit`] does.
+    #[inline]
+    #[allow(clippy::result_large_err)] // handing the item back by value is the point
+    pub fn submit_deferred(&self, item: WorkItem) -> Result<(), (WorkItem, Reject)> {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err((item, Reject::ShuttingDown));
         }
-        self.shared.queue.push(item).map_err(|item| (item, Reject::QueueFull))?;
+        self.shared.queue.push(item).map_err(|item| (item, Reject::QueueFull))
+    }
+
+    /// Wakes the engine if it sleeps (after [`EngineHandle::submit_deferred`]).
+    #[inline]
+    pub fn wake(&self) {
         if self.shared.sleeping.load(Ordering::SeqCst) {
             self.shared.unparker.unpark();
         }
-        Ok(())
     }
 
     /// Ticks waiting in the queue.

@@ -110,13 +110,19 @@ impl ReplyQueue {
         Arc::new(Self { queue: ArrayQueue::new(capacity.max(1)), waker: AtomicWaker::new() })
     }
 
-    /// Engine side. Returns the reply back if the queue is full (a broken window invariant).
+    /// Engine side: queues a reply without waking the stream; [`ReplyQueue::wake`] after the
+    /// last reply of a pass for this stream (one wake-up per batch, not per tick). Returns the
+    /// reply back if the queue is full (a broken window invariant).
     #[inline]
     #[allow(clippy::result_large_err)] // handing the reply back by value is the point
-    pub fn post(&self, reply: Reply) -> Result<(), Reply> {
-        let r = self.queue.push(reply);
+    pub fn push(&self, reply: Reply) -> Result<(), Reply> {
+        self.queue.push(reply)
+    }
+
+    /// Engine side: wakes the stream task to take what was pushed.
+    #[inline]
+    pub fn wake(&self) {
         self.waker.wake();
-        r
     }
 
     /// Stream side: the next reply, registering `waker` first so a post racing with an empty

@@ -789,11 +789,17 @@ impl Worker {
         }
     }
 
+    /// Posts tick `i`'s reply. Its stream is woken after the last of a run of replies to the same
+    /// stream (a batch from one stream: one wake-up), so a pass never wakes a stream per tick.
     fn post(&self, i: usize, reply: Reply) {
-        if self.batch[i].reply_to.post(reply).is_err() {
+        let to = &self.batch[i].reply_to;
+        if to.push(reply).is_err() {
             // Cannot happen while streams respect their window; counted, never silent.
             tracing::error!("reply queue full: a stream exceeded its in-flight window");
             self.telemetry.counters.outcomes.add(Outcome::Dropped, 1);
+        }
+        if self.batch.get(i + 1).is_none_or(|next| !Arc::ptr_eq(&next.reply_to, to)) {
+            to.wake();
         }
     }
 

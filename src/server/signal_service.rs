@@ -140,8 +140,8 @@ impl Signals {
                 Err(reject) => refused(Symbol::EMPTY, reject),
                 Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => refused(tick.symbol, Reject::WrongShard),
                 Ok(tick) => {
-                    match self.engine.submit(WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false })
-                    {
+                    let item = WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false };
+                    match self.engine.submit_deferred(item) {
                         Err((_, reject)) => refused(tick.symbol, reject),
                         Ok(()) => None, // the engine answers, in submission order
                     }
@@ -149,6 +149,7 @@ impl Signals {
             };
             answers.push(answer);
         }
+        self.engine.wake(); // once for the whole batch
         let mut replies = Vec::with_capacity(ticks.len());
         for answer in answers {
             replies.push(match answer {

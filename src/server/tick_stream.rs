@@ -127,6 +127,8 @@ pub struct TickStream {
     pending: VecDeque<Pending>,
     /// `Pending::Engine` entries in `pending`.
     in_flight: usize,
+    /// Ticks were queued to the engine since it was last woken.
+    unwoken: bool,
     limits: StreamLimits,
     symbols: HashSet<Symbol>,
     engine: EngineHandle,
@@ -183,6 +185,7 @@ impl TickStream {
             replies: ReplyQueue::new(limits.window),
             pending: VecDeque::with_capacity(limits.window),
             in_flight: 0,
+            unwoken: false,
             limits,
             symbols: HashSet::new(),
             engine,
@@ -321,9 +324,11 @@ impl TickStream {
             }
             Ok(tick) => {
                 self.symbols.insert(tick.symbol);
-                match self.engine.submit(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate }) {
+                let item = WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate };
+                match self.engine.submit_deferred(item) {
                     Ok(()) => {
                         self.in_flight += 1;
+                        self.unwoken = true;
                         Pending::Engine
                     }
                     Err((item, reject)) => Pending::Local(local(reject, item.tick.symbol), t.symbol),
@@ -416,12 +421,16 @@ impl TickStream {
             self.draining = true;
             self.inbound_done = true;
         }
-        // Read (and submit) everything available first, so the engine sees whole bursts.
+        // Read (and submit) everything available first, so the engine sees whole bursts (whole
+        // batches), and wake it once for them all.
         while self.may_read() {
             match self.read(cx) {
                 Some((t, refuse)) => self.accept(t, refuse),
                 None => break,
             }
+        }
+        if std::mem::take(&mut self.unwoken) {
+            self.engine.wake();
         }
         if self.limits.mode == Backpressure::Reject && self.pending.len() >= self.limits.outbound_limit {
             // The client sends but does not read: end its stream rather than buffer without bound.

@@ -61,18 +61,28 @@ fn echo_batch(b: TickBatch) -> SignalBatch {
     SignalBatch { signals: b.ticks.into_iter().map(echo).collect() }
 }
 
+/// `quantd-echo [ADDR]`: ADDR is `HOST:PORT` (default 127.0.0.1:50061) or `unix:PATH`, a Unix
+/// domain socket (a stale socket file there is replaced), as quantd's `--listen` takes them.
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:50061".into());
+    let server = tonic::transport::Server::builder().add_service(SignalServiceServer::new(Echo));
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        println!("quantd-echo listening on unix:{path}");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        server.serve_with_incoming_shutdown(incoming, stop).await?;
+        let _ = std::fs::remove_file(path);
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("quantd-echo listening on {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .add_service(SignalServiceServer::new(Echo))
-        // quantd sets TCP_NODELAY on accepted sockets; the floor must too, or Nagle's algorithm
-        // would hold its replies back and flatter quantd.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // quantd sets TCP_NODELAY on accepted sockets; the floor must too, or Nagle's algorithm
+    // would hold its replies back and flatter quantd.
+    server.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop).await?;
     Ok(())
 }
