@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-batches bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
+.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-batches bench-cpu bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -58,6 +58,11 @@ bench: setup
 ## fixed rates and at their highest sustained rate (the suite's batch section alone; ~15 min)
 bench-batches: setup
 	$(PY) scripts/bench.py --only batches
+
+## bench-cpu: quantd's CPU per tick by thread (/proc/<pid>/task/*/stat) at RATE (default 10k) with
+## BATCH ticks per message (default 1); PERF=docs/bench/x.svg adds a perf flamegraph (needs inferno)
+bench-cpu: setup
+	$(PY) scripts/cpu-per-tick.py --rate $${RATE:-10000} --batch $${BATCH:-1} $${PERF:+--perf $$PERF}
 
 ## bench-quick: the same suite, one short run each, no criterion (a smoke test, ~2 min)
 bench-quick: setup

@@ -159,6 +159,15 @@ def make_servicer(pb2, pb2_grpc, model_dir: Path):
         def Predict(self, request, context):
             return self.signal(request)
 
+        # Batches: one SignalBatch per TickBatch, one Signal per Tick (the model still runs per
+        # tick, as this peer's single-row binding does; no batch-size limit).
+        def StreamTickBatches(self, request_iterator, context):
+            for b in request_iterator:
+                yield pb2.SignalBatch(signals=[self.signal(t) for t in b.ticks])
+
+        def PredictBatch(self, request, context):
+            return pb2.SignalBatch(signals=[self.signal(t) for t in request.ticks])
+
     return Signals()
 
 

@@ -62,6 +62,19 @@ def test_peer_serves_quantd_scores_over_grpc(pb, quantd):
         assert all(s.reject_reason == "" for s in got["peer"])
         np.testing.assert_allclose([s.score for s in got["peer"]], [s.score for s in got["quantd"]], atol=1e-3)
         assert [s.warming_up for s in got["peer"]] == [s.warming_up for s in got["quantd"]]
+        # The peer answers batches too (so the suite can drive it with them): one SignalBatch per
+        # TickBatch with the single-tick answers (the same ticks on other symbols).
+        renamed = []
+        for t in ticks:
+            b = pb2.Tick()
+            b.CopyFrom(t)
+            b.symbol += ".b"
+            renamed.append(b)
+        batches = [pb2.TickBatch(ticks=renamed[i:i + 64]) for i in range(0, len(renamed), 64)]
+        with grpc.insecure_channel(peer_addr) as ch:
+            answers = list(pb2_grpc.SignalServiceStub(ch).StreamTickBatches(iter(batches), timeout=60))
+        assert [len(a.signals) for a in answers] == [len(b.ticks) for b in batches]
+        assert [s.score for a in answers for s in a.signals] == [s.score for s in got["peer"]]
         assert server.stop() == 0
     finally:
         proc.kill()
