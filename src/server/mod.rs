@@ -446,6 +446,7 @@ fn serve_grpc(
         mode: st.backpressure,
         max_symbols: st.max_symbols_per_stream,
         max_batch_ticks: st.max_batch_ticks,
+        reply_spin: std::time::Duration::from_micros(st.reply_spin_us),
         idle_timeout: millis(st.idle_timeout_ms),
         shard: edge.shard,
     };

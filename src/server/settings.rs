@@ -83,6 +83,11 @@ pub struct StreamSection {
     pub max_message_bytes: usize,
     /// Most ticks in one `TickBatch`; every tick of a larger batch is answered `batch_too_large`.
     pub max_batch_ticks: usize,
+    /// How long a stream's task keeps polling for the engine's reply before it sleeps, µs (0:
+    /// never spin). The engine usually answers within a few µs; a task that sleeps instead must
+    /// be woken by the engine through the runtime (an eventfd write and an epoll return, several
+    /// µs on each side). Spent only while the stream waits for a reply it is owed.
+    pub reply_spin_us: u64,
     /// A stream that sends no tick for this long (and is owed no signal) is closed with
     /// DEADLINE_EXCEEDED, ms (0: never).
     pub idle_timeout_ms: u64,
@@ -113,6 +118,7 @@ impl Default for StreamSection {
             max_header_bytes: 16_384,
             max_message_bytes: 64 * 1024,
             max_batch_ticks: 1024,
+            reply_spin_us: 20,
             idle_timeout_ms: 120_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 20_000,
@@ -151,6 +157,12 @@ impl StreamSection {
         });
         p.check(st.max_batch_ticks == 0, "stream.max_batch_ticks", OutOfRange, || {
             "stream.max_batch_ticks must be > 0".into()
+        });
+        p.check(st.reply_spin_us > 1_000, "stream.reply_spin_us", OutOfRange, || {
+            format!(
+                "stream.reply_spin_us {} must be in 0..=1000: a stream task spinning longer starves the others",
+                st.reply_spin_us
+            )
         });
         p.check(st.max_message_bytes < 256, "stream.max_message_bytes", OutOfRange, || {
             format!("stream.max_message_bytes {} is too small for one tick", st.max_message_bytes)

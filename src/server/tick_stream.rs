@@ -53,6 +53,8 @@ pub struct StreamLimits {
     pub max_symbols: usize,
     /// Most ticks in one `TickBatch` (larger: every tick answered `batch_too_large`).
     pub max_batch_ticks: usize,
+    /// How long to poll for an owed reply before sleeping until the engine wakes the task.
+    pub reply_spin: std::time::Duration,
     /// End a stream that has sent nothing for this long (with nothing owed to it).
     pub idle_timeout: Option<std::time::Duration>,
     /// The symbols this replica owns.
@@ -339,6 +341,32 @@ impl TickStream {
     }
 }
 
+impl TickStream {
+    /// The engine's next reply, polled for up to `reply_spin` (`stream.reply_spin_us`) while
+    /// the stream owes it and nothing else is ready: the engine usually answers within a few µs,
+    /// and a reply taken here needs no wake-up of this task through the runtime.
+    fn spin_for_reply(&self) -> Option<Reply> {
+        if let Some(r) = self.replies.pop() {
+            return Some(r);
+        }
+        if self.limits.reply_spin.is_zero() || self.draining {
+            return None;
+        }
+        let until = Instant::now() + self.limits.reply_spin;
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            if let Some(r) = self.replies.pop() {
+                return Some(r);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+        }
+    }
+}
+
 /// Turns a reply into the wire signal, recording egress/total latency and the tick's outcome.
 pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, telemetry: &Telemetry) -> proto::Signal {
     let now = Instant::now();
@@ -474,7 +502,7 @@ impl TickStream {
                 return Poll::Pending;
             }
             Some(Pending::Local(r, s)) => (r.reply(), Some(s)),
-            Some(Pending::Engine) => match self.replies.poll_pop(cx.waker()) {
+            Some(Pending::Engine) => match self.spin_for_reply().or_else(|| self.replies.poll_pop(cx.waker())) {
                 Some(r) => {
                     self.in_flight -= 1;
                     (r, None)
