@@ -118,6 +118,9 @@ def flamegraph(data: Path, svg: Path, title: str) -> None:
         raise SystemExit("inferno is not installed: cargo install inferno (the perf data was recorded)")
     script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, check=True).stdout
     folded = subprocess.run([collapse], input=script, capture_output=True, check=True).stdout
+    keep = REPO / "target" / "bench" / (svg.stem + ".folded")  # the folded stacks, for a closer look
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_bytes(folded)
     svg.parent.mkdir(parents=True, exist_ok=True)
     with svg.open("wb") as f:
         subprocess.run([graph, "--title", title], input=folded, stdout=f, check=True)

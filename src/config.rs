@@ -529,6 +529,7 @@ mod tests {
         c.metrics_listen = c.listen;
         c.stream.max_message_bytes = 10;
         c.stream.max_header_bytes = 100;
+        c.stream.reply_spin_us = 5_000;
         c.admin_listen = "0.0.0.0:50052".parse().unwrap();
         let p = c.problems();
         for (field, kind) in [
@@ -538,6 +539,7 @@ mod tests {
             ("metrics_listen", Kind::Conflict),
             ("stream.max_message_bytes", Kind::OutOfRange),
             ("stream.max_header_bytes", Kind::OutOfRange),
+            ("stream.reply_spin_us", Kind::OutOfRange),
             ("admin.token", Kind::Exposed),
         ] {
             assert!(p.has(field, kind), "{field} ({kind}) missing from: {p:#?}");

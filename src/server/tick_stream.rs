@@ -132,7 +132,8 @@ pub struct TickStream {
     /// Ticks were queued to the engine since it was last woken.
     unwoken: bool,
     limits: StreamLimits,
-    symbols: HashSet<Symbol>,
+    /// The symbols this stream has sent (foldhash: the set is probed for every tick).
+    symbols: HashSet<Symbol, foldhash::fast::RandomState>,
     engine: EngineHandle,
     telemetry: Arc<Telemetry>,
     recorder: Recorder,
@@ -189,7 +190,7 @@ impl TickStream {
             in_flight: 0,
             unwoken: false,
             limits,
-            symbols: HashSet::new(),
+            symbols: HashSet::default(),
             engine,
             recorder: telemetry.latency.recorder(&[Series::Egress, Series::Total]),
             telemetry,
@@ -287,12 +288,9 @@ impl TickStream {
         }
     }
 
-    fn accept(&mut self, t: proto::Tick, refuse: Option<Reject>) {
-        let recv = Instant::now();
-        if let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
-            idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
-        }
-        let recv_ns = realtime_ns();
+    /// Takes one tick read at `recv` (`recv_ns` on the wall clock): answers it at the edge or
+    /// submits it to the engine (without waking it; `poll_signal` wakes it once per read).
+    fn accept(&mut self, t: proto::Tick, refuse: Option<Reject>, recv: Instant, recv_ns: u64) {
         let index = self.ticks_read;
         self.ticks_read += 1;
         let conflate = self.limits.mode == Backpressure::Conflate;
@@ -307,33 +305,39 @@ impl TickStream {
         let entry = match parsed {
             _ if journal_refuses => Pending::Local(local(Reject::JournalUnavailable, Symbol::EMPTY), t.symbol),
             Err(reject) => Pending::Local(local(reject, Symbol::EMPTY), t.symbol),
-            Ok(tick) if !self.symbols.contains(&tick.symbol) && self.symbols.len() >= self.limits.max_symbols => {
-                Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
-            }
-            // Only a symbol new to the stream is hashed; accepted ones are in `symbols`.
-            Ok(tick) if !self.symbols.contains(&tick.symbol) && !self.limits.shard.owns(tick.symbol.as_str()) => {
-                Pending::Local(local(Reject::WrongShard, tick.symbol), t.symbol)
-            }
-            // The connection's and the client address's caps (`stream.max_symbols_per_connection`,
-            // `max_symbols_per_peer`), over all their streams.
-            Ok(tick)
-                if !self.symbols.contains(&tick.symbol) && !self.streams.admit_symbol(&self.probe, tick.symbol) =>
-            {
-                Pending::Local(local(Reject::TooManySymbols, tick.symbol), t.symbol)
-            }
-            Ok(tick) if self.in_flight >= self.limits.window => {
-                Pending::Local(local(Reject::Overloaded, tick.symbol), t.symbol)
-            }
             Ok(tick) => {
-                self.symbols.insert(tick.symbol);
-                let item = WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate };
-                match self.engine.submit_deferred(item) {
-                    Ok(()) => {
-                        self.in_flight += 1;
-                        self.unwoken = true;
-                        Pending::Engine
+                // Only a symbol new to the stream is checked against the caps and the shard
+                // (hashed once); accepted ones are in `symbols`.
+                let known = self.symbols.contains(&tick.symbol);
+                let refused = if known {
+                    None
+                } else if self.symbols.len() >= self.limits.max_symbols {
+                    Some(Reject::TooManySymbols)
+                } else if !self.limits.shard.owns(tick.symbol.as_str()) {
+                    Some(Reject::WrongShard)
+                } else if !self.streams.admit_symbol(&self.probe, tick.symbol) {
+                    // The connection's and the client address's caps (`stream.max_symbols_per_
+                    // connection`, `max_symbols_per_peer`), over all their streams.
+                    Some(Reject::TooManySymbols)
+                } else {
+                    None
+                };
+                match refused.or((self.in_flight >= self.limits.window).then_some(Reject::Overloaded)) {
+                    Some(reject) => Pending::Local(local(reject, tick.symbol), t.symbol),
+                    None => {
+                        if !known {
+                            self.symbols.insert(tick.symbol);
+                        }
+                        let item = WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate };
+                        match self.engine.submit_deferred(item) {
+                            Ok(()) => {
+                                self.in_flight += 1;
+                                self.unwoken = true;
+                                Pending::Engine
+                            }
+                            Err((item, reject)) => Pending::Local(local(reject, item.tick.symbol), t.symbol),
+                        }
                     }
-                    Err((item, reject)) => Pending::Local(local(reject, item.tick.symbol), t.symbol),
                 }
             }
         };
@@ -451,11 +455,20 @@ impl TickStream {
         }
         // Read (and submit) everything available first, so the engine sees whole bursts (whole
         // batches), and wake it once for them all.
+        // The ticks of one read are stamped with one receive time (they were in hand together,
+        // and a TickBatch is decoded whole), and reset the idle timer once.
+        let mut stamp = None;
         while self.may_read() {
             match self.read(cx) {
-                Some((t, refuse)) => self.accept(t, refuse),
+                Some((t, refuse)) => {
+                    let (recv, recv_ns) = *stamp.get_or_insert_with(|| (Instant::now(), realtime_ns()));
+                    self.accept(t, refuse, recv, recv_ns);
+                }
                 None => break,
             }
+        }
+        if let (Some((recv, _)), Some(idle), Some(d)) = (stamp, self.idle.as_mut(), self.limits.idle_timeout) {
+            idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
         }
         if std::mem::take(&mut self.unwoken) {
             self.engine.wake();
