@@ -50,12 +50,13 @@ test-deploy: setup
 	$(PY) scripts/test-deploy.py
 
 ## bench: criterion hot paths, then quantd, the echo floor and the Python peer at 1k/10k/50k ticks/s
-## (3 runs each) and at their highest sustained rate; rewrites BENCHMARKS.md's suite section (~12 min)
+## (3 runs each) and at their highest sustained rate, then the batch/transport section (bench-batches);
+## rewrites BENCHMARKS.md's two suite sections (~30 min)
 bench: setup
 	$(PY) scripts/bench.py
 
 ## bench-batches: quantd and the echo floor over TCP and a Unix socket, 1/16/64 ticks per message, at
-## fixed rates and at their highest sustained rate (the suite's batch section alone; ~15 min)
+## fixed rates and at their highest sustained rate (the suite's batch section alone; ~17 min)
 bench-batches: setup
 	$(PY) scripts/bench.py --only batches
 

@@ -8,7 +8,8 @@
 //! always holds. At most `window` ticks are in flight to the engine; what happens beyond that is
 //! the stream's back-pressure mode ([`Backpressure`]). Memory per stream is bounded: at most
 //! `outbound_limit` answered-but-unread signals, past which a slow consumer's stream is ended with
-//! RESOURCE_EXHAUSTED rather than buffered without bound.
+//! RESOURCE_EXHAUSTED rather than buffered without bound. A stream owed a reply polls for it for
+//! up to `stream.reply_spin_us` before it sleeps until the engine wakes it.
 //!
 //! Ticks are read only while the stream is polled, and hyper polls it only while the client's
 //! HTTP/2 window has room: a client that stops reading signals stops the reading of its ticks,
@@ -345,32 +346,6 @@ impl TickStream {
     }
 }
 
-impl TickStream {
-    /// The engine's next reply, polled for up to `reply_spin` (`stream.reply_spin_us`) while
-    /// the stream owes it and nothing else is ready: the engine usually answers within a few µs,
-    /// and a reply taken here needs no wake-up of this task through the runtime.
-    fn spin_for_reply(&self) -> Option<Reply> {
-        if let Some(r) = self.replies.pop() {
-            return Some(r);
-        }
-        if self.limits.reply_spin.is_zero() || self.draining {
-            return None;
-        }
-        let until = Instant::now() + self.limits.reply_spin;
-        loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-            if let Some(r) = self.replies.pop() {
-                return Some(r);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-        }
-    }
-}
-
 /// Turns a reply into the wire signal, recording egress/total latency and the tick's outcome.
 pub fn finish(reply: Reply, symbol: Option<String>, recorder: &mut Recorder, telemetry: &Telemetry) -> proto::Signal {
     let now = Instant::now();
@@ -447,6 +422,30 @@ impl Stream for TickStream {
 }
 
 impl TickStream {
+    /// The engine's next reply, polled for up to `reply_spin` (`stream.reply_spin_us`) while
+    /// the stream owes it and nothing else is ready: the engine usually answers within a few µs,
+    /// and a reply taken here needs no wake-up of this task through the runtime.
+    fn spin_for_reply(&self) -> Option<Reply> {
+        if let Some(r) = self.replies.pop() {
+            return Some(r);
+        }
+        if self.limits.reply_spin.is_zero() {
+            return None;
+        }
+        let until = Instant::now() + self.limits.reply_spin;
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            if let Some(r) = self.replies.pop() {
+                return Some(r);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+        }
+    }
+
     fn poll_signal(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<proto::Signal, Status>>> {
         if !self.draining && self.probe.draining() {
             // Graceful shutdown: read no more; answer what was read, then end with a status.
@@ -454,9 +453,8 @@ impl TickStream {
             self.inbound_done = true;
         }
         // Read (and submit) everything available first, so the engine sees whole bursts (whole
-        // batches), and wake it once for them all.
-        // The ticks of one read are stamped with one receive time (they were in hand together,
-        // and a TickBatch is decoded whole), and reset the idle timer once.
+        // batches), and wake it once for them all. The ticks of one read share one receive stamp
+        // (they were in hand together; a TickBatch is decoded whole) and reset the idle timer once.
         let mut stamp = None;
         while self.may_read() {
             match self.read(cx) {
