@@ -111,10 +111,17 @@ def default_model_dir() -> str:
     return str(max(releases, key=lambda d: int(d.name)))
 
 
+def start_quantd(unix: Path | None = None) -> Server:
+    """A release quantd on the default model, on free loopback ports (and on the Unix socket
+    `unix`, when given, beside the TCP port)."""
+    listen = ["--listen", "127.0.0.1:0"] + (["--listen", f"unix:{unix}"] if unix else [])
+    return Server("quantd", [str(RELEASE / "quantd"), "serve", *listen, "--admin-listen", "127.0.0.1:0",
+                             "--metrics-listen", "127.0.0.1:0", "--models", "models", "--log-json", "true"],
+                  QUANTD_SERVING)
+
+
 def start_servers(stubs: Path) -> dict[str, Server]:
-    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                               "--metrics-listen", "127.0.0.1:0", "--models", "models", "--log-json", "true"],
-                    QUANTD_SERVING)
+    quantd = start_quantd()
     echo = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
     python = Server("python", [sys.executable, "loadtest/baselines/python_server.py", "--listen", "127.0.0.1:0",
                                "--model", default_model_dir(), "--stubs", str(stubs)], r"listening on (\S+)")
@@ -374,10 +381,7 @@ def batches(args) -> str:
     """Step 4: quantd and the echo floor, over TCP and a Unix socket, batch 1/16/64."""
     sock_dir = Path(tempfile.mkdtemp(prefix="quantd-bench-"))
     q_sock, e_sock = sock_dir / "quantd.sock", sock_dir / "echo.sock"
-    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--listen", f"unix:{q_sock}",
-                               "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--models", "models",
-                               "--log-json", "true"],
-                    QUANTD_SERVING)
+    quantd = start_quantd(q_sock)
     echo_tcp = Server("echo", [str(RELEASE / "quantd-echo"), "127.0.0.1:0"], r"listening on (\S+)")
     echo_uds = Server("echo", [str(RELEASE / "quantd-echo"), f"unix:{e_sock}"], r"listening on (\S+)")
     # A server that fell behind is restarted on a new TCP port: its target is read at each run.

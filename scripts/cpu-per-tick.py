@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import QUANTD_SERVING, RELEASE, REPO, TICK_FILES, Server  # noqa: E402
+from bench import RELEASE, REPO, TICK_FILES, start_quantd  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -59,9 +59,7 @@ def main() -> int:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="quantd-cpu-"))
     sock = tmp / "quantd.sock"
-    quantd = Server("quantd", [str(RELEASE / "quantd"), "serve", "--listen", "127.0.0.1:0", "--listen", f"unix:{sock}",
-                               "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--models", "models",
-                               "--log-json", "true"], QUANTD_SERVING)
+    quantd = start_quantd(sock)
     target = f"unix:{sock}" if a.uds else quantd.addr
     report = tmp / "load.json"
     try:
