@@ -176,3 +176,31 @@ async fn an_empty_batch_keeps_its_place_before_a_batch_answered_at_the_edge() {
     assert_eq!(seqs, ticks.iter().map(|t| t.seq).collect::<Vec<_>>());
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// An empty batch is the client's sign of life: a stream that sends only empty batches for
+/// longer than `stream.idle_timeout_ms` stays up, and an idle one is still closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_batches_keep_a_stream_from_its_idle_timeout() {
+    let mut config = test_config();
+    config.stream.idle_timeout_ms = 300;
+    let server = start(&config).await;
+    let mut c = client(&server).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<TickBatch>(8);
+    let mut replies =
+        c.stream_tick_batches(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    // 900 ms of empty batches, one every 100 ms: three idle timeouts' worth.
+    for _ in 0..9 {
+        tx.send(TickBatch::default()).await.unwrap();
+        assert!(replies.message().await.unwrap().unwrap().signals.is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ticks = recorded(&[BTC_QUOTES], 3);
+    tx.send(TickBatch { ticks: ticks.clone() }).await.unwrap();
+    let answer = replies.message().await.expect("the stream is still up").unwrap();
+    check_signals(&ticks, &answer.signals, DEFAULT_MODEL);
+    // Silence past the timeout closes it.
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    drop(tx);
+    server.shutdown(Duration::from_secs(2)).await;
+}

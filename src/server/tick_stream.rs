@@ -145,6 +145,8 @@ pub struct TickStream {
     streams: Arc<Streams>,
     /// Fires after `idle_timeout` without a tick.
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A batch (even an empty one) was read since the idle timer was last reset.
+    heard: bool,
     /// The seq of the newest signal handed to the transport.
     last_seq: Option<u64>,
     /// Stopped reading for a graceful shutdown; ends once everything read is answered.
@@ -198,6 +200,7 @@ impl TickStream {
             probe,
             streams,
             idle: limits.idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            heard: false,
             last_seq: None,
             draining: false,
             finished: false,
@@ -261,9 +264,7 @@ impl TickStream {
                 match Pin::new(&mut *batches).poll_next(cx) {
                     Poll::Ready(Some(Ok(b))) => {
                         // A batch, even an empty one, is the client's sign of life.
-                        if let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
-                            idle.as_mut().reset(tokio::time::Instant::now() + d);
-                        }
+                        self.heard = true;
                         self.batch_sizes.push_back(b.ticks.len());
                         *oversize = b.ticks.len() > self.limits.max_batch_ticks;
                         *current = b.ticks.into_iter();
@@ -454,7 +455,7 @@ impl TickStream {
         }
         // Read (and submit) everything available first, so the engine sees whole bursts (whole
         // batches), and wake it once for them all. The ticks of one read share one receive stamp
-        // (they were in hand together; a TickBatch is decoded whole) and reset the idle timer once.
+        // (they were in hand together; a TickBatch is decoded whole).
         let mut stamp = None;
         while self.may_read() {
             match self.read(cx) {
@@ -465,8 +466,11 @@ impl TickStream {
                 None => break,
             }
         }
-        if let (Some((recv, _)), Some(idle), Some(d)) = (stamp, self.idle.as_mut(), self.limits.idle_timeout) {
-            idle.as_mut().reset(tokio::time::Instant::from_std(recv) + d);
+        // Anything read (a tick, or a batch even if empty) restarts the idle timer, once per read.
+        let heard = std::mem::take(&mut self.heard) || stamp.is_some();
+        if heard && let (Some(idle), Some(d)) = (self.idle.as_mut(), self.limits.idle_timeout) {
+            let at = stamp.map_or_else(Instant::now, |(recv, _)| recv);
+            idle.as_mut().reset(tokio::time::Instant::from_std(at) + d);
         }
         if std::mem::take(&mut self.unwoken) {
             self.engine.wake();
