@@ -8,6 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("quantd_descriptor.bin"))
         .compile_protos(&["proto/quantd/v1/quantd.proto"], &["proto"])?;
+    // The Open Inference Protocol (KServe V2 / Triton gRPC), served beside quantd's own API.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .file_descriptor_set_path(out.join("inference_descriptor.bin"))
+        .compile_protos(&["proto/inference/inference.proto"], &["proto"])?;
     // ONNX's own schema (proto/onnx/onnx.proto, from the onnx PyPI package): the native INT8
     // path reads model files with these generated types.
     tonic_prost_build::configure()

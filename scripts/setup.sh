@@ -23,6 +23,15 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.requirement
   cp requirements-dev.txt .venv/.requirements
 fi
 
+# 1b. NVIDIA's Triton client in a venv of its own, for the Open Inference Protocol interop test
+#     (tests/python/test_kserve.py): tritonclient[grpc] pins protobuf < 7, grpcio-tools 1.85 needs 7.
+if [ ! -x .venv-triton/bin/python ] || ! cmp -s requirements-triton.txt .venv-triton/.requirements; then
+  echo "setup: creating .venv-triton (tritonclient[grpc])"
+  "$PY" -m venv .venv-triton
+  .venv-triton/bin/pip install --quiet --no-cache-dir -r requirements-triton.txt
+  cp requirements-triton.txt .venv-triton/.requirements
+fi
+
 # 2. libonnxruntime from the PyPI wheel (no other download source is reachable or needed).
 if [ ! -f "$CACHE/libonnxruntime.so.$ORT_VERSION" ]; then
   echo "setup: fetching the onnxruntime $ORT_VERSION wheel for its shared library"

@@ -17,8 +17,8 @@
 //!
 //! | thread | owns | talks to the others by |
 //! |---|---|---|
-//! | `quantd-io` (tokio, `io_threads`) | the service port: `SignalService`, reflection, health; each stream's window and reply queue | `EngineHandle::submit` (lock-free queue); reply queues + wakers back |
-//! | `quantd-engine` | per-symbol state, the active and shadow models' scorers, the risk gate | pops ticks and [`engine::Control`] messages between batches; publishes histograms to telemetry; hands retired models back on a queue; `try_lock`s the recent-rows sample every 64 passes (skips it when busy) |
+//! | `quantd-io` (tokio, `io_threads`) | the service port: `SignalService`, the Open Inference Protocol ([`server::kserve`]), reflection, health; each stream's window and reply queue | `EngineHandle::submit` (lock-free queue); reply queues + wakers back; `EngineHandle::infer` (a second bounded queue) and a oneshot back for `ModelInfer` |
+//! | `quantd-engine` | per-symbol state, the active and shadow models' scorers, the risk gate | pops ticks and [`engine::Control`] messages between batches; scores `ModelInfer` rows one model call per pass and publishes the served models' cards ([`engine::infer`]); publishes histograms to telemetry; hands retired models back on a queue; `try_lock`s the recent-rows sample every 64 passes (skips it when busy) |
 //! | `quantd-admin` (own current-thread runtime) | the admin listener (`ModelAdmin`, `RiskAdmin`, health), `/metrics`, the health statuses of both ports, the stuck-engine watchdog, SIGTERM/SIGINT | registry requests over a channel; kill switch as a control message; reads the engine's heartbeat and [`readiness::Readiness`] ([`server::admin`]) |
 //! | `quantd-registry` | model discovery, load, verify, backend choice, the swap/shadow/rollback state machine | control messages to the engine; answers admin requests on oneshot channels ([`registry`]) |
 //! | `quantd-telemetry` | merging the histograms, the Prometheus recorder | reads counters and histograms the others write without locks ([`telemetry::exporter`]) |
@@ -49,6 +49,7 @@ pub mod dataset;
 pub mod engine;
 pub mod features;
 pub mod files;
+pub mod import;
 pub mod int8;
 pub mod journal;
 pub mod model;
@@ -74,4 +75,11 @@ pub mod tickfile;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("quantd.v1");
+}
+
+/// Generated gRPC types and services of `proto/inference/inference.proto`: the Open Inference
+/// Protocol (KServe V2 / Triton gRPC), served by [`server::kserve`].
+pub mod inference_proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("inference");
 }

@@ -182,6 +182,15 @@ enum Command {
         #[arg(long, default_value_t = 3_000)]
         timeout_ms: u64,
     },
+    /// Bring your own ONNX model: check it against the engine's contract, write a complete
+    /// version directory (model, manifest, verification and golden rows from the ticks' features,
+    /// policy thresholds, signature) and load it as the server would.
+    ImportModel {
+        #[command(flatten)]
+        options: quantd::import::ImportOptions,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_dylib_path: Option<PathBuf>,
+    },
     /// Create an ed25519 key pair for model signing: <OUT>.key (secret, mode 0600) and <OUT>.pub.
     Keygen {
         #[arg(long)]
@@ -286,6 +295,25 @@ fn main() -> anyhow::Result<()> {
             let signed = if opts.public_key.is_some() { ", signature valid" } else { "" };
             println!("ok: {} ({} golden rows reproduced{signed})", m.manifest.label(), m.manifest.golden.len());
             println!("backend: {}", m.backend.summary());
+            Ok(())
+        }
+        Command::ImportModel { options, ort_dylib_path } => {
+            quantd::model::runtime::init(ort_dylib_path.as_deref())?;
+            let imported = match quantd::import::import(&options) {
+                Ok(imported) => imported,
+                Err(e) => {
+                    eprintln!("import-model: {e}");
+                    std::process::exit(2);
+                }
+            };
+            for dir in &imported.dirs {
+                println!("wrote {}", dir.display());
+            }
+            let p = imported.policy;
+            println!(
+                "ok: quantization {}, served here on {}; policy entry {} exit {} full {} warm-up {} ticks",
+                imported.quantization, imported.backend, p.entry_bps, p.exit_bps, p.full_position_bps, p.warmup_ticks
+            );
             Ok(())
         }
         Command::Score { dir, rows, backend, batch, out, ort_dylib_path } => {

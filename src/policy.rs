@@ -3,7 +3,9 @@
 //! Runs on the engine thread; [`Position`] is per-symbol state owned there. Parameters come from
 //! the model's manifest (`[policy]`), optionally overridden by the server config.
 //!
-//! Rule, with `s` the score in bps:
+//! Rule, with `s` the score in bps (for a model whose manifest says its output is a probability
+//! or a class score, `io.output_kind`, `s` is the output minus its neutral point and the
+//! thresholds are in the output's own units):
 //! - flat: open only when `|s| >= entry_bps`;
 //! - holding: keep the side while the score still agrees with it and `|s| >= exit_bps`; go flat
 //!   when it falls below `exit_bps`; flip only when the opposite side clears `entry_bps`;

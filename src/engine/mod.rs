@@ -15,6 +15,7 @@
 
 mod buffers;
 pub mod idle;
+pub mod infer;
 pub mod reply;
 pub mod settings;
 pub mod worker;
@@ -114,6 +115,10 @@ struct Shared {
     unparker: Unparker,
     /// Mids out, VaR scales in (see [`crate::risk::RiskBoard`]).
     risk_board: Arc<RiskBoard>,
+    /// Inference-protocol jobs waiting for the engine ([`infer`]).
+    infer: ArrayQueue<infer::InferJob>,
+    /// The cards of the models the engine serves now (published by the engine thread).
+    served: infer::Served,
 }
 
 impl Shared {
@@ -163,14 +168,31 @@ impl EngineHandle {
         }
     }
 
+    /// Queues an inference-protocol job. Hands it back when [`infer::INFER_QUEUE`] jobs wait,
+    /// or the engine is shutting down.
+    #[allow(clippy::result_large_err)]
+    pub fn infer(&self, job: infer::InferJob) -> Result<(), (infer::InferJob, Reject)> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err((job, Reject::ShuttingDown));
+        }
+        self.shared.infer.push(job).map_err(|job| (job, Reject::QueueFull))?;
+        self.wake();
+        Ok(())
+    }
+
+    /// The models the engine serves now, as inference-protocol callers see them.
+    pub fn served(&self) -> &infer::Served {
+        &self.shared.served
+    }
+
     /// Ticks waiting in the queue.
     pub fn depth(&self) -> usize {
         self.shared.queue.len()
     }
 
-    /// Whether ticks or control messages wait for the engine.
+    /// Whether ticks, control messages or inference jobs wait for the engine.
     pub fn has_work(&self) -> bool {
-        !self.shared.queue.is_empty() || !self.shared.control.is_empty()
+        !self.shared.queue.is_empty() || !self.shared.control.is_empty() || !self.shared.infer.is_empty()
     }
 
     /// The engine loop's heartbeat: completed passes (it does not move while the engine is

@@ -14,6 +14,7 @@ use crossbeam_utils::sync::Parker;
 
 use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
+use super::infer::{InferError, InferJob, ModelCard, Role, Served};
 use super::{Ack, Applied, Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::control_thread::ControlThread;
 use crate::features::{NUM_FEATURES, SymbolFeatures};
@@ -68,12 +69,25 @@ pub struct ActiveModel {
     pub health: Arc<ModelHealth>,
     /// The training range of each feature (manifest), for the risk layer's kill switch.
     pub feature_ranges: Option<Vec<(f32, f32)>>,
+    /// What callers of the inference protocol see of it (published while it is served).
+    pub card: Arc<ModelCard>,
+    /// The output's neutral point (manifest `io.output_kind`: 0.5 for a probability, else 0):
+    /// the policy sizes `score - output_center`.
+    pub output_center: f64,
 }
 
 impl ActiveModel {
     /// An active model from a scorer, its label and policy, with no training ranges.
     pub fn new(scorer: Scorer, label: &str, policy: PolicyParams) -> Self {
-        Self { scorer, label: Arc::from(label), policy, health: Arc::default(), feature_ranges: None }
+        let card = Arc::new(ModelCard::new(label, "features", "score", scorer.window()));
+        let health = Arc::default();
+        Self { scorer, label: Arc::from(label), policy, health, feature_ranges: None, card, output_center: 0.0 }
+    }
+
+    /// Names the graph's input and output on its [`ModelCard`] (the manifest's `[io]`).
+    pub fn with_io_names(mut self, input: &str, output: &str) -> Self {
+        self.card = Arc::new(ModelCard { input: input.into(), output: output.into(), ..(*self.card).clone() });
+        self
     }
 
     /// Sets the training ranges the risk layer checks feature rows against.
@@ -86,7 +100,10 @@ impl ActiveModel {
     /// and training ranges. The one way `serve`, `replay` and `audit` make an active model.
     pub fn from_loaded(m: LoadedModel, policy_override: Option<PolicyParams>) -> Self {
         let policy = policy_override.unwrap_or(m.manifest.policy);
-        Self::new(m.scorer, &m.manifest.label(), policy).with_feature_ranges(m.manifest.features.ranges())
+        let center = m.manifest.io.output_kind.center();
+        Self { output_center: center, ..Self::new(m.scorer, &m.manifest.label(), policy) }
+            .with_feature_ranges(m.manifest.features.ranges())
+            .with_io_names(&m.manifest.io.input, &m.manifest.io.output)
     }
 }
 
@@ -253,6 +270,8 @@ pub(super) struct Worker {
     /// What the live engine took from outside the tick stream for each tick of the batch, as
     /// the journal recorded it (`quantd audit` only; empty live).
     recorded: Vec<Recorded>,
+    /// The inference-protocol job being scored, one model call per pass.
+    infer: Option<InferJob>,
 }
 
 /// One tick's inputs from outside the tick stream, as the journal recorded them: the risk
@@ -284,7 +303,10 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         passes: AtomicU64::new(0),
         unparker: parker.unparker().clone(),
         risk_board: board.clone(),
+        infer: ArrayQueue::new(super::infer::INFER_QUEUE),
+        served: Served::default(),
     });
+    shared.served.set(Role::Active, Some(model.card.clone()));
     // The first model's window always fits (a swap to a wider one is refused in `apply`).
     let max_window = config.max_window.max(model.scorer.window()).max(1);
     let mut risk = RiskGate::new(config.risk.clone(), board);
@@ -320,6 +342,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         next_sweep_ns: 0,
         row: [0.0; NUM_FEATURES],
         recorded: Vec::new(),
+        infer: None,
     };
     (worker, parker)
 }
@@ -385,7 +408,14 @@ impl Worker {
             while let Some(c) = self.shared.control.pop() {
                 self.apply(c);
             }
+            let inferred = !self.shared.hooks.paused() && self.infer_step();
             if self.batch.is_empty() {
+                // Inference jobs are served to the end too: a stopping engine refuses new ones.
+                if inferred {
+                    idler.reset();
+                    self.shared.passes.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
@@ -404,7 +434,7 @@ impl Worker {
                 idler.idle(parker, |p| {
                     slept = true;
                     shared.sleeping.store(true, Ordering::SeqCst);
-                    if shared.queue.is_empty() {
+                    if shared.queue.is_empty() && shared.infer.is_empty() {
                         p.park_timeout(Duration::from_millis(100));
                     }
                     shared.sleeping.store(false, Ordering::SeqCst);
@@ -432,6 +462,7 @@ impl Worker {
             Control::Swap(new) => {
                 tracing::info!(from = %self.model.label, to = %new.label, "engine switched model");
                 self.risk.set_feature_ranges(new.feature_ranges.as_deref());
+                self.shared.served.set(Role::Active, Some(new.card.clone()));
                 let old = std::mem::replace(&mut self.model, new);
                 self.retire(old);
             }
@@ -470,11 +501,49 @@ impl Worker {
                     tracing::warn!(shadow = %s.label, "shadow model reads a different window than the active one; it is not compared");
                 }
                 self.shared.shadow_stats.reset();
+                self.shared.served.set(Role::Shadow, new.as_ref().map(|s| s.card.clone()));
                 if let Some(old) = std::mem::replace(&mut self.shadow, new) {
                     self.retire(old);
                 }
             }
         }
+    }
+
+    /// Scores the next model call's worth (at most `max_batch` rows) of the inference-protocol
+    /// job in hand, taking a new job when none is; a finished job goes back to its caller.
+    /// Returns whether there was a job.
+    fn infer_step(&mut self) -> bool {
+        let Some(mut job) = self.infer.take().or_else(|| self.shared.infer.pop()) else {
+            return false;
+        };
+        let model = if Arc::ptr_eq(&self.model.card, &job.card) {
+            Some(&mut self.model)
+        } else {
+            self.shadow.as_mut().filter(|s| Arc::ptr_eq(&s.card, &job.card))
+        };
+        let Some(model) = model else {
+            let label = format!("{}@{}", job.card.name, job.card.version);
+            job.finish(Err(InferError::NotServed(label)));
+            return true;
+        };
+        let (width, per_call) = (model.scorer.width(), model.scorer.max_batch());
+        let (from, to) = (job.done_rows, (job.done_rows + per_call).min(job.len()));
+        if to > from {
+            match model.scorer.score(&job.rows[from * width..to * width]) {
+                Ok(out) => job.scores[from..to].copy_from_slice(&out[..to - from]),
+                Err(e) => {
+                    job.finish(Err(InferError::Backend(e.to_string())));
+                    return true;
+                }
+            }
+        }
+        job.done_rows = to;
+        if to == job.len() {
+            job.finish(Ok(()));
+        } else {
+            self.infer = Some(job);
+        }
+        true
     }
 
     fn retire(&self, model: Box<ActiveModel>) {
@@ -696,7 +765,8 @@ impl Worker {
         self.recorder.record(Series::Inference, t.elapsed().as_nanos() as u64);
         self.recorder.record(Series::BatchSize, n_rows as u64);
         if let Some(shadow) = self.shadow.as_mut() {
-            compare_shadow(shadow, rows, &self.scores[..n_rows], &self.shared.shadow_stats);
+            let active = (&self.scores[..n_rows], self.model.output_center);
+            compare_shadow(shadow, rows, active, &self.shared.shadow_stats);
         }
         if self.pass % 64 == 1
             && let Ok(mut recent) = self.shared.recent.try_lock()
@@ -754,7 +824,7 @@ impl Worker {
         } else {
             reply.score = f64::from(score);
             if warm {
-                target = state.position.update(reply.score, &self.model.policy);
+                target = state.position.update(reply.score - self.model.output_center, &self.model.policy);
             } else {
                 reply.warming_up = true;
             }
@@ -840,8 +910,9 @@ fn ack(done: Option<Ack>, applied: Applied) {
 }
 
 /// Scores the same rows with the shadow model and counts where its side agrees with the active
-/// model's. The shadow never produces a signal.
-fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats: &ShadowStats) {
+/// model's (each side taken from its own output's neutral point; `active` is the active model's
+/// scores and centre). The shadow never produces a signal.
+fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], (active, center): (&[f32], f64), stats: &ShadowStats) {
     if shadow.scorer.width() * active.len() != rows.len() {
         return; // a different input window: not comparable on these rows
     }
@@ -850,7 +921,8 @@ fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], active: &[f32], stats:
             let mut agreed = 0u64;
             let mut diff = 0f64;
             for (a, s) in active.iter().zip(out) {
-                agreed += (side(*a) == side(*s)) as u64;
+                let a_side = side((f64::from(*a) - center) as f32);
+                agreed += (a_side == side((f64::from(*s) - shadow.output_center) as f32)) as u64;
                 diff += f64::from((a - s).abs());
             }
             shadow.health.scored.fetch_add(active.len() as u64, Ordering::Relaxed);

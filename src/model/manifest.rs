@@ -122,6 +122,34 @@ pub struct IoSection {
     pub output_shape: Vec<i64>,
     /// What the score means (units, horizon).
     pub output_meaning: String,
+    /// How the policy reads the score (default `return_bps`).
+    #[serde(default)]
+    pub output_kind: OutputKind,
+}
+
+/// What a model's one output is, and so where its neutral point lies: the policy sizes
+/// `score - centre` against the manifest's thresholds, in the output's own units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, strum::IntoStaticStr, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum OutputKind {
+    /// A predicted forward return in bps (quantd's own models): neutral at 0.
+    #[default]
+    ReturnBps,
+    /// A probability that the price goes up: neutral at 0.5.
+    PUp,
+    /// A signed class score or logit (positive: up): neutral at 0.
+    Score,
+}
+
+impl OutputKind {
+    /// The output's neutral point: no view, no position.
+    pub fn center(self) -> f64 {
+        match self {
+            OutputKind::PUp => 0.5,
+            OutputKind::ReturnBps | OutputKind::Score => 0.0,
+        }
+    }
 }
 
 /// `[quantization]`: how the model was quantized, as recorded by training.
@@ -731,4 +759,27 @@ fn choose_backend(
     let (scorer, report) = backend::choose(input, ort_scorer).map_err(|why| refused("backend", Kind::Backend, why))?;
     tracing::info!(model = %label, backend = report.backend, isa = report.isa, "backend: {}", report.summary());
     Ok((scorer, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest without `io.output_kind` is a return in bps (every manifest written before the
+    /// key existed); a probability is neutral at 0.5.
+    #[test]
+    fn output_kind_defaults_to_a_return_and_names_its_neutral_point() {
+        let io = |extra: &str| -> IoSection {
+            toml::from_str(&format!(
+                "input = \"x\"\ninput_shape = [-1, 14]\noutput = \"y\"\noutput_shape = [-1, 1]\noutput_meaning = \"\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(io("").output_kind, OutputKind::ReturnBps);
+        assert_eq!(io("output_kind = \"p_up\"").output_kind.center(), 0.5);
+        assert_eq!(io("output_kind = \"score\"").output_kind.center(), 0.0);
+        assert!(toml::from_str::<IoSection>("output_kind = \"odds\"").is_err());
+        let written = toml::to_string(&io("output_kind = \"p_up\"")).unwrap();
+        assert!(written.contains("output_kind = \"p_up\""), "{written}");
+    }
 }

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod admin_service;
 pub mod headers;
+pub mod kserve;
 pub mod listen;
 pub mod risk_service;
 pub mod security;
@@ -34,6 +35,7 @@ use self::security::{AdminSection, TlsSection};
 use self::settings::{StreamSection, UnixSection};
 use crate::clock::millis;
 use crate::engine::{Engine, EngineConfig, EngineHandle};
+use crate::inference_proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::journal::{Journal, JournalConfig, JournalThread};
 use crate::model::manifest::ModelError;
 use crate::model::runtime::{self, RuntimeError};
@@ -94,6 +96,9 @@ pub enum StartError {
 
 /// The encoded file descriptor set of `quantd.v1`, for server reflection.
 pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quantd_descriptor");
+
+/// The encoded file descriptor set of the Open Inference Protocol (`inference`), for reflection.
+pub const INFERENCE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptor");
 
 /// Everything [`Server::start`] needs, assembled and validated by the config
 /// (`config::Config::server_config`) or a test.
@@ -282,6 +287,7 @@ impl Server {
             streams: streams.clone(),
             telemetry: telemetry.clone(),
             journal,
+            max_window: config.engine.max_window,
         };
         let grpc = serve_grpc((listener, unix), handle, telemetry.clone(), edge, stop_rx)?;
         let grpc = tokio::spawn(grpc);
@@ -418,6 +424,8 @@ struct Edge {
     streams: Arc<streams::Streams>,
     telemetry: Arc<Telemetry>,
     journal: Option<Journal>,
+    /// `engine.max_window`: the widest input a ModelInfer request may carry.
+    max_window: usize,
 }
 
 /// Serves the service port's router on the TCP listener and, when there is one, on the Unix
@@ -436,6 +444,7 @@ fn serve_grpc(
     let reflect = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(INFERENCE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection = reflect().build_v1().map_err(|e| StartError::Reflection(e.to_string()))?;
@@ -450,6 +459,9 @@ fn serve_grpc(
         idle_timeout: millis(st.idle_timeout_ms),
         shard: edge.shard,
     };
+    // A ModelInfer request carries up to MAX_INFER_ROWS windows of FP32 rows.
+    let inference = GrpcInferenceServiceServer::new(kserve::Inference::new(engine.clone(), telemetry.clone()))
+        .max_decoding_message_size(st.max_message_bytes.max(kserve::max_request_bytes(edge.max_window)));
     let signals =
         SignalServiceServer::new(signal_service::Signals::new(engine, telemetry, limits, edge.streams, edge.journal))
             .max_decoding_message_size(st.max_message_bytes);
@@ -477,6 +489,7 @@ fn serve_grpc(
         .add_optional_service(risk)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
+        .add_service(inference)
         .add_service(signals);
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

@@ -103,6 +103,23 @@ pub enum JournalEvent {
     FileRotated,
 }
 
+/// How an inference-protocol `ModelInfer` call ended (metric `quantd_infer_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+#[repr(u8)]
+pub enum InferOutcome {
+    /// Scored and answered.
+    Answered,
+    /// Named no served model (NOT_FOUND).
+    UnknownModel,
+    /// Its tensors did not fit the model (INVALID_ARGUMENT).
+    Invalid,
+    /// The engine's inference queue was full (RESOURCE_EXHAUSTED).
+    Busy,
+    /// The engine could not score it (shutting down, the model swapped out, a backend error).
+    Failed,
+}
+
 /// An enum whose variants are counted by an [`EventCounts`], each under its metric label.
 pub trait Event: Copy + 'static {
     /// Every variant, in declaration order (its index is its position here).
@@ -139,7 +156,7 @@ macro_rules! events {
     )*};
 }
 
-events!(Outcome, SymbolEvent, StreamEvent, ConnEvent, JournalEvent);
+events!(Outcome, SymbolEvent, StreamEvent, ConnEvent, JournalEvent, InferOutcome);
 
 /// One relaxed counter per variant of `E` (`N` is `E::ALL.len()`; a generic array length cannot
 /// be computed from `E` on stable Rust, so the field types spell it).
@@ -187,6 +204,8 @@ pub struct Counters {
     pub streams: EventCounts<StreamEvent, { StreamEvent::ALL.len() }>,
     /// Journal records written, lost or refused, and journal file events.
     pub journal: EventCounts<JournalEvent, { JournalEvent::ALL.len() }>,
+    /// Inference-protocol `ModelInfer` calls by outcome.
+    pub infer: EventCounts<InferOutcome, { InferOutcome::ALL.len() }>,
     streams_open: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
     risk: [AtomicU64; RiskFlags::ALL.len()],

@@ -37,6 +37,8 @@ pub const SYMBOL_RESETS: &str = "quantd_symbol_resets_total";
 pub const STREAM_EVENTS: &str = "quantd_stream_events_total";
 /// Counter: journal records and file events.
 pub const JOURNAL_EVENTS: &str = "quantd_journal_events_total";
+/// Counter: inference-protocol `ModelInfer` calls by outcome.
+pub const INFER_REQUESTS: &str = "quantd_infer_requests_total";
 /// Gauge: open tick streams.
 pub const STREAMS_OPEN: &str = "quantd_streams_open";
 /// Counter: connection events at the listeners.
@@ -134,6 +136,10 @@ fn describe() {
     metrics::describe_counter!(
         JOURNAL_EVENTS,
         "Journal records written, dropped (ring full or write failed) or refused (on_full = refuse_ticks), write errors and file rotations"
+    );
+    metrics::describe_counter!(
+        INFER_REQUESTS,
+        "Open Inference Protocol ModelInfer calls by outcome (answered, unknown_model, invalid, busy, failed)"
     );
     metrics::describe_counter!(
         CONNECTIONS,
@@ -304,6 +310,7 @@ fn publish(
     }
     publish_counts(STREAM_EVENTS, "event", &c.streams);
     publish_counts(JOURNAL_EVENTS, "event", &c.journal);
+    publish_counts(INFER_REQUESTS, "outcome", &c.infer);
     metrics::gauge!(STREAMS_OPEN).set(c.streams_open() as f64);
     publish_counts(CONNECTIONS, "event", &c.conns);
     metrics::gauge!(CONNECTIONS_OPEN).set(c.connections_open() as f64);

@@ -9,7 +9,9 @@ pub mod exporter;
 pub mod latency;
 pub mod logging;
 
-pub use counters::{ConnEvent, Counters, Event, EventCounts, JournalEvent, Outcome, StreamEvent, SymbolEvent};
+pub use counters::{
+    ConnEvent, Counters, Event, EventCounts, InferOutcome, JournalEvent, Outcome, StreamEvent, SymbolEvent,
+};
 pub use latency::{LatencyHub, Recorder, Series};
 
 use std::sync::{Arc, Mutex};
