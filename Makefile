@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train run audit test test-rust test-python test-training bench bench-batches bench-cpu bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
+.PHONY: setup train-setup train study run audit test test-rust test-python test-training bench bench-batches bench-peers bench-cpu bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -30,6 +30,12 @@ train: setup train-setup
 	training/.venv/bin/python training/train.py --quantd target/release/quantd --shared ../shared/data \
 	  --out models --sweep 64,128,256,512 --bars --range-study --json training/figures.json
 
+## study: every committed variant at a common validation turnover, the MLP trained on the MSE against
+## a trading utility (FP32 and QAT), bootstrap intervals; into models/quantd-mlp/2/REPORT.md (~10 min)
+study: setup train-setup
+	training/.venv/bin/python training/study.py --quantd target/release/quantd --shared ../shared/data \
+	  --models models --json training/study.json
+
 ## test: set up, then every test (Rust unit + integration, Python grpcio interop, training smoke)
 test: setup train-setup test-rust test-python test-training
 
@@ -50,10 +56,17 @@ test-deploy: setup
 	$(PY) scripts/test-deploy.py
 
 ## bench: criterion hot paths, then quantd, the echo floor and the Python peer at 1k/10k/50k ticks/s
-## (3 runs each) and at their highest sustained rate, then the batch/transport section (bench-batches);
-## rewrites BENCHMARKS.md's two suite sections (~30 min)
+## (3 runs each) and at their highest sustained rate, then the batch/transport section (bench-batches)
+## and the off-the-shelf peer (bench-peers); rewrites BENCHMARKS.md's three suite sections (~40 min)
 bench: setup
+	./scripts/peer-setup.sh
 	$(PY) scripts/bench.py
+
+## bench-peers: Seldon MLServer serving the default model over the Open Inference Protocol, beside
+## quantd's ModelInfer, Predict and stream, at 1k/10k ticks/s and the highest sustained rate (~10 min)
+bench-peers: setup
+	./scripts/peer-setup.sh
+	$(PY) scripts/bench.py --only peers
 
 ## bench-batches: quantd and the echo floor over TCP and a Unix socket, 1/16/64 ticks per message, at
 ## fixed rates and at their highest sustained rate (the suite's batch section alone; ~17 min)

@@ -11,12 +11,18 @@
 4. batches and transports: quantd and quantd-echo over TCP and over a Unix socket, with 1, 16
    and 64 ticks per message (`quantd-load --batch N`), side by side at fixed rates, and the
    highest rate each sustains;
-5. BENCHMARKS.md: the parts between the `make bench` markers (and the `make bench batches`
-   markers) are replaced with tables of medians over the repeats, ratios to the echo floor and to
+5. an off-the-shelf peer over the Open Inference Protocol (KServe V2 gRPC): Seldon MLServer
+   serving the same default model (loadtest/baselines/mlserver, in .venv-peer from
+   scripts/peer-setup.sh), driven with one ModelInfer per tick carrying that tick's feature row,
+   beside quantd's own ModelInfer, unary Predict and stream, at 1k and 10k ticks/s and at the
+   highest rate each sustains;
+6. BENCHMARKS.md: the parts between the `make bench` markers (and the `make bench batches` and
+   `make bench peers` markers) are replaced with tables of medians over the repeats, ratios to the echo floor and to
    the Python peer, the goals met or missed, the machine and the commands; plots go to docs/bench/.
 
 Usage: scripts/bench.py [--repeats 3] [--duration 5] [--rates 1000,10000,50000] [--quick]
        scripts/bench.py --only batches   (step 4 alone)
+       scripts/bench.py --only peers     (step 5 alone)
 """
 from __future__ import annotations
 
@@ -43,6 +49,9 @@ OUT = REPO / "target" / "bench"
 PLOTS = REPO / "docs" / "bench"
 BEGIN, END = "<!-- make bench: begin -->", "<!-- make bench: end -->"
 BATCH_BEGIN, BATCH_END = "<!-- make bench batches: begin -->", "<!-- make bench batches: end -->"
+PEER_BEGIN, PEER_END = "<!-- make bench peers: begin -->", "<!-- make bench peers: end -->"
+PEER_PY = REPO / ".venv-peer" / "bin" / "python"
+PEER_RATES = [1_000, 10_000]
 BATCHES = [1, 16, 64]
 # Fixed rates of the batch table: single ticks where a single-tick stream can keep up, batches
 # where the message rate of single ticks could not.
@@ -129,11 +138,11 @@ def start_servers(stubs: Path) -> dict[str, Server]:
 
 
 def load(server: Server, rate: float, duration: float, warmup: float, out: Path, batch: int = 1,
-         target: str | None = None) -> dict:
+         target: str | None = None, protocol: str = "stream") -> dict:
     cmd = [str(RELEASE / "quantd-load"), "--target", target or server.addr, "--label", server.name, "--rate", str(rate),
            "--duration", str(duration), "--warmup", str(warmup), "--quiet", "--json", str(out), "--batch", str(batch),
-           "--ticks", *map(str, TICK_FILES)]
-    if server.metrics:
+           "--protocol", protocol, "--ticks", *map(str, TICK_FILES)]
+    if server.metrics and protocol == "stream":
         cmd += ["--metrics", server.metrics]
     out.unlink(missing_ok=True)
     subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -283,7 +292,7 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,10000,50000")
     ap.add_argument("--no-criterion", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 2 s runs, no criterion (a smoke test)")
-    ap.add_argument("--only", choices=["batches"], help="run only this part of the suite")
+    ap.add_argument("--only", choices=["batches", "peers"], help="run only this part of the suite")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
     if args.quick:
@@ -295,6 +304,10 @@ def main() -> int:
     if args.only == "batches":
         OUT.mkdir(parents=True, exist_ok=True)
         replace_section(BATCH_BEGIN, BATCH_END, batches(args), "## Batches and transports (`make bench`)")
+        return 0
+    if args.only == "peers":
+        OUT.mkdir(parents=True, exist_ok=True)
+        replace_section(PEER_BEGIN, PEER_END, peers(args), PEER_HEADING)
         return 0
     crit = [] if args.no_criterion else criterion()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -342,6 +355,7 @@ def main() -> int:
     replace_section(BEGIN, END, write_markdown(args, crit, results, ladders, time.monotonic() - t0),
                     "## The suite (`make bench`)")
     replace_section(BATCH_BEGIN, BATCH_END, batches(args), "## Batches and transports (`make bench`)")
+    replace_section(PEER_BEGIN, PEER_END, peers(args), PEER_HEADING)
     log(f"BENCHMARKS.md written ({(time.monotonic() - t0) / 60:.1f} min)")
     return 0
 
@@ -408,6 +422,87 @@ def batches(args) -> str:
             s.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
     return batch_markdown(args, runs, ladders)
+
+
+PEER_HEADING = "## An off-the-shelf peer over the Open Inference Protocol (`make bench`)"
+# (label, server, quantd-load --protocol): quantd's three ways in, and MLServer's one.
+PEER_CALLS = [("quantd stream", "quantd", "stream"), ("quantd Predict", "quantd", "predict"),
+              ("quantd ModelInfer", "quantd", "kserve"), ("MLServer ModelInfer", "mlserver", "kserve")]
+
+
+def peers(args) -> str:
+    """Step 5: quantd's stream, unary Predict and ModelInfer, and MLServer's ModelInfer on the same
+    model, one tick per call (each ModelInfer carries that tick's feature row)."""
+    if not PEER_PY.exists():
+        raise SystemExit(".venv-peer missing: run scripts/peer-setup.sh (make bench-peers does)")
+    model = default_model_dir()
+    servers = {"quantd": start_quantd(),
+               "mlserver": Server("mlserver", [str(PEER_PY), "loadtest/baselines/mlserver/serve.py", "--model", model],
+                                  r"listening on (\S+)")}
+    runs: dict[tuple, list[dict]] = {}
+    ladders: dict[str, tuple[int, dict | None]] = {}
+    try:
+        for rep in range(args.repeats):
+            for rate in PEER_RATES:
+                for label, name, protocol in PEER_CALLS:
+                    tag = label.lower().replace(" ", "-")
+                    r = load(servers[name], rate, args.duration, args.warmup, OUT / f"peer-{tag}-{rate}-{rep}.json",
+                             protocol=protocol)
+                    runs.setdefault((label, rate), []).append(r)
+                    log(f"{label:<20} {rate:>7,}/s run {rep + 1}: e2e p50 {r['end_to_end']['p50_us']:.1f} µs, "
+                        f"p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+        for label, name, protocol in PEER_CALLS:
+            best, fail = 0, None
+            tag = label.lower().replace(" ", "-")
+            for rate in LADDER:
+                r = load(servers[name], rate, args.probe, 1.0, OUT / f"peer-{tag}-ladder-{rate}.json", protocol=protocol)
+                log(f"{label:<20} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
+                if not sustained(r):
+                    fail = r
+                    break
+                best = rate
+            ladders[label] = (best, fail)
+    finally:
+        for s in servers.values():
+            s.stop()
+    lines = [PEER_BEGIN, "", f"Generated by `make bench` (`scripts/bench.py --only peers --repeats {args.repeats} "
+             f"--duration {args.duration}`). Machine: {machine()}. One client stream or connection, open loop "
+             "(`quantd-load --protocol stream|predict|kserve`: a unary call per tick is sent at its due time whatever "
+             "is in flight), recorded BTCUSDT quotes and trades. Every ModelInfer carries that tick's feature row as "
+             "quantd computes it (`quantd::dataset::FeatureEngine`, precomputed by the load generator), so the "
+             "ModelInfer rows measure the model server alone, while quantd's stream and Predict also compute the "
+             "features, the policy and the risk gate. The peer is Seldon MLServer "
+             f"{peer_version()} with a custom ONNX Runtime runtime (1 intra-op thread, all graph optimisations, "
+             "`parallel_workers = 0`: inference in the server process), the same model file. Medians over "
+             f"{args.repeats} runs, µs.", "",
+             "| rate | call | e2e p50 | p90 | p99 | errors | / MLServer p50 | / MLServer p99 |", "|---|---|---|---|---|---|---|---|"]
+    for rate in PEER_RATES:
+        peer = runs[("MLServer ModelInfer", rate)]
+        for label, _, _ in PEER_CALLS:
+            rr = runs[(label, rate)]
+            if not kept_up(rr):
+                lines.append(f"| {rate:,} | {label} | falls behind | | | {sum(len(r['errors']) for r in rr)} | | |")
+                continue
+            p50, p90, p99 = (med(rr, "end_to_end", k) for k in ("p50_us", "p90_us", "p99_us"))
+            ratio = (f"{p50 / med(peer, 'end_to_end', 'p50_us'):.2f}× | {p99 / med(peer, 'end_to_end', 'p99_us'):.2f}×"
+                     if kept_up(peer) else "| ")
+            lines.append(f"| {rate:,} | {label} | {fmt_us(p50)} | {fmt_us(p90)} | {fmt_us(p99)} | "
+                         f"{sum(len(r['errors']) for r in rr)} | {ratio} |")
+    lines += ["", f"Highest sustained rate (every reply in order, p99 < {P99_LIMIT_US:,.0f} µs; ladder "
+              f"{', '.join(f'{x // 1000}k' for x in LADDER)} ticks/s, {args.probe} s per rung):", "",
+              "| call | sustained | its first failing rate: p99, errors |", "|---|---|---|"]
+    for label, _, _ in PEER_CALLS:
+        best, fail = ladders[label]
+        fail_txt = (f"{fail['target_rate']:,.0f}: {fmt_us(fail['end_to_end']['p99_us'])} µs, {len(fail['errors'])}"
+                    if fail else "—")
+        lines.append(f"| {label} | {best:,.0f} | {fail_txt} |")
+    lines += ["", f"Context only, not measured here: {TRITON}.", "", PEER_END]
+    return "\n".join(lines)
+
+
+def peer_version() -> str:
+    r = subprocess.run([str(PEER_PY), "-c", "import mlserver; print(mlserver.__version__)"], capture_output=True, text=True)
+    return r.stdout.strip() or "(unknown version)"
 
 
 def batch_markdown(args, runs: dict, ladders: dict) -> str:

@@ -200,33 +200,49 @@ async fn a_full_inference_queue_is_refused_and_counted() {
     let server = start(&test_config()).await;
     let engine = server.engine().unwrap();
     engine.set_paused(true);
-    let rows = real_rows(2);
-    let calls: Vec<_> = (0..40)
+    // Requests of 4096 rows: 73 of them (4,186,112 values) fit under the 4,194,304 values the
+    // engine queues; the rest are refused at once.
+    let rows: Vec<f32> = real_rows(2048).repeat(2);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr())).unwrap().connect().await.unwrap();
+    let calls: Vec<_> = (0..80)
         .map(|_| {
-            let server_addr = server.addr();
-            let req = request(NAME, "", &rows, false);
-            tokio::spawn(async move {
-                let mut c = GrpcInferenceServiceClient::connect(format!("http://{server_addr}")).await.unwrap();
-                c.model_infer(req).await
-            })
+            let req = request(NAME, "", &rows, true);
+            let mut c = GrpcInferenceServiceClient::new(channel.clone()).max_encoding_message_size(usize::MAX);
+            tokio::spawn(async move { c.model_infer(req).await })
         })
         .collect();
     // Wait until every call is either queued or refused, then let the engine go.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while calls.iter().filter(|c| c.is_finished()).count() < 8 && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.infer_backlog().0 + calls.iter().filter(|c| c.is_finished()).count() < 80
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let backlog = engine.infer_backlog();
     engine.set_paused(false);
     let (mut answered, mut busy) = (0, 0);
     for c in calls {
         match c.await.unwrap() {
-            Ok(_) => answered += 1,
-            Err(e) if e.code() == Code::ResourceExhausted => busy += 1,
+            Ok(r) => {
+                assert_eq!(scores(&r.into_inner()).len(), 4096);
+                answered += 1
+            }
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    e.message().contains("73 inference requests (4186112 input values) waiting"),
+                    "{}",
+                    e.message()
+                );
+                busy += 1
+            }
             Err(e) => panic!("unexpected status {e:?}"),
         }
     }
-    assert_eq!((answered, busy), (32, 8), "the queue holds 32; the rest are refused at once");
-    let metrics = wait_for_metric(&server, "quantd_infer_requests_total{outcome=\"busy\"}", 8.0).await;
-    assert_eq!(sample(&metrics, "quantd_infer_requests_total{outcome=\"answered\"}"), Some(32.0));
+    assert_eq!(backlog, (73, 73 * 4096 * 14), "what waited while the engine was paused");
+    assert_eq!((answered, busy), (73, 7), "the backlog is bounded; the rest are refused at once");
+    let metrics = wait_for_metric(&server, "quantd_infer_requests_total{outcome=\"answered\"}", 73.0).await;
+    assert_eq!(sample(&metrics, "quantd_infer_requests_total{outcome=\"busy\"}"), Some(7.0));
+    assert_eq!(engine.infer_backlog(), (0, 0), "nothing left behind");
     server.shutdown(Duration::from_secs(1)).await;
 }

@@ -52,6 +52,8 @@ pub struct Options {
     /// Ticks per message: 1 sends `StreamTicks` (one Tick each), N > 1 sends `StreamTickBatches`
     /// (one TickBatch of N ticks each; a stream's last batch may be shorter).
     pub batch: usize,
+    /// How each tick is sent: on a stream (the default), or as one unary call per tick.
+    pub protocol: Protocol,
     pub warmup: Duration,
     pub duration: Duration,
     /// The server's Prometheus endpoint (host:port): its own tick→signal and per-stage
@@ -64,6 +66,31 @@ pub struct Options {
     /// Print a progress line every second.
     pub progress: bool,
     pub seed: u64,
+}
+
+/// How ticks reach the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `SignalService.StreamTicks` (or `StreamTickBatches` with `batch` > 1): quantd's stream.
+    Stream,
+    /// One unary `SignalService.Predict` per tick, released at its due time whatever is in flight.
+    Predict,
+    /// One unary Open Inference Protocol `ModelInfer` per tick (KServe V2 / Triton gRPC), carrying
+    /// that tick's feature row as quantd computes it (`quantd::dataset::FeatureEngine` over the
+    /// recorded ticks): quantd's own `inference.GRPCInferenceService`, or an off-the-shelf model
+    /// server serving the same model.
+    Kserve {
+        /// The model name the request names.
+        model: String,
+        /// The input tensor's name.
+        input: String,
+    },
+}
+
+impl Protocol {
+    fn unary(&self) -> bool {
+        *self != Protocol::Stream
+    }
 }
 
 /// Model swaps during a run: every `every`, the next of `versions` (name, version) in turn.
@@ -233,17 +260,30 @@ fn pace(
     lag
 }
 
-/// What a stream's call sends: the pacer's ticks, or its batches.
+/// What a stream's call sends: the pacer's ticks, or its batches; or, for unary protocols, the
+/// calls the dispatcher made of them.
 enum Inbox {
     Ticks(tokio::sync::mpsc::UnboundedReceiver<Tick>),
     Batches(tokio::sync::mpsc::UnboundedReceiver<TickBatch>),
+    Unary(tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<Answer>>),
 }
 
 /// One stream's replies, signal by signal, each with the time its message arrived.
 enum Replies {
     Ticks(tonic::Streaming<Signal>),
-    Batches { batches: tonic::Streaming<SignalBatch>, rest: std::vec::IntoIter<Signal>, arrived: (Instant, u64) },
+    Batches {
+        batches: tonic::Streaming<SignalBatch>,
+        rest: std::vec::IntoIter<Signal>,
+        arrived: (Instant, u64),
+    },
+    /// Unary calls in flight, in the order their ticks were released (each stamped when it
+    /// completed, so waiting here for an earlier one does not shift a later one's latency).
+    Unary(tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<Answer>>),
 }
+
+/// One unary call's answer: a signal (for ModelInfer: the score, `seq` from the echoed id) and
+/// when it arrived.
+type Answer = Result<(Signal, Instant, u64), tonic::Status>;
 
 impl Replies {
     /// The next signal and when its message arrived (monotonic, and CLOCK_REALTIME ns).
@@ -258,6 +298,85 @@ impl Replies {
                 *arrived = (Instant::now(), now_ns());
                 *rest = b.signals.into_iter();
             },
+            Replies::Unary(calls) => match calls.recv().await {
+                None => Ok(None),
+                Some(call) => call.await.map_err(|e| tonic::Status::internal(e.to_string()))?.map(Some),
+            },
+        }
+    }
+}
+
+/// Feature rows of the recorded ticks, in their order (tick `i` of a run is recorded tick
+/// `i % len`), as the server computes them; a tick the engine's checks refuse gets its
+/// symbol's previous row (or zeros), as a gateway holding the last features would send.
+fn feature_rows(source: &Source) -> anyhow::Result<Arc<Vec<[f32; quantd::features::NUM_FEATURES]>>> {
+    let Source::Recorded(ticks) = source else { bail!("the kserve protocol needs recorded --ticks") };
+    let mut engine = quantd::dataset::FeatureEngine::new(1 << 16, 64);
+    let mut last: std::collections::HashMap<String, [f32; quantd::features::NUM_FEATURES]> = Default::default();
+    let mut rows = Vec::with_capacity(ticks.len());
+    for t in ticks {
+        let mut row = [0.0; quantd::features::NUM_FEATURES];
+        let row = match quantd::tick::Tick::from_proto(t).ok().map(|tick| engine.update(&tick, &mut row)) {
+            Some(Ok(_)) => row,
+            _ => last.get(&t.symbol).copied().unwrap_or_default(),
+        };
+        last.insert(t.symbol.clone(), row);
+        rows.push(row);
+    }
+    Ok(Arc::new(rows))
+}
+
+/// Sends each released tick as its own unary call (open loop: whatever is in flight), handing
+/// the calls to the receiver in release order.
+async fn dispatch(
+    channel: tonic::transport::Channel,
+    protocol: Protocol,
+    rows: Option<Arc<Vec<[f32; quantd::features::NUM_FEATURES]>>>,
+    mut ticks: tokio::sync::mpsc::UnboundedReceiver<Tick>,
+    calls: tokio::sync::mpsc::UnboundedSender<tokio::task::JoinHandle<Answer>>,
+) {
+    use quantd::inference_proto as kv2;
+    while let Some(tick) = ticks.recv().await {
+        let channel = channel.clone();
+        let call = match &protocol {
+            Protocol::Stream => unreachable!("streams are not dispatched per tick"),
+            Protocol::Predict => tokio::spawn(async move {
+                let s = SignalServiceClient::new(channel).predict(tick).await?.into_inner();
+                Ok((s, Instant::now(), now_ns()))
+            }),
+            Protocol::Kserve { model, input } => {
+                let rows = rows.as_ref().expect("feature rows with the kserve protocol");
+                let row = rows[tick.seq as usize % rows.len()];
+                let request = kv2::ModelInferRequest {
+                    model_name: model.clone(),
+                    id: tick.seq.to_string(),
+                    inputs: vec![kv2::model_infer_request::InferInputTensor {
+                        name: input.clone(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, quantd::features::NUM_FEATURES as i64],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![row.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    let mut client = kv2::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+                    let r = client.model_infer(request).await?.into_inner();
+                    let (now, now_rt) = (Instant::now(), now_ns());
+                    let seq = r.id.parse().map_err(|_| tonic::Status::internal(format!("id {:?} not echoed", r.id)))?;
+                    let score = match (r.raw_output_contents.first(), r.outputs.first()) {
+                        (Some(raw), _) if raw.len() >= 4 => f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
+                        (_, Some(o)) => {
+                            o.contents.as_ref().and_then(|c| c.fp32_contents.first().copied()).unwrap_or(f32::NAN)
+                        }
+                        _ => f32::NAN,
+                    };
+                    Ok((Signal { seq, score: f64::from(score), ..Default::default() }, now, now_rt))
+                })
+            }
+        };
+        if calls.send(call).is_err() {
+            return;
         }
     }
 }
@@ -405,11 +524,25 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         Some(m) => Some(report::scrape(m).await?),
         None => None,
     };
+    if opts.protocol.unary() && opts.batch > 1 {
+        bail!("--batch goes with the stream protocol only");
+    }
+    let rows = match &opts.protocol {
+        Protocol::Kserve { .. } => Some(feature_rows(&source)?),
+        _ => None,
+    };
     let mut outlets = Vec::new();
     let mut calls = Vec::new();
     for _ in 0..opts.streams {
-        let client = SignalServiceClient::new(connect(&opts.target).await.context("connecting to the target")?);
-        if opts.batch == 1 {
+        let channel = connect(&opts.target).await.context("connecting to the target")?;
+        let client = SignalServiceClient::new(channel.clone());
+        if opts.protocol.unary() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (calls_tx, calls_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(dispatch(channel, opts.protocol.clone(), rows.clone(), rx, calls_tx));
+            outlets.push(Outlet::Ticks(tx));
+            calls.push((client, Inbox::Unary(calls_rx)));
+        } else if opts.batch == 1 {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             outlets.push(Outlet::Ticks(tx));
             calls.push((client, Inbox::Ticks(rx)));
@@ -489,6 +622,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                             rest: Vec::new().into_iter(),
                             arrived: (Instant::now(), 0),
                         },
+                        Inbox::Unary(calls) => Replies::Unary(calls),
                     })
                 };
                 match tokio::time::timeout_at(end.into(), call).await {
@@ -548,6 +682,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         pace: format!("{:?}", opts.pace),
         streams: opts.streams,
         batch: opts.batch,
+        protocol: match &opts.protocol {
+            Protocol::Stream => "stream".into(),
+            Protocol::Predict => "predict".into(),
+            Protocol::Kserve { model, .. } => format!("kserve:{model}"),
+        },
         target_rate: offsets.len() as f64 / span.as_secs_f64(),
         duration_s: opts.duration.as_secs_f64(),
         sent: sent.load(Ordering::Relaxed),

@@ -17,6 +17,17 @@ enum PaceArg {
     Recorded,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    /// quantd's StreamTicks (StreamTickBatches with --batch > 1).
+    Stream,
+    /// One unary quantd Predict per tick.
+    Predict,
+    /// One unary Open Inference Protocol ModelInfer per tick (KServe V2 / Triton gRPC) with the
+    /// tick's feature row: quantd's own, or another model server's (--model, --input-name).
+    Kserve,
+}
+
 #[derive(Parser)]
 #[command(
     name = "quantd-load",
@@ -70,6 +81,15 @@ struct Args {
     /// N ticks (StreamTickBatches), each released when its last tick is due.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// How each tick is sent.
+    #[arg(long, value_enum, default_value = "stream")]
+    protocol: ProtocolArg,
+    /// The model name ModelInfer requests name (--protocol kserve).
+    #[arg(long, default_value = "quantd-mlp")]
+    model: String,
+    /// The model's input tensor name (--protocol kserve).
+    #[arg(long, default_value = "features")]
+    input_name: String,
     /// The server's Prometheus endpoint (host:port), to read its own histograms too.
     #[arg(long)]
     metrics: Option<String>,
@@ -158,6 +178,11 @@ async fn main() -> anyhow::Result<()> {
         pace,
         streams: a.streams,
         batch: a.batch,
+        protocol: match a.protocol {
+            ProtocolArg::Stream => quantd_load::Protocol::Stream,
+            ProtocolArg::Predict => quantd_load::Protocol::Predict,
+            ProtocolArg::Kserve => quantd_load::Protocol::Kserve { model: a.model, input: a.input_name },
+        },
         warmup: Duration::from_secs_f64(a.warmup),
         duration: Duration::from_secs_f64(a.duration),
         metrics: a.metrics,

@@ -67,6 +67,10 @@ pub struct Report {
     /// Ticks per message (1: `StreamTicks`; more: `StreamTickBatches`).
     #[serde(default = "one")]
     pub batch: usize,
+    /// How ticks were sent: `stream`, `predict` (a unary call each) or `kserve:<model>` (a
+    /// unary Open Inference Protocol ModelInfer each).
+    #[serde(default = "stream")]
+    pub protocol: String,
     /// Ticks per second the schedule asked for (warm-up included).
     pub target_rate: f64,
     /// Seconds measured (after the warm-up).
@@ -97,6 +101,10 @@ pub struct Report {
     pub distribution: Vec<(f64, f64)>,
 }
 
+fn stream() -> String {
+    "stream".into()
+}
+
 fn one() -> usize {
     1
 }
@@ -111,11 +119,12 @@ fn print_row(name: &str, p: &Percentiles) {
 impl Report {
     pub fn print(&self) {
         println!(
-            "{}: {} stream(s) to {}, {} tick(s) per message, {}; target {:.0} ticks/s, achieved {:.0}; sent {}, \
+            "{}: {} stream(s) to {} ({}), {} tick(s) per message, {}; target {:.0} ticks/s, achieved {:.0}; sent {}, \
              received {}, rejected {}, errors {}",
             self.label,
             self.streams,
             self.target,
+            self.protocol,
             self.batch,
             self.pace,
             self.target_rate,
@@ -126,9 +135,16 @@ impl Report {
             self.errors.len()
         );
         print_row("end-to-end", &self.end_to_end);
-        print_row("client -> server", &self.client_to_server);
-        print_row("server internal", &self.server_internal);
-        print_row("server -> client", &self.server_to_client);
+        // The split needs the server's stamps (quantd's Signal); a ModelInfer answer has none.
+        for (name, p) in [
+            ("client -> server", &self.client_to_server),
+            ("server internal", &self.server_internal),
+            ("server -> client", &self.server_to_client),
+        ] {
+            if p.count > 0 {
+                print_row(name, p);
+            }
+        }
         print_row("client send lag", &self.send_lag);
         if let Some(h) = &self.server_histogram {
             print_row("server /metrics (<=)", h);

@@ -20,8 +20,12 @@ use arc_swap::ArcSwapOption;
 
 use crate::features::NUM_FEATURES;
 
-/// Most jobs waiting for the engine; one more is refused (RESOURCE_EXHAUSTED at the edge).
-pub const INFER_QUEUE: usize = 32;
+/// Most jobs waiting for the engine; one more is refused (RESOURCE_EXHAUSTED at the edge). Room
+/// for a burst of one-row requests while the engine is off its core for a few milliseconds.
+pub const INFER_QUEUE: usize = 1024;
+
+/// Most input values (floats) waiting in queued jobs: the memory bound (16 MiB) on large requests.
+pub const MAX_QUEUED_VALUES: usize = 1 << 22;
 
 /// Most rows in one request.
 pub const MAX_INFER_ROWS: usize = 4096;

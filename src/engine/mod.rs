@@ -117,6 +117,8 @@ struct Shared {
     risk_board: Arc<RiskBoard>,
     /// Inference-protocol jobs waiting for the engine ([`infer`]).
     infer: ArrayQueue<infer::InferJob>,
+    /// Input values in jobs queued or in hand (bounded by [`infer::MAX_QUEUED_VALUES`]).
+    infer_values: std::sync::atomic::AtomicUsize,
     /// The cards of the models the engine serves now (published by the engine thread).
     served: infer::Served,
 }
@@ -168,16 +170,30 @@ impl EngineHandle {
         }
     }
 
-    /// Queues an inference-protocol job. Hands it back when [`infer::INFER_QUEUE`] jobs wait,
-    /// or the engine is shutting down.
+    /// Queues an inference-protocol job. Hands it back when [`infer::INFER_QUEUE`] jobs, or
+    /// [`infer::MAX_QUEUED_VALUES`] input values, wait; or when the engine is shutting down.
     #[allow(clippy::result_large_err)]
     pub fn infer(&self, job: infer::InferJob) -> Result<(), (infer::InferJob, Reject)> {
         if !self.shared.accepting.load(Ordering::Acquire) {
             return Err((job, Reject::ShuttingDown));
         }
-        self.shared.infer.push(job).map_err(|job| (job, Reject::QueueFull))?;
+        let values = job.rows.len();
+        let queued = self.shared.infer_values.fetch_add(values, Ordering::AcqRel);
+        if queued + values > infer::MAX_QUEUED_VALUES {
+            self.shared.infer_values.fetch_sub(values, Ordering::AcqRel);
+            return Err((job, Reject::QueueFull));
+        }
+        if let Err(job) = self.shared.infer.push(job) {
+            self.shared.infer_values.fetch_sub(values, Ordering::AcqRel);
+            return Err((job, Reject::QueueFull));
+        }
         self.wake();
         Ok(())
+    }
+
+    /// Inference-protocol jobs waiting, and their input values (queued or being scored).
+    pub fn infer_backlog(&self) -> (usize, usize) {
+        (self.shared.infer.len(), self.shared.infer_values.load(Ordering::Acquire))
     }
 
     /// The models the engine serves now, as inference-protocol callers see them.

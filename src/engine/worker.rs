@@ -304,6 +304,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         unparker: parker.unparker().clone(),
         risk_board: board.clone(),
         infer: ArrayQueue::new(super::infer::INFER_QUEUE),
+        infer_values: Default::default(),
         served: Served::default(),
     });
     shared.served.set(Role::Active, Some(model.card.clone()));
@@ -521,28 +522,38 @@ impl Worker {
         } else {
             self.shadow.as_mut().filter(|s| Arc::ptr_eq(&s.card, &job.card))
         };
-        let Some(model) = model else {
-            let label = format!("{}@{}", job.card.name, job.card.version);
-            job.finish(Err(InferError::NotServed(label)));
-            return true;
-        };
-        let (width, per_call) = (model.scorer.width(), model.scorer.max_batch());
-        let (from, to) = (job.done_rows, (job.done_rows + per_call).min(job.len()));
-        if to > from {
-            match model.scorer.score(&job.rows[from * width..to * width]) {
-                Ok(out) => job.scores[from..to].copy_from_slice(&out[..to - from]),
-                Err(e) => {
-                    job.finish(Err(InferError::Backend(e.to_string())));
-                    return true;
+        let result = match model {
+            None => Some(Err(InferError::NotServed(format!("{}@{}", job.card.name, job.card.version)))),
+            Some(model) => {
+                let (width, per_call) = (model.scorer.width(), model.scorer.max_batch());
+                let (from, to) = (job.done_rows, (job.done_rows + per_call).min(job.len()));
+                if to == from {
+                    return self.finish_infer(job, Ok(()));
+                }
+                match model.scorer.score(&job.rows[from * width..to * width]) {
+                    Ok(out) => {
+                        job.scores[from..to].copy_from_slice(&out[..to - from]);
+                        job.done_rows = to;
+                        (to == job.len()).then_some(Ok(()))
+                    }
+                    Err(e) => Some(Err(InferError::Backend(e.to_string()))),
                 }
             }
+        };
+        match result {
+            Some(result) => self.finish_infer(job, result),
+            None => {
+                self.infer = Some(job);
+                true
+            }
         }
-        job.done_rows = to;
-        if to == job.len() {
-            job.finish(Ok(()));
-        } else {
-            self.infer = Some(job);
-        }
+    }
+
+    /// Hands an inference-protocol job back, its values leaving the backlog. Returns true (a job
+    /// was served this turn).
+    fn finish_infer(&self, job: InferJob, result: Result<(), InferError>) -> bool {
+        self.shared.infer_values.fetch_sub(job.rows.len(), Ordering::AcqRel);
+        job.finish(result);
         true
     }
 

@@ -51,8 +51,13 @@ pub enum InferRefusal {
     #[error("{0}")]
     Invalid(String),
     /// The engine's inference queue is full.
-    #[error("the engine has {0} inference requests waiting; retry later")]
-    Busy(usize),
+    #[error("the engine has {jobs} inference requests ({values} input values) waiting; retry later")]
+    Busy {
+        /// Requests waiting.
+        jobs: usize,
+        /// Their input values.
+        values: usize,
+    },
     /// The engine is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -66,7 +71,7 @@ impl InferRefusal {
         match self {
             Self::UnknownModel { .. } => InferOutcome::UnknownModel,
             Self::Invalid(_) => InferOutcome::Invalid,
-            Self::Busy(_) => InferOutcome::Busy,
+            Self::Busy { .. } => InferOutcome::Busy,
             Self::ShuttingDown | Self::Engine(_) => InferOutcome::Failed,
         }
     }
@@ -80,7 +85,7 @@ impl From<InferRefusal> for Status {
                 Status::not_found(msg)
             }
             InferRefusal::Invalid(_) => Status::invalid_argument(msg),
-            InferRefusal::Busy(_) => Status::resource_exhausted(msg),
+            InferRefusal::Busy { .. } => Status::resource_exhausted(msg),
             InferRefusal::ShuttingDown => Status::unavailable(msg),
             InferRefusal::Engine(InferError::Backend(_)) => Status::internal(msg),
         }
@@ -116,7 +121,10 @@ impl Inference {
         let (job, done) = InferJob::new(card.clone(), input.rows);
         match self.engine.infer(job) {
             Ok(()) => {}
-            Err((_, Reject::QueueFull)) => return Err(InferRefusal::Busy(crate::engine::infer::INFER_QUEUE)),
+            Err((_, Reject::QueueFull)) => {
+                let (jobs, values) = self.engine.infer_backlog();
+                return Err(InferRefusal::Busy { jobs, values });
+            }
             Err(_) => return Err(InferRefusal::ShuttingDown),
         }
         let (job, result) = done.await.map_err(|_| InferRefusal::ShuttingDown)?;

@@ -72,6 +72,62 @@ def _train(model, xs, ys, xv, yv, epochs, lr, seed, desc, mode=_module_mode, pro
     return best[0], best[2]
 
 
+@dataclass
+class Blocks:
+    """A split as blocks of consecutive ticks of one symbol, for the utility objective: the model
+    inputs, each tick's next-tick return and half spread (bps), and [start, end) of each block."""
+    x: np.ndarray
+    ret: np.ndarray
+    half_spread: np.ndarray
+    bounds: list[tuple[int, int]]
+
+
+def _utility_train(model, tr: Blocks, va: Blocks, epochs, lr, seed, temperature, form, desc, mode=_module_mode,
+                   progress=True, blocks_per_step=8):
+    """Adam on minus the utility (objective.utility_loss) of blocks of consecutive ticks, with early
+    stopping on the validation blocks' mean utility."""
+    from .objective import utility_loss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t = {k: (torch.from_numpy(b.x), torch.from_numpy(b.ret.astype(np.float32)),
+             torch.from_numpy(b.half_spread.astype(np.float32))) for k, b in (("tr", tr), ("va", va))}
+
+    def loss_of(split, bounds):
+        x, r, h = t[split]
+        return torch.stack([utility_loss(model(x[a:b])[:, 0], r[a:b], h[a:b], temperature, form) for a, b in bounds]).mean()
+
+    best = (float("inf"), copy.deepcopy(model.state_dict()), 0)
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
+        mode(model, True)
+        order = rng.permutation(len(tr.bounds))
+        for s in range(0, len(order), blocks_per_step):
+            loss = loss_of("tr", [tr.bounds[i] for i in order[s:s + blocks_per_step]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        mode(model, False)
+        with torch.no_grad():
+            val = float(loss_of("va", va.bounds))
+        bar.set_postfix(val_loss=f"{val:.4f}")
+        if val < best[0]:
+            best = (val, copy.deepcopy(model.state_dict()), epoch + 1)
+    model.load_state_dict(best[1])
+    return best[0], best[2]
+
+
+def fit_utility(fp32: torch.nn.Module, tr: Blocks, va: Blocks, epochs, temperature, form="mean_variance", seed=7,
+                progress=True) -> Fitted:
+    """Fine-tunes a copy of an FP32 model on the utility objective instead of the MSE."""
+    t = time.time()
+    model = copy.deepcopy(fp32)
+    val, ep = _utility_train(model, tr, va, epochs, 1e-4, seed, temperature, form, f"utility {form}", progress=progress)
+    model.eval()
+    return Fitted(model, val, ep, time.time() - t)
+
+
 def fit_fp32(arch, x, y, xv, yv, hidden, window, mean, scale, epochs, seed=7, progress=True) -> Fitted:
     t = time.time()
     torch.manual_seed(seed)
@@ -85,10 +141,13 @@ def export_program(model, example):
     return torch.export.export(model, (example,), dynamic_shapes=({0: BATCH},))
 
 
-def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True, weight_range="reduced") -> Fitted:
+def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True, weight_range="reduced",
+            utility=None) -> Fitted:
     """Fine-tunes a copy of the FP32 model with fake quantization (weights in `weight_range`, see
     `quantizer.WEIGHT_QMAX`); returns the converted (reference-quantized) graph module, whose
-    numerics the ONNX export reproduces."""
+    numerics the ONNX export reproduces. `utility` = (train Blocks, val Blocks, temperature, form)
+    fine-tunes on the utility objective instead of the MSE: quantization-aware training joint with
+    the trading goal."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -104,7 +163,12 @@ def fit_qat(fp32: torch.nn.Module, x, y, xv, yv, epochs, seed=7, progress=True, 
     with torch.no_grad():
         for s in range(0, min(len(x), 50_000), 2048):
             prepared(torch.from_numpy(x[s:s + 2048]))
-    val, ep = _train(prepared, x, y, xv, yv, epochs, 1e-4, seed, "qat", mode=mode, progress=progress)
+    if utility is None:
+        val, ep = _train(prepared, x, y, xv, yv, epochs, 1e-4, seed, "qat", mode=mode, progress=progress)
+    else:
+        tr, va, temperature, form = utility
+        val, ep = _utility_train(prepared, tr, va, epochs, 1e-4, seed, temperature, form, "qat utility", mode=mode,
+                                 progress=progress)
     mode(prepared, False)
     converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
