@@ -32,8 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantd_train import data, fit, objective, ortq  # noqa: E402
-
-BEGIN, END = "<!-- make study: begin -->", "<!-- make study: end -->"
+from quantd_train.report import STUDY_BEGIN as BEGIN, STUDY_END as END  # noqa: E402
 ARCH_WINDOW = {"mlp": 1, "tcn": 16, "lstm": 16}
 
 
@@ -240,6 +239,11 @@ def markdown(doc: dict) -> str:
             diff = "— | — | (the twin)"
         lines.append(f"| {r['arch']} | {r['version']} | {r['turnover_val']:.2f} / {r['turnover_test']:.2f} | "
                      f"{r['ic']:+.3f} {ci(r['ic_ci'])} | {r['pnl_net_bps']:+.1f} {ci1(r['pnl_ci'])} | {diff} |")
+    off = [f"quantd-{r['arch']}@{r['version']}" if "version" in r else r["model"] for r in doc["variants"] + doc["objective"]
+           if abs(r["turnover_val"] - doc["turnover_target"]) > 0.2 * doc["turnover_target"]]
+    if off:
+        lines += ["", f"Off the target by more than 20 %: {', '.join(off)}. A QAT model's output moves in quantization "
+                  "steps, so its turnover moves in steps too, and the thresholds reach only the nearest one."]
     noise = sum(1 for r in doc["variants"] if "d_ic" in r and r["noise_ic"] and r["noise_pnl"])
     quantized = sum(1 for r in doc["variants"] if "d_ic" in r)
     lines += ["", f"{noise} of {quantized} quantized variants are within noise of their FP32 twin on both IC and net PnL "

@@ -199,6 +199,19 @@ def saturation_section(rows) -> list[str]:
     return out + [""]
 
 
+# `make study` (training/study.py) writes its section into the default model's REPORT.md between
+# these markers; `make train` rewrites the rest and keeps that section.
+STUDY_BEGIN, STUDY_END = "<!-- make study: begin -->", "<!-- make study: end -->"
+
+
+def kept_study(path: Path) -> str:
+    """The study section of an existing report ("" if none)."""
+    old = path.read_text() if path.exists() else ""
+    if STUDY_BEGIN in old and STUDY_END in old:
+        return "\n" + old[old.index(STUDY_BEGIN):old.index(STUDY_END) + len(STUDY_END)] + "\n"
+    return ""
+
+
 def write(path: Path, doc: dict, extra_paths: list[Path] = ()) -> None:
     rows = doc["rows"]
     lines = [
@@ -253,4 +266,4 @@ def write(path: Path, doc: dict, extra_paths: list[Path] = ()) -> None:
     text = "\n".join(lines) + "\n"
     for p in [path, *extra_paths]:
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        p.write_text(text + kept_study(p))

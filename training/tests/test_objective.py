@@ -58,7 +58,7 @@ def ar1(n, phi, rng):
 @pytest.mark.parametrize("target", [1.0, 3.0, 6.0])
 def test_turnover_targeting_hits_its_target_on_validation(target):
     rng = np.random.default_rng(1)
-    segments = [ar1(6000, 0.97, rng), ar1(4000, 0.97, rng)]
+    segments = [ar1(30_000, 0.97, rng), ar1(20_000, 0.97, rng)]  # long enough that one change is a small step
     th, reached = objective.target_thresholds(segments, target)
     assert reached == pytest.approx(target, rel=0.05)
     assert objective.segments_turnover(segments, th) == reached
@@ -108,3 +108,11 @@ def test_the_study_runs_on_a_slice_and_writes_its_report_section(tmp_path):
                        "--utility-epochs", "1", "--qat-epochs", "1", "--forms", "sharpe", "--resamples", "20",
                        "--turnover-target", "20", "--quiet"]) == 0
     assert report.read_text().count(study.BEGIN) == 1
+
+
+def test_make_train_keeps_the_study_section_of_a_report(tmp_path):
+    from quantd_train import report
+    p = tmp_path / "REPORT.md"
+    assert report.kept_study(p) == ""
+    p.write_text(f"# old report\n\n{report.STUDY_BEGIN}\nthe study\n{report.STUDY_END}\n\ntrailing\n")
+    assert report.kept_study(p) == f"\n{report.STUDY_BEGIN}\nthe study\n{report.STUDY_END}\n"
