@@ -104,7 +104,8 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
                   variant: str, window: int, feature_dim: int, policy: tuple[float, float, float],
                   train_x: np.ndarray, golden_x: np.ndarray, output_meaning: str, training: dict,
                   verify_x: np.ndarray | None = None, val_x: np.ndarray | None = None,
-                  weight_range: str = "reduced", fp32_sibling: str | None = None) -> Path:
+                  weight_range: str = "reduced", fp32_sibling: str | None = None,
+                  golden_tolerance: float = 0.001) -> Path:
     """Writes dest/<name>/<version>/ atomically (staged, then renamed) and returns it; with `val_x`
     (the validation period's inputs) its saturation baseline too. `fp32_sibling`: the version of
     the FP32 model this one was quantized from, which `backend = auto` may time and serve instead
@@ -133,7 +134,7 @@ def write_version(quantd: str, dest: Path, *, name: str, version: str, descripti
         **({"fp32_sibling": fp32_sibling} if fp32_sibling else {}),
         "sha256": hashlib.sha256((stage / "model.onnx").read_bytes()).hexdigest(),
         # Golden rows: ONNX Runtime's own output, re-checked by quantd at every load.
-        "golden_tolerance": 0.001,
+        "golden_tolerance": golden_tolerance,
         "features": features,
         "io": {"input": "features", "input_shape": [-1, feature_dim] if window == 1 else [-1, window, feature_dim],
                "output": "score", "output_shape": [-1, 1], "output_meaning": output_meaning},

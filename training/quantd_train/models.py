@@ -1,4 +1,4 @@
-"""The three architectures, in PyTorch.
+"""The four architectures, in PyTorch.
 
 Every model takes raw quantd features ([N, F] for the MLP, [N, T, F] for the windowed ones),
 standardises them in float with the training period's mean and scale (raw features span 0.01 to
@@ -80,6 +80,59 @@ class LSTMModel(nn.Module):
         return self.out(h[:, -1, :])
 
 
+class TransformerModel(nn.Module):
+    """A small causal Transformer encoder over the last T feature rows, as the seed article names:
+    a Linear embedding plus learned positions, `layers` pre-norm blocks (multi-head self-attention
+    written as explicit matmuls, a ReLU feed-forward), and a Linear readout of the last token.
+    Every matmul quantizes to INT8 (QLinearMatMul / MatMulIntegerToFloat / QGemm in ONNX Runtime);
+    layer norms and the softmax stay float."""
+
+    def __init__(self, n_features, width, window, mean, scale, heads=2, layers=2):
+        super().__init__()
+        assert width % heads == 0
+        self.window, self.heads = window, heads
+        self.norm = Standardize(mean, scale)
+        self.embed = nn.Linear(n_features, width)
+        self.pos = nn.Parameter(torch.zeros(1, window, width))
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(width)
+        self.out = nn.Linear(width, 1)
+        mask = torch.full((window, window), float("-inf")).triu(1)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):                       # [N, T, F]
+        h = self.embed(self.norm(x)) + self.pos
+        for b in self.blocks:
+            h = b(h, self.mask)
+        return self.out(self.ln(h[:, -1, :]))
+
+
+class Block(nn.Module):
+    """Pre-norm: h + attention(norm(h)), then h + feed-forward(norm(h))."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads, self.dim = heads, width // heads
+        self.ln0, self.ln1 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+        self.ff0, self.ff1 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.relu = nn.ReLU()
+
+    def split(self, t):                         # [N, T, W] -> [N, H, T, D]
+        n, length, _ = t.shape
+        return t.reshape(n, length, self.heads, self.dim).transpose(1, 2)
+
+    def forward(self, h, mask):
+        a = self.ln0(h)
+        q, k, v = self.split(self.q(a)), self.split(self.k(a)), self.split(self.v(a))
+        att = torch.matmul(q, k.transpose(-1, -2)) * (self.dim ** -0.5) + mask
+        o = torch.matmul(torch.softmax(att, dim=-1), v)              # [N, H, T, D]
+        n, _, length, _ = o.shape
+        h = h + self.proj(o.transpose(1, 2).reshape(n, length, self.heads * self.dim))
+        return h + self.ff1(self.relu(self.ff0(self.ln1(h))))
+
+
 def build(arch: str, n_features: int, hidden: int, window: int, mean, scale) -> nn.Module:
     if arch == "mlp":
         return MLP(n_features, hidden, mean, scale)
@@ -87,4 +140,6 @@ def build(arch: str, n_features: int, hidden: int, window: int, mean, scale) -> 
         return TCN(n_features, hidden, window, mean, scale)
     if arch == "lstm":
         return LSTMModel(n_features, hidden, window, mean, scale)
+    if arch == "transformer":
+        return TransformerModel(n_features, hidden, window, mean, scale)
     raise ValueError(arch)

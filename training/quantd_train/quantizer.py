@@ -12,7 +12,9 @@ for ONNX Runtime, so this one annotates exactly:
 * a ReLU right after one of them: its output quantized with the same activation spec (ONNX
   Runtime fuses Conv/Gemm + ReLU into one integer kernel); a layer without a ReLU after it (the
   output layer) has its own output quantized, else ONNX Runtime keeps it as a float Gemm;
-* everything else (the float standardisation, the LSTM) stays float.
+* every `matmul` of two activations (the Transformer's attention: scores and weighted values):
+  both inputs and the output per-tensor affine uint8, so ONNX Runtime runs it as QLinearMatMul;
+* everything else (the float standardisation, the LSTM, layer norms, softmax) stays float.
 
 Fake quantization uses `FakeQuantize` with moving-average min/max observers: the fused
 `FusedMovingAvgObsFakeQuantize` of the default QAT configs does not export to ONNX.
@@ -30,6 +32,7 @@ from torchao.quantization.pt2e.observer import (
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
 
 ANNOTATED = (torch.ops.aten.linear.default, torch.ops.aten.conv1d.default)
+MATMUL = (torch.ops.aten.matmul.default,)
 RELU = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 
 
@@ -59,6 +62,11 @@ class OrtQuantizer(Quantizer):
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         for node in model.graph.nodes:
+            if node.op == "call_function" and node.target in MATMUL:
+                a, b = node.args[0], node.args[1]
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: self.act, b: self.act}, output_qspec=self.act, _annotated=True)
+                continue
             if node.op != "call_function" or node.target not in ANNOTATED:
                 continue
             x, w = node.args[0], node.args[1]

@@ -50,7 +50,7 @@ def _loss(r, fp32) -> float:
 
 def seed_table(rows) -> list[str]:
     by = {(r["arch"], r["variant"]): r for r in rows}
-    archs = [a for a in ("mlp", "tcn", "lstm") if (a, "fp32") in by]
+    archs = [a for a in ("mlp", "tcn", "lstm", "transformer") if (a, "fp32") in by]
     cols = [("QAT", lambda a: [by.get((a, "qat"))]),
             ("PTQ static (MinMax / Percentile / Entropy)",
              lambda a: [by.get((a, v)) for v in ("ptq-minmax", "ptq-percentile", "ptq-entropy")]),

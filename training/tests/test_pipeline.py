@@ -133,13 +133,15 @@ def test_manifests_validate_and_quantd_serves_the_models(smoke):
         p.wait(timeout=20)
 
 
+@pytest.mark.parametrize("arch", ["tcn", "transformer"])
 @pytest.mark.parametrize("variant", ["fp32", "qat"])
-def test_the_engine_feeds_windowed_models_what_training_fed_them(smoke, tmp_path, variant):
+def test_the_engine_feeds_windowed_models_what_training_fed_them(smoke, tmp_path, variant, arch):
     """`quantd replay` (the serving engine, its per-symbol ring of feature rows, batches of 64)
-    scores every tick as ONNX Runtime scores the training pipeline's windows."""
+    scores every tick as ONNX Runtime scores the training pipeline's windows: the TCN and the
+    Transformer, FP32 and QAT."""
     out, cache, doc = smoke
     version = "2" if variant == "qat" else "2-fp32"
-    model = out / "quantd-tcn" / version
+    model = out / f"quantd-{arch}" / version
     window = 8
     subprocess.run([str(QUANTD), "replay", "--ticks", *[str(SHARED / "ticks" / f) for f in BTC], "--model", str(model),
                     "--batch", "64", "--out", str(tmp_path / "replay")], check=True, capture_output=True)
