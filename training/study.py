@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantd_train import data, fit, objective, ortq  # noqa: E402
 from quantd_train.report import STUDY_BEGIN as BEGIN, STUDY_END as END  # noqa: E402
-ARCH_WINDOW = {"mlp": 1, "tcn": 16, "lstm": 16}
+ARCH_WINDOW = {"mlp": 1, "tcn": 16, "lstm": 16, "transformer": 16}
 
 
 def next_returns(ds, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument("--cache", type=Path, default=Path("training/.cache"))
-    ap.add_argument("--archs", default="mlp,tcn,lstm")
+    ap.add_argument("--archs", default="mlp,tcn,lstm,transformer")
     ap.add_argument("--turnover-target", type=float, default=2.5, help="|position change| per 1,000 validation ticks")
     ap.add_argument("--block", type=int, default=500, help="bootstrap block, test ticks")
     ap.add_argument("--resamples", type=int, default=1000)
