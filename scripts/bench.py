@@ -337,17 +337,7 @@ def main() -> int:
             subprocess.run([str(RELEASE / "quantd-load"), "--compare", *picks, "--plot", str(PLOTS / f"latency-{rate}.svg"),
                             "--label", f"end-to-end latency at {rate:,} ticks/s (median run of {args.repeats})"],
                            cwd=REPO, check=True)
-        ladders = {}
-        for n, s in servers.items():
-            best, fail = 0, None
-            for rate in LADDER:
-                r = load(s, rate, args.probe, 1.0, OUT / f"{n}-ladder-{rate}.json")
-                log(f"{n:<6} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
-                if not sustained(r):
-                    fail = r
-                    break
-                best = rate
-            ladders[n] = (best, fail)
+        ladders = {n: ladder(s, None, 1, args.probe, n, first=LADDER[0]) for n, s in servers.items()}
     finally:
         for s in servers.values():
             s.stop()
@@ -372,14 +362,16 @@ def replace_section(begin: str, end: str, section: str, heading: str) -> None:
     path.write_text(text)
 
 
-def ladder(server: Server, target: str | None, batch: int, probe: float, tag: str) -> tuple[int, dict | None]:
+def ladder(server: Server, target: str | None, batch: int, probe: float, tag: str, protocol: str = "stream",
+           first: int | None = None) -> tuple[int, dict | None]:
     """The highest rate of LADDER that `server` sustains at `target` (None: its TCP address) with
-    `batch` ticks per message, and the first run that failed (None: none did). The ladder starts
-    where a batch fills within 1 ms (from 5k ticks/s): below that, the wait for a batch to fill
-    alone, up to (N−1)/rate, would break the 2 ms p99 whatever the server."""
+    `batch` ticks per message (or one `protocol` call per tick), and the first run that failed
+    (None: none did). The ladder starts at `first`, by default where a batch fills within 1 ms (from
+    5k ticks/s): below that, the wait for a batch to fill alone, up to (N−1)/rate, would break the
+    2 ms p99 whatever the server."""
     best, fail = 0, None
-    for rate in (r for r in LADDER if r >= ladder_start(batch)):
-        r = load(server, rate, probe, 1.0, OUT / f"{tag}-ladder-{rate}.json", batch, target or server.addr)
+    for rate in (r for r in LADDER if r >= (ladder_start(batch) if first is None else first)):
+        r = load(server, rate, probe, 1.0, OUT / f"{tag}-ladder-{rate}.json", batch, target or server.addr, protocol)
         log(f"{tag:<16} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
         if not sustained(r):
             return best, r
@@ -452,16 +444,8 @@ def peers(args) -> str:
                     log(f"{label:<20} {rate:>7,}/s run {rep + 1}: e2e p50 {r['end_to_end']['p50_us']:.1f} µs, "
                         f"p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
         for label, name, protocol in PEER_CALLS:
-            best, fail = 0, None
-            tag = label.lower().replace(" ", "-")
-            for rate in LADDER:
-                r = load(servers[name], rate, args.probe, 1.0, OUT / f"peer-{tag}-ladder-{rate}.json", protocol=protocol)
-                log(f"{label:<20} ladder {rate:>9,}/s: p99 {r['end_to_end']['p99_us']:.1f} µs, errors {len(r['errors'])}")
-                if not sustained(r):
-                    fail = r
-                    break
-                best = rate
-            ladders[label] = (best, fail)
+            tag = "peer-" + label.lower().replace(" ", "-")
+            ladders[label] = ladder(servers[name], None, 1, args.probe, tag, protocol, first=LADDER[0])
     finally:
         for s in servers.values():
             s.stop()
