@@ -19,11 +19,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::features::{self, NUM_FEATURES};
-use crate::files::{self, FileLimits};
+use crate::files::FileLimits;
 use crate::int8::onnx::pb;
 use crate::model::manifest::{
     FeatureSection, GoldenRow, IoSection, LoadedModel, Manifest, OutputKind, QuantizationSection, VerifySection,
+    input_shape, read_hashed, sha256_file,
 };
+use crate::model::scorer::OrtScorer;
 use crate::model::{LoadOptions, signing};
 use crate::policy::PolicyParams;
 use crate::tick::{Symbol, Tick};
@@ -148,21 +150,37 @@ pub struct Imported {
     pub policy: PolicyParams,
 }
 
-/// The graph as quantd will feed it: its io names, window, and what its operators say about
-/// how it was quantized.
+/// The graph as quantd will feed it: its io names, window, what its operators say about how it
+/// was quantized, the integer kernel's plan of it where the kernel covers it, and one ONNX
+/// Runtime scorer (read, decoded and built once per file).
 struct Graph {
     input: String,
     output: String,
     window: usize,
     quantization: &'static str,
     bytes: Vec<u8>,
+    sha256: String,
+    plan: Option<crate::int8::Plan>,
+    scorer: OrtScorer,
+}
+
+impl Graph {
+    /// Scores `rows` (`n * window * 14` floats) with ONNX Runtime, 64 inputs per call.
+    fn score(&mut self, rows: &[f32]) -> Result<Vec<f32>, String> {
+        let width = self.window * NUM_FEATURES;
+        let mut out = Vec::with_capacity(rows.len() / width);
+        for chunk in rows.chunks(64 * width) {
+            out.extend_from_slice(self.scorer.score(chunk).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
 }
 
 /// Imports `opts.onnx` (and its FP32 sibling) into `opts.out`. ONNX Runtime must be initialised.
 pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
     check_options(opts)?;
-    let graph = read_graph(&opts.onnx)?;
-    let sibling = opts.fp32.as_deref().map(read_graph).transpose()?;
+    let mut graph = read_graph(&opts.onnx)?;
+    let mut sibling = opts.fp32.as_deref().map(read_graph).transpose()?;
     if let Some(s) = &sibling
         && s.window != graph.window
     {
@@ -177,26 +195,26 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, ImportError> {
         return Err(ImportError::TooFewRows { got: inputs.n, need });
     }
     let mut dirs = Vec::new();
+    // A failed import leaves nothing behind: the versions it wrote are removed again.
+    let discard = |dirs: &[PathBuf]| {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    };
     let fp32_version = format!("{}-fp32", opts.version);
-    if let Some(s) = &sibling {
+    if let Some(s) = &mut sibling {
         dirs.push(write_version(opts, &fp32_version, s, &inputs, None)?);
     }
     let named = sibling.is_some().then_some(fp32_version.as_str());
-    match write_version(opts, &opts.version, &graph, &inputs, named) {
+    match write_version(opts, &opts.version, &mut graph, &inputs, named) {
         Ok(dir) => dirs.push(dir),
         Err(e) => {
-            for d in &dirs {
-                let _ = std::fs::remove_dir_all(d);
-            }
+            discard(&dirs);
             return Err(e);
         }
     }
     let main = dirs.last().expect("written").clone();
-    let loaded = LoadedModel::load_with(&main, &LoadOptions::cpu(64)).inspect_err(|_| {
-        for d in &dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    })?;
+    let loaded = LoadedModel::load_with(&main, &LoadOptions::cpu(64)).inspect_err(|_| discard(&dirs))?;
     Ok(Imported {
         dirs,
         backend: format!("{} ({})", loaded.backend.backend, loaded.backend.isa),
@@ -221,8 +239,7 @@ fn check_options(o: &ImportOptions) -> Result<(), ImportError> {
 /// Reads the model and checks it against the engine's contract, saying what to change.
 fn read_graph(path: &Path) -> Result<Graph, ImportError> {
     let contract = |why: String| ImportError::Contract { model: path.to_owned(), why };
-    let bytes = files::read_regular(path, FileLimits::default().max_model_bytes)
-        .map_err(|source| ImportError::Io { path: path.to_owned(), source })?;
+    let (bytes, sha256) = read_hashed(path, FileLimits::default().max_model_bytes).map_err(io_error)?;
     let proto = crate::int8::onnx::decode_model(&bytes, path).map_err(contract)?;
     let graph = proto.graph.as_ref().ok_or_else(|| contract("the file holds no graph".into()))?;
     if graph.initializer.iter().any(|t| t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)) {
@@ -232,10 +249,24 @@ fn read_graph(path: &Path) -> Result<Graph, ImportError> {
                 .into(),
         ));
     }
-    let session = session(&bytes).map_err(|msg| ImportError::Runtime { model: path.to_owned(), msg })?;
+    let runtime = |msg: String| ImportError::Runtime { model: path.to_owned(), msg };
+    let session = session(&bytes).map_err(runtime)?;
     let (input, window) = check_input(session.inputs()).map_err(contract)?;
     let output = check_output(session.outputs()).map_err(contract)?;
-    Ok(Graph { input, output, window, quantization: quantization(graph), bytes })
+    let width = window * NUM_FEATURES;
+    let plan = (window == 1).then(|| crate::int8::Plan::from_model(&proto, width).ok()).flatten();
+    let quantization = quantization(graph);
+    let scorer =
+        OrtScorer::new(session, &input, &output, (window, NUM_FEATURES), 1, 64).map_err(|e| runtime(e.to_string()))?;
+    Ok(Graph { input, output, window, quantization, bytes, sha256, plan, scorer })
+}
+
+/// A file that could not be read: the I/O error with its path (`read_hashed` reports nothing else).
+fn io_error(e: crate::model::ModelError) -> ImportError {
+    match e {
+        crate::model::ModelError::Io { path, source } => ImportError::Io { path, source },
+        other => ImportError::Verify(other),
+    }
 }
 
 fn check_input(inputs: &[ort::value::Outlet]) -> Result<(String, usize), String> {
@@ -385,37 +416,19 @@ fn session(bytes: &[u8]) -> Result<ort::session::Session, String> {
     builder.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// Scores `rows` with ONNX Runtime, one call per chunk.
-fn ort_scores(bytes: &[u8], input: &str, width: usize, window: usize, rows: &[f32]) -> Result<Vec<f32>, String> {
-    let session = session(bytes)?;
-    let mut scorer =
-        crate::model::scorer::OrtScorer::new(session, input, &output_name(bytes)?, (window, NUM_FEATURES), 1, 64)
-            .map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(rows.len() / width);
-    for chunk in rows.chunks(64 * width) {
-        out.extend_from_slice(scorer.score(chunk).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
-}
-
-fn output_name(bytes: &[u8]) -> Result<String, String> {
-    let proto = crate::int8::onnx::decode_model(bytes, Path::new("model.onnx"))?;
-    proto.graph.and_then(|g| g.output.first().and_then(|o| o.name.clone())).ok_or_else(|| "no output".into())
-}
-
-/// The `q` quantile of `values` (sorted in place).
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * q).round() as usize]
+/// The `q` quantile of `sorted` (ascending).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The policy thresholds: quantiles of |output - neutral| over the ticks' inputs.
 fn thresholds(opts: &ImportOptions, scores: &[f32]) -> Result<PolicyParams, ImportError> {
     let center = opts.output_kind.center();
     let mut dist: Vec<f64> = scores.iter().map(|s| (f64::from(*s) - center).abs()).collect();
-    let entry = quantile(&mut dist, opts.entry_quantile);
-    let exit = quantile(&mut dist, opts.exit_quantile);
-    let full = quantile(&mut dist, opts.full_quantile).max(entry);
+    dist.sort_by(f64::total_cmp);
+    let entry = quantile(&dist, opts.entry_quantile);
+    let exit = quantile(&dist, opts.exit_quantile);
+    let full = quantile(&dist, opts.full_quantile).max(entry);
     let policy =
         PolicyParams { warmup_ticks: opts.warmup_ticks, entry_bps: entry, exit_bps: exit, full_position_bps: full };
     if full <= 0.0 {
@@ -432,12 +445,8 @@ fn thresholds(opts: &ImportOptions, scores: &[f32]) -> Result<PolicyParams, Impo
 /// own semantics, the same on every CPU), ONNX Runtime otherwise.
 fn golden_rows(graph: &Graph, rows: &[f32], ort: &[f32]) -> (Vec<GoldenRow>, f32, &'static str) {
     let width = graph.window * NUM_FEATURES;
-    let plan = crate::int8::onnx::decode_model(&graph.bytes, Path::new("model.onnx"))
-        .ok()
-        .and_then(|m| crate::int8::Plan::from_model(&m, width).ok())
-        .filter(|_| graph.window == 1);
-    let (outputs, tolerance, source) = match plan {
-        Some(plan) => (crate::int8::reference::score(&plan, rows).0, 1e-5, "model's integer reference"),
+    let (outputs, tolerance, source) = match &graph.plan {
+        Some(plan) => (crate::int8::reference::score(plan, rows).0, 1e-5, "model's integer reference"),
         // A float graph, or a quantized one outside the kernel: ONNX Runtime's output here, with
         // room for another CPU's float summation order (FP32) or integer kernels (INT8).
         None if graph.quantization == "fp32" => (ort.to_vec(), 1e-3, "ONNX Runtime"),
@@ -454,7 +463,7 @@ fn golden_rows(graph: &Graph, rows: &[f32], ort: &[f32]) -> (Vec<GoldenRow>, f32
 fn write_version(
     opts: &ImportOptions,
     version: &str,
-    graph: &Graph,
+    graph: &mut Graph,
     inputs: &Inputs,
     fp32_sibling: Option<&str>,
 ) -> Result<PathBuf, ImportError> {
@@ -477,7 +486,7 @@ fn write_version(
         let runtime = |msg: String| ImportError::Runtime { model: opts.onnx.clone(), msg };
         let width = inputs.width;
         let sample = inputs.spread(THRESHOLD_ROWS);
-        let scores = ort_scores(&graph.bytes, &graph.input, width, graph.window, &sample).map_err(runtime)?;
+        let scores = graph.score(&sample).map_err(runtime)?;
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             return Err(ImportError::Contract {
                 model: opts.onnx.clone(),
@@ -493,8 +502,7 @@ fn write_version(
         let verify_path = stage.join("verify.npy");
         write_npy(&verify_path, &verify, width).map_err(io(&verify_path))?;
         let golden_inputs = inputs.spread(GOLDEN_ROWS);
-        let golden_ort =
-            ort_scores(&graph.bytes, &graph.input, width, graph.window, &golden_inputs).map_err(runtime)?;
+        let golden_ort = graph.score(&golden_inputs).map_err(runtime)?;
         let (golden, golden_tolerance, golden_source) = golden_rows(graph, &golden_inputs, &golden_ort);
         let (train_min, train_max) = ranges(inputs);
         let manifest = Manifest {
@@ -505,7 +513,7 @@ fn write_version(
                 d => d.to_owned(),
             },
             model_file: "model.onnx".into(),
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&graph.bytes)),
+            sha256: graph.sha256.clone(),
             fp32_sibling: fp32_sibling.map(str::to_owned),
             features: FeatureSection {
                 schema_version: features::SCHEMA_VERSION.into(),
@@ -517,10 +525,7 @@ fn write_version(
             },
             io: IoSection {
                 input: graph.input.clone(),
-                input_shape: match graph.window {
-                    1 => vec![-1, NUM_FEATURES as i64],
-                    w => vec![-1, w as i64, NUM_FEATURES as i64],
-                },
+                input_shape: input_shape(graph.window),
                 output: graph.output.clone(),
                 output_shape: vec![-1, 1],
                 output_meaning: match opts.output_kind {
@@ -543,7 +548,7 @@ fn write_version(
             golden,
             verify: Some(VerifySection {
                 file: "verify.npy".into(),
-                sha256: files_sha256(&verify_path)?,
+                sha256: sha256_file(&verify_path).map_err(io_error)?,
                 ort_max_steps: 0,
             }),
             saturation: None,
@@ -565,11 +570,6 @@ fn write_version(
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn files_sha256(path: &Path) -> Result<String, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_owned(), source })?;
-    Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
 }
 
 /// The range of each feature over the newest rows of the inputs.

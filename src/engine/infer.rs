@@ -59,10 +59,7 @@ impl ModelCard {
 
     /// The input's shape with -1 for the batch.
     pub fn input_shape(&self) -> Vec<i64> {
-        match self.window {
-            1 => vec![-1, NUM_FEATURES as i64],
-            w => vec![-1, w as i64, NUM_FEATURES as i64],
-        }
+        crate::model::manifest::input_shape(self.window)
     }
 }
 

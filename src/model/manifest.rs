@@ -100,6 +100,13 @@ fn one() -> usize {
 /// Largest window a manifest may ask for.
 pub const MAX_WINDOW: usize = 256;
 
+/// The model input's shape for a window of `window` feature rows, -1 for the batch: `[-1, 14]`
+/// for one row, `[-1, window, 14]` otherwise.
+pub fn input_shape(window: usize) -> Vec<i64> {
+    let f = features::NUM_FEATURES as i64;
+    if window == 1 { vec![-1, f] } else { vec![-1, window as i64, f] }
+}
+
 impl FeatureSection {
     /// (min, max) per feature when the manifest gives the training ranges.
     pub fn ranges(&self) -> Option<Vec<(f32, f32)>> {
@@ -314,12 +321,11 @@ impl Manifest {
         p.check(!ranges_ok, "features.train_min", Manifest, || {
             format!("features.train_min/train_max must both be empty or hold {} values with min <= max", names.len())
         });
-        let width = features::NUM_FEATURES as i64;
         let window = self.features.window;
         p.check(!(1..=MAX_WINDOW).contains(&window), "features.window", IoMismatch, || {
             format!("features.window {window} must be in 1..={MAX_WINDOW}")
         });
-        let expected: Vec<i64> = if window == 1 { vec![-1, width] } else { vec![-1, window as i64, width] };
+        let expected = input_shape(window);
         p.check(self.io.input_shape != expected, "io.input_shape", IoMismatch, || {
             format!("manifest input_shape {:?} is not {expected:?} (window {window})", self.io.input_shape)
         });
@@ -396,7 +402,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
 
 /// A file from a model directory, read once under `limit`, with its sha256 (hex): what is
 /// checked against the manifest is what is then used.
-fn read_hashed(path: &Path, limit: u64) -> Result<(Vec<u8>, String), ModelError> {
+pub fn read_hashed(path: &Path, limit: u64) -> Result<(Vec<u8>, String), ModelError> {
     let bytes = files::read_regular(path, limit).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok((bytes, sha256))
