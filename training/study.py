@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantd_train import data, fit, objective, ortq  # noqa: E402
+from quantd_train import data, evaluate, fit, objective, ortq  # noqa: E402
 from quantd_train.report import STUDY_BEGIN as BEGIN, STUDY_END as END  # noqa: E402
 ARCH_WINDOW = {"mlp": 1, "tcn": 16, "lstm": 16, "transformer": 16}
 
@@ -67,21 +67,19 @@ class Evaluator:
     def __init__(self, ds, target: float, block: int, resamples: int):
         self.ds, self.target, self.block, self.resamples = ds, target, block, resamples
         self.va, self.te = ds.split["val"], ds.split["test"]
-        self.ret, self.half = next_returns(ds, self.te)
         self.y = ds.y[self.te]
 
     def figures(self, s_val: np.ndarray, s_te: np.ndarray) -> dict:
         th, t_val = objective.target_thresholds(segments(self.ds, self.va, s_val), self.target)
-        pos = np.concatenate([objective.policy_positions(seg, *th) for seg in segments(self.ds, self.te, s_te)])
-        order = np.concatenate([np.flatnonzero(self.ds.symbol[self.te] == s) for s in np.unique(self.ds.symbol[self.te])])
-        pnl = np.empty(len(self.te))
-        pnl[order] = objective.tick_pnl(pos, self.ret[order], self.half[order])
+        # The same policy PnL as REPORT.md's (evaluate.pnl), per test tick for the bootstrap.
+        _, gross, cost, change = evaluate.policy_pnl(self.ds, self.te, s_te, th)
+        pnl = gross - cost
         n = len(self.te)
         ic = objective.ic_of(s_te, self.y)
         boot = dict(n=n, block=self.block, resamples=self.resamples)
         return {
             "policy": [float(v) for v in th], "turnover_val": t_val,
-            "turnover_test": objective.segments_turnover(segments(self.ds, self.te, s_te), th),
+            "turnover_test": float(change.sum() / n * objective.TURNOVER_PER),
             "ic": ic(np.arange(n)), "ic_ci": objective.bootstrap(ic, **boot),
             "pnl_net_bps": float(pnl.sum()),
             "pnl_ci": objective.bootstrap(lambda i: float(pnl[i].sum() * n / len(i)), **boot),

@@ -61,12 +61,12 @@ def signal_metrics(score: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
-def pnl(ds, idx: np.ndarray, score: np.ndarray, th: tuple[float, float, float]) -> tuple[dict, np.ndarray]:
-    """Policy PnL over the test rows, per symbol in time order; returns (figures, positions)."""
+def policy_pnl(ds, idx: np.ndarray, score: np.ndarray, th: tuple[float, float, float]):
+    """The policy on the rows `idx`, per symbol in time order from flat; per row (aligned with
+    `idx`): the position, its gross PnL to the next row of its symbol, the cost of the change into
+    it (half the quoted spread) and the size of that change."""
     spread_col = ds.feature_names.index("spread_bps")
-    positions = np.zeros(len(idx))
-    gross = cost = 0.0
-    changes = 0
+    positions, gross, cost, change = (np.zeros(len(idx)) for _ in range(4))
     for sym in np.unique(ds.symbol[idx]):
         m = np.flatnonzero(ds.symbol[idx] == sym)     # idx is time-ordered within a symbol
         rows = idx[m]
@@ -75,10 +75,19 @@ def pnl(ds, idx: np.ndarray, score: np.ndarray, th: tuple[float, float, float]) 
         mid = ds.mid[rows]
         ret = np.zeros(len(rows))
         ret[:-1] = (mid[1:] / mid[:-1] - 1) * 1e4
-        gross += float(np.sum(pos * ret))
-        d = np.abs(np.diff(np.concatenate([[0.0], pos])))
-        cost += float(np.sum(d * ds.x[rows, spread_col] / 2))
-        changes += int(np.count_nonzero(d))
+        gross[m] = pos * ret
+        change[m] = np.abs(np.diff(np.concatenate([[0.0], pos])))
+        cost[m] = change[m] * ds.x[rows, spread_col] / 2
+    return positions, gross, cost, change
+
+
+def pnl(ds, idx: np.ndarray, score: np.ndarray, th: tuple[float, float, float]) -> tuple[dict, np.ndarray]:
+    """Policy PnL over the test rows, per symbol in time order; returns (figures, positions)."""
+    positions, gross_rows, cost_rows, change = policy_pnl(ds, idx, score, th)
+    per_symbol = [np.flatnonzero(ds.symbol[idx] == sym) for sym in np.unique(ds.symbol[idx])]
+    gross = sum(float(np.sum(gross_rows[m])) for m in per_symbol)
+    cost = sum(float(np.sum(cost_rows[m])) for m in per_symbol)
+    changes = int(np.count_nonzero(change))
     return {"pnl_gross_bps": gross, "pnl_net_bps": gross - cost, "cost_bps": cost, "position_changes": changes}, positions
 
 

@@ -104,13 +104,6 @@ def ic_of(score: np.ndarray, y: np.ndarray):
     return lambda idx: float(np.corrcoef(score[idx], y[idx])[0, 1])
 
 
-def tick_pnl(positions: np.ndarray, ret_next_bps: np.ndarray, half_spread_bps: np.ndarray) -> np.ndarray:
-    """Each tick's PnL net of costs, bps: the position held times the next return, minus half the
-    spread on the change into it."""
-    change = np.abs(np.diff(np.concatenate([[0.0], positions])))
-    return positions * ret_next_bps - change * half_spread_bps
-
-
 def within_noise(interval: tuple[float, float]) -> bool:
     """Whether a difference's interval holds zero."""
     return interval[0] <= 0.0 <= interval[1]
