@@ -83,8 +83,14 @@ fn bench_engine(c: &mut Criterion) {
                 // keep timestamps increasing across passes over the file
                 tick.exchange_ts_ns += (i / ticks.len()) as i64 * 1_000_000_000_000;
                 i += 1;
-                let item =
-                    WorkItem { tick, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0, conflate: false };
+                let item = WorkItem {
+                    tick,
+                    reply_to: replies.clone(),
+                    recv: Instant::now(),
+                    recv_ns: 0,
+                    conflate: false,
+                    route: quantd::routes::BY_SYMBOL,
+                };
                 if handle.submit(item).is_err() {
                     panic!("engine queue refused a tick");
                 }

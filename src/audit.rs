@@ -32,6 +32,7 @@ use crate::journal::{ControlRecord, ModelRecord, SignalRecord, TickRecord};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::risk::{External, RiskFlags};
+use crate::routes::BY_SYMBOL;
 use crate::telemetry::Telemetry;
 use crate::tick::Reject;
 
@@ -377,7 +378,13 @@ fn recorded_tick(t: &TickRecord, s: &SignalRecord) -> Option<RecordedTick> {
     let tick = t.tick().ok()?;
     let external = External { var_scale: s.var_scale, admin_kill: s.risk.contains(RiskFlags::KILL_ADMIN) };
     let expired = s.reject == Some(Reject::Expired);
-    Some(RecordedTick { tick, recv_ns: t.recv_ns, conflate: t.conflate, recorded: Recorded { external, expired } })
+    Some(RecordedTick {
+        tick,
+        recv_ns: t.recv_ns,
+        conflate: t.conflate,
+        recorded: Recorded { external, expired },
+        route: BY_SYMBOL,
+    })
 }
 
 /// Every field of the decision that differs, bit for bit for numbers.

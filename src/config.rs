@@ -22,6 +22,7 @@ use crate::policy::PolicyParams;
 use crate::problem::{Kind, Problem, Problems};
 use crate::registry::{RegistryConfig, RegistrySection};
 use crate::risk::RiskConfig;
+use crate::routes::RouteSpec;
 use crate::server::security::{self, AdminSection, TlsSection};
 use crate::server::settings::{StreamSection, UnixSection};
 use crate::server::{ServerConfig, WarmTail};
@@ -90,6 +91,9 @@ pub struct Config {
     /// Which backend serves each model (native INT8 kernel, ONNX Runtime, or `auto`) and the
     /// native kernel's ISA level.
     pub backend: BackendConfig,
+    /// Which model scores which symbols, with its own policy (`[[routes]]`, first match wins;
+    /// the rest go to the default model). See [`crate::routes`].
+    pub routes: Vec<RouteSpec>,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             shard: ShardConfig::default(),
             journal: JournalConfig::default(),
             backend: BackendConfig::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -397,6 +402,7 @@ impl Config {
             format!("gpu_device_id {} must be >= 0", self.gpu_device_id)
         });
         p.extend(self.shard.problems());
+        p.extend(crate::routes::problems(&self.routes));
         p.extend(self.journal.problems());
         p.extend(self.backend.validate());
         p.extend(security::tls_problems(&self.tls));
@@ -446,7 +452,8 @@ impl Config {
 
     /// What the engine thread is started with.
     pub fn engine_config(&self) -> EngineConfig {
-        self.engine.engine_config(self.stream.ttl(), self.risk.clone(), self.ticks.clone())
+        let engine = self.engine.engine_config(self.stream.ttl(), self.risk.clone(), self.ticks.clone());
+        EngineConfig { routes: self.routes.clone(), ..engine }
     }
 
     /// What [`crate::server::Server::start`] needs: the listeners, the engine, registry, risk,

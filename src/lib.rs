@@ -62,6 +62,7 @@ pub mod registry;
 pub mod replay;
 pub mod risk;
 pub mod risk_flags;
+pub mod routes;
 pub mod server;
 pub mod shard;
 pub mod symbols;

@@ -190,6 +190,8 @@ pub enum Reject {
     JournalUnavailable,
     /// Its batch holds more ticks than `stream.max_batch_ticks`.
     BatchTooLarge,
+    /// The symbol already holds positions on as many routes as its state has room for.
+    TooManyRoutes,
 }
 
 impl Reject {
@@ -246,6 +248,9 @@ impl Reject {
             }
             Reject::BatchTooLarge => {
                 "its batch holds more ticks than the server's stream.max_batch_ticks; no tick of the batch was processed"
+            }
+            Reject::TooManyRoutes => {
+                "the symbol already holds positions on as many routes as the engine keeps per symbol (4); its features were updated"
             }
         }
     }
@@ -466,6 +471,7 @@ mod tests {
             "non_finite_features",
             "journal_unavailable",
             "batch_too_large",
+            "too_many_routes",
         ];
         assert_eq!(Reject::ALL.iter().map(|r| r.code()).collect::<Vec<_>>(), wire);
     }

@@ -58,8 +58,14 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
         let mut scored = 0usize;
         for chunk in ticks[range].chunks(burst) {
             for t in chunk {
-                let item =
-                    WorkItem { tick: *t, reply_to: replies.clone(), recv: Instant::now(), recv_ns: 0, conflate: false };
+                let item = WorkItem {
+                    tick: *t,
+                    reply_to: replies.clone(),
+                    recv: Instant::now(),
+                    recv_ns: 0,
+                    conflate: false,
+                    route: quantd::routes::BY_SYMBOL,
+                };
                 if as_batch {
                     assert!(handle.submit_deferred(item).is_ok());
                 } else {

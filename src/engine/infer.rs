@@ -16,9 +16,10 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 
 use crate::features::NUM_FEATURES;
+use crate::routes::RouteId;
 
 /// Most jobs waiting for the engine; one more is refused (RESOURCE_EXHAUSTED at the edge). Room
 /// for a burst of one-row requests while the engine is off its core for a few milliseconds.
@@ -72,27 +73,44 @@ pub enum Role {
     Shadow,
 }
 
-/// The cards of the models the engine serves now, published by the engine thread.
+/// One live model name as the edge sees it: its active card, its shadow's, and the route a
+/// stream that names it (`x-quantd-model`) takes.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The active version's card.
+    pub active: Arc<ModelCard>,
+    /// The shadow version's card, when one runs beside it.
+    pub shadow: Option<Arc<ModelCard>>,
+    /// The model's stream route.
+    pub stream_route: RouteId,
+}
+
+/// The models the engine serves now, published by the engine thread whenever a swap or a shadow
+/// change takes effect (read lock-free by the edge).
 #[derive(Default)]
 pub struct Served {
-    active: ArcSwapOption<ModelCard>,
-    shadow: ArcSwapOption<ModelCard>,
+    models: ArcSwap<Vec<ServedModel>>,
 }
 
 impl Served {
-    pub(super) fn set(&self, role: Role, card: Option<Arc<ModelCard>>) {
-        match role {
-            Role::Active => self.active.store(card),
-            Role::Shadow => self.shadow.store(card),
-        }
+    pub(super) fn publish(&self, models: Vec<ServedModel>) {
+        self.models.store(Arc::new(models));
     }
 
-    /// The served models, the active one first.
+    /// The live model names with their cards, the default model first.
+    pub fn models(&self) -> Arc<Vec<ServedModel>> {
+        self.models.load_full()
+    }
+
+    /// Every served card: each name's active one, then its shadow.
     pub fn cards(&self) -> Vec<(Role, Arc<ModelCard>)> {
-        [(Role::Active, self.active.load_full()), (Role::Shadow, self.shadow.load_full())]
-            .into_iter()
-            .filter_map(|(role, card)| Some((role, card?)))
-            .collect()
+        let models = self.models();
+        let mut cards = Vec::with_capacity(models.len() * 2);
+        for m in models.iter() {
+            cards.push((Role::Active, m.active.clone()));
+            cards.extend(m.shadow.clone().map(|s| (Role::Shadow, s)));
+        }
+        cards
     }
 
     /// The served model `name` at `version` (empty: the active one of that name, else the shadow).
@@ -101,6 +119,24 @@ impl Served {
             .into_iter()
             .map(|(_, card)| card)
             .find(|c| c.name == name && (version.is_empty() || c.version == version))
+    }
+
+    /// The stream route of model `name`, whose active version must be `version` when one is
+    /// given; or why not, naming what is served.
+    pub fn stream_route(&self, name: &str, version: &str) -> Result<RouteId, String> {
+        let models = self.models();
+        match models.iter().find(|m| m.active.name == name) {
+            Some(m) if version.is_empty() || m.active.version == version => Ok(m.stream_route),
+            Some(m) => Err(format!(
+                "{name}@{version} is not the active version of {name} (it is {}); ask for {name} or {name}@{}",
+                m.active.version, m.active.version
+            )),
+            None => {
+                let names: Vec<String> =
+                    models.iter().map(|m| format!("{}@{}", m.active.name, m.active.version)).collect();
+                Err(format!("model {name:?} is not served; served: {}", names.join(", ")))
+            }
+        }
     }
 }
 
@@ -163,18 +199,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cards_are_found_by_name_and_version() {
+    fn cards_and_stream_routes_are_found_by_name_and_version() {
         let served = Served::default();
         assert!(served.find("m", "").is_none());
-        served.set(Role::Active, Some(Arc::new(ModelCard::new("m@2", "features", "score", 1))));
-        served.set(Role::Shadow, Some(Arc::new(ModelCard::new("m@3", "features", "score", 1))));
+        let card = |label| Arc::new(ModelCard::new(label, "features", "score", 1));
+        served.publish(vec![
+            ServedModel { active: card("m@2"), shadow: Some(card("m@3")), stream_route: 2 },
+            ServedModel { active: card("t@1"), shadow: None, stream_route: 3 },
+        ]);
         assert_eq!(served.find("m", "").unwrap().version, "2", "no version: the active one");
         assert_eq!(served.find("m", "3").unwrap().version, "3");
         assert!(served.find("m", "4").is_none());
         assert!(served.find("other", "").is_none());
-        served.set(Role::Shadow, None);
-        assert!(served.find("m", "3").is_none());
-        assert_eq!(served.cards().len(), 1);
+        assert_eq!(served.cards().len(), 3);
+        assert_eq!(served.stream_route("t", ""), Ok(3));
+        assert_eq!(served.stream_route("m", "2"), Ok(2));
+        assert!(served.stream_route("m", "3").unwrap_err().contains("not the active version"));
+        let unknown = served.stream_route("x", "").unwrap_err();
+        assert!(unknown.contains("served: m@2, t@1"), "{unknown}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crossbeam_utils::sync::Unparker;
 
 pub use idle::IdleStrategy;
 pub use reply::{Reply, ReplyQueue};
-pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, spawn};
+pub use worker::{ActiveModel, EngineConfig, ModelHealth, RecentRows, Recorded, ShadowStats, spawn, spawn_models};
 
 use crate::control_thread::ControlThread;
 use crate::risk::RiskBoard;
@@ -51,13 +51,18 @@ pub struct WorkItem {
     /// Conflate: if a newer tick of the same symbol is in the same engine pass, only that one
     /// is scored (stream back-pressure mode `conflate`).
     pub conflate: bool,
+    /// The route its stream chose (`x-quantd-model`), or [`crate::routes::BY_SYMBOL`]: the
+    /// route of its symbol.
+    pub route: crate::routes::RouteId,
 }
 
 /// A message from the control path, applied by the engine between two batches.
 pub enum Control {
-    /// Make this the active model; the replaced one comes back through `take_retired`.
+    /// Make this the active version of its model name (a name not live yet goes live beside
+    /// the others, with its stream route); the replaced one comes back through `take_retired`.
     Swap(Box<ActiveModel>),
-    /// Run this model beside the active one without emitting its signals (`None`: stop).
+    /// Run this model beside the active version of its name without emitting its signals
+    /// (`None`: stop the default model's shadow).
     Shadow(Option<Box<ActiveModel>>),
     /// Engage or release the risk kill switch for one symbol (`None`: all symbols). A symbol
     /// the engine does not hold is not created: the answer is [`Applied::UnknownSymbol`].
@@ -350,6 +355,8 @@ mod sync {
         pub conflate: bool,
         /// The outside inputs the live engine applied to it.
         pub recorded: worker::Recorded,
+        /// The route its stream chose, or [`crate::routes::BY_SYMBOL`].
+        pub route: crate::routes::RouteId,
     }
 
     /// The engine's code driven synchronously: the caller hands it batches of ticks and gets the
@@ -379,6 +386,11 @@ mod sync {
             self.worker.shared().risk_board.clone()
         }
 
+        /// The live models and their stream routes (as the edge sees them on a server).
+        pub fn served(&self) -> &infer::Served {
+            &self.worker.shared().served
+        }
+
         /// Applies a control message at once (between two batches, as the engine thread would).
         pub fn control(&mut self, c: Control) {
             self.worker.apply(c);
@@ -390,7 +402,14 @@ mod sync {
             assert!(ticks.len() <= self.max_batch(), "batch larger than max_batch");
             let (recv, recv_ns) = (Instant::now(), 0);
             for t in ticks {
-                self.worker.push(WorkItem { tick: *t, reply_to: self.replies.clone(), recv, recv_ns, conflate: false });
+                self.worker.push(WorkItem {
+                    tick: *t,
+                    reply_to: self.replies.clone(),
+                    recv,
+                    recv_ns,
+                    conflate: false,
+                    route: crate::routes::BY_SYMBOL,
+                });
             }
             self.finish(out);
         }
@@ -403,7 +422,14 @@ mod sync {
             let recv = Instant::now();
             for t in ticks {
                 let (tick, recv_ns, conflate) = (t.tick, t.recv_ns, t.conflate);
-                self.worker.push(WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate });
+                self.worker.push(WorkItem {
+                    tick,
+                    reply_to: self.replies.clone(),
+                    recv,
+                    recv_ns,
+                    conflate,
+                    route: t.route,
+                });
             }
             self.worker.set_recorded(ticks.iter().map(|t| t.recorded));
             self.finish(out);

@@ -137,6 +137,7 @@ impl EngineSection {
             risk,
             ticks,
             symbol_idle: millis(self.symbol_idle_ms),
+            routes: Vec::new(),
         }
     }
 }

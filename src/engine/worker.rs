@@ -1,9 +1,11 @@
 //! The engine loop, on the `quantd-engine` thread.
 //!
 //! Each turn it takes whatever is queued (up to `max_batch`; it never waits for a batch to
-//! fill), runs the stateful checks and feature updates tick by tick, scores every accepted tick
-//! in one model call, applies the policy in arrival order and posts each reply to its stream.
-//! All buffers are sized at start-up: after warm-up the loop makes no heap allocation.
+//! fill), runs the stateful checks and feature updates tick by tick, routes each accepted tick
+//! ([`crate::routes`]), scores the ticks of each live model in one call per model, applies each
+//! route's policy and risk to the route's own position in arrival order, and posts each reply to
+//! its stream. Per-symbol features are computed once, whatever model reads them. All buffers are
+//! sized at start-up: after warm-up the loop makes no heap allocation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use crossbeam_utils::sync::Parker;
 
 use super::buffers::Buffers;
 use super::idle::{IdleStrategy, Idler};
-use super::infer::{InferError, InferJob, ModelCard, Role, Served};
+use super::infer::{InferError, InferJob, ModelCard, Served, ServedModel};
 use super::{Ack, Applied, Control, Engine, EngineHandle, Reply, Shared, WorkItem};
 use crate::control_thread::ControlThread;
 use crate::features::{NUM_FEATURES, SymbolFeatures};
@@ -22,6 +24,7 @@ use crate::model::{LoadedModel, Scorer};
 use crate::plausibility::{Admitted, JumpGuard, TickChecks};
 use crate::policy::{PolicyParams, Position};
 use crate::risk::{External, RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
+use crate::routes::{BOOKS_PER_SYMBOL, BY_SYMBOL, MAX_MODELS, MAX_ROUTES, RouteId, RouteSpec, Routes};
 use crate::symbols::SymbolTable;
 use crate::telemetry::{Outcome, Recorder, Series, SymbolEvent, Telemetry};
 use crate::tick::{Reject, Symbol, Tick};
@@ -55,6 +58,9 @@ pub struct EngineConfig {
     /// Evict a symbol not seen for this long (server receive time; None: never). Replay has no
     /// server clock and never evicts.
     pub symbol_idle: Option<Duration>,
+    /// The config's routes (`[[routes]]`, validated); each names a model that must be live
+    /// before a tick takes the route.
+    pub routes: Vec<RouteSpec>,
 }
 
 /// Everything the engine needs to score: the session and how to read its output.
@@ -174,13 +180,30 @@ fn side(x: f32) -> i8 {
     }
 }
 
+/// One route's position on one symbol: the policy's state and the risk layer's.
+#[derive(Clone)]
+struct Book {
+    /// The route it belongs to ([`BY_SYMBOL`]: free).
+    route: RouteId,
+    /// The policy's state (before the risk layer).
+    position: Position,
+    risk: SymbolRisk,
+}
+
+impl Book {
+    const FREE: Self = Self { route: BY_SYMBOL, position: Position(0.0), risk: SymbolRisk::NEW };
+}
+
 struct SymbolState {
     features: SymbolFeatures,
     /// Feature rows written to this symbol's ring in the window slab.
     rows_written: u64,
-    /// The policy's state (before the risk layer).
-    position: Position,
-    risk: SymbolRisk,
+    /// The route its ticks take when their stream names no model (set when it is created).
+    route: RouteId,
+    /// Its positions, one per route that has scored it (room for [`BOOKS_PER_SYMBOL`]).
+    books: [Book; BOOKS_PER_SYMBOL],
+    /// The admin kill switch holds this symbol (every route's position on it).
+    admin_killed: bool,
     /// The engine pass in which this symbol's newest tick was chosen for scoring (conflation).
     scored_in_pass: u64,
     /// Refused price jumps, to tell bad prints from a new price level.
@@ -188,31 +211,61 @@ struct SymbolState {
 }
 
 impl SymbolState {
-    fn new() -> Self {
+    fn new(route: RouteId) -> Self {
         Self {
             features: SymbolFeatures::new(),
             rows_written: 0,
-            position: Position::default(),
-            risk: SymbolRisk::default(),
+            route,
+            books: [Book::FREE; BOOKS_PER_SYMBOL],
+            admin_killed: false,
             scored_in_pass: 0,
             jump: JumpGuard::default(),
         }
     }
 
-    /// A fresh state that keeps only the admin kill switch (a reset never lifts a kill).
+    /// A fresh state that keeps only its route and the admin kill switch (a reset never lifts a
+    /// kill).
     fn reset(&mut self) {
-        let admin_killed = self.risk.admin_killed;
-        *self = Self::new();
-        self.risk.admin_killed = admin_killed;
+        let admin_killed = self.admin_killed;
+        *self = Self::new(self.route);
+        self.admin_killed = admin_killed;
+    }
+
+    /// The index of `route`'s book, claimed now if the route has none yet (None: every book is
+    /// another route's).
+    fn book(&mut self, route: RouteId) -> Option<usize> {
+        let i = self
+            .books
+            .iter()
+            .position(|b| b.route == route)
+            .or_else(|| self.books.iter().position(|b| b.route == BY_SYMBOL))?;
+        if self.books[i].route == BY_SYMBOL {
+            self.books[i].route = route;
+            self.books[i].risk.admin_killed = self.admin_killed;
+        }
+        Some(i)
+    }
+
+    /// Engages or releases the admin kill switch on every route's position.
+    fn set_admin_kill(&mut self, engaged: bool) {
+        self.admin_killed = engaged;
+        for b in &mut self.books {
+            b.risk.admin_killed = engaged;
+        }
     }
 }
 
-/// Whether this pass's model call succeeded.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scored {
-    Ok,
-    Failed,
+/// A live model name: its active version, the shadow beside it, the training ranges the risk
+/// gate checks its rows against (widened), and the route of streams that name it.
+struct ModelSlot {
+    active: Box<ActiveModel>,
+    shadow: Option<Box<ActiveModel>>,
+    ranges: Option<Vec<(f32, f32)>>,
+    stream_route: RouteId,
 }
+
+/// A route whose model is not live ([`Worker::route_model`]).
+const NOT_LIVE: u8 = u8::MAX;
 
 /// What happens to each tick of a batch (scratch, reused every batch).
 #[derive(Clone, Copy)]
@@ -223,12 +276,16 @@ enum Step {
     /// Features updated; a newer tick of the same symbol in this pass is scored instead.
     Conflated {
         slot: usize,
+        book: u8,
     },
-    /// Scored as model input row `row`; `warm` once past warm-up.
+    /// Scored by model slot `model` as row `row` of the batch's scores, for the route that
+    /// owns book `book` of the symbol; `warm` once past the route's warm-up.
     Scored {
         slot: usize,
         row: usize,
         warm: bool,
+        model: u8,
+        book: u8,
     },
 }
 
@@ -237,8 +294,13 @@ pub(super) struct Worker {
     stop: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
     recorder: Recorder,
-    model: Box<ActiveModel>,
-    shadow: Option<Box<ActiveModel>>,
+    /// The live model names, the default's first (room for [`MAX_MODELS`], reserved).
+    models: Vec<ModelSlot>,
+    /// Whether each live model's call failed in this pass.
+    failed: [bool; MAX_MODELS],
+    routes: Routes,
+    /// By route id: the slot of the model that scores it ([`NOT_LIVE`]: none yet).
+    route_model: [u8; MAX_ROUTES],
     symbols: SymbolTable<SymbolState>,
     batch: Vec<WorkItem>,
     steps: Vec<Step>,
@@ -307,12 +369,11 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         infer_values: Default::default(),
         served: Served::default(),
     });
-    shared.served.set(Role::Active, Some(model.card.clone()));
     // The first model's window always fits (a swap to a wider one is refused in `apply`).
     let max_window = config.max_window.max(model.scorer.window()).max(1);
-    let mut risk = RiskGate::new(config.risk.clone(), board);
-    risk.set_feature_ranges(model.feature_ranges.as_deref());
-    let worker = Worker {
+    let risk = RiskGate::new(config.risk.clone(), board);
+    let routes = Routes::new(&model.card.name, &config.routes);
+    let mut worker = Worker {
         shared,
         stop: Arc::new(AtomicBool::new(false)),
         recorder: telemetry.latency.recorder(&[
@@ -323,8 +384,10 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
             Series::BatchSize,
         ]),
         telemetry,
-        model,
-        shadow: None,
+        models: Vec::with_capacity(MAX_MODELS),
+        failed: [false; MAX_MODELS],
+        routes,
+        route_model: [NOT_LIVE; MAX_ROUTES],
         buffers: Buffers::new(max_batch, config.max_symbols, max_window),
         mids: vec![f64::NAN; max_batch],
         prev_ts: vec![i64::MIN; max_batch],
@@ -345,6 +408,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         recorded: Vec::new(),
         infer: None,
     };
+    worker.go_live(model);
     (worker, parker)
 }
 
@@ -357,7 +421,22 @@ pub fn spawn(
     telemetry: Arc<Telemetry>,
     warm: &[(Tick, u64)],
 ) -> std::io::Result<Engine> {
+    spawn_models(config, model, Vec::new(), telemetry, warm)
+}
+
+/// [`spawn`] with more model names live from the start beside the default `model` (the models
+/// the config's routes name; see [`crate::routes`]).
+pub fn spawn_models(
+    config: &EngineConfig,
+    model: Box<ActiveModel>,
+    more: Vec<Box<ActiveModel>>,
+    telemetry: Arc<Telemetry>,
+    warm: &[(Tick, u64)],
+) -> std::io::Result<Engine> {
     let (mut worker, parker) = build(config, model, telemetry);
+    for m in more {
+        worker.apply(Control::Swap(m));
+    }
     worker.warm(warm);
     let (shared, stop) = (worker.shared.clone(), worker.stop.clone());
     let mut idler = Idler::new(config.idle, config.idle_spin, config.idle_yield);
@@ -394,7 +473,7 @@ fn pin(core: usize) {
 
 impl Worker {
     fn run(&mut self, parker: &Parker, idler: &mut Idler) {
-        tracing::info!(model = %self.model.label, max_batch = self.max_batch, "engine started");
+        tracing::info!(model = %self.models[0].active.label, max_batch = self.max_batch, "engine started");
         let mut idle_turns = 0u32;
         let mut slept = false;
         loop {
@@ -452,21 +531,36 @@ impl Worker {
         tracing::info!("engine drained and stopped");
     }
 
-    /// Between two batches: swap the active model or change the shadow. Replaced models go back
-    /// to the control path to be dropped there.
+    /// Between two batches: swap a model name's active version (a name not live yet goes live
+    /// beside the others), change a shadow, or apply an admin call. Replaced models go back to
+    /// the control path to be dropped there.
     pub(super) fn apply(&mut self, c: Control) {
         match c {
             Control::Swap(new) if new.scorer.window() > self.buffers.max_window() => {
                 tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.buffers.max_window(), "model window exceeds engine.max_window; not switched");
                 self.retire(new);
             }
-            Control::Swap(new) => {
-                tracing::info!(from = %self.model.label, to = %new.label, "engine switched model");
-                self.risk.set_feature_ranges(new.feature_ranges.as_deref());
-                self.shared.served.set(Role::Active, Some(new.card.clone()));
-                let old = std::mem::replace(&mut self.model, new);
-                self.retire(old);
+            Control::Swap(new) if new.scorer.max_batch() < self.max_batch => {
+                tracing::error!(model = %new.label, max_batch = new.scorer.max_batch(), engine = self.max_batch, "model takes smaller batches than the engine; not switched");
+                self.retire(new);
             }
+            Control::Swap(new) => match self.model_slot(&new.card.name) {
+                Some(m) => {
+                    tracing::info!(from = %self.models[m].active.label, to = %new.label, "engine switched model");
+                    self.models[m].ranges = self.risk.widen(new.feature_ranges.as_deref());
+                    let old = std::mem::replace(&mut self.models[m].active, new);
+                    self.publish_served();
+                    self.retire(old);
+                }
+                None if self.models.len() < MAX_MODELS => {
+                    tracing::info!(model = %new.label, live = self.models.len() + 1, "model name goes live beside the others");
+                    self.go_live(new);
+                }
+                None => {
+                    tracing::error!(model = %new.label, max = MAX_MODELS, "as many model names are live as the engine holds; not added");
+                    self.retire(new);
+                }
+            },
             Control::Kill { symbol: None, engaged, done } => {
                 tracing::warn!(engaged, "kill switch (all symbols)");
                 self.risk.set_global_kill(engaged);
@@ -476,7 +570,7 @@ impl Worker {
                 let applied = match self.symbols.find(&symbol) {
                     Some(slot) => {
                         tracing::warn!(%symbol, engaged, "kill switch");
-                        self.symbols.at(slot).risk.admin_killed = engaged;
+                        self.symbols.at(slot).set_admin_kill(engaged);
                         Applied::Yes { before_batch: self.pass + 1 }
                     }
                     None => {
@@ -498,16 +592,63 @@ impl Worker {
                 ack(done, applied);
             }
             Control::Shadow(new) => {
-                if let Some(s) = new.as_ref().filter(|s| s.scorer.window() != self.model.scorer.window()) {
+                // The shadow of its own name; stopping one (None) stops the default model's.
+                let m = match &new {
+                    Some(s) => self.model_slot(&s.card.name),
+                    None => Some(0),
+                };
+                let Some(m) = m else {
+                    tracing::error!(shadow = %new.as_ref().map_or("", |s| &*s.label), "shadow of a model name that is not live; not started");
+                    if let Some(new) = new {
+                        self.retire(new);
+                    }
+                    return;
+                };
+                if let Some(s) = new.as_ref().filter(|s| s.scorer.window() != self.models[m].active.scorer.window()) {
                     tracing::warn!(shadow = %s.label, "shadow model reads a different window than the active one; it is not compared");
                 }
                 self.shared.shadow_stats.reset();
-                self.shared.served.set(Role::Shadow, new.as_ref().map(|s| s.card.clone()));
-                if let Some(old) = std::mem::replace(&mut self.shadow, new) {
+                let old = std::mem::replace(&mut self.models[m].shadow, new);
+                self.publish_served();
+                if let Some(old) = old {
                     self.retire(old);
                 }
             }
         }
+    }
+
+    /// The slot of live model name `name`.
+    fn model_slot(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.active.card.name == name)
+    }
+
+    /// Makes `model` the active version of a new live name, with its stream route, and points
+    /// every route that names it at it (the caller checked there is room).
+    fn go_live(&mut self, model: Box<ActiveModel>) {
+        let name = model.card.name.clone();
+        let Some(stream_route) = self.routes.stream_route(&name) else {
+            tracing::error!(model = %model.label, max = MAX_ROUTES, "the route table is full; not added");
+            return self.retire(model);
+        };
+        let ranges = self.risk.widen(model.feature_ranges.as_deref());
+        self.models.push(ModelSlot { active: model, shadow: None, ranges, stream_route });
+        let slot = (self.models.len() - 1) as u8;
+        for (id, route) in self.routes.iter().enumerate() {
+            if *route.model == *name {
+                self.route_model[id] = slot;
+            }
+        }
+        self.publish_served();
+    }
+
+    /// Publishes the live models' cards and stream routes to the edge.
+    fn publish_served(&self) {
+        let served = self.models.iter().map(|m| ServedModel {
+            active: m.active.card.clone(),
+            shadow: m.shadow.as_ref().map(|s| s.card.clone()),
+            stream_route: m.stream_route,
+        });
+        self.shared.served.publish(served.collect());
     }
 
     /// Scores the next model call's worth (at most `max_batch` rows) of the inference-protocol
@@ -517,11 +658,13 @@ impl Worker {
         let Some(mut job) = self.infer.take().or_else(|| self.shared.infer.pop()) else {
             return false;
         };
-        let model = if Arc::ptr_eq(&self.model.card, &job.card) {
-            Some(&mut self.model)
-        } else {
-            self.shadow.as_mut().filter(|s| Arc::ptr_eq(&s.card, &job.card))
-        };
+        let model = self.models.iter_mut().find_map(|m| {
+            if Arc::ptr_eq(&m.active.card, &job.card) {
+                Some(&mut m.active)
+            } else {
+                m.shadow.as_mut().filter(|s| Arc::ptr_eq(&s.card, &job.card))
+            }
+        });
         let result = match model {
             None => Some(Err(InferError::NotServed(format!("{}@{}", job.card.name, job.card.version)))),
             Some(model) => {
@@ -566,7 +709,9 @@ impl Worker {
     /// Forgets `slot`'s state in place (its position leaves the gross total) and counts why.
     fn reset_symbol(&mut self, slot: usize, why: SymbolEvent) {
         let state = self.symbols.at(slot);
-        self.risk.forget(&state.risk);
+        for book in &state.books {
+            self.risk.forget(&book.risk);
+        }
         state.reset();
         self.telemetry.counters.symbols.add(why, 1);
     }
@@ -581,10 +726,12 @@ impl Worker {
         self.next_sweep_ns = self.clock_ns + (self.symbol_idle_ns / 8).clamp(1_000_000, 100_000_000);
         let (risk, now) = (&mut self.risk, self.clock_ns);
         let evicted = self.symbols.evict_idle(now, self.symbol_idle_ns, |slot, _, state| {
-            if state.risk.admin_killed {
+            if state.admin_killed {
                 return false;
             }
-            risk.forget(&state.risk);
+            for book in &state.books {
+                risk.forget(&book.risk);
+            }
             risk.board().retire(slot);
             true
         });
@@ -603,7 +750,14 @@ impl Worker {
         for chunk in ticks.chunks(self.max_batch) {
             let recv = Instant::now();
             for &(tick, recv_ns) in chunk {
-                self.batch.push(WorkItem { tick, reply_to: replies.clone(), recv, recv_ns, conflate: false });
+                self.batch.push(WorkItem {
+                    tick,
+                    reply_to: replies.clone(),
+                    recv,
+                    recv_ns,
+                    conflate: false,
+                    route: crate::routes::BY_SYMBOL,
+                });
             }
             let newest = chunk.iter().map(|&(_, ns)| ns as i64).max().unwrap_or(0);
             self.clock_ns = self.clock_ns.max(newest);
@@ -650,8 +804,8 @@ impl Worker {
         self.sweep_if_due();
         self.update_features(Instant::now());
         self.conflate();
-        let scored = self.score();
-        self.answer(scored);
+        self.score();
+        self.answer();
         self.batch.clear();
         self.recorded.clear();
     }
@@ -659,8 +813,6 @@ impl Worker {
     /// Phase 1: stateful checks and feature updates, tick by tick, in arrival order. Every
     /// accepted tick updates its symbol's features (and window), also when it will not be scored.
     fn update_features(&mut self, dequeued: Instant) {
-        let warmup = self.model.policy.warmup_ticks;
-        let window = self.model.scorer.window();
         self.steps.clear();
         for i in 0..self.batch.len() {
             let waited = dequeued.saturating_duration_since(self.batch[i].recv);
@@ -669,6 +821,15 @@ impl Worker {
             let step = match self.admit(i) {
                 Err(r) => Step::Rejected(r),
                 Ok(slot) => {
+                    let route = match self.batch[i].route {
+                        BY_SYMBOL => self.symbols.at(slot).route,
+                        r => r,
+                    };
+                    let model = self.route_model.get(route as usize).copied().unwrap_or(NOT_LIVE);
+                    let (window, warmup) = match self.models.get(model as usize) {
+                        Some(m) => (m.active.scorer.window(), self.policy(route, model).warmup_ticks),
+                        None => (1, 0),
+                    };
                     let state = self.symbols.at(slot);
                     self.mids[i] = state.features.mid();
                     self.buffers.write_input(i, slot, state.rows_written, &self.row, window);
@@ -676,8 +837,17 @@ impl Worker {
                     let recorded_expired = self.recorded.get(i).is_some_and(|r| r.expired);
                     if recorded_expired || self.ttl.is_some_and(|ttl| waited > ttl) {
                         Step::Expired
+                    } else if model == NOT_LIVE {
+                        // The server makes every route's model live before it serves; a replay
+                        // of a config whose route models it was not given lands here.
+                        tracing::debug!(route, "the route's model is not live; answered model_error");
+                        Step::Rejected(Reject::ModelError)
                     } else {
-                        Step::Scored { slot, row: 0, warm: state.features.ticks() >= warmup }
+                        let warm = state.features.ticks() >= warmup;
+                        match state.book(route) {
+                            Some(book) => Step::Scored { slot, row: 0, warm, model, book: book as u8 },
+                            None => Step::Rejected(Reject::TooManyRoutes),
+                        }
                     }
                 }
             };
@@ -692,7 +862,9 @@ impl Worker {
     fn admit(&mut self, i: usize) -> Result<usize, Reject> {
         let (tick, recv_ns) = (self.batch[i].tick, self.batch[i].recv_ns);
         self.clock_ns = self.clock_ns.max(recv_ns as i64);
-        let (slot, new) = self.symbols.slot(tick.symbol, SymbolState::new)?;
+        let routes = &self.routes;
+        let (slot, new) =
+            self.symbols.slot(tick.symbol, || SymbolState::new(routes.for_symbol(tick.symbol.as_str())))?;
         let state = self.symbols.at(slot);
         let prev_ts = state.features.last_ts_ns();
         match self.checks.admit(&mut state.features, &mut state.jump, &tick, recv_ns, &mut self.row) {
@@ -733,10 +905,10 @@ impl Worker {
     /// Walks backwards, marking each symbol the first time it is seen.
     fn conflate(&mut self) {
         for i in (0..self.batch.len()).rev() {
-            if let Step::Scored { slot, .. } = self.steps[i] {
+            if let Step::Scored { slot, book, .. } = self.steps[i] {
                 let state = self.symbols.at(slot);
                 if self.batch[i].conflate && state.scored_in_pass == self.pass {
-                    self.steps[i] = Step::Conflated { slot };
+                    self.steps[i] = Step::Conflated { slot, book };
                 } else if self.batch[i].conflate {
                     state.scored_in_pass = self.pass;
                 }
@@ -744,42 +916,53 @@ impl Worker {
         }
     }
 
-    /// Phase 3: one model call for every tick still to be scored (and the shadow's on the same
-    /// rows). Returns whether the call succeeded; the scores are in `self.scores`.
-    fn score(&mut self) -> Scored {
-        let width = self.model.scorer.width();
-        let mut n_rows = 0;
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            if let Step::Scored { row, .. } = step {
-                self.buffers.compact(i, n_rows, width);
-                *row = n_rows;
-                n_rows += 1;
+    /// Phase 3: one call per live model for the ticks still to be scored that it scores (and
+    /// its shadow's on the same rows). Each call's success is in `self.failed`, the scores in
+    /// `self.scores` (each model's rows after the previous model's).
+    fn score(&mut self) {
+        let mut base = 0;
+        for m in 0..self.models.len() {
+            self.failed[m] = false;
+            let width = self.models[m].active.scorer.width();
+            let mut n_rows = 0;
+            for (i, step) in self.steps.iter_mut().enumerate() {
+                if let Step::Scored { row, model, .. } = step
+                    && *model as usize == m
+                {
+                    self.buffers.compact(i, n_rows, width);
+                    *row = base + n_rows;
+                    n_rows += 1;
+                }
+            }
+            if n_rows > 0 {
+                self.score_rows(m, base, n_rows, width);
+                base += n_rows;
             }
         }
-        if n_rows == 0 {
-            return Scored::Ok;
-        }
+    }
+
+    /// Scores the `n_rows` compacted rows with live model `m` into `self.scores[base..]`.
+    fn score_rows(&mut self, m: usize, base: usize, n_rows: usize, width: usize) {
         let t = Instant::now();
         let rows = self.buffers.rows(n_rows, width);
-        let outcome = match self.model.scorer.score(rows) {
-            Ok(out) => {
-                self.scores[..n_rows].copy_from_slice(out);
-                Scored::Ok
-            }
+        let slot = &mut self.models[m];
+        match slot.active.scorer.score(rows) {
+            Ok(out) => self.scores[base..base + n_rows].copy_from_slice(out),
             Err(e) => {
-                self.model.health.failed_calls.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = n_rows, "model call failed; the batch is answered with model_error");
-                Scored::Failed
+                slot.active.health.failed_calls.fetch_add(1, Ordering::Relaxed);
+                self.failed[m] = true;
+                tracing::error!(model = %slot.active.label, error = %e, rows = n_rows, "model call failed; its ticks are answered with model_error");
             }
-        };
-        self.model.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
+        }
+        slot.active.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
         self.recorder.record(Series::Inference, t.elapsed().as_nanos() as u64);
         self.recorder.record(Series::BatchSize, n_rows as u64);
-        if let Some(shadow) = self.shadow.as_mut() {
-            let active = (&self.scores[..n_rows], self.model.output_center);
+        if let Some(shadow) = slot.shadow.as_mut() {
+            let active = (&self.scores[base..base + n_rows], slot.active.output_center);
             compare_shadow(shadow, rows, active, &self.shared.shadow_stats);
         }
-        if self.pass % 64 == 1
+        if m == 0
+            && self.pass % 64 == 1
             && let Ok(mut recent) = self.shared.recent.try_lock()
         {
             // The newest row of each input (a window's last row).
@@ -789,16 +972,25 @@ impl Worker {
             }
             recent.n = n_rows;
         }
-        outcome
+    }
+
+    /// The policy of `route`, scored by live model `m`: the route's own, else the model's.
+    fn policy(&self, route: RouteId, m: u8) -> PolicyParams {
+        let own = self.routes.get(route).and_then(|r| r.policy);
+        own.unwrap_or_else(|| self.models[m as usize].active.policy)
     }
 
     /// Phase 4: policy, risk and replies, in arrival order.
-    fn answer(&mut self, scored: Scored) {
+    fn answer(&mut self) {
         for i in 0..self.batch.len() {
             let t = Instant::now();
             let item = &self.batch[i];
+            let model = match self.steps[i] {
+                Step::Scored { model, .. } => model as usize,
+                _ => 0,
+            };
             let mut reply = Reply {
-                model: Some(self.model.label.clone()),
+                model: Some(self.models[model].active.label.clone()),
                 batch: self.pass,
                 batch_pos: i as u32,
                 ..Reply::blank(item.tick.symbol, item.tick.seq, item.tick.exchange_ts_ns, item.recv, item.recv_ns, t)
@@ -806,11 +998,13 @@ impl Worker {
             match self.steps[i] {
                 Step::Rejected(r) => reply.reject = Some(r),
                 Step::Expired => reply.reject = Some(Reject::Expired),
-                Step::Conflated { slot } => {
+                Step::Conflated { slot, book } => {
                     reply.conflated = true;
-                    reply.target_position = self.symbols.at(slot).risk.position;
+                    reply.target_position = self.symbols.at(slot).books[book as usize].risk.position;
                 }
-                Step::Scored { slot, row, warm } => self.position(i, slot, row, warm, scored, &mut reply),
+                Step::Scored { slot, row, warm, model, book } => {
+                    self.position(i, (slot, book as usize), (model, row), warm, &mut reply)
+                }
             }
             self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
             reply.posted = Instant::now();
@@ -819,32 +1013,39 @@ impl Worker {
         }
     }
 
-    /// A scored tick's position: the policy on its score (once warm), then the risk gate.
-    fn position(&mut self, i: usize, slot: usize, row: usize, warm: bool, scored: Scored, reply: &mut Reply) {
-        let model_failed = scored == Scored::Failed;
+    /// A scored tick's position on its route's book of its symbol: the route's policy on the
+    /// score (once warm), then the risk gate. `at` is (symbol slot, book), `scored` (live model,
+    /// row of the scores).
+    fn position(&mut self, i: usize, at: (usize, usize), scored: (u8, usize), warm: bool, reply: &mut Reply) {
+        let ((slot, book), (m, row)) = (at, scored);
+        let route = self.symbols.at(slot).books[book].route;
+        let policy = self.policy(route, m);
+        let model = &self.models[m as usize];
+        let model_failed = self.failed[m as usize];
         let score = if model_failed { f32::NAN } else { self.scores[row] };
         let failed = !score.is_finite();
         if failed && !model_failed {
-            self.model.health.non_finite.fetch_add(1, Ordering::Relaxed);
+            model.active.health.non_finite.fetch_add(1, Ordering::Relaxed);
         }
         let state = self.symbols.at(slot);
+        let book = &mut state.books[book];
         let mut target = 0.0;
         if failed {
             reply.reject = Some(Reject::ModelError);
-            state.position = Position::default();
+            book.position = Position::default();
         } else {
             reply.score = f64::from(score);
             if warm {
-                target = state.position.update(reply.score - self.model.output_center, &self.model.policy);
+                target = book.position.update(reply.score - model.active.output_center, &policy);
             } else {
                 reply.warming_up = true;
             }
         }
         let external = match self.recorded.get(i) {
             Some(r) => r.external,
-            None => self.risk.external(&state.risk, slot),
+            None => self.risk.external(&book.risk, slot),
         };
-        let features = self.buffers.newest_row(i, self.model.scorer.width());
+        let features = self.buffers.newest_row(i, model.active.scorer.width());
         reply.features = features.try_into().ok();
         reply.external = external;
         let input = RiskInput {
@@ -854,16 +1055,17 @@ impl Worker {
             mid: self.mids[i],
             recv_ns: reply.recv_ns,
             features: Some(features),
+            ranges: model.ranges.as_deref(),
             model_failed: failed,
             external: Some(external),
         };
-        let (position, flags) = self.risk.apply(&mut state.risk, &input, target);
+        let (position, flags) = self.risk.apply(&mut book.risk, &input, target);
         reply.policy_position = target;
         reply.target_position = position;
         reply.risk = flags;
         if flags.killed() {
             // Flat until the trigger clears; re-entry needs the policy's entry threshold.
-            state.position = Position::default();
+            book.position = Position::default();
             if reply.reject.is_none() && !reply.warming_up {
                 reply.reject = Some(Reject::KillSwitch);
             }

@@ -68,6 +68,9 @@ pub struct Registry {
     served: String,
     entries: BTreeMap<Key, Entry>,
     active: Key,
+    /// The versions serving the config's routes beside the served name (see
+    /// [`Registry::start_routed`]).
+    routed: Vec<Key>,
     previous: Option<(Key, Box<ActiveModel>)>,
     shadow: Option<Key>,
     retire: VecDeque<Retire>,

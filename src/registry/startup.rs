@@ -40,24 +40,13 @@ impl Registry {
         };
         let entries: BTreeMap<Key, Entry> =
             found.into_iter().map(|f| ((f.name.clone(), f.version.clone()), Entry::new(f))).collect();
-        let mut candidates: Vec<Key> = entries.keys().filter(|k| k.0 == served).cloned().collect();
-        candidates.sort_by(|a, b| version_cmp(&b.1, &a.1));
-        if let Some(pin) = &cfg.pinned {
-            candidates.retain(|k| &k.1 == pin);
-            if candidates.is_empty() {
-                return Err(ModelError::NotFound(format!("{served}@{pin}")));
-            }
-        } else if candidates.iter().any(|k| is_release(&k.1)) {
-            candidates.retain(|k| is_release(&k.1));
-        }
-        if candidates.is_empty() {
-            return Err(ModelError::NotFound(served));
-        }
+        let pinned = cfg.pinned.clone();
         let mut registry = Self {
             cfg,
+            active: (served.clone(), String::new()),
             served,
             entries,
-            active: candidates[0].clone(),
+            routed: Vec::new(),
             previous: None,
             shadow: None,
             retire: VecDeque::new(),
@@ -69,19 +58,52 @@ impl Registry {
             last_load: None,
             journal,
         };
+        let (key, model) = registry.start_version(&registry.served.clone(), pinned.as_deref())?;
+        registry.active = key;
+        registry.publish(None);
+        Ok((registry, model))
+    }
+
+    /// Loads the start version of each model name the config's routes need beside the served
+    /// one (the highest release that passes every check), or the first refusal. They serve
+    /// under the routes from the start; admin calls and rescans act on the served name only.
+    pub fn start_routed(&mut self, names: &[Arc<str>]) -> Result<Vec<Box<ActiveModel>>, ModelError> {
+        let mut models = Vec::new();
+        let served = self.served.clone();
+        for name in names.iter().filter(|n| ***n != *served) {
+            let (key, model) = self.start_version(name, None)?;
+            tracing::info!(model = %model.label, "routed model verified, loaded and warm");
+            self.routed.push(key);
+            models.push(model);
+        }
+        self.publish(None);
+        Ok(models)
+    }
+
+    /// Loads `name`'s start version: `pinned`, or the highest version that passes every check
+    /// (releases first; failed ones are reported and skipped), marked active.
+    fn start_version(&mut self, name: &str, pinned: Option<&str>) -> Result<(Key, Box<ActiveModel>), ModelError> {
+        let mut candidates: Vec<Key> = self.entries.keys().filter(|k| k.0 == name).cloned().collect();
+        candidates.sort_by(|a, b| version_cmp(&b.1, &a.1));
+        if let Some(pin) = pinned {
+            candidates.retain(|k| k.1 == pin);
+            if candidates.is_empty() {
+                return Err(ModelError::NotFound(format!("{name}@{pin}")));
+            }
+        } else if candidates.iter().any(|k| is_release(&k.1)) {
+            candidates.retain(|k| is_release(&k.1));
+        }
         let mut last_err = None;
         for key in candidates {
-            match registry.load(&key, &[]) {
+            match self.load(&key, &[]) {
                 Ok(()) => {
-                    let model = registry.take_active_model(&key);
-                    registry.entries.get_mut(&key).expect("just loaded").set(State::Active, "");
-                    registry.active = key;
-                    registry.publish(None);
-                    return Ok((registry, model));
+                    let model = self.take_active_model(&key);
+                    self.entries.get_mut(&key).expect("just loaded").set(State::Active, "");
+                    return Ok((key, model));
                 }
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| ModelError::NotFound(registry.served.clone())))
+        Err(last_err.unwrap_or_else(|| ModelError::NotFound(name.to_owned())))
     }
 }

@@ -124,9 +124,15 @@ pub struct SymbolRisk {
     n_changes: usize,
 }
 
+impl SymbolRisk {
+    /// Flat, with no history.
+    pub const NEW: Self =
+        Self { position: 0.0, notional: 0.0, admin_killed: false, changes: [0; MAX_CHANGES_TRACKED], n_changes: 0 };
+}
+
 impl Default for SymbolRisk {
     fn default() -> Self {
-        Self { position: 0.0, notional: 0.0, admin_killed: false, changes: [0; MAX_CHANGES_TRACKED], n_changes: 0 }
+        Self::NEW
     }
 }
 
@@ -146,6 +152,8 @@ pub struct RiskInput<'a> {
     pub recv_ns: u64,
     /// The feature row the model scored (None: not scored).
     pub features: Option<&'a [f32]>,
+    /// The scoring model's training ranges, widened ([`RiskGate::widen`]; None: no range check).
+    pub ranges: Option<&'a [(f32, f32)]>,
     /// The model failed on this tick (error or non-finite score).
     pub model_failed: bool,
     /// The inputs from outside the tick stream, as the engine read them for this tick (None:
@@ -169,15 +177,13 @@ pub struct External {
 pub struct RiskGate {
     config: RiskConfig,
     board: std::sync::Arc<RiskBoard>,
-    /// Training range per feature, widened by the slack (None: no range check).
-    ranges: Option<Vec<(f32, f32)>>,
     gross: f64,
 }
 
 impl RiskGate {
     /// A gate with `config`, reading VaR scales and the all-symbols kill switch from `board`.
     pub fn new(config: RiskConfig, board: std::sync::Arc<RiskBoard>) -> Self {
-        Self { config, board, ranges: None, gross: 0.0 }
+        Self { config, board, gross: 0.0 }
     }
 
     /// The limits it applies.
@@ -190,18 +196,19 @@ impl RiskGate {
         &self.board
     }
 
-    /// Sets the training ranges of the active model's features (`min`, `max` per feature; from
-    /// the manifest), widened by `feature_range_slack`. Called when a model goes live.
-    pub fn set_feature_ranges(&mut self, ranges: Option<&[(f32, f32)]>) {
+    /// The training ranges of a model's features (`min`, `max` per feature; from the manifest),
+    /// widened by `feature_range_slack`, as [`RiskInput::ranges`] takes them (None: no range
+    /// check, because the model has none or the slack is negative). Made when a model goes live.
+    pub fn widen(&self, ranges: Option<&[(f32, f32)]>) -> Option<Vec<(f32, f32)>> {
         let slack = self.config.feature_range_slack;
-        self.ranges = ranges.filter(|_| slack >= 0.0).map(|r| {
+        ranges.filter(|_| slack >= 0.0).map(|r| {
             r.iter()
                 .map(|&(lo, hi)| {
                     let pad = (hi - lo).abs() * slack as f32;
                     (lo - pad, hi + pad)
                 })
                 .collect()
-        });
+        })
     }
 
     /// Engages or releases the kill switch for every symbol.
@@ -224,8 +231,8 @@ impl RiskGate {
         self.gross = (self.gross - st.notional).max(0.0);
     }
 
-    fn features_bad(&self, row: &[f32]) -> bool {
-        match &self.ranges {
+    fn features_bad(row: &[f32], ranges: Option<&[(f32, f32)]>) -> bool {
+        match ranges {
             Some(ranges) => row.iter().zip(ranges).any(|(v, (lo, hi))| !(v >= lo && v <= hi && v.is_finite())),
             None => row.iter().any(|v| !v.is_finite()),
         }
@@ -250,7 +257,7 @@ impl RiskGate {
         if delay_ns > 0 && t.recv_ns > 0 && t.recv_ns as i64 - t.exchange_ts_ns > delay_ns {
             k |= RiskFlags::KILL_FEED_DELAY;
         }
-        if t.features.is_some_and(|f| self.features_bad(f)) {
+        if t.features.is_some_and(|f| Self::features_bad(f, t.ranges)) {
             k |= RiskFlags::KILL_FEATURES;
         }
         if t.model_failed {

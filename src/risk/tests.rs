@@ -17,6 +17,7 @@ fn tick(slot: usize, ts_ms: i64, mid: f64) -> RiskInput<'static> {
         mid,
         recv_ns: 0,
         features: None,
+        ranges: None,
         model_failed: false,
         external: None,
     }
@@ -81,7 +82,8 @@ fn kill_switch_triggers_flatten_with_a_reason() {
         feature_range_slack: 1.0,
         ..RiskConfig::default()
     });
-    g.set_feature_ranges(Some(&[(0.0, 1.0), (-1.0, 1.0)]));
+    let ranges = g.widen(Some(&[(0.0, 1.0), (-1.0, 1.0)]));
+    assert!(gate(RiskConfig::default()).widen(Some(&[(0.0, 1.0)])).is_none(), "a negative slack checks no range");
     let mut s = SymbolRisk::default();
     assert_eq!(g.apply(&mut s, &tick(0, 0, 100.0), 0.5).0, 0.5);
     // Stale: 600 ms since the symbol's previous tick.
@@ -94,7 +96,7 @@ fn kill_switch_triggers_flatten_with_a_reason() {
     assert_eq!(codes(g.apply(&mut s, &late, 0.5).1), vec!["kill_feed_delay"]);
     // Features: range [0, 1] widened by 1.0 × range → [-1, 2]; NaN always kills.
     for (row, killed) in [([1.9f32, 0.0], false), ([2.1, 0.0], true), ([0.5, f32::NAN], true)] {
-        let t = RiskInput { features: Some(&row), ..tick(0, 800, 100.0) };
+        let t = RiskInput { features: Some(&row), ranges: ranges.as_deref(), ..tick(0, 800, 100.0) };
         assert_eq!(g.apply(&mut s, &t, 0.5).1.contains(RiskFlags::KILL_FEATURES), killed, "{row:?}");
     }
     // Model failure.

@@ -200,9 +200,11 @@ impl Server {
             false => None,
         };
         let journal = journal_thread.as_ref().map(JournalThread::handle);
-        let (registry, active) = Registry::start(config.registry.clone(), telemetry.clone(), journal.clone())?;
+        let (mut registry, active) = Registry::start(config.registry.clone(), telemetry.clone(), journal.clone())?;
         let label = active.label.to_string();
         tracing::info!(model = %label, "model verified, loaded and warm");
+        let routes = crate::routes::Routes::new(&active.card.name, &config.engine.routes);
+        let routed = registry.start_routed(&routes.models())?;
         let auth = security::AdminAuth::new(&config.admin, &config.tls).map_err(StartError::Tls)?;
         let tls = security::server_tls(&config.tls).map_err(StartError::Tls)?;
         if !auth.enforced() {
@@ -213,8 +215,8 @@ impl Server {
         }
         let rebuild = crate::journal::warm::rebuild_ticks(&warm);
         let started = std::time::Instant::now();
-        let engine =
-            crate::engine::spawn(&config.engine, active, telemetry.clone(), &rebuild).map_err(StartError::Thread)?;
+        let engine = crate::engine::spawn_models(&config.engine, active, routed, telemetry.clone(), &rebuild)
+            .map_err(StartError::Thread)?;
         if config.warm_start.is_some() {
             let symbols = rebuild.iter().map(|(t, _)| t.symbol).collect::<std::collections::HashSet<_>>().len();
             tracing::info!(
@@ -458,6 +460,7 @@ fn serve_grpc(
         reply_spin: std::time::Duration::from_micros(st.reply_spin_us),
         idle_timeout: millis(st.idle_timeout_ms),
         shard: edge.shard,
+        route: crate::routes::BY_SYMBOL,
     };
     // A ModelInfer request carries up to MAX_INFER_ROWS windows of FP32 rows.
     let inference = GrpcInferenceServiceServer::new(kserve::Inference::new(engine.clone(), telemetry.clone()))

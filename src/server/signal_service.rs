@@ -16,6 +16,7 @@ use crate::engine::{EngineHandle, Reply, ReplyQueue, WorkItem};
 use crate::journal::Journal;
 use crate::proto;
 use crate::proto::signal_service_server::SignalService;
+use crate::routes::{MODEL_HEADER, RouteId, parse_model_header};
 use crate::telemetry::{Recorder, Series, StreamEvent, Telemetry};
 use crate::text::clip;
 use crate::tick::{Reject, Symbol, Tick};
@@ -48,29 +49,56 @@ impl Signals {
         Self { engine, telemetry, limits, streams, unary_recorder, journal }
     }
 
-    /// The stream's limits, with the back-pressure mode its request headers choose (refused,
-    /// and counted, when the header is malformed or repeated).
+    /// The stream's limits, with the back-pressure mode and the model its request headers
+    /// choose (refused, and counted, when a header is malformed or repeated, or names a model
+    /// that is not served).
     fn stream_limits(&self, metadata: &tonic::metadata::MetadataMap) -> Result<StreamLimits, Status> {
         let mut limits = self.limits;
-        let modes = metadata.get_all(BACKPRESSURE_HEADER);
-        let mut modes = modes.iter();
-        if let Some(mode) = modes.next() {
-            let repeated = 1 + modes.count();
-            let parsed = mode.to_str().ok().and_then(|m| m.parse::<Backpressure>().ok());
-            let refusal = match parsed {
-                _ if repeated > 1 => Some(EdgeError::RepeatedBackpressure(repeated)),
-                Some(m) => {
-                    limits.mode = m;
-                    None
-                }
-                None => Some(EdgeError::BadBackpressure(clip(&format!("{mode:?}")).to_string())),
-            };
-            if let Some(e) = refusal {
-                self.telemetry.counters.streams.add(StreamEvent::RefusedBadOption, 1);
-                return Err(e.into());
+        let refusal = self.choose_mode(metadata, &mut limits).and_then(|()| self.choose_model(metadata, &mut limits));
+        refusal.map(|()| limits).map_err(|e| {
+            self.telemetry.counters.streams.add(StreamEvent::RefusedBadOption, 1);
+            e.into()
+        })
+    }
+
+    /// The route a unary call's ticks take (its `x-quantd-model`, when given).
+    fn unary_route(&self, metadata: &tonic::metadata::MetadataMap) -> Result<RouteId, Status> {
+        let mut limits = self.limits;
+        self.choose_model(metadata, &mut limits).inspect_err(|_| {
+            self.telemetry.counters.streams.add(StreamEvent::RefusedBadOption, 1);
+        })?;
+        Ok(limits.route)
+    }
+
+    /// `x-quantd-backpressure`, when given.
+    fn choose_mode(&self, metadata: &tonic::metadata::MetadataMap, limits: &mut StreamLimits) -> Result<(), EdgeError> {
+        let Some(mode) = single_header(metadata, BACKPRESSURE_HEADER, EdgeError::RepeatedBackpressure)? else {
+            return Ok(());
+        };
+        match mode.to_str().ok().and_then(|m| m.parse::<Backpressure>().ok()) {
+            Some(m) => {
+                limits.mode = m;
+                Ok(())
             }
+            None => Err(EdgeError::BadBackpressure(clip(&format!("{mode:?}")).to_string())),
         }
-        Ok(limits)
+    }
+
+    /// `x-quantd-model`, when given: the named model's stream route.
+    fn choose_model(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        limits: &mut StreamLimits,
+    ) -> Result<(), EdgeError> {
+        let bad =
+            |v: &tonic::metadata::MetadataValue<_>| EdgeError::BadModelHeader(clip(&format!("{v:?}")).to_string());
+        let Some(value) = single_header(metadata, MODEL_HEADER, |n| EdgeError::BadModelHeader(format!("{n} values")))?
+        else {
+            return Ok(());
+        };
+        let (name, version) = value.to_str().ok().and_then(parse_model_header).ok_or_else(|| bad(value))?;
+        limits.route = self.engine.served().stream_route(name, version).map_err(EdgeError::UnknownModel)?;
+        Ok(())
     }
 
     /// Opens a tick stream (single ticks or batches) with the limits its headers choose, or the
@@ -105,12 +133,14 @@ impl SignalService for Signals {
     }
 
     async fn predict_batch(&self, request: Request<proto::TickBatch>) -> Result<Response<proto::SignalBatch>, Status> {
-        Ok(Response::new(proto::SignalBatch { signals: self.answer_unary(request.into_inner().ticks).await? }))
+        let route = self.unary_route(request.metadata())?;
+        Ok(Response::new(proto::SignalBatch { signals: self.answer_unary(request.into_inner().ticks, route).await? }))
     }
 
     async fn predict(&self, request: Request<proto::Tick>) -> Result<Response<proto::Signal>, Status> {
         // A unary tick is a batch of one.
-        let mut signals = self.answer_unary(vec![request.into_inner()]).await?;
+        let route = self.unary_route(request.metadata())?;
+        let mut signals = self.answer_unary(vec![request.into_inner()], route).await?;
         Ok(Response::new(signals.pop().expect("one signal per tick")))
     }
 }
@@ -119,7 +149,7 @@ impl Signals {
     /// Answers the ticks of a unary call (`Predict`, `PredictBatch`), one signal each in order. The
     /// call is one stream in the journal; every tick is submitted before any answer is awaited,
     /// so the engine sees the whole batch; a batch over `max_batch_ticks` is refused tick by tick.
-    async fn answer_unary(&self, ticks: Vec<proto::Tick>) -> Result<Vec<proto::Signal>, Status> {
+    async fn answer_unary(&self, ticks: Vec<proto::Tick>, route: RouteId) -> Result<Vec<proto::Signal>, Status> {
         let recv = Instant::now();
         let recv_ns = realtime_ns();
         let stream = self.journal.as_ref().map(Journal::open_stream);
@@ -140,7 +170,7 @@ impl Signals {
                 Err(reject) => refused(Symbol::EMPTY, reject),
                 Ok(tick) if !self.limits.shard.owns(tick.symbol.as_str()) => refused(tick.symbol, Reject::WrongShard),
                 Ok(tick) => {
-                    let item = WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false };
+                    let item = WorkItem { tick, reply_to: queue.clone(), recv, recv_ns, conflate: false, route };
                     match self.engine.submit_deferred(item) {
                         Err((_, reject)) => refused(tick.symbol, reject),
                         Ok(()) => None, // the engine answers, in submission order
@@ -168,6 +198,20 @@ impl Signals {
             })
             .collect();
         Ok(signals)
+    }
+}
+
+/// The one value of header `name` (None: absent); `repeated` makes the error for n values.
+fn single_header<'m>(
+    metadata: &'m tonic::metadata::MetadataMap,
+    name: &str,
+    repeated: impl FnOnce(usize) -> EdgeError,
+) -> Result<Option<&'m tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, EdgeError> {
+    let mut values = metadata.get_all(name).iter();
+    let first = values.next();
+    match values.count() {
+        0 => Ok(first),
+        more => Err(repeated(more + 1)),
     }
 }
 

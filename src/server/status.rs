@@ -24,6 +24,12 @@ pub enum EdgeError {
     /// The back-pressure header is given more than once.
     #[error("x-quantd-backpressure is given {0} times; give it once")]
     RepeatedBackpressure(usize),
+    /// The model header is malformed or repeated.
+    #[error("x-quantd-model must be given once, as \"name\" or \"name@version\", not {0}")]
+    BadModelHeader(String),
+    /// The model header names a model that is not served.
+    #[error("x-quantd-model: {0}")]
+    UnknownModel(String),
     /// The request headers exceed the budget.
     #[error("the request headers are {size} bytes, over the server's {limit} (stream.max_header_bytes)")]
     HeadersTooLarge {
@@ -41,9 +47,10 @@ impl From<EdgeError> for Status {
             EdgeError::TooManyStreams(_) | EdgeError::TooManyStreamsFromPeer(_) | EdgeError::HeadersTooLarge { .. } => {
                 Status::resource_exhausted(e.to_string())
             }
-            EdgeError::BadBackpressure(_) | EdgeError::RepeatedBackpressure(_) => {
+            EdgeError::BadBackpressure(_) | EdgeError::RepeatedBackpressure(_) | EdgeError::BadModelHeader(_) => {
                 Status::invalid_argument(e.to_string())
             }
+            EdgeError::UnknownModel(_) => Status::not_found(e.to_string()),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct StreamLimits {
     pub idle_timeout: Option<std::time::Duration>,
     /// The symbols this replica owns.
     pub shard: crate::shard::ShardConfig,
+    /// The route the stream's ticks take (`x-quantd-model`), or [`crate::routes::BY_SYMBOL`].
+    pub route: crate::routes::RouteId,
 }
 
 enum Pending {
@@ -330,7 +332,8 @@ impl TickStream {
                         if !known {
                             self.symbols.insert(tick.symbol);
                         }
-                        let item = WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate };
+                        let route = self.limits.route;
+                        let item = WorkItem { tick, reply_to: self.replies.clone(), recv, recv_ns, conflate, route };
                         match self.engine.submit_deferred(item) {
                             Ok(()) => {
                                 self.in_flight += 1;

@@ -1,0 +1,255 @@
+//! Routes: which model scores a tick, and whose position it moves.
+//!
+//! A tick's route is chosen by, in order of precedence:
+//! 1. its stream's request metadata `x-quantd-model: name[@version]` ([`MODEL_HEADER`]): the
+//!    named model's own *stream route* (`stream:<name>`, the manifest's policy);
+//! 2. the config's `[[routes]]` ([`RouteSpec`]): the first whose `symbols` (exact names or
+//!    globs, `BTC*`) match the tick's symbol;
+//! 3. the default route: the default model (`models/DEFAULT`, or the served name).
+//!
+//! A route is a strategy: it names a model and may override that model's `[policy]`, and the
+//! engine keeps each symbol's position per route, so two strategies on one symbol never share a
+//! position.
+//!
+//! Owns the `[[routes]]` settings and their validation, the engine's route table ([`Routes`],
+//! built at start and grown by the `quantd-engine` thread when a model name goes live) and the
+//! parsing of the stream header (on the `quantd-io` threads).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyParams;
+use crate::problem::{Kind, Problems};
+
+/// Request metadata that names the model a stream's ticks are scored by (`name` or
+/// `name@version`), ahead of the config's routes.
+pub const MODEL_HEADER: &str = "x-quantd-model";
+
+/// Most model names live in the engine at once.
+pub const MAX_MODELS: usize = 8;
+
+/// Most routes: the default, the config's, and one stream route per live model.
+pub const MAX_ROUTES: usize = 32;
+
+/// Most config routes (`[[routes]]`): what [`MAX_ROUTES`] leaves after the default and the
+/// stream routes.
+pub const MAX_CONFIG_ROUTES: usize = MAX_ROUTES - 1 - MAX_MODELS;
+
+/// Most routes one symbol can hold a position on at once (its state is sized for them up front;
+/// a tick on a further route is rejected `too_many_routes`).
+pub const BOOKS_PER_SYMBOL: usize = 4;
+
+/// A route's index in the engine's table (stable for the life of the engine).
+pub type RouteId = u8;
+
+/// A tick routed by its symbol (no stream header).
+pub const BY_SYMBOL: RouteId = RouteId::MAX;
+
+/// The default route's id.
+pub const DEFAULT_ROUTE: RouteId = 0;
+
+/// One `[[routes]]` entry of the config.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The route's name in signals, metrics and the admin API (default: `route-<n>`, from 1).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Symbols it takes: exact names or globs (`*`, `?`, `[...]`).
+    pub symbols: Vec<String>,
+    /// The model name that scores them (its active version; `models/<model>/`).
+    pub model: String,
+    /// Replaces the model manifest's `[policy]` on this route.
+    #[serde(default)]
+    pub policy: Option<PolicyParams>,
+}
+
+impl RouteSpec {
+    /// The route's name: its own, or `route-<n>` for the `n`th entry (from 1).
+    pub fn name(&self, n: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("route-{n}"))
+    }
+}
+
+/// Every problem with the `[[routes]]` entries (empty: valid).
+pub fn problems(specs: &[RouteSpec]) -> Problems {
+    let mut p = Problems::new();
+    p.check(specs.len() > MAX_CONFIG_ROUTES, "routes", Kind::OutOfRange, || {
+        format!("{} routes; at most {MAX_CONFIG_ROUTES}", specs.len())
+    });
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in specs.iter().enumerate() {
+        let name = s.name(i + 1);
+        let at = format!("routes[{i}]");
+        p.check(!names.insert(name.clone()), &at, Kind::Conflict, || format!("route name {name:?} is used twice"));
+        p.check(name.is_empty() || name == "default" || name.starts_with("stream:"), &at, Kind::Invalid, || {
+            format!("route name {name:?} is empty or reserved (\"default\", \"stream:...\")")
+        });
+        p.check(!valid_model_name(&s.model), &at, Kind::Invalid, || {
+            format!("route {name:?}: model {:?} must be a model name (a directory under models_dir, no '@')", s.model)
+        });
+        p.check(s.symbols.is_empty(), &at, Kind::Missing, || format!("route {name:?} has no symbols"));
+        for pattern in &s.symbols {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                p.push(&at, Kind::Invalid, format!("route {name:?}: symbol pattern {pattern:?}: {e}"));
+            }
+        }
+        if let Some(Err(e)) = s.policy.as_ref().map(PolicyParams::validate) {
+            p.push(&at, Kind::OutOfRange, format!("route {name:?}: policy: {e}"));
+        }
+    }
+    p
+}
+
+fn valid_model_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['@', '/', '\\']) && name != "." && name != ".."
+}
+
+/// A model named by a stream's [`MODEL_HEADER`]: `name` and the version it asks for ("": the
+/// active one).
+pub fn parse_model_header(value: &str) -> Option<(&str, &str)> {
+    let (name, version) = value.split_once('@').unwrap_or((value, ""));
+    let ok = valid_model_name(name) && (value.find('@').is_none() || !version.is_empty()) && !version.contains('@');
+    ok.then_some((name, version))
+}
+
+/// One route of the engine's table.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `default`, a config route's name, or `stream:<model>`.
+    pub name: Arc<str>,
+    /// The model name that scores its ticks.
+    pub model: Arc<str>,
+    /// Replaces the model's manifest policy (None: the model's own).
+    pub policy: Option<PolicyParams>,
+    /// The symbol patterns it takes (empty for the default and stream routes).
+    patterns: Vec<glob::Pattern>,
+}
+
+/// The engine's route table: the default route (id 0), the config routes in their order, then
+/// one stream route per model name, added when the name goes live. Ids never change.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+impl Routes {
+    /// The table for `default_model` and the config's routes (already validated).
+    pub fn new(default_model: &str, specs: &[RouteSpec]) -> Self {
+        let mut routes = Vec::with_capacity(MAX_ROUTES);
+        routes.push(Route { name: "default".into(), model: default_model.into(), policy: None, patterns: Vec::new() });
+        for (i, s) in specs.iter().take(MAX_CONFIG_ROUTES).enumerate() {
+            routes.push(Route {
+                name: s.name(i + 1).into(),
+                model: s.model.as_str().into(),
+                policy: s.policy,
+                patterns: s.symbols.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect(),
+            });
+        }
+        Self { routes }
+    }
+
+    /// The route a tick of `symbol` takes when its stream names no model: the first config
+    /// route that matches it, else the default.
+    pub fn for_symbol(&self, symbol: &str) -> RouteId {
+        let matches = |r: &Route| r.patterns.iter().any(|p| p.matches(symbol));
+        self.routes.iter().position(matches).map_or(DEFAULT_ROUTE, |i| i as RouteId)
+    }
+
+    /// The stream route of `model`, added if it has none (None: the table is full).
+    pub fn stream_route(&mut self, model: &str) -> Option<RouteId> {
+        let name = format!("stream:{model}");
+        if let Some(i) = self.routes.iter().position(|r| *r.name == *name) {
+            return Some(i as RouteId);
+        }
+        if self.routes.len() >= MAX_ROUTES {
+            return None;
+        }
+        self.routes.push(Route { name: name.into(), model: model.into(), policy: None, patterns: Vec::new() });
+        Some((self.routes.len() - 1) as RouteId)
+    }
+
+    /// Route `id` (None: no such route).
+    pub fn get(&self, id: RouteId) -> Option<&Route> {
+        self.routes.get(id as usize)
+    }
+
+    /// Every route, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    /// The model names the routes need, each once, the default's first.
+    pub fn models(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = Vec::new();
+        for r in &self.routes {
+            if !names.contains(&r.model) {
+                names.push(r.model.clone());
+            }
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: Option<&str>, symbols: &[&str], model: &str) -> RouteSpec {
+        RouteSpec {
+            name: name.map(Into::into),
+            symbols: symbols.iter().map(|s| s.to_string()).collect(),
+            model: model.into(),
+            policy: None,
+        }
+    }
+
+    #[test]
+    fn the_first_matching_route_takes_a_symbol_and_the_rest_go_to_the_default() {
+        let specs = [spec(Some("majors"), &["BTC*", "ETHUSDT"], "tcn"), spec(None, &["*USDT"], "lstm")];
+        let routes = Routes::new("mlp", &specs);
+        assert_eq!(routes.for_symbol("BTCUSDT"), 1);
+        assert_eq!(routes.for_symbol("ETHUSDT"), 1, "exact name, listed first");
+        assert_eq!(routes.for_symbol("SOLUSDT"), 2);
+        assert_eq!(routes.for_symbol("ETHBTC"), DEFAULT_ROUTE);
+        assert_eq!(&*routes.get(2).unwrap().name, "route-2");
+        assert_eq!(routes.models().iter().map(|m| &**m).collect::<Vec<_>>(), ["mlp", "tcn", "lstm"]);
+    }
+
+    #[test]
+    fn stream_routes_are_added_once_per_model_and_keep_their_ids() {
+        let mut routes = Routes::new("mlp", &[spec(None, &["X"], "tcn")]);
+        let tcn = routes.stream_route("tcn").unwrap();
+        assert_eq!(tcn, 2);
+        assert_eq!(routes.stream_route("mlp"), Some(3));
+        assert_eq!(routes.stream_route("tcn"), Some(tcn));
+        assert_eq!(routes.for_symbol("Y"), DEFAULT_ROUTE, "stream routes match no symbol");
+        for i in 0..MAX_ROUTES {
+            routes.stream_route(&format!("m{i}"));
+        }
+        assert_eq!(routes.iter().count(), MAX_ROUTES);
+        assert_eq!(routes.stream_route("one-too-many"), None);
+    }
+
+    #[test]
+    fn bad_routes_are_refused_with_every_reason() {
+        let mut bad = spec(Some("default"), &[], "a@2");
+        bad.policy = Some(PolicyParams { warmup_ticks: 0, entry_bps: 1.0, exit_bps: 2.0, full_position_bps: 1.0 });
+        let specs = [bad, spec(Some("x"), &["[BTC"], "m"), spec(Some("x"), &["A"], "m")];
+        let text = format!("{:?}", problems(&specs));
+        for want in ["reserved", "must be a model name", "no symbols", "exit_bps", "symbol pattern", "used twice"] {
+            assert!(text.contains(want), "{want:?} missing from {text}");
+        }
+        assert!(problems(&[spec(None, &["BTC*"], "m")]).is_empty());
+    }
+
+    #[test]
+    fn the_model_header_is_a_name_and_an_optional_version() {
+        assert_eq!(parse_model_header("quantd-tcn"), Some(("quantd-tcn", "")));
+        assert_eq!(parse_model_header("quantd-tcn@2"), Some(("quantd-tcn", "2")));
+        for bad in ["", "@2", "m@", "m@2@3", "../m", "a/b"] {
+            assert_eq!(parse_model_header(bad), None, "{bad:?}");
+        }
+    }
+}

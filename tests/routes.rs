@@ -1,0 +1,169 @@
+//! Several models live at once (issue: multi-model routing): a real server with the repo's
+//! models routes ticks by the config's `[[routes]]` and by the stream's `x-quantd-model`
+//! header, metadata first; an unknown or malformed model header refuses the stream at open; and
+//! the engine keeps one position per route, so two strategies on one symbol never share one.
+
+mod common;
+
+use common::*;
+use quantd::engine::{ActiveModel, Recorded, RecordedTick, SyncEngine};
+use quantd::model::LoadedModel;
+use quantd::policy::{PolicyParams, Position};
+use quantd::proto::Tick;
+use quantd::risk::External;
+use quantd::routes::{BY_SYMBOL, MODEL_HEADER, RouteSpec};
+use quantd::telemetry::Telemetry;
+use tonic::Code;
+
+const BTC_QUOTES: &str = "binance_usdm_btcusdt_20240808_quotes.csv.gz";
+const ETH_QUOTES: &str = "binance_usdm_ethusdt_20240808_quotes.csv.gz";
+const MLP: &str = "quantd-mlp@2";
+const TCN: &str = "quantd-tcn@2";
+
+fn routed_config() -> quantd::config::Config {
+    let mut cfg = test_config();
+    cfg.routes = vec![RouteSpec {
+        name: Some("eth-tcn".into()),
+        symbols: vec!["ETH*".into()],
+        model: "quantd-tcn".into(),
+        policy: None,
+    }];
+    cfg.validate().expect("routed config is valid");
+    cfg
+}
+
+fn with_model<T>(message: T, model: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(MODEL_HEADER, model.parse().unwrap());
+    req
+}
+
+/// Streams `ticks` with `x-quantd-model: model` and collects every signal.
+async fn stream_with_model(
+    server: &quantd::server::Server,
+    ticks: Vec<Tick>,
+    model: &str,
+) -> Vec<quantd::proto::Signal> {
+    let mut c = client(server).await;
+    let mut replies = c.stream_ticks(with_model(tokio_stream::iter(ticks), model)).await.expect("opens").into_inner();
+    let mut out = Vec::new();
+    while let Some(s) = replies.message().await.expect("stream stays healthy") {
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_routes_and_stream_metadata_choose_the_model_metadata_first() {
+    let server = start(&routed_config()).await;
+    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 3_000);
+    let (first, later) = ticks.split_at(2_000);
+    // By the config's routes: ETH* to the TCN, the rest to the default MLP.
+    let signals = stream_all(&mut client(&server).await, first.to_vec()).await;
+    assert_eq!(signals.len(), first.len());
+    let mut by_model = std::collections::BTreeMap::<(String, String), usize>::new();
+    for (t, s) in first.iter().zip(&signals) {
+        assert_eq!(s.seq, t.seq);
+        assert!(s.reject_reason.is_empty(), "{}: {}", t.symbol, s.reject_reason);
+        let want = if t.symbol.starts_with("ETH") { TCN } else { MLP };
+        assert_eq!(s.model, want, "{} at seq {}", t.symbol, t.seq);
+        *by_model.entry((t.symbol.clone(), s.model.clone())).or_default() += 1;
+    }
+    assert_eq!(by_model.len(), 2, "both symbols and both models seen: {by_model:?}");
+    // The stream's header beats the routes: every symbol to the TCN, features carried on.
+    let signals = stream_with_model(&server, later.to_vec(), "quantd-tcn@2").await;
+    assert_eq!(signals.len(), later.len());
+    assert!(signals.iter().all(|s| s.model == TCN && s.reject_reason.is_empty()), "all on the TCN");
+    assert!(signals.iter().any(|s| !s.warming_up), "symbol state is shared with the other routes");
+    // Unary calls take the header too.
+    let next = recorded(&[BTC_QUOTES], 3_000).into_iter().next_back().unwrap();
+    let one = client(&server).await.predict(with_model(next, "quantd-tcn")).await.unwrap().into_inner();
+    assert_eq!(one.model, TCN);
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_or_malformed_model_refuses_the_stream_at_open() {
+    let server = start(&routed_config()).await;
+    let mut c = client(&server).await;
+    let open = |model: &'static str| {
+        let mut c = c.clone();
+        async move { c.stream_ticks(with_model(tokio_stream::iter(Vec::<Tick>::new()), model)).await.err() }
+    };
+    let unknown = open("quantd-nope").await.expect("refused");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains("served: quantd-mlp@2, quantd-tcn@2"), "{}", unknown.message());
+    let old = open("quantd-mlp@1").await.expect("refused");
+    assert_eq!(old.code(), Code::NotFound);
+    assert!(old.message().contains("not the active version"), "{}", old.message());
+    for bad in ["quantd-mlp@", "@2", "a@b@c"] {
+        assert_eq!(open(bad).await.expect("refused").code(), Code::InvalidArgument, "{bad}");
+    }
+    let unary = c.predict(with_model(Tick::default(), "quantd-lstm")).await.unwrap_err();
+    assert_eq!(unary.code(), Code::NotFound, "quantd-lstm is in models/ but no route makes it live");
+    let m = wait_for_metric(&server, "quantd_stream_events_total{event=\"refused_bad_option\"}", 5.0).await;
+    assert!(sample(&m, "quantd_stream_events_total{event=\"refused_bad_option\"}").unwrap() >= 5.0);
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
+#[test]
+fn two_routes_on_one_symbol_keep_separate_positions() {
+    quantd::model::runtime::init(None).unwrap();
+    let m = LoadedModel::load(&repo().join("models/quantd-mlp/2"), 64).unwrap();
+    let manifest = m.manifest.policy;
+    // A config route on the symbol that opens at any score (its own policy), and the MLP's own
+    // stream route with the manifest's: one model, two strategies on BTCUSDT.
+    let eager = PolicyParams { entry_bps: 0.05, exit_bps: 0.0, ..manifest };
+    let cfg = quantd::config::Config {
+        routes: vec![RouteSpec {
+            name: Some("eager".into()),
+            symbols: vec!["BTCUSDT".into()],
+            model: "quantd-mlp".into(),
+            policy: Some(eager),
+        }],
+        ..Default::default()
+    };
+    let mut engine =
+        SyncEngine::new(&cfg.engine_config(), Box::new(ActiveModel::from_loaded(m, None)), Telemetry::new());
+    let stream = engine.served().stream_route("quantd-mlp", "").unwrap();
+    let ticks: Vec<_> = quantd::tickfile::TickReader::open(&[shared_ticks(BTC_QUOTES)])
+        .unwrap()
+        .take(4_000)
+        .map(|t| t.unwrap())
+        .collect();
+    let external = External { var_scale: 1.0, admin_kill: false };
+    let recorded: Vec<RecordedTick> = ticks
+        .iter()
+        .enumerate()
+        .map(|(i, &tick)| RecordedTick {
+            tick,
+            recv_ns: 0,
+            conflate: false,
+            recorded: Recorded { external, expired: false },
+            route: if i % 2 == 0 { BY_SYMBOL } else { stream },
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for chunk in recorded.chunks(engine.max_batch()) {
+        engine.run_recorded(chunk, &mut replies);
+    }
+    assert_eq!(replies.len(), ticks.len());
+    // Each route's position follows its own policy on its own ticks' scores only; one position
+    // shared by both would have held where a route's own stayed flat, or the reverse.
+    let policies = [eager, manifest];
+    let (mut own, mut shared) = ([Position::default(), Position::default()], Position::default());
+    let (mut scored, mut would_differ) = (0, 0);
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.model.as_deref(), Some(MLP));
+        assert!(r.reject.is_none() && r.risk.is_empty(), "tick {i}: {:?} {:?}", r.reject, r.risk);
+        if r.warming_up {
+            continue;
+        }
+        let want = own[i % 2].update(r.score, &policies[i % 2]);
+        assert_eq!(r.policy_position, want, "tick {i}: route {} kept its own position", i % 2);
+        would_differ += (shared.update(r.score, &policies[i % 2]) != want) as usize;
+        scored += 1;
+    }
+    assert!(scored > 3_000, "{scored} ticks past warm-up");
+    assert!(would_differ > 0, "the test must tell one shared position from two: no tick differed");
+}
