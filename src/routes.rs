@@ -123,8 +123,22 @@ pub struct Route {
     pub model: Arc<str>,
     /// Replaces the model's manifest policy (None: the model's own).
     pub policy: Option<PolicyParams>,
-    /// The symbol patterns it takes (empty for the default and stream routes).
+    /// The symbol patterns it takes (empty for the default and stream routes), as given and
+    /// compiled.
+    pub symbols: Vec<String>,
     patterns: Vec<glob::Pattern>,
+}
+
+impl Route {
+    fn new(name: &str, model: &str, policy: Option<PolicyParams>, symbols: &[String]) -> Self {
+        Self {
+            name: name.into(),
+            model: model.into(),
+            policy,
+            symbols: symbols.to_vec(),
+            patterns: symbols.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect(),
+        }
+    }
 }
 
 /// The engine's route table: the default route (id 0), the config routes in their order, then
@@ -138,14 +152,9 @@ impl Routes {
     /// The table for `default_model` and the config's routes (already validated).
     pub fn new(default_model: &str, specs: &[RouteSpec]) -> Self {
         let mut routes = Vec::with_capacity(MAX_ROUTES);
-        routes.push(Route { name: "default".into(), model: default_model.into(), policy: None, patterns: Vec::new() });
+        routes.push(Route::new("default", default_model, None, &[]));
         for (i, s) in specs.iter().take(MAX_CONFIG_ROUTES).enumerate() {
-            routes.push(Route {
-                name: s.name(i + 1).into(),
-                model: s.model.as_str().into(),
-                policy: s.policy,
-                patterns: s.symbols.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect(),
-            });
+            routes.push(Route::new(&s.name(i + 1), &s.model, s.policy, &s.symbols));
         }
         Self { routes }
     }
@@ -166,8 +175,30 @@ impl Routes {
         if self.routes.len() >= MAX_ROUTES {
             return None;
         }
-        self.routes.push(Route { name: name.into(), model: model.into(), policy: None, patterns: Vec::new() });
+        self.routes.push(Route::new(&name, model, None, &[]));
         Some((self.routes.len() - 1) as RouteId)
+    }
+
+    /// Adds `spec` (which must be named) as a route, or replaces the route of its name, whose id,
+    /// and so whose positions, stay. Returns its id, or why not.
+    pub fn set(&mut self, spec: &RouteSpec) -> Result<RouteId, String> {
+        let name = spec.name.as_deref().ok_or("a route set at run time needs a name")?;
+        let problems = problems(std::slice::from_ref(spec));
+        if !problems.is_empty() {
+            return Err(problems.iter().map(|p| p.detail.clone()).collect::<Vec<_>>().join("; "));
+        }
+        let route = Route::new(name, &spec.model, spec.policy, &spec.symbols);
+        match self.routes.iter().position(|r| *r.name == *name) {
+            Some(i) => {
+                self.routes[i] = route;
+                Ok(i as RouteId)
+            }
+            None if self.routes.len() < MAX_ROUTES => {
+                self.routes.push(route);
+                Ok((self.routes.len() - 1) as RouteId)
+            }
+            None => Err(format!("the route table is full ({MAX_ROUTES} routes)")),
+        }
     }
 
     /// Route `id` (None: no such route).
@@ -230,6 +261,18 @@ mod tests {
         }
         assert_eq!(routes.iter().count(), MAX_ROUTES);
         assert_eq!(routes.stream_route("one-too-many"), None);
+    }
+
+    #[test]
+    fn a_route_set_at_run_time_replaces_its_name_or_is_added() {
+        let mut routes = Routes::new("mlp", &[spec(Some("majors"), &["BTC*"], "mlp")]);
+        assert_eq!(routes.set(&spec(Some("majors"), &["ETH*"], "tcn")), Ok(1), "same name, same id");
+        assert_eq!((routes.for_symbol("ETHUSDT"), routes.for_symbol("BTCUSDT")), (1, DEFAULT_ROUTE));
+        assert_eq!(&*routes.get(1).unwrap().model, "tcn");
+        assert_eq!(routes.set(&spec(Some("alts"), &["SOL*"], "lstm")), Ok(2));
+        assert!(routes.set(&spec(None, &["X"], "m")).unwrap_err().contains("needs a name"));
+        assert!(routes.set(&spec(Some("default"), &["X"], "m")).unwrap_err().contains("reserved"));
+        assert!(routes.set(&spec(Some("x"), &["[X"], "m")).unwrap_err().contains("symbol pattern"));
     }
 
     #[test]

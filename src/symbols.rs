@@ -75,6 +75,11 @@ impl<S> SymbolTable<S> {
         Ok(&mut self.states[i])
     }
 
+    /// The symbol in a slot returned by [`SymbolTable::slot`].
+    pub fn name(&self, slot: usize) -> Symbol {
+        self.names[slot]
+    }
+
     /// The state in a slot returned by [`SymbolTable::slot`].
     pub fn at(&mut self, slot: usize) -> &mut S {
         &mut self.states[slot]

@@ -75,7 +75,7 @@ fn config(models: &Path) -> Config {
 }
 
 async fn active(server: &Server) -> String {
-    let v = server.registry().active().await.unwrap();
+    let v = server.registry().active("").await.unwrap();
     let a = v.active.unwrap();
     format!("{}@{}", a.name, a.version)
 }
@@ -345,11 +345,11 @@ async fn shadow_reports_agreement_then_admin_promotes_and_rolls_back() {
     let mut c = client(&server).await;
     add_version(models.path(), "2", |m| m, None);
     let registry = server.registry().clone();
-    wait_until("v2 in shadow", async || registry.active().await.unwrap().shadow.is_some()).await;
+    wait_until("v2 in shadow", async || registry.active("").await.unwrap().shadow.is_some()).await;
     let ticks = recorded(&[BTC_QUOTES, BTC_TRADES], 3_000);
     let signals = stream_all(&mut c, ticks[..1_500].to_vec()).await;
     assert!(signals.iter().all(|s| s.model == "quantd-mlp@1"), "a shadow never emits signals");
-    let view = admin.get_active(proto::GetActiveRequest {}).await.unwrap().into_inner();
+    let view = admin.get_active(proto::GetActiveRequest::default()).await.unwrap().into_inner();
     assert_eq!(view.shadow.as_ref().unwrap().version, "2");
     let stats = view.shadow_stats.unwrap();
     assert_eq!(stats.compared, 1_500, "the shadow scored every tick");
@@ -359,12 +359,12 @@ async fn shadow_reports_agreement_then_admin_promotes_and_rolls_back() {
     assert_eq!(promoted.into_inner().state, "active");
     let mid = stream_all(&mut c, ticks[1_500..2_000].to_vec()).await;
     assert!(mid.iter().all(|s| s.model == "quantd-mlp@2"));
-    let back = admin.rollback(proto::RollbackRequest {}).await.unwrap().into_inner();
+    let back = admin.rollback(proto::RollbackRequest::default()).await.unwrap().into_inner();
     assert_eq!((back.version.as_str(), back.state.as_str()), ("1", "active"));
     let after = stream_all(&mut c, ticks[2_000..].to_vec()).await;
     assert!(after.iter().all(|s| s.model == "quantd-mlp@1"));
 
-    let err = admin.rollback(proto::RollbackRequest {}).await.unwrap_err();
+    let err = admin.rollback(proto::RollbackRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     let err = admin.activate_model(proto::ModelRef { name: NAME.into(), version: "9".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
@@ -383,7 +383,7 @@ async fn a_shadow_that_agrees_is_promoted_automatically() {
     let server = start(&cfg).await;
     add_version(models.path(), "2", |m| m, None);
     let registry = server.registry().clone();
-    wait_until("v2 in shadow", async || registry.active().await.unwrap().shadow.is_some()).await;
+    wait_until("v2 in shadow", async || registry.active("").await.unwrap().shadow.is_some()).await;
     let mut c = client(&server).await;
     let ticks = recorded(&[BTC_QUOTES], 2_000);
     let signals = stream_all(&mut c, ticks.clone()).await;

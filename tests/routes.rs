@@ -167,3 +167,95 @@ fn two_routes_on_one_symbol_keep_separate_positions() {
     assert!(scored > 3_000, "{scored} ticks past warm-up");
     assert!(would_differ > 0, "the test must tell one shared position from two: no tick differed");
 }
+
+/// `(symbol, model)` of every signal, and the count of rejected ones.
+fn labels(ticks: &[Tick], signals: &[quantd::proto::Signal]) -> (std::collections::BTreeSet<(String, String)>, usize) {
+    assert_eq!(ticks.len(), signals.len());
+    let rejected = signals.iter().filter(|s| !s.reject_reason.is_empty()).count();
+    (ticks.iter().zip(signals).map(|(t, s)| (t.symbol.clone(), s.model.clone())).collect(), rejected)
+}
+
+fn pair(symbol: &str, model: &str) -> (String, String) {
+    (symbol.to_owned(), model.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_model_swaps_shadows_and_rolls_back_while_another_serves_and_routes_change_at_run_time() {
+    use quantd::proto::model_admin_client::ModelAdminClient;
+    use quantd::proto::{GetActiveRequest, ListModelsRequest, LoadModelRequest, RollbackRequest, Route};
+    let server = start(&routed_config()).await;
+    let mut admin = ModelAdminClient::new(admin_channel(&server).await);
+    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 5_000);
+    let mut chunks = ticks.chunks(1_000);
+    let mut send = async || {
+        let chunk = chunks.next().unwrap().to_vec();
+        let signals = stream_all(&mut client(&server).await, chunk.clone()).await;
+        labels(&chunk, &signals)
+    };
+    let (btc, eth) = ("BTCUSDT", "ETHUSDT");
+    assert_eq!(send().await, ([pair(btc, MLP), pair(eth, TCN)].into(), 0));
+
+    // ListModels: each active version names the routes it serves.
+    let models = admin.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+    let routes_of = |name: &str, version: &str| {
+        models.iter().find(|m| m.name == name && m.version == version).map(|m| m.routes.clone()).unwrap()
+    };
+    assert_eq!(routes_of("quantd-mlp", "2"), ["default", "stream:quantd-mlp"]);
+    assert_eq!(routes_of("quantd-tcn", "2"), ["eth-tcn", "stream:quantd-tcn"]);
+    assert!(routes_of("quantd-tcn", "2-fp32").is_empty(), "not active");
+
+    // Swap the TCN only: the MLP's ticks go on untouched, none refused.
+    let tcn_named = |name: &str| GetActiveRequest { name: name.into() };
+    let load = |version: &str, mode: quantd::proto::LoadMode| LoadModelRequest {
+        name: "quantd-tcn".into(),
+        version: version.into(),
+        mode: mode as i32,
+    };
+    admin.load_model(load("2-ptq-minmax", quantd::proto::LoadMode::Activate)).await.unwrap();
+    assert_eq!(send().await, ([pair(btc, MLP), pair(eth, "quantd-tcn@2-ptq-minmax")].into(), 0));
+    let mlp = admin.get_active(tcn_named("")).await.unwrap().into_inner();
+    assert_eq!((mlp.active.unwrap().version, mlp.previous), ("2".to_owned(), None), "the MLP's lane did not move");
+    let back = admin.rollback(RollbackRequest { name: "quantd-tcn".into() }).await.unwrap().into_inner();
+    assert_eq!(back.version, "2");
+    assert_eq!(send().await, ([pair(btc, MLP), pair(eth, TCN)].into(), 0));
+    let err = admin.rollback(RollbackRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "the MLP has no previous version: {}", err.message());
+
+    // A shadow on the TCN's lane, none on the MLP's.
+    admin.load_model(load("2-fp32", quantd::proto::LoadMode::Shadow)).await.unwrap();
+    let tcn = admin.get_active(tcn_named("quantd-tcn")).await.unwrap().into_inner();
+    assert_eq!(tcn.shadow.unwrap().version, "2-fp32");
+    assert!(admin.get_active(tcn_named("")).await.unwrap().into_inner().shadow.is_none());
+    let unknown = admin.get_active(tcn_named("quantd-nope")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+
+    // SetRoute: BTC to the TCN from the next tick; a route on a model that is not live, or
+    // named "default", is refused.
+    let route = |name: &str, symbols: &[&str], model: &str| Route {
+        name: name.into(),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        model: model.into(),
+        policy: None,
+    };
+    let list = admin.set_route(route("btc-tcn", &["BTC*"], "quantd-tcn")).await.unwrap().into_inner();
+    assert!(list.routes.iter().any(|r| r.name == "btc-tcn" && r.model == "quantd-tcn"));
+    assert_eq!(send().await, ([pair(btc, TCN), pair(eth, TCN)].into(), 0));
+    for (bad, why) in
+        [(route("x", &["X"], "quantd-lstm"), "not live"), (route("default", &["X"], "quantd-tcn"), "reserved")]
+    {
+        let err = admin.set_route(bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(why), "{}", err.message());
+    }
+    // A model name brought in at run time goes live beside the others, with its stream route.
+    let lstm = LoadModelRequest {
+        name: "quantd-lstm".into(),
+        version: "2".into(),
+        mode: quantd::proto::LoadMode::Activate as i32,
+    };
+    admin.load_model(lstm).await.unwrap();
+    let chunk = chunks.next().unwrap().to_vec();
+    let signals = stream_with_model(&server, chunk.clone(), "quantd-lstm").await;
+    assert_eq!(labels(&chunk, &signals), ([pair(btc, "quantd-lstm@2"), pair(eth, "quantd-lstm@2")].into(), 0));
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}

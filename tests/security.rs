@@ -327,7 +327,7 @@ async fn signed_models_only_when_a_key_is_set() {
         .await
         .unwrap_err();
     assert!(err.message().contains("sha256"), "{err}");
-    assert_eq!(server.registry().active().await.unwrap().active.unwrap().version, "1");
+    assert_eq!(server.registry().active("").await.unwrap().active.unwrap().version, "1");
     c.predict(recorded(&[BTC_QUOTES], 1).remove(0)).await.unwrap();
     server.shutdown(std::time::Duration::from_secs(1)).await;
 }

@@ -16,10 +16,10 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::features::NUM_FEATURES;
-use crate::routes::RouteId;
+use crate::routes::{RouteId, Routes};
 
 /// Most jobs waiting for the engine; one more is refused (RESOURCE_EXHAUSTED at the edge). Room
 /// for a burst of one-row requests while the engine is off its core for a few milliseconds.
@@ -90,11 +90,18 @@ pub struct ServedModel {
 #[derive(Default)]
 pub struct Served {
     models: ArcSwap<Vec<ServedModel>>,
+    routes: ArcSwapOption<Routes>,
 }
 
 impl Served {
-    pub(super) fn publish(&self, models: Vec<ServedModel>) {
+    pub(super) fn publish(&self, models: Vec<ServedModel>, routes: &Routes) {
         self.models.store(Arc::new(models));
+        self.routes.store(Some(Arc::new(routes.clone())));
+    }
+
+    /// The engine's route table as it applies now (None before the engine started).
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        self.routes.load_full()
     }
 
     /// The live model names with their cards, the default model first.
@@ -203,10 +210,11 @@ mod tests {
         let served = Served::default();
         assert!(served.find("m", "").is_none());
         let card = |label| Arc::new(ModelCard::new(label, "features", "score", 1));
-        served.publish(vec![
+        let models = vec![
             ServedModel { active: card("m@2"), shadow: Some(card("m@3")), stream_route: 2 },
             ServedModel { active: card("t@1"), shadow: None, stream_route: 3 },
-        ]);
+        ];
+        served.publish(models, &Routes::new("m", &[]));
         assert_eq!(served.find("m", "").unwrap().version, "2", "no version: the active one");
         assert_eq!(served.find("m", "3").unwrap().version, "3");
         assert!(served.find("m", "4").is_none());

@@ -61,9 +61,19 @@ pub enum Control {
     /// Make this the active version of its model name (a name not live yet goes live beside
     /// the others, with its stream route); the replaced one comes back through `take_retired`.
     Swap(Box<ActiveModel>),
-    /// Run this model beside the active version of its name without emitting its signals
-    /// (`None`: stop the default model's shadow).
-    Shadow(Option<Box<ActiveModel>>),
+    /// Run `model` beside the active version of model name `name` without emitting its
+    /// signals (`None`: stop that name's shadow); the replaced shadow comes back through
+    /// `take_retired`.
+    Shadow {
+        /// The live model name.
+        name: String,
+        /// The new shadow, or none.
+        model: Option<Box<ActiveModel>>,
+    },
+    /// Add a route or change one, by name (validated on the control path; its model is live).
+    /// A changed route keeps its id and its positions; each symbol looks its route up again
+    /// at its next tick.
+    SetRoute(Box<crate::routes::RouteSpec>),
     /// Engage or release the risk kill switch for one symbol (`None`: all symbols). A symbol
     /// the engine does not hold is not created: the answer is [`Applied::UnknownSymbol`].
     Kill {
@@ -106,7 +116,6 @@ struct Shared {
     retired: ArrayQueue<Box<ActiveModel>>,
     /// False once shutdown began: new ticks are refused, queued ones still processed.
     accepting: AtomicBool,
-    shadow_stats: ShadowStats,
     recent: std::sync::Mutex<RecentRows>,
     /// True while the engine thread is parked (or about to park).
     sleeping: AtomicBool,
@@ -233,11 +242,6 @@ impl EngineHandle {
         self.shared.control.push(c)?;
         self.shared.unparker.unpark();
         Ok(())
-    }
-
-    /// Agreement of the current shadow model with the active one.
-    pub fn shadow_stats(&self) -> &ShadowStats {
-        &self.shared.shadow_stats
     }
 
     /// Copies the engine's most recent feature rows (for warming up a new model on real input).

@@ -80,6 +80,9 @@ pub struct ActiveModel {
     /// The output's neutral point (manifest `io.output_kind`: 0.5 for a probability, else 0):
     /// the policy sizes `score - output_center`.
     pub output_center: f64,
+    /// While it runs in shadow: its agreement with the active version of its name (written by
+    /// the engine, read by the registry).
+    pub shadow_stats: Arc<ShadowStats>,
 }
 
 impl ActiveModel {
@@ -87,7 +90,17 @@ impl ActiveModel {
     pub fn new(scorer: Scorer, label: &str, policy: PolicyParams) -> Self {
         let card = Arc::new(ModelCard::new(label, "features", "score", scorer.window()));
         let health = Arc::default();
-        Self { scorer, label: Arc::from(label), policy, health, feature_ranges: None, card, output_center: 0.0 }
+        let shadow_stats = Arc::default();
+        Self {
+            scorer,
+            label: Arc::from(label),
+            policy,
+            health,
+            feature_ranges: None,
+            card,
+            output_center: 0.0,
+            shadow_stats,
+        }
     }
 
     /// Names the graph's input and output on its [`ModelCard`] (the manifest's `[io]`).
@@ -198,8 +211,10 @@ struct SymbolState {
     features: SymbolFeatures,
     /// Feature rows written to this symbol's ring in the window slab.
     rows_written: u64,
-    /// The route its ticks take when their stream names no model (set when it is created).
+    /// The route its ticks take when their stream names no model, as of route table version
+    /// `route_version` (looked up again when the table changed).
     route: RouteId,
+    route_version: u64,
     /// Its positions, one per route that has scored it (room for [`BOOKS_PER_SYMBOL`]).
     books: [Book; BOOKS_PER_SYMBOL],
     /// The admin kill switch holds this symbol (every route's position on it).
@@ -211,11 +226,12 @@ struct SymbolState {
 }
 
 impl SymbolState {
-    fn new(route: RouteId) -> Self {
+    fn new((route, route_version): (RouteId, u64)) -> Self {
         Self {
             features: SymbolFeatures::new(),
             rows_written: 0,
             route,
+            route_version,
             books: [Book::FREE; BOOKS_PER_SYMBOL],
             admin_killed: false,
             scored_in_pass: 0,
@@ -227,7 +243,7 @@ impl SymbolState {
     /// kill).
     fn reset(&mut self) {
         let admin_killed = self.admin_killed;
-        *self = Self::new(self.route);
+        *self = Self::new((self.route, self.route_version));
         self.admin_killed = admin_killed;
     }
 
@@ -299,6 +315,8 @@ pub(super) struct Worker {
     /// Whether each live model's call failed in this pass.
     failed: [bool; MAX_MODELS],
     routes: Routes,
+    /// Bumped by every route change (symbols look their route up again).
+    routes_version: u64,
     /// By route id: the slot of the model that scores it ([`NOT_LIVE`]: none yet).
     route_model: [u8; MAX_ROUTES],
     symbols: SymbolTable<SymbolState>,
@@ -356,7 +374,6 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         queue: ArrayQueue::new(config.queue_capacity.max(1)),
         control: ArrayQueue::new(8),
         retired: ArrayQueue::new(16),
-        shadow_stats: ShadowStats::default(),
         recent: Mutex::new(RecentRows { rows: vec![0.0; max_batch * NUM_FEATURES], n: 0 }),
         accepting: AtomicBool::new(true),
         sleeping: AtomicBool::new(false),
@@ -387,6 +404,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         models: Vec::with_capacity(MAX_MODELS),
         failed: [false; MAX_MODELS],
         routes,
+        routes_version: 0,
         route_model: [NOT_LIVE; MAX_ROUTES],
         buffers: Buffers::new(max_batch, config.max_symbols, max_window),
         mids: vec![f64::NAN; max_batch],
@@ -561,6 +579,15 @@ impl Worker {
                     self.retire(new);
                 }
             },
+            Control::SetRoute(spec) => match self.routes.set(&spec) {
+                Ok(id) => {
+                    tracing::info!(route = id, name = ?spec.name, model = %spec.model, symbols = ?spec.symbols, "route set");
+                    self.routes_version += 1;
+                    self.resolve_routes();
+                    self.publish_served();
+                }
+                Err(e) => tracing::error!(error = %e, "route not set"),
+            },
             Control::Kill { symbol: None, engaged, done } => {
                 tracing::warn!(engaged, "kill switch (all symbols)");
                 self.risk.set_global_kill(engaged);
@@ -591,14 +618,9 @@ impl Worker {
                 };
                 ack(done, applied);
             }
-            Control::Shadow(new) => {
-                // The shadow of its own name; stopping one (None) stops the default model's.
-                let m = match &new {
-                    Some(s) => self.model_slot(&s.card.name),
-                    None => Some(0),
-                };
-                let Some(m) = m else {
-                    tracing::error!(shadow = %new.as_ref().map_or("", |s| &*s.label), "shadow of a model name that is not live; not started");
+            Control::Shadow { name, model: new } => {
+                let Some(m) = self.model_slot(&name) else {
+                    tracing::error!(model = %name, "shadow of a model name that is not live; not changed");
                     if let Some(new) = new {
                         self.retire(new);
                     }
@@ -607,13 +629,36 @@ impl Worker {
                 if let Some(s) = new.as_ref().filter(|s| s.scorer.window() != self.models[m].active.scorer.window()) {
                     tracing::warn!(shadow = %s.label, "shadow model reads a different window than the active one; it is not compared");
                 }
-                self.shared.shadow_stats.reset();
+                if let Some(new) = &new {
+                    new.shadow_stats.reset();
+                }
                 let old = std::mem::replace(&mut self.models[m].shadow, new);
                 self.publish_served();
                 if let Some(old) = old {
                     self.retire(old);
                 }
             }
+        }
+    }
+
+    /// The route of symbol slot `slot` when its stream names no model (looked up again after a
+    /// route change: a glob match, no allocation).
+    fn symbol_route(&mut self, slot: usize) -> RouteId {
+        let version = self.routes_version;
+        let name = self.symbols.name(slot);
+        let state = self.symbols.at(slot);
+        if state.route_version != version {
+            state.route = self.routes.for_symbol(name.as_str());
+            state.route_version = version;
+        }
+        state.route
+    }
+
+    /// Points every route at the live slot of its model.
+    fn resolve_routes(&mut self) {
+        for (id, route) in self.routes.iter().enumerate() {
+            self.route_model[id] =
+                self.models.iter().position(|m| m.active.card.name == *route.model).map_or(NOT_LIVE, |m| m as u8);
         }
     }
 
@@ -632,12 +677,7 @@ impl Worker {
         };
         let ranges = self.risk.widen(model.feature_ranges.as_deref());
         self.models.push(ModelSlot { active: model, shadow: None, ranges, stream_route });
-        let slot = (self.models.len() - 1) as u8;
-        for (id, route) in self.routes.iter().enumerate() {
-            if *route.model == *name {
-                self.route_model[id] = slot;
-            }
-        }
+        self.resolve_routes();
         self.publish_served();
     }
 
@@ -648,7 +688,7 @@ impl Worker {
             shadow: m.shadow.as_ref().map(|s| s.card.clone()),
             stream_route: m.stream_route,
         });
-        self.shared.served.publish(served.collect());
+        self.shared.served.publish(served.collect(), &self.routes);
     }
 
     /// Scores the next model call's worth (at most `max_batch` rows) of the inference-protocol
@@ -822,7 +862,7 @@ impl Worker {
                 Err(r) => Step::Rejected(r),
                 Ok(slot) => {
                     let route = match self.batch[i].route {
-                        BY_SYMBOL => self.symbols.at(slot).route,
+                        BY_SYMBOL => self.symbol_route(slot),
                         r => r,
                     };
                     let model = self.route_model.get(route as usize).copied().unwrap_or(NOT_LIVE);
@@ -862,9 +902,9 @@ impl Worker {
     fn admit(&mut self, i: usize) -> Result<usize, Reject> {
         let (tick, recv_ns) = (self.batch[i].tick, self.batch[i].recv_ns);
         self.clock_ns = self.clock_ns.max(recv_ns as i64);
-        let routes = &self.routes;
-        let (slot, new) =
-            self.symbols.slot(tick.symbol, || SymbolState::new(routes.for_symbol(tick.symbol.as_str())))?;
+        let (routes, version) = (&self.routes, self.routes_version);
+        let route = || (routes.for_symbol(tick.symbol.as_str()), version);
+        let (slot, new) = self.symbols.slot(tick.symbol, || SymbolState::new(route()))?;
         let state = self.symbols.at(slot);
         let prev_ts = state.features.last_ts_ns();
         match self.checks.admit(&mut state.features, &mut state.jump, &tick, recv_ns, &mut self.row) {
@@ -959,7 +999,7 @@ impl Worker {
         self.recorder.record(Series::BatchSize, n_rows as u64);
         if let Some(shadow) = slot.shadow.as_mut() {
             let active = (&self.scores[base..base + n_rows], slot.active.output_center);
-            compare_shadow(shadow, rows, active, &self.shared.shadow_stats);
+            compare_shadow(shadow, rows, active);
         }
         if m == 0
             && self.pass % 64 == 1
@@ -1125,7 +1165,8 @@ fn ack(done: Option<Ack>, applied: Applied) {
 /// Scores the same rows with the shadow model and counts where its side agrees with the active
 /// model's (each side taken from its own output's neutral point; `active` is the active model's
 /// scores and centre). The shadow never produces a signal.
-fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], (active, center): (&[f32], f64), stats: &ShadowStats) {
+fn compare_shadow(shadow: &mut ActiveModel, rows: &[f32], (active, center): (&[f32], f64)) {
+    let stats = &shadow.shadow_stats;
     if shadow.scorer.width() * active.len() != rows.len() {
         return; // a different input window: not comparable on these rows
     }

@@ -2,10 +2,13 @@
 //! requests, and [`RegistryHandle`], through which the gRPC admin service (on tokio) reaches the
 //! registry thread. Nothing here runs on the engine thread.
 
+use std::sync::Arc;
+
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
 use crate::model::ModelError;
+use crate::routes::{RouteSpec, Routes};
 
 /// Where a model version is in its life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
@@ -55,6 +58,8 @@ pub struct ModelStatus {
     pub warm_ms: f64,
     /// When the state last changed, ms since the epoch.
     pub changed_unix_ms: u64,
+    /// The routes an active version serves (empty for the others).
+    pub routes: Vec<String>,
 }
 
 /// The active, previous and shadow models, and the shadow's agreement.
@@ -96,9 +101,15 @@ pub enum RegistryError {
     /// That version is serving already.
     #[error("{0} is already active")]
     AlreadyActive(String),
-    /// The server serves another model name.
-    #[error("{0} is not served here: this server serves model {1}")]
+    /// The name is not live (no version of it serves).
+    #[error("model {0} is not live here; live: {1}")]
     WrongName(String, String),
+    /// A route that cannot be set.
+    #[error("route refused: {0}")]
+    BadRoute(String),
+    /// As many model names are live as the engine holds.
+    #[error("{0} model names are live already, as many as the engine holds")]
+    TooManyModels(usize),
     /// The engine's control queue is full.
     #[error("the engine's control queue is full; try again")]
     Busy,
@@ -113,8 +124,10 @@ pub(super) enum Request {
     List(oneshot::Sender<Vec<ModelStatus>>),
     Load { key: Key, mode: LoadMode, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
     Activate { key: Key, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Rollback { reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Active(oneshot::Sender<ActiveView>),
+    Rollback { name: String, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
+    Active { name: String, reply: oneshot::Sender<Result<ActiveView, RegistryError>> },
+    Routes(oneshot::Sender<Result<Arc<Routes>, RegistryError>>),
+    SetRoute { spec: RouteSpec, reply: oneshot::Sender<Result<Arc<Routes>, RegistryError>> },
     Stop,
 }
 
@@ -148,14 +161,26 @@ impl RegistryHandle {
         self.ask(|reply| Request::Activate { key, reply }).await?
     }
 
-    /// Restores the previous model.
-    pub async fn rollback(&self) -> Result<ModelStatus, RegistryError> {
-        self.ask(|reply| Request::Rollback { reply }).await?
+    /// Restores model name `name`'s previous version ("": the default model's).
+    pub async fn rollback(&self, name: &str) -> Result<ModelStatus, RegistryError> {
+        let name = name.to_owned();
+        self.ask(|reply| Request::Rollback { name, reply }).await?
     }
 
-    /// The active, previous and shadow models.
-    pub async fn active(&self) -> Result<ActiveView, RegistryError> {
-        self.ask(Request::Active).await
+    /// The engine's route table.
+    pub async fn routes(&self) -> Result<Arc<Routes>, RegistryError> {
+        self.ask(Request::Routes).await?
+    }
+
+    /// Adds a route or changes one (by name); answers the table as it will apply.
+    pub async fn set_route(&self, spec: RouteSpec) -> Result<Arc<Routes>, RegistryError> {
+        self.ask(|reply| Request::SetRoute { spec, reply }).await?
+    }
+
+    /// Model name `name`'s active, previous and shadow versions ("": the default model's).
+    pub async fn active(&self, name: &str) -> Result<ActiveView, RegistryError> {
+        let name = name.to_owned();
+        self.ask(|reply| Request::Active { name, reply }).await?
     }
 }
 

@@ -71,6 +71,7 @@ impl Entry {
             load_ms: self.load_ms,
             warm_ms: self.warm_ms,
             changed_unix_ms: self.changed_unix_ms,
+            routes: Vec::new(),
         }
     }
 }

@@ -1,33 +1,65 @@
-//! The swap/shadow/rollback state machine: admin loads and activations, handing a model to the
-//! engine and taking the replaced one back (kept as the previous, for an instant rollback, or
-//! dropped), shadow comparison and automatic promotion, and probation with automatic rollback.
-//! Runs on the `quantd-registry` thread; the engine only ever sees control messages.
+//! The swap/shadow/rollback state machine, one [`Lane`] per live model name: admin loads and
+//! activations, handing a model to the engine and taking the replaced one back (kept as the
+//! previous, for an instant rollback, or dropped), shadow comparison and automatic promotion, and
+//! probation with automatic rollback. Each name's lane moves on its own: swapping one model never
+//! touches another's. Runs on the `quantd-registry` thread; the engine only ever sees control
+//! messages.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Registry;
 use super::api::{Key, LoadMode, ModelStatus, RegistryError, State};
 use super::entry::label;
-use crate::engine::{ActiveModel, Control, EngineHandle};
+use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth, ShadowStats};
+use crate::routes::{MAX_MODELS, RouteSpec, Routes};
 
-/// What to do with the next model the engine hands back (it returns them in the order of the
-/// control messages that replaced them).
+/// What to do with the next model the engine hands back for a name (it returns them in the
+/// order of the control messages that replaced them).
 pub(super) enum Retire {
     KeepAsPrevious(Key),
     Drop(Key, State),
     PromoteShadow(Key),
 }
 
+/// One live model name: its active version, the previous one kept loaded, its shadow and how
+/// the shadow agrees, what the engine will hand back, and the probation of a new version.
+pub(super) struct Lane {
+    pub(super) active: Key,
+    pub(super) previous: Option<(Key, Box<ActiveModel>)>,
+    pub(super) shadow: Option<(Key, Arc<ShadowStats>)>,
+    pub(super) retire: VecDeque<Retire>,
+    /// The newly activated version being watched, since when, and its health counters.
+    pub(super) probation: Option<(Key, Instant, Arc<ModelHealth>)>,
+}
+
+impl Lane {
+    pub(super) fn new(active: Key) -> Self {
+        Self { active, previous: None, shadow: None, retire: VecDeque::new(), probation: None }
+    }
+}
+
 impl Registry {
+    /// The lane of live model name `name`, or why there is none.
+    pub(super) fn lane(&mut self, name: &str) -> Result<&mut Lane, RegistryError> {
+        let live = self.live_names();
+        self.lanes.get_mut(name).ok_or_else(|| RegistryError::WrongName(name.to_owned(), live))
+    }
+
+    /// The live model names, the default first (for messages).
+    pub(super) fn live_names(&self) -> String {
+        let mut names = vec![self.served.clone()];
+        names.extend(self.lanes.keys().filter(|n| **n != self.served).cloned());
+        names.join(", ")
+    }
+
     pub(super) fn admin_load(
         &mut self,
         key: &Key,
         mode: LoadMode,
         engine: &EngineHandle,
     ) -> Result<ModelStatus, RegistryError> {
-        if key.0 != self.served {
-            return Err(RegistryError::WrongName(label(key), self.served.clone()));
-        }
         if !self.entries.contains_key(key) {
             self.rescan_entries();
         }
@@ -38,8 +70,15 @@ impl Registry {
                 _ => Err(RegistryError::AlreadyActive(label(key))),
             };
         }
-        if mode == LoadMode::Activate && self.previous.as_ref().is_some_and(|(k, _)| k == key) {
-            return self.rollback(&format!("superseded: {} re-activated by admin request", label(key)), engine);
+        let live = self.lanes.get(&key.0);
+        if mode == LoadMode::Shadow && live.is_none() {
+            return Err(RegistryError::WrongName(key.0.clone(), self.live_names()));
+        }
+        if mode == LoadMode::Activate && live.is_none() && self.lanes.len() >= MAX_MODELS {
+            return Err(RegistryError::TooManyModels(MAX_MODELS));
+        }
+        if mode == LoadMode::Activate && live.and_then(|l| l.previous.as_ref()).is_some_and(|(k, _)| k == key) {
+            return self.rollback(&key.0, &format!("superseded: {} re-activated by admin request", label(key)), engine);
         }
         if self.entries[key].loaded.is_none() {
             self.load(key, &engine.recent_rows())?;
@@ -55,7 +94,8 @@ impl Registry {
         Ok(self.status(key))
     }
 
-    /// Hands `model` to the engine; the model it replaces comes back and becomes the previous.
+    /// Hands `model` to the engine as its name's active version; the model it replaces comes
+    /// back and becomes the previous. A name not live yet goes live beside the others.
     pub(super) fn activate(
         &mut self,
         key: &Key,
@@ -71,32 +111,52 @@ impl Registry {
             entry.set(State::Failed, "engine control queue full");
             return Err(RegistryError::Busy);
         }
-        let old = std::mem::replace(&mut self.active, key.clone());
-        self.retire.push_back(Retire::KeepAsPrevious(old.clone()));
-        if let Some(e) = self.entries.get_mut(&old) {
+        let old = match self.lanes.get_mut(&key.0) {
+            Some(lane) => {
+                let old = std::mem::replace(&mut lane.active, key.clone());
+                lane.retire.push_back(Retire::KeepAsPrevious(old.clone()));
+                lane.probation = Some((key.clone(), Instant::now(), health));
+                Some(old)
+            }
+            None => {
+                // Nothing comes back: the engine adds the name.
+                self.lanes.insert(key.0.clone(), Lane::new(key.clone()));
+                None
+            }
+        };
+        if let Some(e) = old.as_ref().and_then(|old| self.entries.get_mut(old)) {
             e.set(State::Previous, "");
         }
         self.entries.get_mut(key).expect("known entry").set(State::Active, "");
-        self.probation = Some((key.clone(), Instant::now(), health));
         self.swaps += 1;
-        tracing::info!(from = %label(&old), to = %label(key), "model activated");
+        match old {
+            Some(old) => tracing::info!(from = %label(&old), to = %label(key), "model activated"),
+            None => tracing::info!(model = %label(key), "model name live beside the others"),
+        }
         Ok(())
     }
 
-    pub(super) fn rollback(&mut self, why: &str, engine: &EngineHandle) -> Result<ModelStatus, RegistryError> {
-        let (key, model) = self.previous.take().ok_or(RegistryError::NoPrevious)?;
+    /// Restores model name `name`'s previous version.
+    pub(super) fn rollback(
+        &mut self,
+        name: &str,
+        why: &str,
+        engine: &EngineHandle,
+    ) -> Result<ModelStatus, RegistryError> {
+        let lane = self.lane(name)?;
+        let (key, model) = lane.previous.take().ok_or(RegistryError::NoPrevious)?;
         if let Err(Control::Swap(model)) = engine.control(Control::Swap(model)) {
-            self.previous = Some((key, model));
+            lane.previous = Some((key, model));
             return Err(RegistryError::Busy);
         }
-        let bad = std::mem::replace(&mut self.active, key.clone());
-        self.retire.push_back(Retire::Drop(bad.clone(), State::RolledBack));
+        let bad = std::mem::replace(&mut lane.active, key.clone());
+        lane.retire.push_back(Retire::Drop(bad.clone(), State::RolledBack));
+        // The restored model already proved itself: no probation for it.
+        lane.probation = None;
         if let Some(e) = self.entries.get_mut(&bad) {
             e.set(State::RolledBack, why);
         }
         self.entries.get_mut(&key).expect("known entry").set(State::Active, "");
-        // The restored model already proved itself: no probation for it.
-        self.probation = None;
         self.rollbacks += 1;
         tracing::warn!(from = %label(&bad), to = %label(&key), reason = why, "model rolled back");
         Ok(self.status(&key))
@@ -104,24 +164,32 @@ impl Registry {
 
     pub(super) fn start_shadow(&mut self, key: &Key, engine: &EngineHandle) -> Result<(), RegistryError> {
         let model = self.take_active_model(key);
-        if let Err(Control::Shadow(Some(model))) = engine.control(Control::Shadow(Some(model))) {
+        let stats = model.shadow_stats.clone();
+        let name = key.0.clone();
+        if let Err(Control::Shadow { model: Some(model), .. }) =
+            engine.control(Control::Shadow { name, model: Some(model) })
+        {
             drop(model);
             self.entries.get_mut(key).expect("known entry").set(State::Failed, "engine control queue full");
             return Err(RegistryError::Busy);
         }
-        if let Some(old) = self.shadow.replace(key.clone()) {
-            self.retire.push_back(Retire::Drop(old, State::Retired));
+        let lane = self.lane(&key.0)?;
+        let active = lane.active.clone();
+        if let Some((old, _)) = lane.shadow.replace((key.clone(), stats)) {
+            lane.retire.push_back(Retire::Drop(old, State::Retired));
         }
         self.entries.get_mut(key).expect("known entry").set(State::Shadow, "");
-        tracing::info!(model = %label(key), active = %label(&self.active), "shadow started");
+        tracing::info!(model = %label(key), active = %label(&active), "shadow started");
         Ok(())
     }
 
     pub(super) fn collect_retired(&mut self, engine: &EngineHandle) {
         while let Some(model) = engine.take_retired() {
-            match self.retire.pop_front() {
+            let next = self.lanes.get_mut(&model.card.name).and_then(|l| l.retire.pop_front());
+            match next {
                 Some(Retire::KeepAsPrevious(key)) => {
-                    if let Some((old, _dropped)) = self.previous.replace((key, model))
+                    let lane = self.lanes.get_mut(&key.0).expect("the lane the model came from");
+                    if let Some((old, _dropped)) = lane.previous.replace((key, model))
                         && let Some(e) = self.entries.get_mut(&old)
                     {
                         e.set(State::Retired, "");
@@ -143,53 +211,90 @@ impl Registry {
         }
     }
 
+    /// Adds or changes a route (by name) whose model is live; answers the table as the engine
+    /// will apply it.
+    pub(super) fn set_route(&mut self, spec: RouteSpec, engine: &EngineHandle) -> Result<Arc<Routes>, RegistryError> {
+        if !self.lanes.contains_key(&spec.model) {
+            let why = format!(
+                "model {:?} is not live (live: {}); activate a version of it first",
+                spec.model,
+                self.live_names()
+            );
+            return Err(RegistryError::BadRoute(why));
+        }
+        let mut next = (*engine.served().routes().ok_or(RegistryError::Stopped)?).clone();
+        next.set(&spec).map_err(RegistryError::BadRoute)?;
+        engine.control(Control::SetRoute(Box::new(spec))).map_err(|_| RegistryError::Busy)?;
+        Ok(Arc::new(next))
+    }
+
+    /// Rolls back any name whose new version misbehaves within its probation.
     pub(super) fn check_probation(&mut self, engine: &EngineHandle) {
-        let Some((key, since, health)) = &self.probation else { return };
-        if since.elapsed() > self.cfg.settings.probation() {
-            self.probation = None;
+        let names: Vec<String> =
+            self.lanes.iter().filter(|(_, l)| l.probation.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in names {
+            self.check_probation_of(&name, engine);
+        }
+    }
+
+    fn check_probation_of(&mut self, name: &str, engine: &EngineHandle) {
+        let (max_rate, period) = (self.cfg.settings.rollback_max_error_rate, self.cfg.settings.probation());
+        let Some(lane) = self.lanes.get_mut(name) else { return };
+        let Some((key, since, health)) = &lane.probation else { return };
+        if since.elapsed() > period {
+            lane.probation = None;
             return;
         }
         use std::sync::atomic::Ordering::Relaxed;
         let scored = health.scored.load(Relaxed);
         let bad = health.non_finite.load(Relaxed) + health.failed_calls.load(Relaxed);
-        if bad > 0 && bad as f64 / scored.max(1) as f64 > self.cfg.settings.rollback_max_error_rate {
+        if bad > 0 && bad as f64 / scored.max(1) as f64 > max_rate {
             let why = format!(
                 "automatic rollback: {bad} non-finite scores or failed calls in {scored} rows within {:?} of activation",
                 since.elapsed()
             );
             let key = key.clone();
-            if let Err(e) = self.rollback(&why, engine) {
+            if let Err(e) = self.rollback(name, &why, engine) {
                 tracing::error!(model = %label(&key), error = %e, "automatic rollback impossible; the model keeps serving");
-                self.probation = None;
+                if let Some(lane) = self.lanes.get_mut(name) {
+                    lane.probation = None;
+                }
             }
         }
     }
 
+    /// Promotes or drops any name's shadow that has been compared on enough ticks.
     pub(super) fn check_shadow(&mut self, engine: &EngineHandle) {
-        let Some(key) = self.shadow.clone() else { return };
-        if self.cfg.settings.shadow_promote_after_ticks == 0 {
+        let (after, min_agreement) =
+            (self.cfg.settings.shadow_promote_after_ticks, self.cfg.settings.shadow_min_agreement);
+        if after == 0 {
             return;
         }
-        let (compared, _, agreement, _) = engine.shadow_stats().snapshot();
-        if compared < self.cfg.settings.shadow_promote_after_ticks {
-            return;
-        }
-        if engine.control(Control::Shadow(None)).is_err() {
-            return; // queue full: try again next turn
-        }
-        self.shadow = None;
-        if agreement >= self.cfg.settings.shadow_min_agreement {
-            tracing::info!(model = %label(&key), agreement, compared, "shadow agrees; promoting");
-            self.retire.push_back(Retire::PromoteShadow(key));
-        } else {
-            let why = format!(
-                "shadow agreement {agreement:.4} over {compared} ticks is below {}",
-                self.cfg.settings.shadow_min_agreement
-            );
-            tracing::warn!(model = %label(&key), "{why}");
-            self.retire.push_back(Retire::Drop(key.clone(), State::Retired));
-            if let Some(e) = self.entries.get_mut(&key) {
-                e.set(State::Retired, why);
+        let due: Vec<(String, Key, u64, f64)> = self
+            .lanes
+            .iter()
+            .filter_map(|(name, lane)| {
+                let (key, stats) = lane.shadow.as_ref()?;
+                let (compared, _, agreement, _) = stats.snapshot();
+                (compared >= after).then(|| (name.clone(), key.clone(), compared, agreement))
+            })
+            .collect();
+        for (name, key, compared, agreement) in due {
+            if engine.control(Control::Shadow { name: name.clone(), model: None }).is_err() {
+                return; // queue full: try again next turn
+            }
+            let lane = self.lanes.get_mut(&name).expect("due lanes are live");
+            lane.shadow = None;
+            if agreement >= min_agreement {
+                tracing::info!(model = %label(&key), agreement, compared, "shadow agrees; promoting");
+                lane.retire.push_back(Retire::PromoteShadow(key));
+            } else {
+                let why = format!("shadow agreement {agreement:.4} over {compared} ticks is below {min_agreement}");
+                tracing::warn!(model = %label(&key), "{why}");
+                lane.retire.push_back(Retire::Drop(key.clone(), State::Retired));
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.set(State::Retired, why);
+                }
             }
         }
     }

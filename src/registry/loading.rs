@@ -85,19 +85,29 @@ impl Registry {
         }
     }
 
-    /// Rescans; under the "latest" policy, loads the newest served version above the active one
-    /// (a failed version only when its files changed) and activates it or puts it in shadow.
+    /// Rescans; under the "latest" policy, loads each live name's newest version above its
+    /// active one (a failed version only when its files changed) and activates it or puts it in
+    /// shadow. A pinned server (`model = "name@version"`) never switches its default name.
     pub(super) fn rescan(&mut self, engine: &EngineHandle) {
         self.rescan_entries();
-        if self.cfg.pinned.is_some() {
-            return;
+        let names: Vec<String> = self.lanes.keys().cloned().collect();
+        for name in names {
+            if self.cfg.pinned.is_some() && name == self.served {
+                continue;
+            }
+            self.take_newer(&name, engine);
         }
-        let active_version = self.active.1.clone();
+    }
+
+    fn take_newer(&mut self, name: &str, engine: &EngineHandle) {
+        let Some(lane) = self.lanes.get(name) else { return };
+        let active_version = lane.active.1.clone();
+        let shadow = lane.shadow.as_ref().map(|(k, _)| k.clone());
         let candidate = self
             .entries
             .iter()
             .filter(|(k, e)| {
-                k.0 == self.served
+                k.0 == name
                     && is_release(&k.1)
                     && version_cmp(&k.1, &active_version).is_gt()
                     && match e.state {
@@ -109,7 +119,7 @@ impl Registry {
             .map(|(k, _)| k.clone())
             .max_by(|a, b| version_cmp(&a.1, &b.1));
         let Some(key) = candidate else { return };
-        if self.shadow.as_ref() == Some(&key) {
+        if shadow.as_ref() == Some(&key) {
             return;
         }
         let mode = if self.cfg.settings.shadow_new_versions { LoadMode::Shadow } else { LoadMode::Activate };

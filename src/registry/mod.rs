@@ -29,7 +29,7 @@ use api::{Key, Request};
 pub use settings::RegistrySection;
 pub use warm::warm_up;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use self::entry::Entry;
-use self::lifecycle::Retire;
+use self::lifecycle::Lane;
 use crate::control_thread::ControlThread;
-use crate::engine::{ActiveModel, EngineHandle, ModelHealth};
+use crate::engine::EngineHandle;
 use crate::journal::Journal;
 use crate::model::LoadOptions;
 use crate::policy::PolicyParams;
@@ -65,17 +65,11 @@ pub struct RegistryConfig {
 /// The registry thread's state.
 pub struct Registry {
     cfg: RegistryConfig,
+    /// The default model name (what ticks no route claims are scored by).
     served: String,
     entries: BTreeMap<Key, Entry>,
-    active: Key,
-    /// The versions serving the config's routes beside the served name (see
-    /// [`Registry::start_routed`]).
-    routed: Vec<Key>,
-    previous: Option<(Key, Box<ActiveModel>)>,
-    shadow: Option<Key>,
-    retire: VecDeque<Retire>,
-    /// The newly activated model being watched, since when, and its health counters.
-    probation: Option<(Key, Instant, Arc<ModelHealth>)>,
+    /// Each live model name's versions and life cycle.
+    lanes: BTreeMap<String, Lane>,
     telemetry: Arc<Telemetry>,
     swaps: u64,
     rollbacks: u64,
@@ -146,7 +140,7 @@ impl Registry {
             self.collect_retired(engine);
             self.check_probation(engine);
             self.check_shadow(engine);
-            self.publish(Some(engine));
+            self.publish();
         }
         tracing::info!("registry stopped");
     }
@@ -154,10 +148,17 @@ impl Registry {
     fn handle(&mut self, r: Request, engine: &EngineHandle) {
         match r {
             Request::List(reply) => {
-                let _ = reply.send(self.entries.values().map(Entry::status).collect());
+                let _ = reply.send(self.list(engine));
             }
-            Request::Active(reply) => {
-                let _ = reply.send(self.view(engine));
+            Request::Routes(reply) => {
+                let _ = reply.send(engine.served().routes().ok_or(RegistryError::Stopped));
+            }
+            Request::SetRoute { spec, reply } => {
+                let _ = reply.send(self.set_route(spec, engine));
+            }
+            Request::Active { name, reply } => {
+                let name = if name.is_empty() { self.served.clone() } else { name };
+                let _ = reply.send(self.view(&name));
             }
             Request::Load { key, mode, reply } => {
                 let r = self.admin_load(&key, mode, engine);
@@ -167,13 +168,14 @@ impl Registry {
                 let r = self.admin_load(&key, LoadMode::Activate, engine);
                 let _ = reply.send(r);
             }
-            Request::Rollback { reply } => {
-                let r = self.rollback("rolled back by admin request", engine);
+            Request::Rollback { name, reply } => {
+                let name = if name.is_empty() { self.served.clone() } else { name };
+                let r = self.rollback(&name, "rolled back by admin request", engine);
                 let _ = reply.send(r);
             }
             Request::Stop => {}
         }
-        self.publish(Some(engine));
+        self.publish();
     }
 }
 

@@ -3,7 +3,7 @@
 //! `quantd-registry` thread.
 
 use super::Registry;
-use super::api::{ActiveView, Key, ModelStatus};
+use super::api::{ActiveView, Key, ModelStatus, RegistryError, State};
 use crate::engine::EngineHandle;
 use crate::telemetry::ModelsView;
 
@@ -12,20 +12,41 @@ impl Registry {
         self.entries[key].status()
     }
 
-    pub(super) fn view(&self, engine: &EngineHandle) -> ActiveView {
-        ActiveView {
-            active: Some(self.status(&self.active)),
-            previous: self.previous.as_ref().map(|(k, _)| self.status(k)),
-            shadow: self.shadow.as_ref().map(|k| self.status(k)),
-            shadow_stats: engine.shadow_stats().snapshot(),
-        }
+    /// Every known version; an active one with the routes it serves.
+    pub(super) fn list(&self, engine: &EngineHandle) -> Vec<ModelStatus> {
+        let routes = engine.served().routes();
+        let serves = |name: &str| -> Vec<String> {
+            let routes = routes.iter().flat_map(|r| r.iter());
+            routes.filter(|r| *r.model == *name).map(|r| r.name.to_string()).collect()
+        };
+        let statuses = self.entries.values().map(|e| e.status());
+        statuses
+            .map(|s| if s.state == State::Active { ModelStatus { routes: serves(&s.name), ..s } } else { s })
+            .collect()
     }
 
-    pub(super) fn publish(&self, engine: Option<&EngineHandle>) {
-        let shadow_agreement =
-            engine.filter(|_| self.shadow.is_some()).map(|e| e.shadow_stats().snapshot()).map(|(c, _, a, _)| (c, a));
+    /// Live model name `name`'s active, previous and shadow versions.
+    pub(super) fn view(&self, name: &str) -> Result<ActiveView, RegistryError> {
+        let lane = self.lanes.get(name).ok_or_else(|| RegistryError::WrongName(name.to_owned(), self.live_names()))?;
+        Ok(ActiveView {
+            active: Some(self.status(&lane.active)),
+            previous: lane.previous.as_ref().map(|(k, _)| self.status(k)),
+            shadow: lane.shadow.as_ref().map(|(k, _)| self.status(k)),
+            shadow_stats: lane.shadow.as_ref().map_or((0, 0, 0.0, 0.0), |(_, s)| s.snapshot()),
+        })
+    }
+
+    pub(super) fn publish(&self) {
         let view = ModelsView {
-            shadow_agreement,
+            shadow_agreement: self
+                .lanes
+                .iter()
+                .map(|(name, lane)| {
+                    let (compared, _, agreement, _) =
+                        lane.shadow.as_ref().map_or((0, 0, 0.0, 0.0), |(_, s)| s.snapshot());
+                    (name.clone(), compared, agreement)
+                })
+                .collect(),
             versions: self
                 .entries
                 .values()
@@ -35,7 +56,7 @@ impl Registry {
             rollbacks: self.rollbacks,
             failures: self.failures.iter().map(|(k, v)| (*k, *v)).collect(),
             last_load: self.last_load,
-            active: Some(self.active.clone()),
+            active: self.lanes.values().map(|l| l.active.clone()).collect(),
             backends: self
                 .entries
                 .values()

@@ -3,12 +3,13 @@
 //! highest release that passes every check; failed ones are reported and skipped). Runs on the
 //! caller's thread before the engine starts.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::api::{Key, State};
 use super::discover::{default_name, is_release, scan, version_cmp};
 use super::entry::Entry;
+use super::lifecycle::Lane;
 use super::{Registry, RegistryConfig};
 use crate::engine::ActiveModel;
 use crate::journal::Journal;
@@ -43,14 +44,9 @@ impl Registry {
         let pinned = cfg.pinned.clone();
         let mut registry = Self {
             cfg,
-            active: (served.clone(), String::new()),
             served,
             entries,
-            routed: Vec::new(),
-            previous: None,
-            shadow: None,
-            retire: VecDeque::new(),
-            probation: None,
+            lanes: BTreeMap::new(),
             telemetry,
             swaps: 0,
             rollbacks: 0,
@@ -59,24 +55,24 @@ impl Registry {
             journal,
         };
         let (key, model) = registry.start_version(&registry.served.clone(), pinned.as_deref())?;
-        registry.active = key;
-        registry.publish(None);
+        registry.lanes.insert(key.0.clone(), Lane::new(key));
+        registry.publish();
         Ok((registry, model))
     }
 
     /// Loads the start version of each model name the config's routes need beside the served
     /// one (the highest release that passes every check), or the first refusal. They serve
-    /// under the routes from the start; admin calls and rescans act on the served name only.
+    /// under the routes from the start, each with its own life cycle (see [`super::lifecycle`]).
     pub fn start_routed(&mut self, names: &[Arc<str>]) -> Result<Vec<Box<ActiveModel>>, ModelError> {
         let mut models = Vec::new();
         let served = self.served.clone();
         for name in names.iter().filter(|n| ***n != *served) {
             let (key, model) = self.start_version(name, None)?;
             tracing::info!(model = %model.label, "routed model verified, loaded and warm");
-            self.routed.push(key);
+            self.lanes.insert(key.0.clone(), Lane::new(key));
             models.push(model);
         }
-        self.publish(None);
+        self.publish();
         Ok(models)
     }
 

@@ -3,9 +3,11 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::policy::PolicyParams;
 use crate::proto;
 use crate::proto::model_admin_server::ModelAdmin;
 use crate::registry::{LoadMode, ModelStatus, RegistryHandle};
+use crate::routes::{RouteSpec, Routes};
 
 /// `ModelAdmin`: lists, loads, activates and rolls back model versions through the registry.
 pub struct Admin {
@@ -29,7 +31,23 @@ fn to_proto(s: ModelStatus) -> proto::ModelStatus {
         load_ms: s.load_ms,
         warm_ms: s.warm_ms,
         changed_unix_ms: s.changed_unix_ms,
+        routes: s.routes,
     }
+}
+
+fn routes_to_proto(routes: &Routes) -> proto::RouteList {
+    let routes = routes.iter().map(|r| proto::Route {
+        name: r.name.to_string(),
+        symbols: r.symbols.clone(),
+        model: r.model.to_string(),
+        policy: r.policy.map(|p| proto::RoutePolicy {
+            warmup_ticks: p.warmup_ticks,
+            entry_bps: p.entry_bps,
+            exit_bps: p.exit_bps,
+            full_position_bps: p.full_position_bps,
+        }),
+    });
+    proto::RouteList { routes: routes.collect() }
 }
 
 #[tonic::async_trait]
@@ -58,12 +76,28 @@ impl ModelAdmin for Admin {
         Ok(Response::new(to_proto(self.registry.activate(&r.name, &r.version).await?)))
     }
 
-    async fn rollback(&self, _: Request<proto::RollbackRequest>) -> Result<Response<proto::ModelStatus>, Status> {
-        Ok(Response::new(to_proto(self.registry.rollback().await?)))
+    async fn rollback(&self, r: Request<proto::RollbackRequest>) -> Result<Response<proto::ModelStatus>, Status> {
+        Ok(Response::new(to_proto(self.registry.rollback(&r.into_inner().name).await?)))
     }
 
-    async fn get_active(&self, _: Request<proto::GetActiveRequest>) -> Result<Response<proto::ActiveModels>, Status> {
-        let v = self.registry.active().await?;
+    async fn list_routes(&self, _: Request<proto::ListRoutesRequest>) -> Result<Response<proto::RouteList>, Status> {
+        Ok(Response::new(routes_to_proto(&*self.registry.routes().await?)))
+    }
+
+    async fn set_route(&self, r: Request<proto::Route>) -> Result<Response<proto::RouteList>, Status> {
+        let r = r.into_inner();
+        let policy = r.policy.map(|p| PolicyParams {
+            warmup_ticks: p.warmup_ticks,
+            entry_bps: p.entry_bps,
+            exit_bps: p.exit_bps,
+            full_position_bps: p.full_position_bps,
+        });
+        let spec = RouteSpec { name: Some(r.name), symbols: r.symbols, model: r.model, policy };
+        Ok(Response::new(routes_to_proto(&*self.registry.set_route(spec).await?)))
+    }
+
+    async fn get_active(&self, r: Request<proto::GetActiveRequest>) -> Result<Response<proto::ActiveModels>, Status> {
+        let v = self.registry.active(&r.into_inner().name).await?;
         let (compared, agreed, agreement, mean_abs_score_diff) = v.shadow_stats;
         Ok(Response::new(proto::ActiveModels {
             active: v.active.map(to_proto),

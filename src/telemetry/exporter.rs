@@ -271,9 +271,10 @@ fn publish_models(t: &Telemetry, published: &mut Published) {
         metrics::gauge!(MODEL_LOAD, "phase" => "load").set(load);
         metrics::gauge!(MODEL_LOAD, "phase" => "warm").set(warm);
     }
-    let (compared, agreement) = view.shadow_agreement.unwrap_or((0, 0.0));
-    metrics::gauge!(SHADOW_COMPARED).set(compared as f64);
-    metrics::gauge!(SHADOW_AGREEMENT).set(agreement);
+    for (model, compared, agreement) in &view.shadow_agreement {
+        metrics::gauge!(SHADOW_COMPARED, "model" => model.clone()).set(*compared as f64);
+        metrics::gauge!(SHADOW_AGREEMENT, "model" => model.clone()).set(*agreement);
+    }
 }
 
 /// One counter family: `name{key="<label>"}` per variant.

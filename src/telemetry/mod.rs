@@ -43,8 +43,8 @@ pub struct SymbolVarReport {
 pub struct ModelsView {
     /// `(name, version, state, execution provider)` of every known version.
     pub versions: Vec<(String, String, &'static str, &'static str)>,
-    /// `(name, version)` of the active model.
-    pub active: Option<(String, String)>,
+    /// `(name, version)` of each live model name's active version.
+    pub active: Vec<(String, String)>,
     /// Swaps since start.
     pub swaps: u64,
     /// Rollbacks since start.
@@ -53,8 +53,8 @@ pub struct ModelsView {
     pub failures: Vec<(&'static str, u64)>,
     /// Seconds spent verifying, loading and warming the last model loaded.
     pub last_load: Option<[f64; 3]>,
-    /// (ticks compared, agreement) while a shadow runs.
-    pub shadow_agreement: Option<(u64, f64)>,
+    /// `(model name, ticks compared, agreement)` of each live name's shadow (0s without one).
+    pub shadow_agreement: Vec<(String, u64, f64)>,
     /// `(name@version, backend, isa)` of every loaded version.
     pub backends: Vec<(String, &'static str, &'static str)>,
     /// The native kernel's clamped-value counters of every loaded version it serves.
