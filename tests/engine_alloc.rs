@@ -26,30 +26,50 @@ fn engine_hot_path_does_not_allocate_after_warm_up() {
     for (model, backend) in
         [("models/quantd-mlp/2", Native), ("models/quantd-mlp/1", Ort), ("models/quantd-tcn/2", Ort)]
     {
-        check(model, backend);
+        check(model, backend, None);
     }
+    // Several models live at once: ETH routed to the windowed TCN, BTC to the default MLP
+    // (native): each batch makes one call per model.
+    check("models/quantd-mlp/2", Native, Some("models/quantd-tcn/2"));
 }
 
-fn check(model: &str, backend: quantd::model::BackendChoice) {
+fn check(model: &str, backend: quantd::model::BackendChoice, routed: Option<&str>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let d = repo.join("../shared/data/ticks");
-    let ticks = quantd::tickfile::read_all(&[
+    let mut files = vec![
         d.join("binance_usdm_ethusdt_20240808_quotes.csv.gz"),
         d.join("binance_usdm_ethusdt_20240808_trades.csv.gz"),
-    ])
-    .unwrap();
+    ];
+    if routed.is_some() {
+        files.push(d.join("binance_usdm_btcusdt_20240808_quotes.csv.gz"));
+    }
+    let ticks = quantd::tickfile::read_all(&files).unwrap();
     quantd::model::runtime::init(None).unwrap();
     let mut opts = quantd::model::LoadOptions::cpu(64);
     opts.backend.default = backend;
     let m = LoadedModel::load_with(&repo.join(model), &opts).unwrap();
     assert_eq!(m.backend.backend, if backend == quantd::model::BackendChoice::Native { "native" } else { "ort" });
     let telemetry = Telemetry::new();
-    let cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
+    let mut cfg = EngineConfig { idle: IdleStrategy::SpinYield, ..Config::default().engine_config() };
     let active = Box::new(ActiveModel::new(m.scorer, &m.manifest.label(), m.manifest.policy));
-    let engine = quantd::engine::spawn(&cfg, active, telemetry.clone(), &[]).unwrap();
+    let more: Vec<_> = routed
+        .map(|dir| {
+            let r = LoadedModel::load_with(&repo.join(dir), &quantd::model::LoadOptions::cpu(64)).unwrap();
+            cfg.routes = vec![quantd::routes::RouteSpec {
+                name: None,
+                symbols: vec!["ETH*".into()],
+                model: r.manifest.name.clone(),
+                policy: None,
+            }];
+            Box::new(ActiveModel::from_loaded(r, None))
+        })
+        .into_iter()
+        .collect();
+    let engine = quantd::engine::spawn_models(&cfg, active, more, telemetry.clone(), &[]).unwrap();
     let handle = engine.handle();
     let replies = ReplyQueue::new(4096);
-    let mut totals = telemetry.latency.new_set();
+    let (mut totals, mut by_model) = (telemetry.latency.new_set(), std::collections::BTreeMap::new());
+    let mut models_seen = std::collections::BTreeSet::new();
 
     // Sends ticks[range] in bursts of `burst` and waits for every reply after each burst (to
     // exercise batching): tick by tick with `submit`, or, as a TickBatch is, every tick of the
@@ -79,11 +99,14 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
             while outstanding > 0 {
                 if let Some(r) = replies.pop() {
                     assert!(r.reject.is_none());
+                    if models_seen.len() < 2 && !models_seen.contains(r.model.as_deref().unwrap()) {
+                        models_seen.insert(r.model.unwrap().to_string());
+                    }
                     scored += !r.warming_up as usize;
                     outstanding -= 1;
                 }
             }
-            telemetry.latency.collect(&mut totals); // the hand-over runs during the window too
+            telemetry.latency.collect(&mut totals, &mut by_model); // the hand-over runs during the window too
         }
         scored
     };
@@ -94,13 +117,14 @@ fn check(model: &str, backend: quantd::model::BackendChoice) {
     let region = Region::new(GLOBAL);
     let scored = run(5_000..15_000, 50, false) + run(15_000..25_000, 64, true);
     let change = region.change();
+    assert_eq!(models_seen.len(), 1 + routed.is_some() as usize, "{model}: models that answered: {models_seen:?}");
     assert!(scored > 19_000, "{model}: the window really scored ticks ({scored})");
     assert_eq!(
         change.allocations + change.reallocations,
         0,
         "{model}: heap allocations while the engine processed 20000 ticks, single and in batches of 64: {change:?}"
     );
-    telemetry.latency.collect(&mut totals);
+    telemetry.latency.collect(&mut totals, &mut by_model);
     assert!(!totals.get(quantd::telemetry::Series::Inference).unwrap().is_empty());
     engine.shutdown();
 }

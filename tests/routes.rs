@@ -79,6 +79,20 @@ async fn config_routes_and_stream_metadata_choose_the_model_metadata_first() {
     let next = recorded(&[BTC_QUOTES], 3_000).into_iter().next_back().unwrap();
     let one = client(&server).await.predict(with_model(next, "quantd-tcn")).await.unwrap().into_inner();
     assert_eq!(one.model, TCN);
+    // Per-model metrics: each live model name's outcomes, calls and batch sizes; the label is
+    // the model name, never a symbol.
+    for m in ["quantd-mlp", "quantd-tcn"] {
+        for family in [
+            format!("quantd_model_ticks_total{{model=\"{m}\",outcome=\"scored\"}}"),
+            format!("quantd_model_stage_seconds_count{{model=\"{m}\",stage=\"inference\"}}"),
+            format!("quantd_model_stage_seconds_count{{model=\"{m}\",stage=\"engine\"}}"),
+            format!("quantd_model_inference_batch_size_count{{model=\"{m}\"}}"),
+        ] {
+            wait_for_metric(&server, &family, 1.0).await;
+        }
+    }
+    let text = scrape(&server).await;
+    assert!(!text.contains("model=\"BTCUSDT\"") && !text.contains("model=\"quantd-lstm\""), "bounded by live names");
     server.shutdown(std::time::Duration::from_secs(2)).await;
 }
 

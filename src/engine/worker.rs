@@ -26,7 +26,7 @@ use crate::policy::{PolicyParams, Position};
 use crate::risk::{External, RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
 use crate::routes::{BOOKS_PER_SYMBOL, BY_SYMBOL, MAX_MODELS, MAX_ROUTES, RouteId, RouteSpec, Routes};
 use crate::symbols::SymbolTable;
-use crate::telemetry::{Outcome, Recorder, Series, SymbolEvent, Telemetry};
+use crate::telemetry::{ModelTelemetry, Outcome, Recorder, Series, SymbolEvent, Telemetry};
 use crate::tick::{Reject, Symbol, Tick};
 
 /// Engine settings (from the server config).
@@ -314,6 +314,9 @@ pub(super) struct Worker {
     models: Vec<ModelSlot>,
     /// Whether each live model's call failed in this pass.
     failed: [bool; MAX_MODELS],
+    /// Each model slot's telemetry and latency recorder (all [`MAX_MODELS`] registered at
+    /// build; a slot is named when its model goes live).
+    model_telemetry: Vec<(Arc<ModelTelemetry>, Recorder)>,
     routes: Routes,
     /// Bumped by every route change (symbols look their route up again).
     routes_version: u64,
@@ -390,6 +393,13 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
     let max_window = config.max_window.max(model.scorer.window()).max(1);
     let risk = RiskGate::new(config.risk.clone(), board);
     let routes = Routes::new(&model.card.name, &config.routes);
+    let model_telemetry = (0..MAX_MODELS)
+        .map(|_| {
+            let slot = telemetry.model_slot();
+            let series = [Series::Inference, Series::BatchSize, Series::Engine];
+            (slot.clone(), telemetry.latency.recorder_for(&series, Some(slot)))
+        })
+        .collect();
     let mut worker = Worker {
         shared,
         stop: Arc::new(AtomicBool::new(false)),
@@ -403,6 +413,7 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         telemetry,
         models: Vec::with_capacity(MAX_MODELS),
         failed: [false; MAX_MODELS],
+        model_telemetry,
         routes,
         routes_version: 0,
         route_model: [NOT_LIVE; MAX_ROUTES],
@@ -545,6 +556,9 @@ impl Worker {
             }
             self.shared.passes.fetch_add(1, Ordering::Relaxed);
             self.recorder.publish_if_requested();
+            for (_, recorder) in &mut self.model_telemetry[..self.models.len()] {
+                recorder.publish_if_requested();
+            }
         }
         tracing::info!("engine drained and stopped");
     }
@@ -676,6 +690,7 @@ impl Worker {
             return self.retire(model);
         };
         let ranges = self.risk.widen(model.feature_ranges.as_deref());
+        self.model_telemetry[self.models.len()].0.set_name(&name);
         self.models.push(ModelSlot { active: model, shadow: None, ranges, stream_route });
         self.resolve_routes();
         self.publish_served();
@@ -995,8 +1010,12 @@ impl Worker {
             }
         }
         slot.active.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
-        self.recorder.record(Series::Inference, t.elapsed().as_nanos() as u64);
+        let took = t.elapsed().as_nanos() as u64;
+        self.recorder.record(Series::Inference, took);
         self.recorder.record(Series::BatchSize, n_rows as u64);
+        let per_model = &mut self.model_telemetry[m].1;
+        per_model.record(Series::Inference, took);
+        per_model.record(Series::BatchSize, n_rows as u64);
         if let Some(shadow) = slot.shadow.as_mut() {
             let active = (&self.scores[base..base + n_rows], slot.active.output_center);
             compare_shadow(shadow, rows, active);
@@ -1048,6 +1067,16 @@ impl Worker {
             }
             self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
             reply.posted = Instant::now();
+            if let Step::Scored { model, .. } = self.steps[i] {
+                let (counters, recorder) = &mut self.model_telemetry[model as usize];
+                let outcome = match (reply.reject, reply.warming_up) {
+                    (Some(_), _) => Outcome::Rejected,
+                    (None, true) => Outcome::WarmingUp,
+                    (None, false) => Outcome::Scored,
+                };
+                counters.outcomes.add(outcome, 1);
+                recorder.record(Series::Engine, reply.posted.saturating_duration_since(reply.recv).as_nanos() as u64);
+            }
             self.post(i, reply);
             self.posted = i + 1;
         }

@@ -27,6 +27,13 @@ pub const TICK_TO_SIGNAL: &str = "quantd_tick_to_signal_seconds";
 pub const STAGE: &str = "quantd_stage_seconds";
 /// Histogram: ticks per model call.
 pub const BATCH_SIZE: &str = "quantd_inference_batch_size";
+/// Histogram family: per live model name, its model calls (`stage="inference"`) and its ticks'
+/// tick decoded → engine reply (`stage="engine"`), seconds.
+pub const MODEL_STAGE: &str = "quantd_model_stage_seconds";
+/// Histogram: per live model name, ticks per model call.
+pub const MODEL_BATCH_SIZE: &str = "quantd_model_inference_batch_size";
+/// Counter family: per live model name, the ticks it answered by outcome.
+pub const MODEL_TICKS: &str = "quantd_model_ticks_total";
 /// Counter: ticks by outcome.
 pub const TICKS: &str = "quantd_ticks_total";
 /// Counter: refused ticks by reason.
@@ -110,6 +117,8 @@ fn build_recorder(gauge_idle: Duration) -> PrometheusRecorder {
         .set_buckets_for_metric(Matcher::Full(TICK_TO_SIGNAL.into()), &latency_buckets())
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STAGE.into()), &latency_buckets()))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_STAGE.into()), &latency_buckets()))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MODEL_BATCH_SIZE.into()), &BATCH_BUCKETS))
         .expect("bucket lists are non-empty constants");
     builder.build_recorder()
 }
@@ -126,6 +135,16 @@ fn describe() {
         "Latency of each pipeline stage (queue_wait, features, inference per batch, policy, egress, total)"
     );
     metrics::describe_histogram!(BATCH_SIZE, metrics::Unit::Count, "Ticks scored per model call");
+    metrics::describe_histogram!(
+        MODEL_STAGE,
+        metrics::Unit::Seconds,
+        "Per live model name: its model calls (stage inference) and its ticks from decode to the engine's reply (stage engine)"
+    );
+    metrics::describe_histogram!(MODEL_BATCH_SIZE, metrics::Unit::Count, "Per live model name: ticks per model call");
+    metrics::describe_counter!(
+        MODEL_TICKS,
+        "Per live model name: the ticks it answered by outcome (scored, warming_up, rejected)"
+    );
     metrics::describe_counter!(TICKS, "Ticks by final outcome (scored, warming_up, rejected, dropped)");
     metrics::describe_counter!(REJECTS, "Rejected ticks by reason");
     metrics::describe_counter!(
@@ -284,6 +303,28 @@ fn publish_counts<E: Event, const N: usize>(name: &'static str, key: &'static st
     }
 }
 
+/// The per-model families: each live model name's stages (inference per call; engine per
+/// tick), batch sizes and tick outcomes, labelled `model` (bounded by the live names).
+fn publish_per_model(t: &Telemetry, by_model: &std::collections::BTreeMap<String, HistogramSet>) {
+    for (model, set) in by_model {
+        for s in [Series::Inference, Series::Engine] {
+            if let Some(h) = set.get(s) {
+                let stage = metrics::histogram!(MODEL_STAGE, "model" => model.clone(), "stage" => s.stage());
+                publish_histogram(h, |v, n| stage.record_many(v * 1e-9, n));
+            }
+        }
+        if let Some(h) = set.get(Series::BatchSize) {
+            let batch = metrics::histogram!(MODEL_BATCH_SIZE, "model" => model.clone());
+            publish_histogram(h, |v, n| batch.record_many(v, n));
+        }
+    }
+    for (model, slot) in t.model_slots() {
+        for (e, n) in slot.outcomes.totals() {
+            metrics::counter!(MODEL_TICKS, "model" => model.to_string(), "outcome" => e.label()).absolute(n);
+        }
+    }
+}
+
 /// One publication. Every gauge that still holds is set each time (see [`gauge_idle`]).
 fn publish(
     t: &Telemetry,
@@ -295,6 +336,7 @@ fn publish(
         let Some(h) = delta.get(s) else { continue };
         match s {
             Series::BatchSize => publish_histogram(h, |v, n| metrics::histogram!(BATCH_SIZE).record_many(v, n)),
+            Series::Engine => {} // per model only (publish_per_model)
             _ => {
                 let stage = metrics::histogram!(STAGE, "stage" => s.stage());
                 publish_histogram(h, |v, n| stage.record_many(v * 1e-9, n));
@@ -360,15 +402,20 @@ impl Exporter {
         let upkeep = handle.clone();
         let thread = ControlThread::spawn("quantd-telemetry", move |s| {
             let mut delta = t.latency.new_set();
+            let mut by_model = std::collections::BTreeMap::new();
             let mut last_models = Published::default();
             metrics::with_local_recorder(&recorder, describe);
             loop {
                 let stopping = s.load(Ordering::Acquire);
-                t.latency.collect(&mut delta);
+                t.latency.collect(&mut delta, &mut by_model);
                 let queue = (queue_depth(), queue_capacity);
-                metrics::with_local_recorder(&recorder, || publish(&t, &delta, queue, &mut last_models));
+                metrics::with_local_recorder(&recorder, || {
+                    publish(&t, &delta, queue, &mut last_models);
+                    publish_per_model(&t, &by_model);
+                });
                 tot.lock().unwrap_or_else(|e| e.into_inner()).add(&delta);
                 delta.reset();
+                by_model.values_mut().for_each(HistogramSet::reset);
                 upkeep.run_upkeep();
                 if stopping {
                     break;

@@ -10,6 +10,7 @@
 //! (`hdrhistogram`'s own `sync::Recorder` allocates a fresh histogram on every phase shift and
 //! makes the reader wait for idle writers, which is why the hand-off is done here.)
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +36,9 @@ pub enum Series {
     Total,
     /// Ticks per model call.
     BatchSize,
+    /// Edge decoded the tick → the engine posted its reply (recorded per model: the
+    /// server-internal time of the model's ticks less the egress every model shares).
+    Engine,
 }
 
 impl Series {
@@ -81,6 +85,8 @@ impl HistogramSet {
 }
 
 struct Slot {
+    /// The model slot whose values it records (None: the process-wide stages).
+    model: Option<Arc<super::ModelTelemetry>>,
     request: AtomicBool,
     closed: AtomicBool,
     full: ArrayQueue<Box<HistogramSet>>,
@@ -145,7 +151,14 @@ impl Default for LatencyHub {
 impl LatencyHub {
     /// A recorder for the given series (values for other series are ignored).
     pub fn recorder(&self, series: &[Series]) -> Recorder {
+        self.recorder_for(series, None)
+    }
+
+    /// A recorder of one model slot's series: collected per model name, apart from the
+    /// process-wide stages.
+    pub fn recorder_for(&self, series: &[Series], model: Option<Arc<super::ModelTelemetry>>) -> Recorder {
         let slot = Arc::new(Slot {
+            model,
             request: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             full: ArrayQueue::new(2),
@@ -156,14 +169,28 @@ impl LatencyHub {
         Recorder { current: Box::new(HistogramSet::new(series)), slot }
     }
 
-    /// Adds everything handed over since the last call to `into`, asks every live writer for its
-    /// next hand-over, and forgets writers that are gone and drained.
-    pub fn collect(&self, into: &mut HistogramSet) {
+    /// Adds everything handed over since the last call to `into` (a model slot's to its model
+    /// name's set in `by_model`), asks every live writer for its next hand-over, and forgets
+    /// writers that are gone and drained.
+    pub fn collect(&self, into: &mut HistogramSet, by_model: &mut BTreeMap<String, HistogramSet>) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|slot| {
             let closed = slot.closed.load(Ordering::Acquire);
+            let name = slot.model.as_ref().and_then(|m| m.name());
             while let Some(mut full) = slot.full.pop() {
-                into.add(&full);
+                match (&slot.model, &name) {
+                    (None, _) => into.add(&full),
+                    // Looked up before inserted: no allocation once a name has its set.
+                    (Some(_), Some(name)) => match by_model.get_mut(name.as_str()) {
+                        Some(set) => set.add(&full),
+                        None => {
+                            let mut set = self.new_set();
+                            set.add(&full);
+                            by_model.insert(name.to_string(), set);
+                        }
+                    },
+                    (Some(_), None) => {} // a slot not live yet records nothing
+                }
                 full.reset();
                 if !closed {
                     let _ = slot.spare.push(full);
@@ -186,7 +213,10 @@ mod tests {
     #[test]
     fn stage_labels_are_pinned() {
         let labels: Vec<_> = super::Series::ALL.iter().map(|s| s.stage()).collect();
-        assert_eq!(labels, ["queue_wait", "features", "inference", "policy", "egress", "total", "batch_size"]);
+        assert_eq!(
+            labels,
+            ["queue_wait", "features", "inference", "policy", "egress", "total", "batch_size", "engine"]
+        );
     }
 
     use super::*;
@@ -197,18 +227,33 @@ mod tests {
         let mut r = hub.recorder(Series::ALL);
         let mut total = hub.new_set();
         r.record(Series::Total, 1000);
-        hub.collect(&mut total); // raises the request
+        hub.collect(&mut total, &mut BTreeMap::new()); // raises the request
         assert_eq!(total.get(Series::Total).unwrap().len(), 0);
         r.record(Series::Total, 2000);
         r.publish_if_requested();
         r.record(Series::Total, 3000); // after the swap: goes into the next round
-        hub.collect(&mut total);
+        hub.collect(&mut total, &mut BTreeMap::new());
         assert_eq!(total.get(Series::Total).unwrap().len(), 2);
         r.publish_if_requested();
         drop(r);
-        hub.collect(&mut total);
+        hub.collect(&mut total, &mut BTreeMap::new());
         assert_eq!(total.get(Series::Total).unwrap().len(), 3);
         assert!(hub.slots.lock().unwrap().is_empty(), "dropped writer forgotten");
+    }
+
+    #[test]
+    fn a_model_slot_is_collected_under_its_model_name_apart_from_the_process_wide_stages() {
+        let hub = LatencyHub::default();
+        let model = Arc::new(crate::telemetry::ModelTelemetry::default());
+        let mut r = hub.recorder_for(&[Series::Inference], Some(model.clone()));
+        let (mut total, mut by_model) = (hub.new_set(), BTreeMap::new());
+        hub.collect(&mut total, &mut by_model);
+        model.set_name("quantd-tcn");
+        r.record(Series::Inference, 5_000);
+        r.publish_if_requested();
+        hub.collect(&mut total, &mut by_model);
+        assert_eq!(total.get(Series::Inference).unwrap().len(), 0, "not in the process-wide set");
+        assert_eq!(by_model["quantd-tcn"].get(Series::Inference).unwrap().len(), 1);
     }
 
     #[test]
@@ -219,10 +264,10 @@ mod tests {
         for i in 0..100u64 {
             r.record(Series::Features, i + 1);
             r.publish_if_requested();
-            hub.collect(&mut total);
+            hub.collect(&mut total, &mut BTreeMap::new());
         }
         drop(r);
-        hub.collect(&mut total);
+        hub.collect(&mut total, &mut BTreeMap::new());
         assert_eq!(total.get(Series::Features).unwrap().len(), 100);
     }
 }

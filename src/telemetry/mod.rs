@@ -90,6 +90,30 @@ pub struct Telemetry {
     models: Mutex<ModelsView>,
     /// The VaR estimator's latest figures and the all-symbols kill switch (control path only).
     risk: Mutex<(Vec<SymbolVarReport>, bool)>,
+    /// Every engine model slot's telemetry (registered when an engine is built).
+    model_slots: Mutex<Vec<Arc<ModelTelemetry>>>,
+}
+
+/// One engine model slot's telemetry: the model name it holds once live (a slot holds one name
+/// for the engine's life, so the `model` label is bounded by the live names, never by symbols),
+/// and the outcomes of the ticks its model scored. Written by the engine thread without locks.
+#[derive(Default)]
+pub struct ModelTelemetry {
+    name: arc_swap::ArcSwapOption<String>,
+    /// Ticks its model answered, by outcome (scored, warming_up, rejected).
+    pub outcomes: EventCounts<Outcome, { Outcome::ALL.len() }>,
+}
+
+impl ModelTelemetry {
+    /// Names the slot (when its model name goes live).
+    pub fn set_name(&self, name: &str) {
+        self.name.store(Some(Arc::new(name.to_owned())));
+    }
+
+    /// The model name it holds (None: not live).
+    pub fn name(&self) -> Option<Arc<String>> {
+        self.name.load_full()
+    }
 }
 
 impl Telemetry {
@@ -111,6 +135,19 @@ impl Telemetry {
     /// Publishes the risk thread's VaR figures and the all-symbols kill switch.
     pub fn set_risk(&self, vars: Vec<SymbolVarReport>, global_kill: bool) {
         *self.risk.lock().unwrap_or_else(|e| e.into_inner()) = (vars, global_kill);
+    }
+
+    /// A new model slot's telemetry (an engine registers one per slot when it is built).
+    pub fn model_slot(&self) -> Arc<ModelTelemetry> {
+        let slot = Arc::new(ModelTelemetry::default());
+        self.model_slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot.clone());
+        slot
+    }
+
+    /// Every live model slot's telemetry, with its model name.
+    pub fn model_slots(&self) -> Vec<(Arc<String>, Arc<ModelTelemetry>)> {
+        let slots = self.model_slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.iter().filter_map(|s| Some((s.name()?, s.clone()))).collect()
     }
 
     /// Per-symbol VaR figures and whether the all-symbols kill switch is engaged.
