@@ -287,7 +287,10 @@ fn audit_run(
         }
     }
     engine.sort_by_key(|s| (s.batch, s.batch_pos));
-    let mut sync: Option<(SyncEngine, Arc<str>)> = None;
+    // The default model: the one that scored the default route (journals older than routes: the
+    // first model seen).
+    let default_label = engine.iter().find(|s| s.route.as_deref() == Some("default")).and_then(|s| s.model.clone());
+    let mut sync: Option<(SyncEngine, HashMap<String, Arc<str>>)> = None;
     let mut replies = Vec::new();
     let mut i = 0;
     while i < engine.len() {
@@ -296,7 +299,7 @@ fn audit_run(
         i = end;
         let Some(label) = batch.iter().find_map(|s| s.model.clone()) else { continue };
         let complete = batch.iter().enumerate().all(|(k, s)| s.batch_pos as usize == k);
-        let Some(inputs) = batch
+        let Some(mut inputs) = batch
             .iter()
             .map(|s| by_key.get(&(s.stream, s.index)).and_then(|t| recorded_tick(t, s)))
             .collect::<Option<Vec<RecordedTick>>>()
@@ -309,20 +312,31 @@ fn audit_run(
             report.missing_ticks += batch.len() as u64;
             continue;
         };
-        match &mut sync {
-            Some((engine, active)) if **active != *label => {
-                engine.control(Control::Swap(models.load(&label)?));
-                *active = label.clone();
-            }
-            Some(_) => {}
-            None => {
-                let config = opts.config.engine_config();
-                let mut engine = SyncEngine::new(&config, models.load(&label)?, Telemetry::new());
-                engine.warm(&warm);
-                sync = Some((engine, label.clone()));
+        if sync.is_none() {
+            let label = default_label.clone().unwrap_or_else(|| label.clone());
+            let config = opts.config.engine_config();
+            let mut engine = SyncEngine::new(&config, models.load(&label)?, Telemetry::new());
+            engine.warm(&warm);
+            sync = Some((engine, HashMap::from([(model_name(&label).to_owned(), label)])));
+        }
+        let (engine, live) = sync.as_mut().expect("made above");
+        // Every model that scored a tick of the batch, at the version that scored it (a name
+        // not live yet goes live beside the others, as it did live).
+        let routed = batch.iter().any(|s| s.route.is_some());
+        let scorers = batch.iter().filter(|s| !routed || s.route.is_some()).filter_map(|s| s.model.as_ref());
+        for label in scorers {
+            if live.get(model_name(label)).is_none_or(|l| l != label) {
+                engine.control(Control::Swap(models.load(label)?));
+                live.insert(model_name(label).to_owned(), label.clone());
             }
         }
-        let (engine, _) = sync.as_mut().expect("made above");
+        // Each tick down the route it took live.
+        if let Some(table) = engine.served().routes().filter(|_| routed) {
+            for (tick, s) in inputs.iter_mut().zip(batch) {
+                let id = s.route.as_ref().and_then(|name| table.iter().position(|r| r.name == *name));
+                tick.route = id.map_or(BY_SYMBOL, |id| id as crate::routes::RouteId);
+            }
+        }
         // Admin calls, between the same two batches as live: a reset forgets the symbol's
         // state; a kill switch holds it in the symbol table (a held symbol is never evicted). The
         // kill decision itself comes from each signal's recorded `kill_admin`.
@@ -341,7 +355,8 @@ fn audit_run(
             engine.run_recorded(chunk, &mut replies);
         }
         for ((journaled, reply), tick) in batch.iter().zip(&replies).zip(&inputs) {
-            let model = report.by_model.entry(label.to_string()).or_default();
+            let label = journaled.model.as_deref().unwrap_or(&label);
+            let model = report.by_model.entry(label.to_owned()).or_default();
             model.signals += 1;
             let differences = differences(journaled, reply);
             if differences.is_empty() {
@@ -370,6 +385,11 @@ fn audit_run(
         }
     }
     Ok(())
+}
+
+/// The model name of `name@version`.
+fn model_name(label: &str) -> &str {
+    label.rsplit_once('@').map_or(label, |(name, _)| name)
 }
 
 /// The journaled tick as the engine took it, with the outside inputs its signal recorded (None:

@@ -273,3 +273,48 @@ async fn one_model_swaps_shadows_and_rolls_back_while_another_serves_and_routes_
     assert_eq!(labels(&chunk, &signals), ([pair(btc, "quantd-lstm@2"), pair(eth, "quantd-lstm@2")].into(), 0));
     server.shutdown(std::time::Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_re_runs_routed_ticks_as_live_two_strategies_on_one_symbol_included() {
+    let journal = tempfile::tempdir().unwrap();
+    let mut cfg = routed_config();
+    // Eager policies (open at any score) on both config routes, so positions really move.
+    let eager = PolicyParams { warmup_ticks: 100, entry_bps: 0.05, exit_bps: 0.0, full_position_bps: 5.0 };
+    cfg.routes[0].policy = Some(eager);
+    cfg.routes.push(RouteSpec {
+        name: Some("btc-eager".into()),
+        symbols: vec!["BTCUSDT".into()],
+        model: "quantd-mlp".into(),
+        policy: Some(eager),
+    });
+    cfg.journal.enabled = true;
+    cfg.journal.dir = journal.path().to_owned();
+    cfg.journal.flush_ms = 20;
+    let server = start(&cfg).await;
+    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 4_000);
+    let (by_config, rest) = ticks.split_at(2_000);
+    let (by_header, by_both) = rest.split_at(1_000);
+    // The config's routes, then the MLP's stream route on the same symbols (a second strategy
+    // on BTCUSDT and ETHUSDT, at the manifest's policy), then the routes again: four routes and
+    // two models in one run.
+    let mut signals = stream_all(&mut client(&server).await, by_config.to_vec()).await;
+    signals.extend(stream_with_model(&server, by_header.to_vec(), "quantd-mlp").await);
+    signals.extend(stream_all(&mut client(&server).await, by_both.to_vec()).await);
+    assert!(signals.iter().all(|s| s.reject_reason.is_empty()));
+    let positions = |model: &str| signals.iter().filter(|s| s.model == model && s.target_position != 0.0).count();
+    assert!(positions(MLP) > 0 && positions(TCN) > 0, "both models hold positions");
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+
+    let opts = quantd::audit::AuditOptions {
+        journal: journal.path().to_owned(),
+        models: repo().join("models"),
+        config: cfg,
+        keep_mismatches: 3,
+    };
+    let report = quantd::audit::run(&opts).unwrap();
+    assert_eq!(report.mismatched, 0, "{:?}", report.mismatches);
+    assert_eq!(report.reproduced, ticks.len() as u64, "every routed signal reproduced bit for bit");
+    assert!(report.passed());
+    let by_model: Vec<_> = report.by_model.keys().map(String::as_str).collect();
+    assert_eq!(by_model, [MLP, TCN]);
+}

@@ -39,6 +39,9 @@ pub struct Reply {
     pub reject: Option<Reject>,
     /// `name@version` of the model that scored it (shared, not copied).
     pub model: Option<Arc<str>>,
+    /// The route it took (`default`, a config route's name, `stream:<model>`; shared, not
+    /// copied): the journal records it so that `quantd audit` routes the tick as live did.
+    pub route: Option<Arc<str>>,
     /// The engine pass that answered it (from 1; 0: answered at the edge, never in a batch)
     /// and its position in that pass: the journal records both so that `quantd audit` re-runs
     /// the ticks in the engine's own order and batches.
@@ -75,6 +78,7 @@ impl Reply {
             conflated: false,
             reject: None,
             model: None,
+            route: None,
             batch: 0,
             batch_pos: 0,
             external: External { var_scale: 1.0, admin_kill: false },

@@ -1043,12 +1043,20 @@ impl Worker {
     fn answer(&mut self) {
         for i in 0..self.batch.len() {
             let t = Instant::now();
-            let item = &self.batch[i];
             let model = match self.steps[i] {
                 Step::Scored { model, .. } => model as usize,
                 _ => 0,
             };
+            let route = match self.steps[i] {
+                Step::Scored { slot, book, .. } | Step::Conflated { slot, book } => {
+                    let id = self.symbols.at(slot).books[book as usize].route;
+                    self.routes.get(id).map(|r| r.name.clone())
+                }
+                _ => None,
+            };
+            let item = &self.batch[i];
             let mut reply = Reply {
+                route,
                 model: Some(self.models[model].active.label.clone()),
                 batch: self.pass,
                 batch_pos: i as u32,

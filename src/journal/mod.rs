@@ -243,6 +243,8 @@ pub struct SignalRecord {
     pub exchange_ts_ns: i64,
     /// `name@version` of the model that scored it (none for a tick refused before scoring).
     pub model: Option<Arc<str>>,
+    /// The route it took (None: answered at the edge, or a journal older than routes).
+    pub route: Option<Arc<str>>,
     /// The model's raw output.
     pub score: f64,
     /// The policy's target before the risk layer.
@@ -283,6 +285,7 @@ impl SignalRecord {
             seq: reply.seq,
             exchange_ts_ns: reply.exchange_ts_ns,
             model: reply.model.clone(),
+            route: reply.route.clone(),
             score: reply.score,
             policy_position: reply.policy_position,
             target_position: reply.target_position,

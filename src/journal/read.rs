@@ -200,6 +200,27 @@ pub fn ticks(paths: &[PathBuf]) -> Result<Read<TickRecord>, JournalReadError> {
     })
 }
 
+/// Repeated strings of a column read as one shared `Arc<str>` while they repeat.
+#[derive(Default)]
+struct Shared(Option<(String, Arc<str>)>);
+
+impl Shared {
+    fn get(&mut self, column: &StringArray, i: usize) -> Option<Arc<str>> {
+        if column.is_null(i) {
+            return None;
+        }
+        let name = column.value(i);
+        Some(match &self.0 {
+            Some((last, shared)) if last == name => shared.clone(),
+            _ => {
+                let shared: Arc<str> = Arc::from(name);
+                self.0 = Some((name.to_owned(), shared.clone()));
+                shared
+            }
+        })
+    }
+}
+
 /// The signal records of `paths`, in journal order.
 pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError> {
     read_kind(paths, |path, c, out| {
@@ -229,20 +250,16 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
                 Some((rows, values))
             }
         };
-        let mut models: Option<(String, Arc<str>)> = None;
+        // Only in journals written since routes (older ones: every route None).
+        let route = match c.batch.column_by_name("route") {
+            None => None,
+            Some(_) => Some(c.get::<StringArray>("route")?),
+        };
+        let (mut models, mut routes) = (Shared::default(), Shared::default());
         for i in 0..c.batch.num_rows() {
             let value = |msg: String| JournalReadError::Value { path: path.to_owned(), row: out.len(), msg };
-            let model = (!model.is_null(i)).then(|| {
-                let name = model.value(i);
-                match &models {
-                    Some((last, shared)) if last == name => shared.clone(),
-                    _ => {
-                        let shared: Arc<str> = Arc::from(name);
-                        models = Some((name.to_owned(), shared.clone()));
-                        shared
-                    }
-                }
-            });
+            let model = models.get(model, i);
+            let route = route.and_then(|r| routes.get(r, i));
             let reject = match reject.is_null(i) {
                 true => None,
                 false => Some(
@@ -261,6 +278,7 @@ pub fn signals(paths: &[PathBuf]) -> Result<Read<SignalRecord>, JournalReadError
                 seq: seq.value(i),
                 exchange_ts_ns: ts.value(i),
                 model,
+                route,
                 score: score.value(i),
                 policy_position: policy.value(i),
                 target_position: target.value(i),

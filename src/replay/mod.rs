@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::backtest::{self, CostModel, Metrics, Quote, SignalPoint, SymbolSeries};
 use crate::config::Config;
-use crate::engine::{ActiveModel, Reply, SyncEngine};
+use crate::engine::{ActiveModel, EngineConfig, Reply, SyncEngine};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::problem::{Kind as ProblemKind, Problem};
@@ -235,7 +235,13 @@ fn replay_model(
     let label = m.manifest.label();
     let (dir, quantization) = (m.dir.clone(), m.manifest.quantization.method.clone());
     let active = ActiveModel::from_loaded(m, opts.config.policy);
-    let mut engine = SyncEngine::new(&opts.config.engine_config(), Box::new(active), Telemetry::new());
+    // Each --model is replayed on every tick: the config's routes (which name other models) do
+    // not apply here; `quantd audit` re-runs a routed journal as live routed it.
+    if !opts.config.routes.is_empty() {
+        tracing::warn!(routes = opts.config.routes.len(), model = %label, "replay scores every tick with this model; the config's [[routes]] are not applied");
+    }
+    let config = EngineConfig { routes: Vec::new(), ..opts.config.engine_config() };
+    let mut engine = SyncEngine::new(&config, Box::new(active), Telemetry::new());
     let board = engine.risk_board();
     let risk = &opts.config.risk;
     let mut var = VarEstimator::new(risk.var.clone(), risk.unit_qty, board.slots());
