@@ -80,6 +80,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addr = None
         self.metrics = None
+        self.admin = None
         found = threading.Event()
         lines: list[str] = []
 
@@ -90,6 +91,7 @@ class Server:
                 if m and not found.is_set():
                     self.addr = m.group(1)
                     self.metrics = m.groupdict().get("metrics")
+                    self.admin = m.groupdict().get("admin")
                     found.set()
 
         for pipe in (self.proc.stdout, self.proc.stderr):

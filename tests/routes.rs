@@ -318,3 +318,69 @@ async fn the_audit_re_runs_routed_ticks_as_live_two_strategies_on_one_symbol_inc
     let by_model: Vec<_> = report.by_model.keys().map(String::as_str).collect();
     assert_eq!(by_model, [MLP, TCN]);
 }
+
+#[test]
+fn a_fast_models_ticks_do_not_wait_for_a_slow_models_call_and_each_stream_stays_in_order() {
+    use quantd::engine::{EngineConfig, ReplyQueue, WorkItem};
+    use std::time::Instant;
+    quantd::model::runtime::init(None).unwrap();
+    let load = |dir: &str| {
+        let m = LoadedModel::load_with(&repo().join(dir), &quantd::model::LoadOptions::cpu(64)).unwrap();
+        Box::new(ActiveModel::from_loaded(m, None))
+    };
+    let route = RouteSpec { name: None, symbols: vec!["ETH*".into()], model: "quantd-transformer".into(), policy: None };
+    let cfg = EngineConfig { routes: vec![route], ..quantd::config::Config::default().engine_config() };
+    let (mlp, transformer) = (load("models/quantd-mlp/2"), load("models/quantd-transformer/2"));
+    let engine = quantd::engine::spawn_models(&cfg, mlp, vec![transformer], Telemetry::new(), &[]).unwrap();
+    let handle = engine.handle();
+    let ticks: Vec<_> = quantd::tickfile::TickReader::open(&[shared_ticks(BTC_QUOTES), shared_ticks(ETH_QUOTES)])
+        .unwrap()
+        .take(3_000)
+        .map(|t| t.unwrap())
+        .collect();
+    // Stream "btc": BTC ticks (the MLP); stream "eth": ETH ticks (the Transformer); stream
+    // "both": every tick, both models in one stream. One engine pass takes each round.
+    let (btc, eth, both) = (ReplyQueue::new(4096), ReplyQueue::new(4096), ReplyQueue::new(4096));
+    let mut mlp_first = 0;
+    for round in ticks.chunks(20) {
+        handle.set_paused(true);
+        for t in round {
+            let to = if t.symbol.as_str().starts_with("ETH") { &eth } else { &btc };
+            for queue in [to, &both] {
+                let item = WorkItem {
+                    tick: *t,
+                    reply_to: queue.clone(),
+                    recv: Instant::now(),
+                    recv_ns: 0,
+                    conflate: false,
+                    route: BY_SYMBOL,
+                };
+                assert!(handle.submit_deferred(item).is_ok());
+            }
+        }
+        handle.set_paused(false);
+        let (mut out, mut seqs) = ([Vec::new(), Vec::new()], Vec::new());
+        while out[0].len() + out[1].len() + seqs.len() < 2 * round.len() {
+            for (k, q) in [&btc, &eth].into_iter().enumerate() {
+                while let Some(r) = q.pop() {
+                    out[k].push(r);
+                }
+            }
+            while let Some(r) = both.pop() {
+                seqs.push(r.seq);
+            }
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a stream's replies come in arrival order: {seqs:?}");
+        let [b, e] = &out;
+        // Counted only where an ETH tick came first: answered in arrival order, it would go first.
+        let eth_first = round[0].symbol.as_str().starts_with("ETH");
+        if let (Some(last_btc), Some(first_eth)) = (b.iter().map(|r| r.posted).max(), e.iter().map(|r| r.posted).min())
+            && eth_first
+            && b.iter().all(|r| r.batch == e[0].batch)
+        {
+            mlp_first += (last_btc < first_eth) as usize;
+        }
+    }
+    assert!(mlp_first > 5, "the MLP's stream was answered before the Transformer's call ended in {mlp_first} passes");
+    engine.shutdown();
+}

@@ -389,6 +389,8 @@ struct StreamResult {
     e2e: Histogram<u64>,
     to_server: Histogram<u64>,
     server: Histogram<u64>,
+    /// Server internal by the model that scored the tick.
+    by_model: std::collections::BTreeMap<String, Histogram<u64>>,
     to_client: Histogram<u64>,
     /// (due offset ns, server latency ns) of every measured tick, kept only when swapping.
     per_tick: Vec<(u64, u64)>,
@@ -416,6 +418,7 @@ async fn receive(run: Run, stream: usize, mut replies: Replies, end: Instant) ->
         e2e: histogram(),
         to_server: histogram(),
         server: histogram(),
+        by_model: Default::default(),
         to_client: histogram(),
         per_tick: Vec::new(),
     };
@@ -467,6 +470,16 @@ async fn receive(run: Run, stream: usize, mut replies: Replies, end: Instant) ->
             let server = s.server_send_ns.saturating_sub(s.server_recv_ns);
             r.to_server.saturating_record(s.server_recv_ns.saturating_sub(due_ns));
             r.server.saturating_record(server);
+            if !s.model.is_empty() {
+                match r.by_model.get_mut(&s.model) {
+                    Some(h) => h.saturating_record(server),
+                    None => {
+                        let mut h = histogram();
+                        h.saturating_record(server);
+                        r.by_model.insert(s.model.clone(), h);
+                    }
+                }
+            }
             r.to_client.saturating_record(now_rt.saturating_sub(s.server_send_ns));
             if run.keep_per_tick {
                 r.per_tick.push((offset, server));
@@ -662,7 +675,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let (mut received, mut rejected) = (0, 0);
     let mut errors = Vec::new();
     let mut per_tick = Vec::new();
+    let mut by_model: std::collections::BTreeMap<String, Histogram<u64>> = Default::default();
     for r in results {
+        for (model, h) in r.by_model {
+            match by_model.get_mut(&model) {
+                Some(all) => all.add(&h)?,
+                None => {
+                    by_model.insert(model, h);
+                }
+            }
+        }
         received += r.received;
         rejected += r.rejected;
         errors.extend(r.errors);
@@ -697,6 +719,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         end_to_end: Percentiles::from(&e2e),
         client_to_server: Percentiles::from(&to_server),
         server_internal: Percentiles::from(&server),
+        server_internal_by_model: by_model.iter().map(|(m, h)| (m.clone(), Percentiles::from(h))).collect(),
         server_to_client: Percentiles::from(&to_client),
         send_lag: Percentiles::from(&send_lag),
         server_histogram,

@@ -86,6 +86,9 @@ pub struct Report {
     pub end_to_end: Percentiles,
     pub client_to_server: Percentiles,
     pub server_internal: Percentiles,
+    /// Server internal per model that scored the tick (the signal's `model`, `name@version`).
+    #[serde(default)]
+    pub server_internal_by_model: BTreeMap<String, Percentiles>,
     pub server_to_client: Percentiles,
     /// How late the load generator released ticks against their schedule (part of end-to-end).
     pub send_lag: Percentiles,
@@ -143,6 +146,11 @@ impl Report {
         ] {
             if p.count > 0 {
                 print_row(name, p);
+            }
+        }
+        if self.server_internal_by_model.len() > 1 {
+            for (model, p) in &self.server_internal_by_model {
+                print_row(&format!("  server internal {model}"), p);
             }
         }
         print_row("client send lag", &self.send_lag);

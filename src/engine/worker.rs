@@ -333,8 +333,18 @@ pub(super) struct Worker {
     /// Each tick's symbol's previous accepted exchange time (`i64::MIN`: none), for staleness:
     /// every accepted tick counts, scored, expired or conflated.
     prev_ts: Vec<i64>,
-    /// Ticks of the current batch already answered (for recovery after a panic).
-    posted: usize,
+    /// By batch position: answered already (ticks are answered as soon as their model has
+    /// scored and every earlier tick of their stream is answered; recovery after a panic
+    /// answers the rest).
+    answered: Vec<bool>,
+    /// Which live models have scored in this pass.
+    scored: [bool; MAX_MODELS],
+    /// Each live model's recent call time (ns, a moving average): cheaper models score first.
+    cost_ns: [u64; MAX_MODELS],
+    /// Scratch of [`Worker::answer_ready`]: the streams (reply queue addresses) with a tick
+    /// still waiting, and the last tick answered per stream in this walk (to wake it once).
+    waiting: Vec<usize>,
+    to_wake: Vec<usize>,
     pass: u64,
     ttl: Option<Duration>,
     scores: Vec<f32>,
@@ -420,7 +430,11 @@ pub(super) fn build(config: &EngineConfig, model: Box<ActiveModel>, telemetry: A
         buffers: Buffers::new(max_batch, config.max_symbols, max_window),
         mids: vec![f64::NAN; max_batch],
         prev_ts: vec![i64::MIN; max_batch],
-        posted: 0,
+        answered: Vec::with_capacity(max_batch),
+        scored: [false; MAX_MODELS],
+        cost_ns: [0; MAX_MODELS],
+        waiting: Vec::with_capacity(max_batch),
+        to_wake: Vec::with_capacity(max_batch),
         pass: 0,
         ttl: config.ttl,
         symbols: SymbolTable::new(config.max_symbols, config.max_symbols),
@@ -847,7 +861,8 @@ impl Worker {
 
     /// One engine pass over `self.batch`, in four phases; every tick is answered, in order.
     pub(super) fn process_batch(&mut self) {
-        self.posted = 0;
+        self.answered.clear();
+        self.answered.resize(self.batch.len(), false);
         if self.shared.hooks.take_panic() {
             panic!("injected engine panic (fault-injection hook)");
         }
@@ -859,8 +874,7 @@ impl Worker {
         self.sweep_if_due();
         self.update_features(Instant::now());
         self.conflate();
-        self.score();
-        self.answer();
+        self.score_and_answer();
         self.batch.clear();
         self.recorded.clear();
     }
@@ -971,12 +985,24 @@ impl Worker {
         }
     }
 
-    /// Phase 3: one call per live model for the ticks still to be scored that it scores (and
-    /// its shadow's on the same rows). Each call's success is in `self.failed`, the scores in
-    /// `self.scores` (each model's rows after the previous model's).
-    fn score(&mut self) {
+    /// Phases 3 and 4: one call per live model for the ticks still to be scored that it scores
+    /// (and its shadow's on the same rows), cheapest model first; after each call, every tick
+    /// that can be answered is: policy, risk and reply, in arrival order within each stream
+    /// ([`Worker::answer_ready`]). A tick of a fast model does not wait for a slow model's call
+    /// unless an earlier tick of its own stream does. Each call's success is in `self.failed`,
+    /// the scores in `self.scores` (each model's rows after the previous call's).
+    fn score_and_answer(&mut self) {
+        let live = self.models.len();
+        self.scored = [false; MAX_MODELS];
+        let mut order = [0u8; MAX_MODELS];
+        for (m, o) in order.iter_mut().enumerate().take(live) {
+            *o = m as u8;
+        }
+        order[..live].sort_by_key(|&m| self.cost_ns[m as usize]);
+        self.answer_ready();
         let mut base = 0;
-        for m in 0..self.models.len() {
+        for &m in &order[..live] {
+            let m = m as usize;
             self.failed[m] = false;
             let width = self.models[m].active.scorer.width();
             let mut n_rows = 0;
@@ -989,9 +1015,11 @@ impl Worker {
                     n_rows += 1;
                 }
             }
+            self.scored[m] = true;
             if n_rows > 0 {
                 self.score_rows(m, base, n_rows, width);
                 base += n_rows;
+                self.answer_ready();
             }
         }
     }
@@ -1011,6 +1039,7 @@ impl Worker {
         }
         slot.active.health.scored.fetch_add(n_rows as u64, Ordering::Relaxed);
         let took = t.elapsed().as_nanos() as u64;
+        self.cost_ns[m] = (self.cost_ns[m] * 7 + took) / 8;
         self.recorder.record(Series::Inference, took);
         self.recorder.record(Series::BatchSize, n_rows as u64);
         let per_model = &mut self.model_telemetry[m].1;
@@ -1039,55 +1068,87 @@ impl Worker {
         own.unwrap_or_else(|| self.models[m as usize].active.policy)
     }
 
-    /// Phase 4: policy, risk and replies, in arrival order.
-    fn answer(&mut self) {
+    /// Answers every tick not answered yet whose model has scored (or that needs none: a
+    /// reject, an expired or a conflated tick), unless an earlier tick of its stream still
+    /// waits: each stream's replies stay in arrival order. Each stream with new replies is woken
+    /// once.
+    fn answer_ready(&mut self) {
+        self.waiting.clear();
+        self.to_wake.clear();
         for i in 0..self.batch.len() {
-            let t = Instant::now();
-            let model = match self.steps[i] {
-                Step::Scored { model, .. } => model as usize,
-                _ => 0,
-            };
-            let route = match self.steps[i] {
-                Step::Scored { slot, book, .. } | Step::Conflated { slot, book } => {
-                    let id = self.symbols.at(slot).books[book as usize].route;
-                    self.routes.get(id).map(|r| r.name.clone())
-                }
-                _ => None,
-            };
-            let item = &self.batch[i];
-            let mut reply = Reply {
-                route,
-                model: Some(self.models[model].active.label.clone()),
-                batch: self.pass,
-                batch_pos: i as u32,
-                ..Reply::blank(item.tick.symbol, item.tick.seq, item.tick.exchange_ts_ns, item.recv, item.recv_ns, t)
-            };
-            match self.steps[i] {
-                Step::Rejected(r) => reply.reject = Some(r),
-                Step::Expired => reply.reject = Some(Reject::Expired),
-                Step::Conflated { slot, book } => {
-                    reply.conflated = true;
-                    reply.target_position = self.symbols.at(slot).books[book as usize].risk.position;
-                }
-                Step::Scored { slot, row, warm, model, book } => {
-                    self.position(i, (slot, book as usize), (model, row), warm, &mut reply)
-                }
+            if self.answered[i] {
+                continue;
             }
-            self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
-            reply.posted = Instant::now();
-            if let Step::Scored { model, .. } = self.steps[i] {
-                let (counters, recorder) = &mut self.model_telemetry[model as usize];
-                let outcome = match (reply.reject, reply.warming_up) {
-                    (Some(_), _) => Outcome::Rejected,
-                    (None, true) => Outcome::WarmingUp,
-                    (None, false) => Outcome::Scored,
-                };
-                counters.outcomes.add(outcome, 1);
-                recorder.record(Series::Engine, reply.posted.saturating_duration_since(reply.recv).as_nanos() as u64);
+            let stream = Arc::as_ptr(&self.batch[i].reply_to) as usize;
+            let ready = match self.steps[i] {
+                Step::Scored { model, .. } => self.scored[model as usize],
+                _ => true,
+            };
+            if !ready || self.waiting.contains(&stream) {
+                if !self.waiting.contains(&stream) {
+                    self.waiting.push(stream);
+                }
+                continue;
             }
-            self.post(i, reply);
-            self.posted = i + 1;
+            self.answer(i);
+            self.answered[i] = true;
+            let same = |j: &&mut usize| Arc::as_ptr(&self.batch[**j].reply_to) as usize == stream;
+            match self.to_wake.iter_mut().find(same) {
+                Some(last) => *last = i,
+                None => self.to_wake.push(i),
+            }
         }
+        for &i in &self.to_wake {
+            self.batch[i].reply_to.wake();
+        }
+    }
+
+    /// Phase 4 for tick `i`: policy, risk and its reply.
+    fn answer(&mut self, i: usize) {
+        let t = Instant::now();
+        let model = match self.steps[i] {
+            Step::Scored { model, .. } => model as usize,
+            _ => 0,
+        };
+        let route = match self.steps[i] {
+            Step::Scored { slot, book, .. } | Step::Conflated { slot, book } => {
+                let id = self.symbols.at(slot).books[book as usize].route;
+                self.routes.get(id).map(|r| r.name.clone())
+            }
+            _ => None,
+        };
+        let item = &self.batch[i];
+        let mut reply = Reply {
+            route,
+            model: Some(self.models[model].active.label.clone()),
+            batch: self.pass,
+            batch_pos: i as u32,
+            ..Reply::blank(item.tick.symbol, item.tick.seq, item.tick.exchange_ts_ns, item.recv, item.recv_ns, t)
+        };
+        match self.steps[i] {
+            Step::Rejected(r) => reply.reject = Some(r),
+            Step::Expired => reply.reject = Some(Reject::Expired),
+            Step::Conflated { slot, book } => {
+                reply.conflated = true;
+                reply.target_position = self.symbols.at(slot).books[book as usize].risk.position;
+            }
+            Step::Scored { slot, row, warm, model, book } => {
+                self.position(i, (slot, book as usize), (model, row), warm, &mut reply)
+            }
+        }
+        self.recorder.record(Series::Policy, t.elapsed().as_nanos() as u64);
+        reply.posted = Instant::now();
+        if let Step::Scored { model, .. } = self.steps[i] {
+            let (counters, recorder) = &mut self.model_telemetry[model as usize];
+            let outcome = match (reply.reject, reply.warming_up) {
+                (Some(_), _) => Outcome::Rejected,
+                (None, true) => Outcome::WarmingUp,
+                (None, false) => Outcome::Scored,
+            };
+            counters.outcomes.add(outcome, 1);
+            recorder.record(Series::Engine, reply.posted.saturating_duration_since(reply.recv).as_nanos() as u64);
+        }
+        self.post(i, reply);
     }
 
     /// A scored tick's position on its route's book of its symbol: the route's policy on the
@@ -1149,26 +1210,22 @@ impl Worker {
         }
     }
 
-    /// Posts tick `i`'s reply. Its stream is woken after the last of a run of replies to the same
-    /// stream (a batch from one stream: one wake-up), so a pass never wakes a stream per tick.
+    /// Posts tick `i`'s reply (the caller wakes its stream once it has posted what it can, so a
+    /// pass never wakes a stream per tick).
     fn post(&self, i: usize, reply: Reply) {
-        let to = &self.batch[i].reply_to;
-        if to.push(reply).is_err() {
+        if self.batch[i].reply_to.push(reply).is_err() {
             // Cannot happen while streams respect their window; counted, never silent.
             tracing::error!("reply queue full: a stream exceeded its in-flight window");
             self.telemetry.counters.outcomes.add(Outcome::Dropped, 1);
-        }
-        if self.batch.get(i + 1).is_none_or(|next| !Arc::ptr_eq(&next.reply_to, to)) {
-            to.wake();
         }
     }
 
     /// After a panic inside a batch: answer every tick of it not yet answered with
     /// `engine_error`, reset the per-symbol state (it may be half-updated), and carry on.
     fn recover(&mut self) {
-        let unanswered = self.batch.len().saturating_sub(self.posted);
+        let unanswered = self.answered.iter().filter(|a| !**a).count();
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
-        for i in self.posted..self.batch.len() {
+        for i in (0..self.batch.len()).filter(|&i| !self.answered.get(i).copied().unwrap_or(false)) {
             let item = &self.batch[i];
             let reply = Reply::rejected(
                 item.tick.symbol,
@@ -1179,6 +1236,7 @@ impl Worker {
                 item.recv_ns,
             );
             self.post(i, reply);
+            self.batch[i].reply_to.wake();
         }
         self.batch.clear();
         self.steps.clear();
