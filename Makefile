@@ -4,7 +4,7 @@ CARGO ?= cargo
 PY := .venv/bin/python
 TICKS ?= ../shared/data/ticks
 
-.PHONY: setup train-setup train study run audit test test-rust test-python test-training bench bench-batches bench-peers bench-cpu bench-quick bench-stream bench-swap bench-control test-deploy default-model fuzz soak lint clean
+.PHONY: setup train-setup train study run audit test test-rust test-python test-training bench bench-batches bench-peers bench-cpu bench-quick bench-stream bench-swap bench-routes bench-control test-deploy default-model fuzz soak lint clean
 
 ## setup: ONNX Runtime library from PyPI, Python venv, release build (idempotent)
 setup:
@@ -89,6 +89,11 @@ bench-stream: setup
 ## bench-swap: 50k ticks/s with a model hot swap every 3 s; latency around swaps vs steady
 bench-swap: setup
 	./scripts/swap-bench.sh
+
+## bench-routes: four models routed at once at 10k ticks/s over 4 streams, each model alone, and one
+## of them swapped every 3 s (issue 15's goals; ~8 min)
+bench-routes: setup
+	$(PY) scripts/routes-bench.py --rate $${RATE:-10000} --duration $${SECS:-20} --repeats $${REPEATS:-3}
 
 ## bench-control: kill switch, /metrics scrape and SIGTERM drain under RATE ticks/s (default 20k; ~2 min)
 bench-control: setup

@@ -58,8 +58,8 @@ SWAP_VERSIONS = "quantd-tcn@2-fp32,quantd-tcn@2"
 SERVING = r'"message":"serving","addr":"([^"]+)".*?"metrics_addr":"(?P<metrics>[^"]+)","admin_addr":"(?P<admin>[^"]+)"'
 
 
-def start(config: Path) -> bench.Server:
-    return bench.Server("quantd", [str(bench.RELEASE / "quantd"), "serve", "--config", str(config), "--listen",
+def start(config: Path, release: Path) -> bench.Server:
+    return bench.Server("quantd", [str(release / "quantd"), "serve", "--config", str(config), "--listen",
                                    "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                                    "--models", "models", "--log-json", "true"], SERVING)
 
@@ -71,7 +71,8 @@ def run(scenario: str, args, work: Path, i: int) -> dict:
     config = work / f"{scenario}.toml"
     alone = scenario.removeprefix("alone-") if scenario.startswith("alone-") else None
     config.write_text(f'model = "{alone}"\n' if alone else "" if scenario == "single" else ROUTES)
-    server = start(config)
+    # `four-compare`: the `four` scenario on another build's quantd (--compare), same load.
+    server = start(config, args.compare if scenario == "four-compare" else bench.RELEASE)
     out = work / f"{scenario}-{i}.json"
     cmd = [str(bench.RELEASE / "quantd-load"), "--target", server.addr, "--rate", str(args.rate), "--duration",
            str(args.duration), "--warmup", "3", "--streams", "4", "--quiet", "--json", str(out), "--ticks",
@@ -97,12 +98,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--swap-every", type=float, default=3.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--compare", type=Path, help="another build's release directory: adds `four` on its quantd")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--workspace", "--bins"], cwd=bench.REPO,
                    check=True)
     bench.log(f"{bench.machine()}; {args.rate} ticks/s over 4 streams, {args.duration} s measured, "
               f"{args.repeats} interleaved repeats")
     results: dict[str, list[dict]] = {"single": [], **{f"alone-{m}": [] for m in ALONE}, "four": [], "swap": []}
+    if args.compare:
+        results["four-compare"] = []
     with tempfile.TemporaryDirectory() as work:
         for i in range(args.repeats):
             for scenario in results:
@@ -142,6 +146,9 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     out["each model routed beside the others / alone, p50 and p99"] = {
         m: [round(p(results["four"], q, m) / p(alone[m.split("@")[0]], q, m), 2) for q in ("p50_us", "p99_us")]
         for m in models}
+    if "four-compare" in results:
+        out["per model p50/p99 µs (four on --compare)"] = {
+            m: [p(results["four-compare"], "p50_us", m), p(results["four-compare"], "p99_us", m)] for m in models}
     out["goal: swap/steady p99 of the other models <= 1.1"] = {
         m: round(p(results["swap"], "p99_us", m) / p(results["four"], "p99_us", m), 2) for m in others}
     return out

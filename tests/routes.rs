@@ -328,7 +328,8 @@ fn a_fast_models_ticks_do_not_wait_for_a_slow_models_call_and_each_stream_stays_
         let m = LoadedModel::load_with(&repo().join(dir), &quantd::model::LoadOptions::cpu(64)).unwrap();
         Box::new(ActiveModel::from_loaded(m, None))
     };
-    let route = RouteSpec { name: None, symbols: vec!["ETH*".into()], model: "quantd-transformer".into(), policy: None };
+    let route =
+        RouteSpec { name: None, symbols: vec!["ETH*".into()], model: "quantd-transformer".into(), policy: None };
     let cfg = EngineConfig { routes: vec![route], ..quantd::config::Config::default().engine_config() };
     let (mlp, transformer) = (load("models/quantd-mlp/2"), load("models/quantd-transformer/2"));
     let engine = quantd::engine::spawn_models(&cfg, mlp, vec![transformer], Telemetry::new(), &[]).unwrap();
@@ -383,4 +384,41 @@ fn a_fast_models_ticks_do_not_wait_for_a_slow_models_call_and_each_stream_stays_
     }
     assert!(mlp_first > 5, "the MLP's stream was answered before the Transformer's call ended in {mlp_first} passes");
     engine.shutdown();
+}
+
+#[test]
+fn a_symbol_moved_by_set_route_leaves_its_old_route_and_never_runs_out_of_books() {
+    use quantd::engine::Control;
+    quantd::model::runtime::init(None).unwrap();
+    let m = LoadedModel::load(&repo().join("models/quantd-mlp/2"), 64).unwrap();
+    let cfg = quantd::config::Config::default().engine_config();
+    let mut engine = SyncEngine::new(&cfg, Box::new(ActiveModel::from_loaded(m, None)), Telemetry::new());
+    let ticks: Vec<_> = quantd::tickfile::TickReader::open(&[shared_ticks(BTC_QUOTES)])
+        .unwrap()
+        .take(1_600)
+        .map(|t| t.unwrap())
+        .collect();
+    let route = |name: &str, symbols: &[&str]| {
+        let symbols = symbols.iter().map(|s| s.to_string()).collect();
+        Control::SetRoute(Box::new(RouteSpec {
+            name: Some(name.into()),
+            symbols,
+            model: "quantd-mlp".into(),
+            policy: None,
+        }))
+    };
+    let mut replies = Vec::new();
+    // Eight moves of BTCUSDT from route to route: twice the books a symbol has.
+    for (k, chunk) in ticks.chunks(200).enumerate() {
+        if k > 0 {
+            engine.control(route(&format!("r{}", k - 1), &["NONE"]));
+        }
+        engine.control(route(&format!("r{k}"), &["BTCUSDT"]));
+        replies.clear();
+        for batch in chunk.chunks(engine.max_batch()) {
+            engine.run(batch, &mut replies);
+        }
+        assert!(replies.iter().all(|r| r.reject.is_none()), "move {k}: {:?}", replies.iter().find_map(|r| r.reject));
+        assert!(replies.iter().all(|r| r.route.as_deref() == Some(&*format!("r{k}"))), "move {k}: down route r{k}");
+    }
 }

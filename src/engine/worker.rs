@@ -670,14 +670,23 @@ impl Worker {
     }
 
     /// The route of symbol slot `slot` when its stream names no model (looked up again after a
-    /// route change: a glob match, no allocation).
+    /// route change: a glob match, no allocation). When a route change moves the symbol to
+    /// another route, its position on the old one is closed (that route no longer takes the
+    /// symbol; its book is freed and leaves the gross total).
     fn symbol_route(&mut self, slot: usize) -> RouteId {
         let version = self.routes_version;
         let name = self.symbols.name(slot);
         let state = self.symbols.at(slot);
         if state.route_version != version {
+            let old = state.route;
             state.route = self.routes.for_symbol(name.as_str());
             state.route_version = version;
+            if state.route != old
+                && let Some(book) = state.books.iter_mut().find(|b| b.route == old)
+            {
+                self.risk.forget(&book.risk);
+                *book = Book::FREE;
+            }
         }
         state.route
     }
