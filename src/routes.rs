@@ -58,7 +58,8 @@ pub struct RouteSpec {
     pub name: Option<String>,
     /// Symbols it takes: exact names or globs (`*`, `?`, `[...]`).
     pub symbols: Vec<String>,
-    /// The model name that scores them (its active version; `models/<model>/`).
+    /// The model name that scores them (its active version; `models/<model>/`), or
+    /// `name@version` to pin that name to one version (no automatic swaps of it).
     pub model: String,
     /// Replaces the model manifest's `[policy]` on this route.
     #[serde(default)]
@@ -69,6 +70,16 @@ impl RouteSpec {
     /// The route's name: its own, or `route-<n>` for the `n`th entry (from 1).
     pub fn name(&self, n: usize) -> String {
         self.name.clone().unwrap_or_else(|| format!("route-{n}"))
+    }
+
+    /// The model name, without a pinned version.
+    pub fn model_name(&self) -> &str {
+        self.model.split_once('@').map_or(&self.model, |(name, _)| name)
+    }
+
+    /// The version the route pins its model name to, if any.
+    pub fn pinned(&self) -> Option<&str> {
+        self.model.split_once('@').map(|(_, version)| version)
     }
 }
 
@@ -86,8 +97,11 @@ pub fn problems(specs: &[RouteSpec]) -> Problems {
         p.check(name.is_empty() || name == "default" || name.starts_with("stream:"), &at, Kind::Invalid, || {
             format!("route name {name:?} is empty or reserved (\"default\", \"stream:...\")")
         });
-        p.check(!valid_model_name(&s.model), &at, Kind::Invalid, || {
-            format!("route {name:?}: model {:?} must be a model name (a directory under models_dir, no '@')", s.model)
+        p.check(parse_model_header(&s.model).is_none(), &at, Kind::Invalid, || {
+            format!(
+                "route {name:?}: model {:?} must be a model name (a directory under models_dir) or name@version",
+                s.model
+            )
         });
         p.check(s.symbols.is_empty(), &at, Kind::Missing, || format!("route {name:?} has no symbols"));
         for pattern in &s.symbols {
@@ -154,7 +168,7 @@ impl Routes {
         let mut routes = Vec::with_capacity(MAX_ROUTES);
         routes.push(Route::new("default", default_model, None, &[]));
         for (i, s) in specs.iter().take(MAX_CONFIG_ROUTES).enumerate() {
-            routes.push(Route::new(&s.name(i + 1), &s.model, s.policy, &s.symbols));
+            routes.push(Route::new(&s.name(i + 1), s.model_name(), s.policy, &s.symbols));
         }
         Self { routes }
     }
@@ -187,7 +201,7 @@ impl Routes {
         if !problems.is_empty() {
             return Err(problems.iter().map(|p| p.detail.clone()).collect::<Vec<_>>().join("; "));
         }
-        let route = Route::new(name, &spec.model, spec.policy, &spec.symbols);
+        let route = Route::new(name, spec.model_name(), spec.policy, &spec.symbols);
         match self.routes.iter().position(|r| *r.name == *name) {
             Some(i) => {
                 self.routes[i] = route;
@@ -209,17 +223,6 @@ impl Routes {
     /// Every route, by id.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
-    }
-
-    /// The model names the routes need, each once, the default's first.
-    pub fn models(&self) -> Vec<Arc<str>> {
-        let mut names: Vec<Arc<str>> = Vec::new();
-        for r in &self.routes {
-            if !names.contains(&r.model) {
-                names.push(r.model.clone());
-            }
-        }
-        names
     }
 }
 
@@ -245,7 +248,8 @@ mod tests {
         assert_eq!(routes.for_symbol("SOLUSDT"), 2);
         assert_eq!(routes.for_symbol("ETHBTC"), DEFAULT_ROUTE);
         assert_eq!(&*routes.get(2).unwrap().name, "route-2");
-        assert_eq!(routes.models().iter().map(|m| &**m).collect::<Vec<_>>(), ["mlp", "tcn", "lstm"]);
+        let models: Vec<&str> = routes.iter().map(|r| &*r.model).collect();
+        assert_eq!(models, ["mlp", "tcn", "lstm"]);
     }
 
     #[test]
@@ -277,7 +281,7 @@ mod tests {
 
     #[test]
     fn bad_routes_are_refused_with_every_reason() {
-        let mut bad = spec(Some("default"), &[], "a@2");
+        let mut bad = spec(Some("default"), &[], "a@2@3");
         bad.policy = Some(PolicyParams { warmup_ticks: 0, entry_bps: 1.0, exit_bps: 2.0, full_position_bps: 1.0 });
         let specs = [bad, spec(Some("x"), &["[BTC"], "m"), spec(Some("x"), &["A"], "m")];
         let text = format!("{:?}", problems(&specs));
@@ -285,6 +289,14 @@ mod tests {
             assert!(text.contains(want), "{want:?} missing from {text}");
         }
         assert!(problems(&[spec(None, &["BTC*"], "m")]).is_empty());
+    }
+
+    #[test]
+    fn a_route_may_pin_its_model_to_a_version() {
+        let pinned = spec(Some("p"), &["X"], "tcn@2-fp32");
+        assert!(problems(std::slice::from_ref(&pinned)).is_empty());
+        assert_eq!((pinned.model_name(), pinned.pinned()), ("tcn", Some("2-fp32")));
+        assert_eq!(&*Routes::new("mlp", &[pinned]).get(1).unwrap().model, "tcn");
     }
 
     #[test]

@@ -265,9 +265,12 @@ async fn bad_versions_are_refused_with_reasons_while_the_running_model_answers()
         let s = c.predict(probe[version.parse::<usize>().unwrap()].clone()).await.unwrap().into_inner();
         assert!(s.reject_reason.is_empty() && s.model == "quantd-mlp@1", "the running model keeps answering");
     }
-    let m = wait_for_metric(&server, "quantd_model_failures_total{reason=\"sha256\"}", 1.0).await;
+    let m = wait_for_metric(&server, "quantd_model_failures_total{model=\"quantd-mlp\",reason=\"sha256\"}", 1.0).await;
     for reason in ["manifest", "schema", "io_mismatch", "golden", "runtime"] {
-        assert!(sample(&m, &format!("quantd_model_failures_total{{reason=\"{reason}\"}}")).is_some(), "{reason}:\n{m}");
+        assert!(
+            sample(&m, &format!("quantd_model_failures_total{{model=\"quantd-mlp\",reason=\"{reason}\"}}")).is_some(),
+            "{reason}:\n{m}"
+        );
     }
     // Two versions at once: the higher goes live, the lower stays discovered.
     add_version(models.path(), "20", |m| m, None);

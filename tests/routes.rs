@@ -422,3 +422,26 @@ fn a_symbol_moved_by_set_route_leaves_its_old_route_and_never_runs_out_of_books(
         assert!(replies.iter().all(|r| r.route.as_deref() == Some(&*format!("r{k}"))), "move {k}: down route r{k}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_pins_its_model_to_a_version() {
+    use quantd::proto::model_admin_client::ModelAdminClient;
+    let mut cfg = routed_config();
+    cfg.routes[0].model = "quantd-tcn@2-fp32".into();
+    let server = start(&cfg).await;
+    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 1_000);
+    let signals = stream_all(&mut client(&server).await, ticks.clone()).await;
+    let (seen, rejected) = labels(&ticks, &signals);
+    assert_eq!((seen, rejected), ([pair("BTCUSDT", MLP), pair("ETHUSDT", "quantd-tcn@2-fp32")].into(), 0));
+    let mut admin = ModelAdminClient::new(admin_channel(&server).await);
+    let pinned = quantd::proto::Route {
+        name: "x".into(),
+        symbols: vec!["X".into()],
+        model: "quantd-tcn@2".into(),
+        policy: None,
+    };
+    let err = admin.set_route(pinned).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("takes a model name"), "{}", err.message());
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}

@@ -214,6 +214,10 @@ impl Registry {
     /// Adds or changes a route (by name) whose model is live; answers the table as the engine
     /// will apply it.
     pub(super) fn set_route(&mut self, spec: RouteSpec, engine: &EngineHandle) -> Result<Arc<Routes>, RegistryError> {
+        if spec.pinned().is_some() {
+            let why = "SetRoute takes a model name; pin versions in the config's routes, or activate one (LoadModel)";
+            return Err(RegistryError::BadRoute(why.into()));
+        }
         if !self.lanes.contains_key(&spec.model) {
             let why = format!(
                 "model {:?} is not live (live: {}); activate a version of it first",

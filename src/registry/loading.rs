@@ -49,7 +49,7 @@ impl Registry {
                 Ok(())
             }
             Err(e) => {
-                *self.failures.entry(e.reason()).or_default() += 1;
+                *self.failures.entry((key.0.clone(), e.reason())).or_default() += 1;
                 entry.failed_signature = Some(entry.found.signature.clone());
                 entry.set(State::Failed, e.to_string());
                 tracing::warn!(model = %label(key), error = %e, "model refused (a running model keeps serving)");
@@ -92,7 +92,7 @@ impl Registry {
         self.rescan_entries();
         let names: Vec<String> = self.lanes.keys().cloned().collect();
         for name in names {
-            if self.cfg.pinned.is_some() && name == self.served {
+            if (self.cfg.pinned.is_some() && name == self.served) || self.pinned.contains(&name) {
                 continue;
             }
             self.take_newer(&name, engine);

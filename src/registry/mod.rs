@@ -70,10 +70,13 @@ pub struct Registry {
     entries: BTreeMap<Key, Entry>,
     /// Each live model name's versions and life cycle.
     lanes: BTreeMap<String, Lane>,
+    /// Names pinned to a version by a route (`model = "name@version"`): never swapped by a rescan.
+    pinned: std::collections::BTreeSet<String>,
     telemetry: Arc<Telemetry>,
     swaps: u64,
     rollbacks: u64,
-    failures: BTreeMap<&'static str, u64>,
+    /// Refused loads by model name and reason.
+    failures: BTreeMap<(String, &'static str), u64>,
     last_load: Option<[f64; 3]>,
     /// Where each load is recorded (what the signals' `model` names stand for).
     journal: Option<Journal>,

@@ -54,7 +54,7 @@ impl Registry {
                 .collect(),
             swaps: self.swaps,
             rollbacks: self.rollbacks,
-            failures: self.failures.iter().map(|(k, v)| (*k, *v)).collect(),
+            failures: self.failures.iter().map(|((model, reason), n)| (model.clone(), *reason, *n)).collect(),
             last_load: self.last_load,
             active: self.lanes.values().map(|l| l.active.clone()).collect(),
             backends: self

@@ -14,6 +14,7 @@ use super::{Registry, RegistryConfig};
 use crate::engine::ActiveModel;
 use crate::journal::Journal;
 use crate::model::ModelError;
+use crate::routes::RouteSpec;
 use crate::telemetry::Telemetry;
 
 impl Registry {
@@ -47,6 +48,7 @@ impl Registry {
             served,
             entries,
             lanes: BTreeMap::new(),
+            pinned: Default::default(),
             telemetry,
             swaps: 0,
             rollbacks: 0,
@@ -63,11 +65,22 @@ impl Registry {
     /// Loads the start version of each model name the config's routes need beside the served
     /// one (the highest release that passes every check), or the first refusal. They serve
     /// under the routes from the start, each with its own life cycle (see [`super::lifecycle`]).
-    pub fn start_routed(&mut self, names: &[Arc<str>]) -> Result<Vec<Box<ActiveModel>>, ModelError> {
+    /// A route's `model = "name@version"` pins that name: it starts on that version and rescans
+    /// never swap it.
+    pub fn start_routed(&mut self, specs: &[RouteSpec]) -> Result<Vec<Box<ActiveModel>>, ModelError> {
         let mut models = Vec::new();
-        let served = self.served.clone();
-        for name in names.iter().filter(|n| ***n != *served) {
-            let (key, model) = self.start_version(name, None)?;
+        let mut names: Vec<(&str, Option<&str>)> = Vec::new();
+        for s in specs.iter().filter(|s| s.model_name() != self.served) {
+            match names.iter_mut().find(|(n, _)| *n == s.model_name()) {
+                Some((_, pin)) => *pin = pin.or(s.pinned()),
+                None => names.push((s.model_name(), s.pinned())),
+            }
+        }
+        for (name, pin) in names {
+            let (key, model) = self.start_version(name, pin)?;
+            if pin.is_some() {
+                self.pinned.insert(name.to_owned());
+            }
             tracing::info!(model = %model.label, "routed model verified, loaded and warm");
             self.lanes.insert(key.0.clone(), Lane::new(key));
             models.push(model);

@@ -203,8 +203,7 @@ impl Server {
         let (mut registry, active) = Registry::start(config.registry.clone(), telemetry.clone(), journal.clone())?;
         let label = active.label.to_string();
         tracing::info!(model = %label, "model verified, loaded and warm");
-        let routes = crate::routes::Routes::new(&active.card.name, &config.engine.routes);
-        let routed = registry.start_routed(&routes.models())?;
+        let routed = registry.start_routed(&config.engine.routes)?;
         let auth = security::AdminAuth::new(&config.admin, &config.tls).map_err(StartError::Tls)?;
         let tls = security::server_tls(&config.tls).map_err(StartError::Tls)?;
         if !auth.enforced() {

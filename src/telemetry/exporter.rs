@@ -282,8 +282,8 @@ fn publish_models(t: &Telemetry, published: &mut Published) {
     }
     metrics::counter!(MODEL_SWAPS).absolute(view.swaps);
     metrics::counter!(MODEL_ROLLBACKS).absolute(view.rollbacks);
-    for (reason, n) in &view.failures {
-        metrics::counter!(MODEL_FAILURES, "reason" => *reason).absolute(*n);
+    for (model, reason, n) in &view.failures {
+        metrics::counter!(MODEL_FAILURES, "model" => model.clone(), "reason" => *reason).absolute(*n);
     }
     if let Some([verify, load, warm]) = view.last_load {
         metrics::gauge!(MODEL_LOAD, "phase" => "verify").set(verify);

@@ -49,8 +49,8 @@ pub struct ModelsView {
     pub swaps: u64,
     /// Rollbacks since start.
     pub rollbacks: u64,
-    /// Refused loads by reason.
-    pub failures: Vec<(&'static str, u64)>,
+    /// Refused loads by model name and reason.
+    pub failures: Vec<(String, &'static str, u64)>,
     /// Seconds spent verifying, loading and warming the last model loaded.
     pub last_load: Option<[f64; 3]>,
     /// `(model name, ticks compared, agreement)` of each live name's shadow (0s without one).
