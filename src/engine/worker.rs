@@ -1031,6 +1031,10 @@ impl Worker {
                 self.answer_ready();
             }
         }
+        // Every model has scored: nothing waits any more (a guard; the walks above answer all).
+        if self.answered.iter().any(|a| !a) {
+            self.answer_ready();
+        }
     }
 
     /// Scores the `n_rows` compacted rows with live model `m` into `self.scores[base..]`.
@@ -1115,8 +1119,14 @@ impl Worker {
     /// Phase 4 for tick `i`: policy, risk and its reply.
     fn answer(&mut self, i: usize) {
         let t = Instant::now();
+        // The model that scored it, or would have (a conflated tick: its route's; else the
+        // default's).
         let model = match self.steps[i] {
             Step::Scored { model, .. } => model as usize,
+            Step::Conflated { slot, book } => {
+                let route = self.symbols.at(slot).books[book as usize].route;
+                self.route_model.get(route as usize).map_or(0, |&m| if m == NOT_LIVE { 0 } else { m as usize })
+            }
             _ => 0,
         };
         let route = match self.steps[i] {
