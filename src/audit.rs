@@ -32,7 +32,7 @@ use crate::journal::{ControlRecord, ModelRecord, SignalRecord, TickRecord};
 use crate::model::LoadedModel;
 use crate::model::manifest::ModelError;
 use crate::risk::{External, RiskFlags};
-use crate::routes::BY_SYMBOL;
+use crate::routes::{BY_SYMBOL, model_name};
 use crate::telemetry::Telemetry;
 use crate::tick::Reject;
 
@@ -385,11 +385,6 @@ fn audit_run(
         }
     }
     Ok(())
-}
-
-/// The model name of `name@version`.
-fn model_name(label: &str) -> &str {
-    label.rsplit_once('@').map_or(label, |(name, _)| name)
 }
 
 /// The journaled tick as the engine took it, with the outside inputs its signal recorded (None:

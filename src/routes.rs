@@ -74,7 +74,7 @@ impl RouteSpec {
 
     /// The model name, without a pinned version.
     pub fn model_name(&self) -> &str {
-        self.model.split_once('@').map_or(&self.model, |(name, _)| name)
+        model_name(&self.model)
     }
 
     /// The version the route pins its model name to, if any.
@@ -118,6 +118,11 @@ pub fn problems(specs: &[RouteSpec]) -> Problems {
 
 fn valid_model_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(['@', '/', '\\']) && name != "." && name != ".."
+}
+
+/// The model name of `name` or `name@version` (a route's model, a signal's label).
+pub fn model_name(label: &str) -> &str {
+    label.split_once('@').map_or(label, |(name, _)| name)
 }
 
 /// A model named by a stream's [`MODEL_HEADER`]: `name` and the version it asks for ("": the
