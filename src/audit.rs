@@ -7,7 +7,9 @@
 //! scored it, and the inputs the risk gate took from outside the tick stream (the VaR scale, the
 //! admin kill switch as the `kill_admin` flag, a time-to-live expiry). The audit feeds the ticks
 //! to a [`SyncEngine`] in the live engine's own batches and order, hands back those outside
-//! inputs ([`RecordedTick`]), switches models where the signals do (a hot swap), and compares
+//! inputs ([`RecordedTick`]), switches models where the signals do (a hot swap), sends each tick
+//! down the route it took live (the config's routes, and the admin route changes the journal
+//! recorded, each before the engine pass it preceded), and compares
 //! each reply with its journaled signal: score, policy and target positions, risk flags,
 //! warm-up, conflation, reject and the feature row's hash.
 //!
@@ -67,6 +69,9 @@ pub enum AuditError {
         /// The sha256 the journal recorded at load.
         journaled: String,
     },
+    /// A journaled route change cannot be read back.
+    #[error("a journaled route change cannot be read: {0}")]
+    Route(String),
     /// The audit's settings are invalid.
     #[error("invalid settings: {0}")]
     Settings(String),
@@ -149,7 +154,8 @@ pub struct AuditReport {
     /// first batch the journal holds only in part: the crash cut them off, so they are not
     /// proven (everything before them is).
     pub after_crash: u64,
-    /// Admin calls (`SetKillSwitch`, `ResetSymbol`) re-applied where the journal recorded them.
+    /// Admin calls (`SetKillSwitch`, `ResetSymbol`, `SetRoute`) re-applied where the journal
+    /// recorded them.
     pub admin_calls: u64,
     /// Signals answered `engine_error` after a panic (no decision to reproduce).
     pub engine_errors: u64,
@@ -188,7 +194,9 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
         let ticks = read::ticks(&files.ticks)?;
         let signals = read::signals(&files.signals)?;
         let loaded = read::models(&files.models)?;
-        let controls = read::controls(&files.controls)?.records;
+        // In the order the engine applied them (the journal writes them as they are confirmed).
+        let mut controls = read::controls(&files.controls)?.records;
+        controls.sort_by_key(|c| c.before_batch);
         let crashed = !ticks.unterminated.is_empty() || !signals.unterminated.is_empty();
         report.unterminated.extend(ticks.unterminated.iter().chain(&signals.unterminated).cloned());
         for m in loaded.records {
@@ -330,25 +338,30 @@ fn audit_run(
                 live.insert(model_name(label).to_owned(), label.clone());
             }
         }
+        // Admin calls, between the same two batches as live: a reset forgets the symbol's
+        // state; a kill switch holds it in the symbol table (a held symbol is never evicted), the
+        // kill decision itself coming from each signal's recorded `kill_admin`; a route change
+        // sets the route as live did.
+        while let Some(c) = controls.get(next_control)
+            && c.before_batch <= batch[0].batch
+        {
+            engine.control(match (c.kind, c.symbol, c.route_spec()) {
+                ("reset", Some(symbol), _) => Control::Reset { symbol, done: None },
+                ("route", _, Some(spec)) => {
+                    let spec = spec.map_err(|e| AuditError::Route(e.to_string()))?;
+                    Control::SetRoute { spec: Box::new(spec), done: None }
+                }
+                (kind, symbol, _) => Control::Kill { symbol, engaged: kind == "kill", done: None },
+            });
+            report.admin_calls += 1;
+            next_control += 1;
+        }
         // Each tick down the route it took live.
         if let Some(table) = engine.served().routes().filter(|_| routed) {
             for (tick, s) in inputs.iter_mut().zip(batch) {
                 let id = s.route.as_ref().and_then(|name| table.iter().position(|r| r.name == *name));
                 tick.route = id.map_or(BY_SYMBOL, |id| id as crate::routes::RouteId);
             }
-        }
-        // Admin calls, between the same two batches as live: a reset forgets the symbol's
-        // state; a kill switch holds it in the symbol table (a held symbol is never evicted). The
-        // kill decision itself comes from each signal's recorded `kill_admin`.
-        while let Some(c) = controls.get(next_control)
-            && c.before_batch <= batch[0].batch
-        {
-            engine.control(match (c.kind, c.symbol) {
-                ("reset", Some(symbol)) => Control::Reset { symbol, done: None },
-                (kind, symbol) => Control::Kill { symbol, engaged: kind == "kill", done: None },
-            });
-            report.admin_calls += 1;
-            next_control += 1;
         }
         replies.clear();
         for chunk in inputs.chunks(engine.max_batch()) {
@@ -450,7 +463,10 @@ pub fn print(report: &AuditReport) {
         report.seconds
     );
     if report.admin_calls > 0 {
-        println!("  admin calls (kill switch, reset) re-applied between the same batches: {}", report.admin_calls);
+        println!(
+            "  admin calls (kill switch, reset, route change) re-applied between the same batches: {}",
+            report.admin_calls
+        );
     }
     if report.warm_ticks > 0 {
         println!("  warm starts rebuilt from {} journaled ticks, re-run the same way", report.warm_ticks);

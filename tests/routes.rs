@@ -291,15 +291,35 @@ async fn the_audit_re_runs_routed_ticks_as_live_two_strategies_on_one_symbol_inc
     cfg.journal.dir = journal.path().to_owned();
     cfg.journal.flush_ms = 20;
     let server = start(&cfg).await;
-    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 4_000);
+    let ticks = recorded(&[BTC_QUOTES, ETH_QUOTES], 5_000);
     let (by_config, rest) = ticks.split_at(2_000);
-    let (by_header, by_both) = rest.split_at(1_000);
+    let (by_header, rest) = rest.split_at(1_000);
+    let (by_both, after_set_route) = rest.split_at(1_000);
     // The config's routes, then the MLP's stream route on the same symbols (a second strategy
     // on BTCUSDT and ETHUSDT, at the manifest's policy), then the routes again: four routes and
     // two models in one run.
     let mut signals = stream_all(&mut client(&server).await, by_config.to_vec()).await;
     signals.extend(stream_with_model(&server, by_header.to_vec(), "quantd-mlp").await);
     signals.extend(stream_all(&mut client(&server).await, by_both.to_vec()).await);
+    // Then an admin route change the audit's config does not hold: the BTCUSDT route to the TCN
+    // with another policy (it keeps its positions). The journal records it, so the audit routes
+    // as live did.
+    let mut admin = quantd::proto::model_admin_client::ModelAdminClient::new(admin_channel(&server).await);
+    let route = quantd::proto::Route {
+        name: "btc-eager".into(),
+        symbols: vec!["BTCUSDT".into()],
+        model: "quantd-tcn".into(),
+        policy: Some(quantd::proto::RoutePolicy {
+            warmup_ticks: 100,
+            entry_bps: 0.02,
+            exit_bps: 0.0,
+            full_position_bps: 2.0,
+        }),
+    };
+    admin.set_route(route).await.expect("route set");
+    let moved = stream_all(&mut client(&server).await, after_set_route.to_vec()).await;
+    assert!(moved.iter().any(|s| s.symbol == "BTCUSDT" && s.model == TCN), "BTCUSDT moved to the TCN");
+    signals.extend(moved);
     assert!(signals.iter().all(|s| s.reject_reason.is_empty()));
     let positions = |model: &str| signals.iter().filter(|s| s.model == model && s.target_position != 0.0).count();
     assert!(positions(MLP) > 0 && positions(TCN) > 0, "both models hold positions");
@@ -314,6 +334,7 @@ async fn the_audit_re_runs_routed_ticks_as_live_two_strategies_on_one_symbol_inc
     let report = quantd::audit::run(&opts).unwrap();
     assert_eq!(report.mismatched, 0, "{:?}", report.mismatches);
     assert_eq!(report.reproduced, ticks.len() as u64, "every routed signal reproduced bit for bit");
+    assert_eq!(report.admin_calls, 1, "the journaled SetRoute re-applied");
     assert!(report.passed());
     let by_model: Vec<_> = report.by_model.keys().map(String::as_str).collect();
     assert_eq!(by_model, [MLP, TCN]);
@@ -400,12 +421,8 @@ fn a_symbol_moved_by_set_route_leaves_its_old_route_and_never_runs_out_of_books(
         .collect();
     let route = |name: &str, symbols: &[&str]| {
         let symbols = symbols.iter().map(|s| s.to_string()).collect();
-        Control::SetRoute(Box::new(RouteSpec {
-            name: Some(name.into()),
-            symbols,
-            model: "quantd-mlp".into(),
-            policy: None,
-        }))
+        let spec = RouteSpec { name: Some(name.into()), symbols, model: "quantd-mlp".into(), policy: None };
+        Control::SetRoute { spec: Box::new(spec), done: None }
     };
     let mut replies = Vec::new();
     // Eight moves of BTCUSDT from route to route: twice the books a symbol has.

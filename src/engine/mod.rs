@@ -72,8 +72,14 @@ pub enum Control {
     },
     /// Add a route or change one, by name (validated on the control path; its model is live).
     /// A changed route keeps its id and its positions; each symbol looks its route up again
-    /// at its next tick.
-    SetRoute(Box<crate::routes::RouteSpec>),
+    /// at its next tick. The engine confirms on `done` (a refused route drops it), so that the
+    /// journal records the pass the change preceded and `quantd audit` applies it there too.
+    SetRoute {
+        /// The route.
+        spec: Box<crate::routes::RouteSpec>,
+        /// Where the engine confirms, when the caller waits.
+        done: Option<Ack>,
+    },
     /// Engage or release the risk kill switch for one symbol (`None`: all symbols). A symbol
     /// the engine does not hold is not created: the answer is [`Applied::UnknownSymbol`].
     Kill {

@@ -607,13 +607,15 @@ impl Worker {
                     self.retire(new);
                 }
             },
-            Control::SetRoute(spec) => match self.routes.set(&spec) {
+            Control::SetRoute { spec, done } => match self.routes.set(&spec) {
                 Ok(id) => {
                     tracing::info!(route = id, name = ?spec.name, model = %spec.model, symbols = ?spec.symbols, "route set");
                     self.routes_version += 1;
                     self.resolve_routes();
                     self.publish_served();
+                    ack(done, Applied::Yes { before_batch: self.pass + 1 });
                 }
+                // Dropping `done` tells a waiting caller it was not applied.
                 Err(e) => tracing::error!(error = %e, "route not set"),
             },
             Control::Kill { symbol: None, engaged, done } => {

@@ -323,28 +323,42 @@ pub struct ModelRecord {
     pub backend: String,
 }
 
-/// An admin call the engine applied (`RiskAdmin.SetKillSwitch`, `ResetSymbol`), written to
-/// `controls-*.arrows`: `quantd audit` applies each reset before the engine pass it preceded
-/// live (a kill switch it reads from the signals' `kill_admin` flag).
+/// An admin call the engine applied (`RiskAdmin.SetKillSwitch`, `ResetSymbol`,
+/// `ModelAdmin.SetRoute`), written to `controls-*.arrows`: `quantd audit` applies each reset and
+/// route change before the engine pass it preceded live (a kill switch it reads from the signals'
+/// `kill_admin` flag).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlRecord {
     /// CLOCK_REALTIME ns when the engine confirmed it.
     pub applied_ns: u64,
-    /// `kill`, `release` or `reset`.
+    /// `kill`, `release`, `reset` or `route`.
     pub kind: &'static str,
-    /// The symbol (None: every symbol).
+    /// The symbol (None: every symbol, or not about a symbol).
     pub symbol: Option<Symbol>,
     /// The engine pass it took effect before.
     pub before_batch: u64,
     /// The caller's reason, clipped.
     pub reason: String,
+    /// A `route` call's route as set, in JSON (the `[[routes]]` keys); None for the others.
+    pub route: Option<String>,
 }
 
 impl ControlRecord {
     /// A call of `kind` about `symbol`, applied now; the engine pass is set when the engine confirms.
     pub fn new(kind: &'static str, symbol: Option<Symbol>, reason: &str) -> Self {
         let reason = crate::text::clip(reason).to_string();
-        Self { applied_ns: crate::clock::realtime_ns(), kind, symbol, before_batch: 0, reason }
+        Self { applied_ns: crate::clock::realtime_ns(), kind, symbol, before_batch: 0, reason, route: None }
+    }
+
+    /// A `SetRoute` of `spec`, applied now.
+    pub fn route(spec: &crate::routes::RouteSpec, reason: &str) -> Self {
+        let json = serde_json::to_string(spec).expect("a route serializes");
+        Self { route: Some(json), ..Self::new("route", None, reason) }
+    }
+
+    /// The route of a `route` record (None: another kind, or a route this build cannot read).
+    pub fn route_spec(&self) -> Option<Result<crate::routes::RouteSpec, serde_json::Error>> {
+        self.route.as_deref().map(serde_json::from_str)
     }
 }
 

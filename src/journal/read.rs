@@ -328,11 +328,17 @@ pub fn controls(paths: &[PathBuf]) -> Result<Read<ControlRecord>, JournalReadErr
         let t = |n| c.get::<StringArray>(n);
         let (applied, before) = (c.get::<UInt64Array>("applied_ns")?, c.get::<UInt64Array>("before_batch")?);
         let (kind, symbol, reason) = (t("kind")?, t("symbol")?, t("reason")?);
+        // Journals older than route changes have no `route` column.
+        let route = match c.batch.column_by_name("route") {
+            None => None,
+            Some(_) => Some(t("route")?),
+        };
         for i in 0..c.batch.num_rows() {
             let kind = match kind.value(i) {
                 "kill" => "kill",
                 "release" => "release",
                 "reset" => "reset",
+                "route" => "route",
                 other => {
                     let msg = format!("unknown control kind {other:?}");
                     return Err(JournalReadError::Value { path: path.to_owned(), row: out.len(), msg });
@@ -344,6 +350,7 @@ pub fn controls(paths: &[PathBuf]) -> Result<Read<ControlRecord>, JournalReadErr
                 symbol: (!symbol.is_null(i)).then(|| Symbol::truncated(symbol.value(i))),
                 before_batch: before.value(i),
                 reason: reason.value(i).to_owned(),
+                route: route.filter(|r| !r.is_null(i)).map(|r| r.value(i).to_owned()),
             });
         }
         Ok(())

@@ -116,6 +116,7 @@ pub fn control_schema() -> SchemaRef {
         Field::new("symbol", DataType::Utf8, true),
         Field::new("before_batch", DataType::UInt64, false),
         Field::new("reason", DataType::Utf8, false),
+        Field::new("route", DataType::Utf8, true),
     ]))
 }
 
@@ -128,6 +129,7 @@ fn control_batch(schema: &SchemaRef, rows: &[ControlRecord]) -> Result<RecordBat
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.symbol.as_ref().map(|s| s.as_str().to_owned())))),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.before_batch))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.as_str()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.route.as_deref()))),
         ],
     )
 }

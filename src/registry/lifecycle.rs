@@ -12,7 +12,8 @@ use std::time::Instant;
 use super::Registry;
 use super::api::{Key, LoadMode, ModelStatus, RegistryError, State};
 use super::entry::label;
-use crate::engine::{ActiveModel, Control, EngineHandle, ModelHealth, ShadowStats};
+use crate::engine::{ActiveModel, Applied, Control, EngineHandle, ModelHealth, ShadowStats};
+use crate::journal::ControlRecord;
 use crate::routes::{MAX_MODELS, RouteSpec, Routes};
 
 /// What to do with the next model the engine hands back for a name (it returns them in the
@@ -228,8 +229,36 @@ impl Registry {
         }
         let mut next = (*engine.served().routes().ok_or(RegistryError::Stopped)?).clone();
         next.set(&spec).map_err(RegistryError::BadRoute)?;
-        engine.control(Control::SetRoute(Box::new(spec))).map_err(|_| RegistryError::Busy)?;
+        let record = ControlRecord::route(&spec, "ModelAdmin.SetRoute");
+        let (done, applied) = tokio::sync::oneshot::channel();
+        engine
+            .control(Control::SetRoute { spec: Box::new(spec), done: Some(done) })
+            .map_err(|_| RegistryError::Busy)?;
+        if self.journal.is_some() {
+            self.unconfirmed_routes.push((record, applied));
+        }
         Ok(Arc::new(next))
+    }
+
+    /// Journals each route change the engine has confirmed, with the pass it preceded (so that
+    /// `quantd audit` routes the ticks after it as live did).
+    pub(super) fn journal_routes(&mut self) {
+        let Some(journal) = &self.journal else { return };
+        self.unconfirmed_routes.retain_mut(|(record, applied)| match applied.try_recv() {
+            Ok(Applied::Yes { before_batch }) => {
+                journal.control(ControlRecord {
+                    before_batch,
+                    applied_ns: crate::clock::realtime_ns(),
+                    ..record.clone()
+                });
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Ok(Applied::UnknownSymbol) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                tracing::error!(route = ?record.route, "the engine did not apply a route change");
+                false
+            }
+        });
     }
 
     /// Rolls back any name whose new version misbehaves within its probation.

@@ -78,8 +78,12 @@ pub struct Registry {
     /// Refused loads by model name and reason.
     failures: BTreeMap<(String, &'static str), u64>,
     last_load: Option<[f64; 3]>,
-    /// Where each load is recorded (what the signals' `model` names stand for).
+    /// Where each load is recorded (what the signals' `model` names stand for), and each route
+    /// change the engine applied.
     journal: Option<Journal>,
+    /// Route changes sent to the engine and not yet confirmed: journaled once the engine says
+    /// which pass they preceded.
+    unconfirmed_routes: Vec<(crate::journal::ControlRecord, tokio::sync::oneshot::Receiver<crate::engine::Applied>)>,
 }
 
 impl Registry {
@@ -89,9 +93,13 @@ impl Registry {
         let (watch_tx, watch_rx) = crossbeam_channel::unbounded();
         let watcher = if self.cfg.settings.watch { self.watch(watch_tx) } else { None };
         let stop = tx.clone();
+        let nice = self.cfg.settings.nice;
         let thread = ControlThread::spawn_with(
             "quantd-registry",
             move || {
+                if nice != 0 {
+                    crate::control_thread::renice(nice, "quantd-registry");
+                }
                 let _watcher = watcher;
                 self.run(&engine, &rx, &watch_rx);
             },
@@ -141,10 +149,12 @@ impl Registry {
                 last_scan = Instant::now();
             }
             self.collect_retired(engine);
+            self.journal_routes();
             self.check_probation(engine);
             self.check_shadow(engine);
             self.publish();
         }
+        self.journal_routes();
         tracing::info!("registry stopped");
     }
 

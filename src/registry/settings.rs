@@ -34,6 +34,11 @@ pub struct RegistrySection {
     pub max_model_bytes: u64,
     /// Largest `manifest.toml` read, bytes (this bounds its golden rows too).
     pub max_manifest_bytes: u64,
+    /// The `quantd-registry` thread's nice value (0: unchanged). Positive by default: a hot
+    /// swap's verification and warm-up run there, and on a machine whose cores the engine and
+    /// the I/O threads keep busy they yield to them (the models serving meanwhile are not
+    /// delayed by another's load). Start-up loads run before the thread, at normal priority.
+    pub nice: i32,
 }
 
 impl Default for RegistrySection {
@@ -48,6 +53,7 @@ impl Default for RegistrySection {
             rollback_max_error_rate: 0.0,
             max_model_bytes: FileLimits::default().max_model_bytes,
             max_manifest_bytes: FileLimits::default().max_manifest_bytes,
+            nice: 10,
         }
     }
 }
@@ -71,6 +77,9 @@ impl RegistrySection {
             OutOfRange,
             || format!("registry.rollback_max_error_rate {} must be in [0, 1]", r.rollback_max_error_rate),
         );
+        p.check(!(-20..=19).contains(&r.nice), "registry.nice", OutOfRange, || {
+            format!("registry.nice {} must be in [-20, 19]", r.nice)
+        });
         p
     }
 

@@ -55,6 +55,7 @@ impl Registry {
             failures: BTreeMap::new(),
             last_load: None,
             journal,
+            unconfirmed_routes: Vec::new(),
         };
         let (key, model) = registry.start_version(&registry.served.clone(), pinned.as_deref())?;
         registry.lanes.insert(key.0.clone(), Lane::new(key));

@@ -209,12 +209,13 @@ def test_audit_reproduces_every_signal_across_a_hot_swap_and_a_kill_switch_and_f
     assert signals[3500].warming_up and not signals[3499].warming_up, "the reset took effect"
     controls, _ = read_kind(journal, "controls")
     assert [c["kind"] for c in controls.to_pylist()] == ["kill", "release", "reset"]
+    assert all(c["route"] is None for c in controls.to_pylist()), "only a route change carries a route"
 
     report = tmp_path / "audit.json"
     ok = quantd_cli("audit", "--journal", str(journal), "--models", str(REPO / "models"), "--json", str(report))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "audit PASS: 6000 of 6000 engine signals reproduced bit for bit" in ok.stdout, ok.stdout
-    assert "admin calls (kill switch, reset) re-applied between the same batches: 3" in ok.stdout, ok.stdout
+    assert "admin calls (kill switch, reset, route change) re-applied between the same batches: 3" in ok.stdout, ok.stdout
     audit = json.loads(report.read_text())
     assert audit["mismatched"] == 0 and audit["missing_ticks"] == 0
     assert set(audit["by_model"]) == served and sum(m["reproduced"] for m in audit["by_model"].values()) == 6000
