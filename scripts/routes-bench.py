@@ -12,14 +12,16 @@ quantd, interleaved REPEATS times so that noise on this shared machine hits each
 - four:   `*.1` to quantd-tcn, `*.2` to quantd-lstm, `*.3` to quantd-transformer (config routes),
           the rest (`*.0`) on the default quantd-mlp: four models routed at once;
 - swap:   as `four`, with quantd-tcn swapped between two versions every SWAP_EVERY seconds
-          through ModelAdmin.ActivateModel.
+          through ModelAdmin.ActivateModel;
+- swap-nice0: as `swap`, with the registry thread (where a swap's load and warm-up run) at the
+          engine's priority (`registry.nice = 0`; the default is 10).
 
 Reported per run: the server-internal latency of every tick (the signals' own server stamps)
 overall and per model, sent/received (a lost tick is a missing reply), and the swaps done. The
 goals: four models' server-internal p50 <= 1.5x the single model's; no tick lost; with swaps, the
 other models' p99 within 1.1x of the `four` run's.
 
-Usage: scripts/routes-bench.py [--rate 10000] [--duration 20] [--repeats 3] [--json OUT]
+Usage: scripts/routes-bench.py [--rate 10000] [--duration 20] [--repeats 3] [--only four,swap,...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -71,13 +73,15 @@ def run(scenario: str, args, work: Path, i: int) -> dict:
     config = work / f"{scenario}.toml"
     alone = scenario.removeprefix("alone-") if scenario.startswith("alone-") else None
     config.write_text(f'model = "{alone}"\n' if alone else "" if scenario == "single" else ROUTES)
+    if scenario == "swap-nice0":
+        config.write_text(config.read_text() + "\n[registry]\nnice = 0\n")
     # `four-compare`: the `four` scenario on another build's quantd (--compare), same load.
     server = start(config, args.compare if scenario == "four-compare" else bench.RELEASE)
     out = work / f"{scenario}-{i}.json"
     cmd = [str(bench.RELEASE / "quantd-load"), "--target", server.addr, "--rate", str(args.rate), "--duration",
            str(args.duration), "--warmup", "3", "--streams", "4", "--quiet", "--json", str(out), "--ticks",
            *map(str, TICK_FILES)]
-    if scenario == "swap":
+    if scenario.startswith("swap"):
         cmd += ["--admin", server.admin, "--swap-every", str(args.swap_every), "--swap-versions", SWAP_VERSIONS]
     try:
         subprocess.run(cmd, cwd=bench.REPO, check=True, stdout=subprocess.DEVNULL)
@@ -99,14 +103,22 @@ def main() -> int:
     ap.add_argument("--swap-every", type=float, default=3.0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--compare", type=Path, help="another build's release directory: adds `four` on its quantd")
+    ap.add_argument("--only", help="comma-separated scenarios (default: all)")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "--workspace", "--bins"], cwd=bench.REPO,
                    check=True)
     bench.log(f"{bench.machine()}; {args.rate} ticks/s over 4 streams, {args.duration} s measured, "
               f"{args.repeats} interleaved repeats")
-    results: dict[str, list[dict]] = {"single": [], **{f"alone-{m}": [] for m in ALONE}, "four": [], "swap": []}
+    results: dict[str, list[dict]] = {"single": [], **{f"alone-{m}": [] for m in ALONE}, "four": [], "swap": [],
+                                      "swap-nice0": []}
     if args.compare:
         results["four-compare"] = []
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - set(results)
+        if unknown:
+            ap.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(results)}")
+        results = {s: [] for s in wanted}
     with tempfile.TemporaryDirectory() as work:
         for i in range(args.repeats):
             for scenario in results:
@@ -128,29 +140,33 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
     lost = {s: sum(r["sent"] - r["received"] for r in runs) for s, runs in results.items()}
     errors = {s: sum(len(r["errors"]) for r in runs) for s, runs in results.items()}
-    models = sorted(results["four"][0]["server_internal_by_model"])
-    others = [m for m in models if not m.startswith("quantd-tcn@")]
     out = {
         "median server internal p50/p99 µs": {s: [p(runs, "p50_us"), p(runs, "p99_us")] for s, runs in results.items()},
-        "per model p50/p99 µs (four)": {m: [p(results["four"], "p50_us", m), p(results["four"], "p99_us", m)]
-                                         for m in models},
-        "per model p50/p99 µs (swap)": {m: [p(results["swap"], "p50_us", m), p(results["swap"], "p99_us", m)]
-                                         for m in sorted(results["swap"][0]["server_internal_by_model"])},
         "ticks lost": lost,
         "errors": errors,
-        "swaps": [r["swaps"]["swaps"] if r.get("swaps") else 0 for r in results["swap"]],
     }
-    ratio = p(results["four"], "p50_us") / p(results["single"], "p50_us")
-    out["goal: four/single p50 <= 1.5 (all ticks against the MLP alone)"] = round(ratio, 2)
-    alone = {"quantd-mlp": results["single"], **{m: results[f"alone-{m}"] for m in ALONE}}
-    out["each model routed beside the others / alone, p50 and p99"] = {
-        m: [round(p(results["four"], q, m) / p(alone[m.split("@")[0]], q, m), 2) for q in ("p50_us", "p99_us")]
-        for m in models}
-    if "four-compare" in results:
-        out["per model p50/p99 µs (four on --compare)"] = {
-            m: [p(results["four-compare"], "p50_us", m), p(results["four-compare"], "p99_us", m)] for m in models}
-    out["goal: swap/steady p99 of the other models <= 1.1"] = {
-        m: round(p(results["swap"], "p99_us", m) / p(results["four"], "p99_us", m), 2) for m in others}
+    for s, runs in results.items():
+        out[f"per model p50/p99 µs ({s})"] = {m: [p(runs, "p50_us", m), p(runs, "p99_us", m)]
+                                              for m in sorted(runs[0]["server_internal_by_model"])}
+    for s in ("swap", "swap-nice0"):
+        if s in results:
+            out[f"swaps ({s})"] = [r["swaps"]["swaps"] if r.get("swaps") else 0 for r in results[s]]
+    if "four" not in results:
+        return out
+    models = sorted(results["four"][0]["server_internal_by_model"])
+    others = [m for m in models if not m.startswith("quantd-tcn@")]
+    if "single" in results:
+        ratio = p(results["four"], "p50_us") / p(results["single"], "p50_us")
+        out["goal: four/single p50 <= 1.5 (all ticks against the MLP alone)"] = round(ratio, 2)
+    if "single" in results and all(f"alone-{m}" in results for m in ALONE):
+        alone = {"quantd-mlp": results["single"], **{m: results[f"alone-{m}"] for m in ALONE}}
+        out["each model routed beside the others / alone, p50 and p99"] = {
+            m: [round(p(results["four"], q, m) / p(alone[m.split("@")[0]], q, m), 2) for q in ("p50_us", "p99_us")]
+            for m in models}
+    for s in ("swap", "swap-nice0"):
+        if s in results:
+            out[f"goal: {s}/steady p99 of the other models <= 1.1"] = {
+                m: round(p(results[s], "p99_us", m) / p(results["four"], "p99_us", m), 2) for m in others}
     return out
 
 
