@@ -462,3 +462,56 @@ async fn a_route_pins_its_model_to_a_version() {
     assert!(err.message().contains("takes a model name"), "{}", err.message());
     server.shutdown(std::time::Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_name_the_engine_has_no_room_for_is_refused_and_the_registry_says_so() {
+    use quantd::proto::model_admin_client::ModelAdminClient;
+    use quantd::proto::{GetActiveRequest, ListModelsRequest, LoadModelRequest, Route};
+    let server = start(&routed_config()).await;
+    let mut admin = ModelAdminClient::new(admin_channel(&server).await);
+    // Fill the route table (32): default, eth-tcn and two stream routes are there already.
+    for k in 0..28 {
+        let route =
+            Route { name: format!("r{k}"), symbols: vec![format!("X{k}")], model: "quantd-mlp".into(), policy: None };
+        admin.set_route(route).await.expect("room for it");
+    }
+    let full = Route { name: "one-more".into(), symbols: vec!["Y".into()], model: "quantd-mlp".into(), policy: None };
+    let err = admin.set_route(full).await.unwrap_err();
+    assert!(err.message().contains("full"), "{}", err.message());
+    // A new name needs a stream route: the engine has no room and hands the model back. The
+    // load itself succeeded, so the call does; the registry then learns of the refusal.
+    let lstm = LoadModelRequest {
+        name: "quantd-lstm".into(),
+        version: "2".into(),
+        mode: quantd::proto::LoadMode::Activate as i32,
+    };
+    admin.load_model(lstm).await.expect("loaded and sent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let models = admin.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+        let lstm = models.into_iter().find(|m| m.name == "quantd-lstm" && m.version == "2").unwrap();
+        if lstm.state != "active" || std::time::Instant::now() > deadline {
+            break lstm;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.state, "failed", "{status:?}");
+    assert!(status.error.contains("route table is full"), "{}", status.error);
+    // Not live: the admin API and the edge agree with the engine.
+    let err = admin.get_active(GetActiveRequest { name: "quantd-lstm".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    let mut c = client(&server).await;
+    let ticks = recorded(&[BTC_QUOTES], 10);
+    let err = c.stream_ticks(with_model(tokio_stream::iter(ticks), "quantd-lstm")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    // The other models serve on, and the failure is counted by kind.
+    let signals = stream_all(&mut client(&server).await, recorded(&[BTC_QUOTES, ETH_QUOTES], 400)).await;
+    assert!(signals.iter().all(|s| s.reject_reason.is_empty() && (s.model == MLP || s.model == TCN)));
+    let metrics = scrape(&server).await;
+    assert!(
+        metrics.contains("quantd_model_failures_total{model=\"quantd-lstm\",reason=\"out_of_range\"} 1"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("failures")).collect::<Vec<_>>().join("\n")
+    );
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}

@@ -23,6 +23,7 @@ use crate::features::{NUM_FEATURES, SymbolFeatures};
 use crate::model::{LoadedModel, Scorer};
 use crate::plausibility::{Admitted, JumpGuard, TickChecks};
 use crate::policy::{PolicyParams, Position};
+use crate::problem::Kind;
 use crate::risk::{External, RiskBoard, RiskConfig, RiskGate, RiskInput, SymbolRisk};
 use crate::routes::{BOOKS_PER_SYMBOL, BY_SYMBOL, MAX_MODELS, MAX_ROUTES, RouteId, RouteSpec, Routes};
 use crate::symbols::SymbolTable;
@@ -83,6 +84,10 @@ pub struct ActiveModel {
     /// While it runs in shadow: its agreement with the active version of its name (written by
     /// the engine, read by the registry).
     pub shadow_stats: Arc<ShadowStats>,
+    /// Set by the engine when it hands the model back unused, a swap it refused: the kind of
+    /// problem and why. The engine serves what it served before, and the registry, which
+    /// counted on the swap, puts its books back.
+    pub refused: Option<(Kind, &'static str)>,
 }
 
 impl ActiveModel {
@@ -100,6 +105,7 @@ impl ActiveModel {
             card,
             output_center: 0.0,
             shadow_stats,
+            refused: None,
         }
     }
 
@@ -584,11 +590,11 @@ impl Worker {
         match c {
             Control::Swap(new) if new.scorer.window() > self.buffers.max_window() => {
                 tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.buffers.max_window(), "model window exceeds engine.max_window; not switched");
-                self.retire(new);
+                self.refuse(new, Kind::IoMismatch, "its window exceeds engine.max_window");
             }
             Control::Swap(new) if new.scorer.max_batch() < self.max_batch => {
                 tracing::error!(model = %new.label, max_batch = new.scorer.max_batch(), engine = self.max_batch, "model takes smaller batches than the engine; not switched");
-                self.retire(new);
+                self.refuse(new, Kind::IoMismatch, "it takes smaller batches than engine.max_batch");
             }
             Control::Swap(new) => match self.model_slot(&new.card.name) {
                 Some(m) => {
@@ -604,7 +610,7 @@ impl Worker {
                 }
                 None => {
                     tracing::error!(model = %new.label, max = MAX_MODELS, "as many model names are live as the engine holds; not added");
-                    self.retire(new);
+                    self.refuse(new, Kind::OutOfRange, "as many model names are live as the engine holds");
                 }
             },
             Control::SetRoute { spec, done } => match self.routes.set(&spec) {
@@ -712,7 +718,7 @@ impl Worker {
         let name = model.card.name.clone();
         let Some(stream_route) = self.routes.stream_route(&name) else {
             tracing::error!(model = %model.label, max = MAX_ROUTES, "the route table is full; not added");
-            return self.retire(model);
+            return self.refuse(model, Kind::OutOfRange, "the route table is full: no room for its stream route");
         };
         let ranges = self.risk.widen(model.feature_ranges.as_deref());
         self.model_telemetry[self.models.len()].0.set_name(&name);
@@ -778,6 +784,12 @@ impl Worker {
         self.shared.infer_values.fetch_sub(job.rows.len(), Ordering::AcqRel);
         job.finish(result);
         true
+    }
+
+    /// Hands back a model the engine will not serve, saying why (see [`ActiveModel::refused`]).
+    fn refuse(&self, mut model: Box<ActiveModel>, kind: Kind, why: &'static str) {
+        model.refused = Some((kind, why));
+        self.retire(model);
     }
 
     fn retire(&self, model: Box<ActiveModel>) {

@@ -14,6 +14,7 @@ use super::api::{Key, LoadMode, ModelStatus, RegistryError, State};
 use super::entry::label;
 use crate::engine::{ActiveModel, Applied, Control, EngineHandle, ModelHealth, ShadowStats};
 use crate::journal::ControlRecord;
+use crate::problem::Kind;
 use crate::routes::{MAX_MODELS, RouteSpec, Routes};
 
 /// What to do with the next model the engine hands back for a name (it returns them in the
@@ -186,6 +187,10 @@ impl Registry {
 
     pub(super) fn collect_retired(&mut self, engine: &EngineHandle) {
         while let Some(model) = engine.take_retired() {
+            if let Some((kind, why)) = model.refused {
+                self.refused_by_engine(model, kind, why);
+                continue;
+            }
             let next = self.lanes.get_mut(&model.card.name).and_then(|l| l.retire.pop_front());
             match next {
                 Some(Retire::KeepAsPrevious(key)) => {
@@ -209,6 +214,58 @@ impl Registry {
                 }
                 None => tracing::error!(model = %model.label, "engine returned a model nobody expected"),
             }
+        }
+    }
+
+    /// The engine refused a swap to `model` and handed it back: it serves what it served before,
+    /// so the books go back to that. A new version of a live name leaves the old one active; a
+    /// refused rollback leaves the version it replaced active and the previous one kept; a name
+    /// that was not live is not. The version is marked failed with the engine's reason (a
+    /// rollback target stays previous), and the failure is counted by kind.
+    fn refused_by_engine(&mut self, model: Box<ActiveModel>, kind: Kind, why: &'static str) {
+        let (name, version) = model.label.rsplit_once('@').unwrap_or((&model.label, ""));
+        let key: Key = (name.to_owned(), version.to_owned());
+        tracing::error!(model = %model.label, reason = why, "the engine refused the model; what it served keeps serving");
+        *self.failures.entry((key.0.clone(), kind.label())).or_default() += 1;
+        let Some(lane) = self.lanes.get_mut(&key.0) else { return };
+        let serving = match lane.retire.pop_front() {
+            // An activation (or a promotion) of a live name: the old version still serves.
+            Some(Retire::KeepAsPrevious(old)) => {
+                if lane.probation.as_ref().is_some_and(|(k, ..)| *k == key) {
+                    lane.probation = None;
+                }
+                lane.active = old.clone();
+                Some(old)
+            }
+            // A rollback: the version it would replace still serves; the target stays previous.
+            Some(Retire::Drop(bad, _)) => {
+                lane.active = bad.clone();
+                lane.previous = Some((key.clone(), model));
+                if let Some(e) = self.entries.get_mut(&bad) {
+                    e.set(State::Active, "");
+                }
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.set(State::Previous, format!("rollback refused by the engine: {why}"));
+                }
+                return;
+            }
+            Some(other) => {
+                lane.retire.push_front(other);
+                None
+            }
+            // The name was not live before: it is not now.
+            None => {
+                self.lanes.remove(&key.0);
+                None
+            }
+        };
+        if let Some(e) = serving.and_then(|old| self.entries.get_mut(&old)) {
+            e.set(State::Active, "");
+        }
+        if let Some(e) = self.entries.get_mut(&key) {
+            // Not retried by a rescan until its files change (as a refused load).
+            e.failed_signature = Some(e.found.signature.clone());
+            e.set(State::Failed, format!("refused by the engine: {why}"));
         }
     }
 
