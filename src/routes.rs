@@ -36,6 +36,14 @@ pub const MAX_ROUTES: usize = 32;
 /// stream routes.
 pub const MAX_CONFIG_ROUTES: usize = MAX_ROUTES - 1 - MAX_MODELS;
 
+/// Most symbol patterns in one route: the engine matches a symbol it has not seen against every
+/// route's patterns, so their number bounds that lookup on the engine thread.
+pub const MAX_ROUTE_SYMBOLS: usize = 256;
+
+/// Longest symbol pattern, route name or model, in bytes (a symbol is at most
+/// [`crate::tick::MAX_SYMBOL_LEN`]).
+pub const MAX_ROUTE_TEXT: usize = 128;
+
 /// Most routes one symbol can hold a position on at once (its state is sized for them up front;
 /// a tick on a further route is rejected `too_many_routes`).
 pub const BOOKS_PER_SYMBOL: usize = 4;
@@ -93,6 +101,17 @@ pub fn problems(specs: &[RouteSpec]) -> Problems {
     for (i, s) in specs.iter().enumerate() {
         let name = s.name(i + 1);
         let at = format!("routes[{i}]");
+        // First, so that no message below quotes a huge text.
+        let long = [&name, &s.model].into_iter().chain(&s.symbols).find(|t| t.len() > MAX_ROUTE_TEXT);
+        if let Some(t) = long {
+            let t = crate::text::clip_to(t, 40);
+            p.push(
+                &at,
+                Kind::OutOfRange,
+                format!("\"{t}\" is longer than {MAX_ROUTE_TEXT} bytes (route names, models and symbol patterns)"),
+            );
+            continue;
+        }
         p.check(!names.insert(name.clone()), &at, Kind::Conflict, || format!("route name {name:?} is used twice"));
         p.check(name.is_empty() || name == "default" || name.starts_with("stream:"), &at, Kind::Invalid, || {
             format!("route name {name:?} is empty or reserved (\"default\", \"stream:...\")")
@@ -104,7 +123,10 @@ pub fn problems(specs: &[RouteSpec]) -> Problems {
             )
         });
         p.check(s.symbols.is_empty(), &at, Kind::Missing, || format!("route {name:?} has no symbols"));
-        for pattern in &s.symbols {
+        p.check(s.symbols.len() > MAX_ROUTE_SYMBOLS, &at, Kind::OutOfRange, || {
+            format!("route {name:?} has {} symbol patterns; at most {MAX_ROUTE_SYMBOLS}", s.symbols.len())
+        });
+        for pattern in s.symbols.iter().take(MAX_ROUTE_SYMBOLS) {
             if let Err(e) = glob::Pattern::new(pattern) {
                 p.push(&at, Kind::Invalid, format!("route {name:?}: symbol pattern {pattern:?}: {e}"));
             }
@@ -242,6 +264,23 @@ mod tests {
             model: model.into(),
             policy: None,
         }
+    }
+
+    #[test]
+    fn a_route_too_big_to_match_cheaply_is_refused_with_a_short_message() {
+        let many: Vec<String> = (0..=MAX_ROUTE_SYMBOLS).map(|k| format!("S{k}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let p = problems(&[spec(Some("wide"), &many, "mlp")]);
+        assert!(p.has("routes[0]", Kind::OutOfRange), "{p:?}");
+        assert!(problems(&[spec(Some("wide"), &many[..MAX_ROUTE_SYMBOLS], "mlp")]).is_empty());
+        let huge = "B".repeat(1 << 20);
+        for s in [spec(Some(&huge), &["X"], "mlp"), spec(Some("x"), &[&huge], "mlp"), spec(Some("x"), &["X"], &huge)] {
+            let p = problems(&[s]);
+            assert!(p.has("routes[0]", Kind::OutOfRange), "{p:?}");
+            assert!(p.iter().all(|p| p.detail.len() < 200), "the message quotes a clipped text");
+        }
+        let mut routes = Routes::new("mlp", &[]);
+        assert!(routes.set(&spec(Some("x"), &[&huge], "mlp")).is_err(), "SetRoute goes through the same checks");
     }
 
     #[test]

@@ -154,7 +154,13 @@ impl Registry {
             self.check_shadow(engine);
             self.publish();
         }
-        self.journal_routes();
+        // A route change sent just before the stop: the engine, still running, confirms it
+        // within a pass or two.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !self.unconfirmed_routes.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            self.journal_routes();
+        }
         tracing::info!("registry stopped");
     }
 
