@@ -91,7 +91,7 @@ bench-swap: setup
 	./scripts/swap-bench.sh
 
 ## bench-routes: four models routed at once at 10k ticks/s over 4 streams, each model alone, and one
-## of them swapped every 3 s (issue 15's goals; ~8 min)
+## of them swapped every 3 s, with the registry thread at nice 10 and at 0 (issue 15's goals; ~10 min)
 bench-routes: setup
 	$(PY) scripts/routes-bench.py --rate $${RATE:-10000} --duration $${SECS:-20} --repeats $${REPEATS:-3}
 
