@@ -334,7 +334,7 @@ fn audit_run(
         let scorers = batch.iter().filter(|s| !routed || s.route.is_some()).filter_map(|s| s.model.as_ref());
         for label in scorers {
             if live.get(model_name(label)).is_none_or(|l| l != label) {
-                engine.control(Control::Swap(models.load(label)?));
+                engine.control(Control::Swap { model: models.load(label)?, done: None });
                 live.insert(model_name(label).to_owned(), label.clone());
             }
         }

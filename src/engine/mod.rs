@@ -60,7 +60,14 @@ pub struct WorkItem {
 pub enum Control {
     /// Make this the active version of its model name (a name not live yet goes live beside
     /// the others, with its stream route); the replaced one comes back through `take_retired`.
-    Swap(Box<ActiveModel>),
+    /// The engine confirms on `done`; a swap it refuses drops `done` and comes back marked
+    /// [`ActiveModel::refused`].
+    Swap {
+        /// The model.
+        model: Box<ActiveModel>,
+        /// Where the engine confirms, when the caller waits.
+        done: Option<Ack>,
+    },
     /// Run `model` beside the active version of model name `name` without emitting its
     /// signals (`None`: stop that name's shadow); the replaced shadow comes back through
     /// `take_retired`.

@@ -484,7 +484,7 @@ pub fn spawn_models(
 ) -> std::io::Result<Engine> {
     let (mut worker, parker) = build(config, model, telemetry);
     for m in more {
-        worker.apply(Control::Swap(m));
+        worker.apply(Control::Swap { model: m, done: None });
     }
     worker.warm(warm);
     let (shared, stop) = (worker.shared.clone(), worker.stop.clone());
@@ -588,25 +588,28 @@ impl Worker {
     /// the control path to be dropped there.
     pub(super) fn apply(&mut self, c: Control) {
         match c {
-            Control::Swap(new) if new.scorer.window() > self.buffers.max_window() => {
+            Control::Swap { model: new, .. } if new.scorer.window() > self.buffers.max_window() => {
                 tracing::error!(model = %new.label, window = new.scorer.window(), max_window = self.buffers.max_window(), "model window exceeds engine.max_window; not switched");
                 self.refuse(new, Kind::IoMismatch, "its window exceeds engine.max_window");
             }
-            Control::Swap(new) if new.scorer.max_batch() < self.max_batch => {
+            Control::Swap { model: new, .. } if new.scorer.max_batch() < self.max_batch => {
                 tracing::error!(model = %new.label, max_batch = new.scorer.max_batch(), engine = self.max_batch, "model takes smaller batches than the engine; not switched");
                 self.refuse(new, Kind::IoMismatch, "it takes smaller batches than engine.max_batch");
             }
-            Control::Swap(new) => match self.model_slot(&new.card.name) {
+            Control::Swap { model: new, done } => match self.model_slot(&new.card.name) {
                 Some(m) => {
                     tracing::info!(from = %self.models[m].active.label, to = %new.label, "engine switched model");
                     self.models[m].ranges = self.risk.widen(new.feature_ranges.as_deref());
                     let old = std::mem::replace(&mut self.models[m].active, new);
                     self.publish_served();
                     self.retire(old);
+                    ack(done, Applied::Yes { before_batch: self.pass + 1 });
                 }
                 None if self.models.len() < MAX_MODELS => {
                     tracing::info!(model = %new.label, live = self.models.len() + 1, "model name goes live beside the others");
-                    self.go_live(new);
+                    if self.go_live(new) {
+                        ack(done, Applied::Yes { before_batch: self.pass + 1 });
+                    }
                 }
                 None => {
                     tracing::error!(model = %new.label, max = MAX_MODELS, "as many model names are live as the engine holds; not added");
@@ -713,18 +716,21 @@ impl Worker {
     }
 
     /// Makes `model` the active version of a new live name, with its stream route, and points
-    /// every route that names it at it (the caller checked there is room).
-    fn go_live(&mut self, model: Box<ActiveModel>) {
+    /// every route that names it at it (the caller checked there is room for the name); false
+    /// if the route table has no room for its stream route (the model is handed back refused).
+    fn go_live(&mut self, model: Box<ActiveModel>) -> bool {
         let name = model.card.name.clone();
         let Some(stream_route) = self.routes.stream_route(&name) else {
             tracing::error!(model = %model.label, max = MAX_ROUTES, "the route table is full; not added");
-            return self.refuse(model, Kind::OutOfRange, "the route table is full: no room for its stream route");
+            self.refuse(model, Kind::OutOfRange, "the route table is full: no room for its stream route");
+            return false;
         };
         let ranges = self.risk.widen(model.feature_ranges.as_deref());
         self.model_telemetry[self.models.len()].0.set_name(&name);
         self.models.push(ModelSlot { active: model, shadow: None, ranges, stream_route });
         self.resolve_routes();
         self.publish_served();
+        true
     }
 
     /// Publishes the live models' cards and stream routes to the edge.

@@ -113,6 +113,16 @@ pub enum RegistryError {
     /// The engine's control queue is full.
     #[error("the engine's control queue is full; try again")]
     Busy,
+    /// The engine would not serve the version (it was loaded and verified); what it served
+    /// before keeps serving.
+    #[error("the engine refused {0}: {1}")]
+    EngineRefused(String, String),
+    /// The engine did not confirm the swap in time (stuck or overloaded); it applies when the
+    /// engine runs.
+    #[error(
+        "the engine did not confirm {0} within {1:?} (stuck or overloaded); the swap is queued and applies when it runs"
+    )]
+    NotConfirmed(String, std::time::Duration),
     /// The registry thread has stopped.
     #[error("the registry has stopped")]
     Stopped,
@@ -120,10 +130,31 @@ pub enum RegistryError {
 
 pub(super) type Key = (String, String);
 
+/// A version's `name@version`.
+pub(super) fn label(k: &Key) -> String {
+    format!("{}@{}", k.0, k.1)
+}
+
+/// How long an activation waits for the engine to confirm the swap.
+pub const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An admin load's answer: the version's status, and where the engine confirms a swap to it
+/// (an activation), which the caller awaits before answering.
+pub(super) struct Loaded {
+    pub(super) status: ModelStatus,
+    pub(super) confirm: Option<oneshot::Receiver<crate::engine::Applied>>,
+}
+
+impl From<ModelStatus> for Loaded {
+    fn from(status: ModelStatus) -> Self {
+        Self { status, confirm: None }
+    }
+}
+
 pub(super) enum Request {
     List(oneshot::Sender<Vec<ModelStatus>>),
-    Load { key: Key, mode: LoadMode, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
-    Activate { key: Key, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
+    Load { key: Key, mode: LoadMode, reply: oneshot::Sender<Result<Loaded, RegistryError>> },
+    Activate { key: Key, reply: oneshot::Sender<Result<Loaded, RegistryError>> },
     Rollback { name: String, reply: oneshot::Sender<Result<ModelStatus, RegistryError>> },
     Active { name: String, reply: oneshot::Sender<Result<ActiveView, RegistryError>> },
     Routes(oneshot::Sender<Result<Arc<Routes>, RegistryError>>),
@@ -149,16 +180,42 @@ impl RegistryHandle {
         self.ask(Request::List).await
     }
 
-    /// Loads `name@version` and then does what `mode` says.
+    /// Loads `name@version` and then does what `mode` says; an activation answers once the
+    /// engine serves it.
     pub async fn load(&self, name: &str, version: &str, mode: LoadMode) -> Result<ModelStatus, RegistryError> {
         let key = (name.to_owned(), version.to_owned());
-        self.ask(|reply| Request::Load { key, mode, reply }).await?
+        let loaded = self.ask(|reply| Request::Load { key: key.clone(), mode, reply }).await??;
+        self.confirmed(key, loaded).await
     }
 
-    /// Loads `name@version` if needed and makes it active.
+    /// Loads `name@version` if needed and makes it active; answers once the engine serves it.
     pub async fn activate(&self, name: &str, version: &str) -> Result<ModelStatus, RegistryError> {
         let key = (name.to_owned(), version.to_owned());
-        self.ask(|reply| Request::Activate { key, reply }).await?
+        let loaded = self.ask(|reply| Request::Activate { key: key.clone(), reply }).await??;
+        self.confirmed(key, loaded).await
+    }
+
+    /// Waits for the engine to confirm a swap, so that a stream opened after the answer finds
+    /// the version served. A refusal is answered with the reason the registry recorded.
+    async fn confirmed(&self, key: Key, loaded: Loaded) -> Result<ModelStatus, RegistryError> {
+        let Some(confirm) = loaded.confirm else { return Ok(loaded.status) };
+        let label = label(&key);
+        match tokio::time::timeout(CONFIRM_WITHIN, confirm).await {
+            Ok(Ok(_)) => Ok(loaded.status),
+            Err(_) => Err(RegistryError::NotConfirmed(label, CONFIRM_WITHIN)),
+            // The engine handed the model back; the registry records why within one of its
+            // rounds (100 ms).
+            Ok(Err(_)) => {
+                for _ in 0..20 {
+                    let status = self.list().await?.into_iter().find(|s| (&s.name, &s.version) == (&key.0, &key.1));
+                    if let Some(s) = status.filter(|s| s.state != State::Active) {
+                        return Err(RegistryError::EngineRefused(label, s.error));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(RegistryError::EngineRefused(label, "no reason recorded".into()))
+            }
+        }
     }
 
     /// Restores model name `name`'s previous version ("": the default model's).

@@ -4,13 +4,9 @@
 
 use std::time::SystemTime;
 
-use super::api::{Key, ModelStatus, State};
+use super::api::{ModelStatus, State};
 use super::discover::Found;
 use crate::model::LoadedModel;
-
-pub(super) fn label(k: &Key) -> String {
-    format!("{}@{}", k.0, k.1)
-}
 
 pub(super) fn now_ms() -> u64 {
     crate::clock::realtime_ns() / 1_000_000

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Registry;
-use super::api::{Key, LoadMode, ModelStatus, RegistryError, State};
-use super::entry::label;
+use tokio::sync::oneshot;
+
+use super::api::{Key, LoadMode, Loaded, ModelStatus, RegistryError, State, label};
 use crate::engine::{ActiveModel, Applied, Control, EngineHandle, ModelHealth, ShadowStats};
 use crate::journal::ControlRecord;
 use crate::problem::Kind;
@@ -61,14 +62,14 @@ impl Registry {
         key: &Key,
         mode: LoadMode,
         engine: &EngineHandle,
-    ) -> Result<ModelStatus, RegistryError> {
+    ) -> Result<Loaded, RegistryError> {
         if !self.entries.contains_key(key) {
             self.rescan_entries();
         }
         let state = self.entries.get(key).map(|e| e.state).ok_or_else(|| RegistryError::NotFound(label(key)))?;
         if state == State::Active {
             return match mode {
-                LoadMode::LoadOnly => Ok(self.status(key)),
+                LoadMode::LoadOnly => Ok(self.status(key).into()),
                 _ => Err(RegistryError::AlreadyActive(label(key))),
             };
         }
@@ -80,32 +81,36 @@ impl Registry {
             return Err(RegistryError::TooManyModels(MAX_MODELS));
         }
         if mode == LoadMode::Activate && live.and_then(|l| l.previous.as_ref()).is_some_and(|(k, _)| k == key) {
-            return self.rollback(&key.0, &format!("superseded: {} re-activated by admin request", label(key)), engine);
+            let why = format!("superseded: {} re-activated by admin request", label(key));
+            return self.rollback(&key.0, &why, engine).map(Loaded::from);
         }
         if self.entries[key].loaded.is_none() {
             self.load(key, &engine.recent_rows())?;
         }
+        let mut confirm = None;
         match mode {
             LoadMode::LoadOnly => {}
             LoadMode::Activate => {
                 let model = self.take_active_model(key);
-                self.activate(key, model, engine)?;
+                confirm = Some(self.activate(key, model, engine)?);
             }
             LoadMode::Shadow => self.start_shadow(key, engine)?,
         }
-        Ok(self.status(key))
+        Ok(Loaded { status: self.status(key), confirm })
     }
 
     /// Hands `model` to the engine as its name's active version; the model it replaces comes
-    /// back and becomes the previous. A name not live yet goes live beside the others.
+    /// back and becomes the previous. A name not live yet goes live beside the others. Answers
+    /// where the engine confirms the swap (a refusal closes it).
     pub(super) fn activate(
         &mut self,
         key: &Key,
         model: Box<ActiveModel>,
         engine: &EngineHandle,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<oneshot::Receiver<Applied>, RegistryError> {
         let health = model.health.clone();
-        if let Err(Control::Swap(model)) = engine.control(Control::Swap(model)) {
+        let (done, confirm) = oneshot::channel();
+        if let Err(Control::Swap { model, .. }) = engine.control(Control::Swap { model, done: Some(done) }) {
             // Keep it loaded for a later try.
             let entry = self.entries.get_mut(key).expect("known entry");
             tracing::warn!(model = %label(key), "engine control queue full; activation not sent");
@@ -135,7 +140,7 @@ impl Registry {
             Some(old) => tracing::info!(from = %label(&old), to = %label(key), "model activated"),
             None => tracing::info!(model = %label(key), "model name live beside the others"),
         }
-        Ok(())
+        Ok(confirm)
     }
 
     /// Restores model name `name`'s previous version.
@@ -147,7 +152,7 @@ impl Registry {
     ) -> Result<ModelStatus, RegistryError> {
         let lane = self.lane(name)?;
         let (key, model) = lane.previous.take().ok_or(RegistryError::NoPrevious)?;
-        if let Err(Control::Swap(model)) = engine.control(Control::Swap(model)) {
+        if let Err(Control::Swap { model, .. }) = engine.control(Control::Swap { model, done: None }) {
             lane.previous = Some((key, model));
             return Err(RegistryError::Busy);
         }
@@ -287,7 +292,7 @@ impl Registry {
         let mut next = (*engine.served().routes().ok_or(RegistryError::Stopped)?).clone();
         next.set(&spec).map_err(RegistryError::BadRoute)?;
         let record = ControlRecord::route(&spec, "ModelAdmin.SetRoute");
-        let (done, applied) = tokio::sync::oneshot::channel();
+        let (done, applied) = oneshot::channel();
         engine
             .control(Control::SetRoute { spec: Box::new(spec), done: Some(done) })
             .map_err(|_| RegistryError::Busy)?;
@@ -310,8 +315,8 @@ impl Registry {
                 });
                 false
             }
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
-            Ok(Applied::UnknownSymbol) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Ok(Applied::UnknownSymbol) | Err(oneshot::error::TryRecvError::Closed) => {
                 tracing::error!(route = ?record.route, "the engine did not apply a route change");
                 false
             }

@@ -3,9 +3,9 @@
 //! running model is untouched), and turning a loaded version into the engine's `ActiveModel`.
 //! Runs on the `quantd-registry` thread.
 
-use super::api::{Key, LoadMode, State};
+use super::api::{Key, LoadMode, State, label};
 use super::discover::{is_release, scan, version_cmp};
-use super::entry::{Entry, label};
+use super::entry::Entry;
 use super::{Registry, warm_up};
 use crate::engine::{ActiveModel, EngineHandle};
 use crate::journal::ModelRecord;

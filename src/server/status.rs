@@ -64,8 +64,11 @@ impl From<crate::registry::RegistryError> for Status {
             R::NotFound(_) | R::Model(ModelError::NotFound(_) | ModelError::NoneFound(_)) => Status::not_found(msg),
             R::WrongName(..) | R::BadRoute(_) => Status::invalid_argument(msg),
             R::TooManyModels(_) => Status::resource_exhausted(msg),
-            R::Model(_) | R::NoPrevious | R::AlreadyActive(_) => Status::failed_precondition(msg),
+            R::Model(_) | R::NoPrevious | R::AlreadyActive(_) | R::EngineRefused(..) => {
+                Status::failed_precondition(msg)
+            }
             R::Busy | R::Stopped => Status::unavailable(msg),
+            R::NotConfirmed(..) => Status::deadline_exceeded(msg),
         }
     }
 }
