@@ -228,8 +228,7 @@ impl Registry {
     /// that was not live is not. The version is marked failed with the engine's reason (a
     /// rollback target stays previous), and the failure is counted by kind.
     fn refused_by_engine(&mut self, model: Box<ActiveModel>, kind: Kind, why: &'static str) {
-        let (name, version) = model.label.rsplit_once('@').unwrap_or((&model.label, ""));
-        let key: Key = (name.to_owned(), version.to_owned());
+        let key: Key = (model.card.name.clone(), model.card.version.clone());
         tracing::error!(model = %model.label, reason = why, "the engine refused the model; what it served keeps serving");
         *self.failures.entry((key.0.clone(), kind.label())).or_default() += 1;
         let Some(lane) = self.lanes.get_mut(&key.0) else { return };
