@@ -603,12 +603,12 @@ impl Worker {
                     let old = std::mem::replace(&mut self.models[m].active, new);
                     self.publish_served();
                     self.retire(old);
-                    ack(done, Applied::Yes { before_batch: self.pass + 1 });
+                    ack(done, self.applied_now());
                 }
                 None if self.models.len() < MAX_MODELS => {
                     tracing::info!(model = %new.label, live = self.models.len() + 1, "model name goes live beside the others");
                     if self.go_live(new) {
-                        ack(done, Applied::Yes { before_batch: self.pass + 1 });
+                        ack(done, self.applied_now());
                     }
                 }
                 None => {
@@ -622,7 +622,7 @@ impl Worker {
                     self.routes_version += 1;
                     self.resolve_routes();
                     self.publish_served();
-                    ack(done, Applied::Yes { before_batch: self.pass + 1 });
+                    ack(done, self.applied_now());
                 }
                 // Dropping `done` tells a waiting caller it was not applied.
                 Err(e) => tracing::error!(error = %e, "route not set"),
@@ -630,14 +630,14 @@ impl Worker {
             Control::Kill { symbol: None, engaged, done } => {
                 tracing::warn!(engaged, "kill switch (all symbols)");
                 self.risk.set_global_kill(engaged);
-                ack(done, Applied::Yes { before_batch: self.pass + 1 });
+                ack(done, self.applied_now());
             }
             Control::Kill { symbol: Some(symbol), engaged, done } => {
                 let applied = match self.symbols.find(&symbol) {
                     Some(slot) => {
                         tracing::warn!(%symbol, engaged, "kill switch");
                         self.symbols.at(slot).set_admin_kill(engaged);
-                        Applied::Yes { before_batch: self.pass + 1 }
+                        self.applied_now()
                     }
                     None => {
                         tracing::warn!(%symbol, engaged, "kill switch not applied: the engine holds no such symbol");
@@ -651,7 +651,7 @@ impl Worker {
                     Some(slot) => {
                         tracing::warn!(%symbol, "symbol reset (admin)");
                         self.reset_symbol(slot, SymbolEvent::ResetAdmin);
-                        Applied::Yes { before_batch: self.pass + 1 }
+                        self.applied_now()
                     }
                     None => Applied::UnknownSymbol,
                 };
@@ -790,6 +790,12 @@ impl Worker {
         self.shared.infer_values.fetch_sub(job.rows.len(), Ordering::AcqRel);
         job.finish(result);
         true
+    }
+
+    /// The confirmation of a control message applied now, between two passes: it takes effect
+    /// before the next one (the journal records that pass for `quantd audit`).
+    fn applied_now(&self) -> Applied {
+        Applied::Yes { before_batch: self.pass + 1 }
     }
 
     /// Hands back a model the engine will not serve, saying why (see [`ActiveModel::refused`]).
